@@ -1,0 +1,68 @@
+// Run-time SIMD selection for the CPU kernels.
+//
+// Note [SIMD by target attribute]
+// The extension is compiled for the baseline ISA (never -march=native). Each hot loop is a
+// template instantiated three times on x86-64: inside a function carrying
+// __attribute__((target("avx512..."))), one with target("avx2,fma"), and a plain one. The loop
+// bodies are always_inline, so the compiler vectorizes each copy for its own ISA, and nothing
+// compiled for AVX-512 ever escapes into a shared inline symbol (the one-definition hazard of
+// compiling whole files with -mavx512f). The level is picked once at run time from cpuid;
+// FUSEDOPT_CPU_CAPABILITY=default|avx2|avx512 lowers it (tests run every level on one machine).
+#pragma once
+
+#include <cstdint>
+
+namespace fusedopt::cpu {
+
+enum class Isa : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The highest level this CPU supports.
+Isa detected_isa();
+// The level in use: detected_isa(), lowered by FUSEDOPT_CPU_CAPABILITY or set_isa().
+Isa current_isa();
+// Returns false (and changes nothing) when the CPU lacks `isa`.
+bool set_isa(Isa isa);
+const char* isa_name(Isa isa);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FUSEDOPT_X86 1
+#define FUSEDOPT_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi2")))
+#define FUSEDOPT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2")))
+#else
+#define FUSEDOPT_X86 0
+#endif
+
+// Calls Body::run(args...) compiled for the current ISA. Body::run must be always_inline.
+template <class Body, class... Args>
+void run_default(Args... args) {
+  Body::run(args...);
+}
+#if FUSEDOPT_X86
+template <class Body, class... Args>
+FUSEDOPT_TARGET_AVX2 void run_avx2(Args... args) {
+  Body::run(args...);
+}
+template <class Body, class... Args>
+FUSEDOPT_TARGET_AVX512 void run_avx512(Args... args) {
+  Body::run(args...);
+}
+#endif
+
+template <class Body, class... Args>
+inline void run_isa(Isa isa, Args... args) {
+#if FUSEDOPT_X86
+  switch (isa) {
+    case Isa::kAvx512:
+      return run_avx512<Body>(args...);
+    case Isa::kAvx2:
+      return run_avx2<Body>(args...);
+    default:
+      break;
+  }
+#endif
+  (void)isa;
+  run_default<Body>(args...);
+}
+
+}  // namespace fusedopt::cpu

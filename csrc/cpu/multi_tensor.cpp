@@ -1,0 +1,100 @@
+#include "multi_tensor.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+namespace fusedopt::cpu {
+namespace {
+
+bool dense_with_strides(const at::Tensor& t, at::IntArrayRef strides) {
+  return t.strides() == strides && t.is_non_overlapping_and_dense();
+}
+
+}  // namespace
+
+MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists)
+    : op_(op), lists_(std::move(lists)) {
+  TORCH_CHECK(!lists_.empty() && lists_.size() <= kMaxLists, op_, ": bad number of lists");
+  const auto& params = lists_[0].tensors;
+  const size_t n = params.size();
+  for (const auto& l : lists_) {
+    TORCH_CHECK(l.tensors.size() == n, op_, ": expected ", l.name, " to have ", n,
+                " tensors (one per param), got ", l.tensors.size());
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    for (const auto& l : lists_) {
+      const at::Tensor& t = l.tensors[i];
+      TORCH_CHECK(t.defined(), op_, ": ", l.name, "[", i, "] is undefined");
+      TORCH_CHECK(t.layout() == at::kStrided, op_, ": ", l.name, "[", i,
+                  "] is sparse; fused optimizers do not support sparse tensors");
+      TORCH_CHECK(t.device().is_cpu(), op_, ": ", l.name, "[", i, "] is on ", t.device(),
+                  ", expected cpu (this is the CPU kernel)");
+      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i,
+                  "] has dtype ", t.scalar_type(), " but its param has dtype ", p.scalar_type());
+      TORCH_CHECK(t.sizes() == p.sizes(), op_, ": ", l.name, "[", i, "] has shape ", t.sizes(),
+                  " but its param has shape ", p.sizes());
+    }
+  }
+  stage();
+}
+
+void MultiTensor::stage() {
+  const auto& params = lists_[0].tensors;
+  int64_t total = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t numel = params[i].numel();
+    if (numel == 0) continue;  // nothing to do, and no pointer of it is ever formed
+    FlatTuple t;
+    t.numel = numel;
+    t.index = static_cast<int64_t>(i);
+    // The reference layout: the param's own if it is dense, else a contiguous staging copy.
+    at::Tensor ref = params[i];
+    if (!ref.is_non_overlapping_and_dense()) {
+      at::Tensor staged = ref.contiguous();
+      writeback_.emplace_back(ref, staged);
+      ref = staged;
+    }
+    for (size_t k = 0; k < lists_.size(); ++k) {
+      at::Tensor x = k == 0 ? ref : lists_[k].tensors[i];
+      if (k != 0 && !dense_with_strides(x, ref.strides())) {
+        at::Tensor staged = at::empty_like(ref);
+        staged.copy_(x);
+        if (lists_[k].written) {
+          writeback_.emplace_back(x, staged);
+        } else {
+          keep_alive_.push_back(staged);
+        }
+        x = staged;
+      }
+      t.ptr[k] = x.data_ptr();
+    }
+    total += numel;
+    tuples_.push_back(t);
+    offsets_.push_back(total);
+  }
+}
+
+void MultiTensor::run(const std::function<void(const FlatTuple&, int64_t, int64_t)>& fn) {
+  const int64_t total = total_numel();
+  if (total > 0) {
+    at::parallel_for(0, total, kGrainSize, [&](int64_t begin, int64_t end) {
+      // First tuple whose inclusive end is past `begin`.
+      size_t i = std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin();
+      while (begin < end && i < tuples_.size()) {
+        const int64_t start = offsets_[i] - tuples_[i].numel;
+        const int64_t lo = begin - start;
+        const int64_t hi = std::min(end, offsets_[i]) - start;
+        fn(tuples_[i], lo, hi);
+        begin = start + hi;
+        ++i;
+      }
+    });
+  }
+  for (auto& [dst, staged] : writeback_) dst.copy_(staged);
+}
+
+}  // namespace fusedopt::cpu

@@ -1,0 +1,52 @@
+// fusedopt._C: importing it loads the op registrations (TORCH_LIBRARY in this library) and
+// exposes host utilities for tests and `fusedopt.backends()`.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "cpu/isa.h"
+
+namespace py = pybind11;
+using fusedopt::cpu::Isa;
+
+namespace {
+
+Isa parse_isa(const std::string& name) {
+  if (name == "avx512") return Isa::kAvx512;
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "default") return Isa::kDefault;
+  throw py::value_error("unknown CPU capability '" + name +
+                        "' (expected 'default', 'avx2' or 'avx512')");
+}
+
+}  // namespace
+
+#ifdef FUSEDOPT_WITH_CUDA
+namespace fusedopt::cuda {
+std::string compiled_archs();  // csrc/cuda/info.cu
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedopt compiled kernels (ops are under torch.ops.fusedopt)";
+  m.def("cpu_capability", [] { return std::string(isa_name(fusedopt::cpu::current_isa())); },
+        "The SIMD level the CPU kernels use now.");
+  m.def("cpu_capability_detected",
+        [] { return std::string(isa_name(fusedopt::cpu::detected_isa())); },
+        "The highest SIMD level this CPU supports.");
+  m.def(
+      "set_cpu_capability",
+      [](const std::string& name) {
+        if (!fusedopt::cpu::set_isa(parse_isa(name))) {
+          throw py::value_error("this CPU does not support '" + name + "'");
+        }
+      },
+      "Lower (or restore) the SIMD level, e.g. to test the AVX2 path on an AVX-512 machine.");
+#ifdef FUSEDOPT_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def("cuda_archs", [] { return fusedopt::cuda::compiled_archs(); });
+#else
+  m.attr("with_cuda") = false;
+  m.def("cuda_archs", [] { return std::string(); });
+#endif
+}

@@ -1,0 +1,22 @@
+// The op schemas: declared once here; each backend registers its kernels with
+// TORCH_LIBRARY_IMPL(fusedopt, <Backend>, m), and fusedopt/_ops.py registers a fake kernel for
+// each so torch.compile can trace a step.
+//
+// Conventions: lists are parallel (element i of every list belongs to param i); lists the op
+// writes are annotated (a!); `lr` is a one-element Tensor so that a changing learning rate never
+// forces torch.compile to recompile; grad_scale / found_inf are torch.amp.GradScaler's (see
+// Note [found_inf and grad_scale]); the per-param step counters are incremented by the op.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fusedopt, m) {
+  m.def(
+      "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
+      "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+      "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+}

@@ -1,0 +1,27 @@
+"""fusedopt: fused multi-tensor optimizer kernels for PyTorch, a drop-in for torch.optim.
+
+    optimizer = fusedopt.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+Backends: compiled C++ SIMD kernels on the CPU, CUDA and Triton kernels on GPUs, and a plain
+PyTorch reference that is the specification. ``fusedopt.backends()`` says what runs here and why.
+"""
+
+from __future__ import annotations
+
+from ._dispatch import BackendInfo, backends
+from ._ext import LOAD_ERROR as _LOAD_ERROR
+from .optim import SGD, Adam, AdamW
+
+__version__ = "0.1.0"
+
+__all__ = ["SGD", "Adam", "AdamW", "BackendInfo", "backends", "__version__"]
+
+if _LOAD_ERROR is not None:
+    import warnings
+
+    warnings.warn(
+        f"fusedopt: compiled kernels unavailable ({_LOAD_ERROR}); using the reference backend. "
+        "Reinstall with `pip install --no-build-isolation .` against this torch.",
+        RuntimeWarning,
+        stacklevel=2,
+    )

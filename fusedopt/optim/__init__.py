@@ -1,0 +1,4 @@
+from .adam import Adam, AdamW
+from .sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW"]

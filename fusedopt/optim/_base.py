@@ -1,0 +1,227 @@
+"""The machinery every fusedopt optimizer shares: per-group plans, state init, validation.
+
+Note [step plans]
+torch.optim walks every parameter in Python on every step (grad check, state lookup, list
+appends): about 1-2 microseconds per parameter, which dominates for models with thousands of
+small tensors. A fusedopt group instead keeps a *plan*: its params bucketed by (device, dtype),
+with the state tensors of each bucket already in lists. Each step only reads the grads
+(`p.grad`, which changes identity every backward) and reuses the plan while the set of params
+that have a grad is unchanged. A plan is rebuilt when that set changes (a frozen param, a param
+without a grad this step), and dropped on add_param_group, load_state_dict and unpickling.
+State tensors replaced by hand (``opt.state[p]["exp_avg"] = t``) need ``opt.invalidate_plans()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _dispatch
+
+
+class _Bucket:
+    """The params of one group that share (device, dtype), with their state lists."""
+
+    __slots__ = ("backend", "device", "fresh", "idx", "params", "states", "steps")
+
+    def __init__(self, backend: str, device: torch.device) -> None:
+        self.backend = backend
+        self.device = device
+        self.idx: list[int] = []  # positions in group["params"]
+        self.params: list[Tensor] = []
+        self.states: list[list[Tensor]] = []  # one list per state key
+        self.steps: list[Tensor] = []
+        self.fresh: list[bool] | None = None  # state created by this step (SGD's first step)
+
+
+class _Plan:
+    __slots__ = ("buckets", "missing", "n")
+
+    def __init__(self, n: int, missing: list[int], buckets: list[_Bucket]) -> None:
+        self.n = n
+        self.missing = missing
+        self.buckets = buckets
+
+
+class FusedOptimizer(Optimizer):
+    """Base class: a torch.optim.Optimizer whose step runs one fused kernel per bucket.
+
+    Subclasses define the op name, the state keys, state initialisation and the launch.
+    """
+
+    _op: str = ""
+    _sparse_error: str = ""
+    _has_step: bool = True  # keeps a per-param 'step' counter in state
+
+    def __init__(self, params: Any, defaults: dict[str, Any], backend: str = "auto") -> None:
+        _dispatch.require(backend)
+        self.backend = backend
+        self._plans: dict[int, _Plan] = {}
+        super().__init__(params, defaults)
+
+    # -- plan bookkeeping ---------------------------------------------------------------------
+    def invalidate_plans(self) -> None:
+        """Forget the cached per-group plans (they are rebuilt on the next step)."""
+        self._plans = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.invalidate_plans()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+        self.invalidate_plans()
+        self._setstate_groups()
+
+    def _setstate_groups(self) -> None:
+        """Defaults for group keys an older or foreign state dict lacks (subclasses extend)."""
+
+    # -- subclass interface -------------------------------------------------------------------
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _launch(self, fn: Callable[..., None], group: dict[str, Any], b: _Bucket,
+                grads: list[Tensor], lr: Tensor, grad_scale: Tensor | None,
+                found_inf: Tensor | None) -> None:
+        raise NotImplementedError
+
+    # -- the step -----------------------------------------------------------------------------
+    def _zero_step(self, p: Tensor) -> Tensor:
+        # torch keeps `step` on the CPU unless fused/capturable; fused kernels on a GPU want it
+        # on the param's device, as torch's fused=True does.
+        device = p.device if p.device.type != "cpu" else "cpu"
+        return torch.zeros((), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"),
+                           device=device)
+
+    def _build_plan(self, group: dict[str, Any], grads: list[Tensor | None],
+                    missing: list[int]) -> _Plan:
+        keys = self._state_keys(group)
+        stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
+        buckets: dict[tuple[torch.device, torch.dtype], _Bucket] = {}
+        for i, p in enumerate(group["params"]):
+            g = grads[i]
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(self._sparse_error)
+            if torch.is_complex(p):
+                raise RuntimeError(f"fusedopt.{type(self).__name__} does not support complex "
+                                   "parameters (view them as real with torch.view_as_real)")
+            key = (p.device, p.dtype)
+            b = buckets.get(key)
+            if b is None:
+                b = buckets[key] = _Bucket(_dispatch.resolve(self.backend, p.device), p.device)
+                b.states = [[] for _ in keys]
+            b.idx.append(i)
+            b.params.append(p)
+            if stateless:
+                continue
+            state = self.state[p]
+            fresh = any(state.get(k) is None for k in keys)
+            if self._has_step and "step" not in state:
+                state["step"] = self._zero_step(p)
+            if fresh:
+                self._init_state(p, state, group)  # creates the missing state tensors
+            for lst, k in zip(b.states, keys):
+                lst.append(state[k])
+            if self._has_step:
+                step = state["step"]
+                if not torch.is_tensor(step):  # an old checkpoint's float step
+                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                b.steps.append(step)
+            if fresh and b.fresh is None:
+                b.fresh = [False] * (len(b.params) - 1)
+            if b.fresh is not None:
+                b.fresh.append(fresh)
+        return _Plan(len(group["params"]), missing, list(buckets.values()))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            missing = [i for i, g in enumerate(grads) if g is None]
+            plan = self._plans.get(gi)
+            if plan is None or plan.n != len(params) or plan.missing != missing:
+                plan = self._plans[gi] = self._build_plan(group, grads, missing)
+            lr = group["lr"]
+            if not isinstance(lr, Tensor):
+                lr = torch.tensor(lr, dtype=torch.float64)
+            for b in plan.buckets:
+                bgrads = grads if not missing and len(plan.buckets) == 1 else [
+                    grads[i] for i in b.idx]
+                fn = _dispatch.kernel(b.backend, self._op)
+                try:
+                    self._launch(fn, group, b, bgrads, lr, grad_scale, found_inf)
+                except RuntimeError:
+                    if any(g.is_sparse for g in bgrads):
+                        raise RuntimeError(self._sparse_error) from None
+                    raise
+                b.fresh = None
+        return loss
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load torch.optim's state_dict layout (from fusedopt or torch.optim).
+
+        Before anything changes, every state tensor is checked against its parameter's shape:
+        a mismatch raises ValueError (torch's fused kernels would read out of bounds).
+        """
+        self._check_state_shapes(state_dict)
+        super().load_state_dict(state_dict)
+        self.invalidate_plans()
+        # torch keeps a non-fused 'step' on the CPU; our kernels want it where _zero_step puts it
+        # (a checkpoint loaded with map_location="cpu" must still work on the GPU).
+        for p, pstate in self.state.items():
+            step = pstate.get("step") if isinstance(pstate, dict) else None
+            if torch.is_tensor(step):
+                want = self._zero_step(p)
+                if step.device != want.device or step.dtype != want.dtype:
+                    pstate["step"] = step.to(device=want.device, dtype=want.dtype)
+
+    def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups", [])
+        groups = self.param_groups
+        if len(saved_groups) != len(groups):
+            return  # torch's own check raises its ValueError
+        id_to_param: dict[Any, Tensor] = {}
+        for g, sg in zip(groups, saved_groups):
+            if len(g["params"]) != len(sg["params"]):
+                return
+            id_to_param.update(zip(sg["params"], g["params"]))
+        for pid, pstate in state_dict.get("state", {}).items():
+            p = id_to_param.get(pid)
+            if p is None or not isinstance(pstate, dict):
+                continue
+            for key, value in pstate.items():
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step":
+                    if value.numel() != 1:
+                        raise ValueError(f"loaded state for parameter {pid}: 'step' must have "
+                                         f"one element, got shape {tuple(value.shape)}")
+                elif value.shape != p.shape:
+                    raise ValueError(
+                        f"loaded state for parameter {pid}: {key!r} has shape "
+                        f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}")

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from ._base import FusedOptimizer, _Bucket
+from ._validate import check_adam_args, zeros_like
+
+
+class Adam(FusedOptimizer):
+    r"""Adam (Kingma & Ba, 2015), fused: one kernel per (device, dtype) group and step.
+
+    A drop-in for :class:`torch.optim.Adam`: same arguments, defaults, param groups and
+    ``state_dict`` layout (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``).
+
+    .. math::
+        \begin{aligned}
+        &g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1}) \;(- \text{ if maximize}) \\
+        &\textbf{if } \lambda \neq 0:\; \textbf{if } \textit{decoupled}:
+            \theta_{t-1} \leftarrow \theta_{t-1}(1 - \gamma\lambda)
+            \;\textbf{else}\; g_t \leftarrow g_t + \lambda\theta_{t-1} \\
+        &m_t \leftarrow \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        &v_t \leftarrow \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        &\hat v_t \leftarrow \max(\hat v_{t-1}, v_t) \text{ if amsgrad else } v_t \\
+        &\theta_t \leftarrow \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}
+            \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+        \end{aligned}
+
+    Args:
+        params (iterable): parameters or dicts defining parameter groups.
+        lr (float, Tensor, optional): learning rate (default: 1e-3). A Tensor lr never causes a
+            torch.compile recompilation when its value changes.
+        betas (Tuple[float, float], optional): coefficients of the running averages of the
+            gradient and its square (default: (0.9, 0.999)).
+        eps (float, optional): added to the denominator for numerical stability (default: 1e-8).
+        weight_decay (float, optional): weight decay, L2 penalty (default: 0).
+        amsgrad (bool, optional): use the AMSGrad variant (default: False).
+        foreach (bool, optional): accepted for compatibility; fusedopt is always fused.
+        maximize (bool, optional): maximize the objective (default: False).
+        capturable (bool, optional): accepted for compatibility (default: False).
+        differentiable (bool, optional): not supported; True raises (default: False).
+        fused (bool, optional): accepted for compatibility; fusedopt is always fused.
+        decoupled_weight_decay (bool, optional): AdamW-style decay (default: False).
+        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
+            (default: "auto"); see :func:`fusedopt.backends`.
+    """
+
+    _op = "adam_"
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        betas = check_adam_args(lr, betas, eps, weight_decay, foreach, capturable,
+                                differentiable, fused)
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults, backend)
+
+    def _setstate_groups(self) -> None:
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        for key in self._state_keys(group):
+            if state.get(key) is None:
+                state[key] = zeros_like(p)
+
+    def _launch(self, fn: Callable[..., None], group: dict[str, Any], b: _Bucket,
+                grads: list[Tensor], lr: Tensor, grad_scale: Tensor | None,
+                found_inf: Tensor | None) -> None:
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        fn(b.params, grads, b.states[0], b.states[1], b.states[2] if amsgrad else [], b.steps,
+           lr, float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]),
+           amsgrad, group["maximize"], group["decoupled_weight_decay"], grad_scale, found_inf)
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter, 2019), fused: Adam with decoupled weight decay.
+
+    A drop-in for :class:`torch.optim.AdamW`: same arguments, defaults (``weight_decay=1e-2``),
+    param groups and ``state_dict`` layout. The update is :class:`fusedopt.Adam`'s with
+    :math:`\theta \leftarrow \theta(1-\gamma\lambda)` applied before the moment updates.
+
+    Args: as :class:`fusedopt.Adam`, without ``decoupled_weight_decay`` (always True).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, backend=backend)
+
+    def _setstate_groups(self) -> None:
+        super()._setstate_groups()
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,14 @@
+"""Plain-PyTorch definitions of every fusedopt update: the specification.
+
+Each function has the same signature as the op ``torch.ops.fusedopt.<name>`` it specifies, updates
+its arguments in place, and is written to be read: one parameter at a time, math in ``opmath``
+(fp32 for fp16/bf16 storage, the storage dtype otherwise), stored back in the storage dtype.
+The tests run these in fp64 as the ground truth, and ``backend="reference"`` runs them for real.
+"""
+
+from .adam import adam_
+from .sgd import sgd_
+
+__all__ = ["adam_", "sgd_", "opmath_dtype"]
+
+from ._common import opmath_dtype  # noqa: E402

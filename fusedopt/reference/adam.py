@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from ._common import inv_scale, opmath_dtype, scalar, skip_step
+
+
+def adam_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    r"""Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), one parameter at a time.
+
+    .. math::
+        t &\leftarrow t + 1 \\
+        g &\leftarrow \pm \nabla / s \qquad (s: \text{AMP grad scale}, - \text{ if maximize}) \\
+        \theta &\leftarrow \theta (1 - \gamma\lambda) \quad\text{(AdamW)} \qquad
+            g \leftarrow g + \lambda\theta \quad\text{(Adam)} \\
+        m &\leftarrow m + (1-\beta_1)(g - m) \\
+        v &\leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        \hat v &\leftarrow \max(\hat v, v) \text{ if amsgrad, else } v \\
+        \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    The operation order is torch.optim's single-tensor implementation's.
+    """
+    if skip_step(found_inf):
+        return
+    lr = scalar(lr)
+    s = inv_scale(grad_scale)
+    for i, param in enumerate(params):
+        state_steps[i] += 1
+        step = float(state_steps[i].item())
+        dt = opmath_dtype(param.dtype)
+        p = param.to(dt)
+        g = grads[i].to(dt) * s
+        if maximize:
+            g = -g
+        m = exp_avgs[i].to(dt)
+        v = exp_avg_sqs[i].to(dt)
+        if decoupled_weight_decay:
+            p = p * (1 - lr * weight_decay)
+        elif weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        m = m.lerp(g, 1 - beta1)
+        v = (v * beta2).addcmul(g, g, value=1 - beta2)
+        if amsgrad:
+            vmax = max_exp_avg_sqs[i].to(dt).maximum(v)
+            max_exp_avg_sqs[i].copy_(vmax)
+            denom_src = vmax
+        else:
+            denom_src = v
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        denom = denom_src.sqrt() / bias_correction2_sqrt + eps
+        p = p.addcdiv(m, denom, value=-(lr / bias_correction1))
+        param.copy_(p)
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)

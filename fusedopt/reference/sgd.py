@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import inv_scale, opmath_dtype, scalar, skip_step
+
+
+def sgd_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    is_first_step: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    r"""SGD with momentum (Polyak, 1964; Sutskever et al., 2013), as torch.optim.SGD.
+
+    .. math::
+        g &\leftarrow \pm \nabla / s + \lambda\theta \\
+        b &\leftarrow g \text{ on the first step, else } \mu b + (1-\tau) g \\
+        g &\leftarrow g + \mu b \text{ (Nesterov), else } b \\
+        \theta &\leftarrow \theta - \gamma g
+
+    ``momentum_buffers`` is empty when momentum is 0; on the step that creates the buffers
+    (``is_first_step``) their old contents are ignored.
+    """
+    if skip_step(found_inf):
+        return
+    lr = scalar(lr)
+    s = inv_scale(grad_scale)
+    for i, param in enumerate(params):
+        dt = opmath_dtype(param.dtype)
+        p = param.to(dt)
+        g = grads[i].to(dt) * s
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        if momentum != 0:
+            if is_first_step:
+                buf = g.clone()
+            else:
+                buf = (momentum_buffers[i].to(dt) * momentum).add(g, alpha=1 - dampening)
+            momentum_buffers[i].copy_(buf)
+            g = g.add(buf, alpha=momentum) if nesterov else buf
+        param.copy_(p.add(g, alpha=-lr))

@@ -1,0 +1,86 @@
+"""Build fusedopt._C: the CPU kernels, the op registrations and (when possible) the CUDA kernels.
+
+Switches (environment variables):
+  FUSEDOPT_BUILD_CUDA=0/1  force the CUDA sources off/on. Default: on when the installed torch is a
+                           CUDA build and nvcc is found -- a visible GPU is NOT required.
+  CUDA_HOME                the CUDA toolkit; found from nvcc when unset (see _cuda_home below).
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+
+from setuptools import find_packages, setup
+
+
+def _cuda_home() -> str | None:
+    """The real toolkit root. `nvcc` on PATH may be a wrapper script, so ask nvcc itself (TOP)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    )
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        if "TOP=" in line:
+            return os.path.normpath(line.split("TOP=", 1)[1].strip())
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def _want_cuda(torch) -> bool:
+    flag = os.environ.get("FUSEDOPT_BUILD_CUDA")
+    if flag is not None:
+        return flag not in ("0", "", "false", "False")
+    return torch.version.cuda is not None and _cuda_home() is not None
+
+
+def _extensions():
+    import torch
+
+    build_cuda = _want_cuda(torch)
+    if build_cuda and not os.environ.get("CUDA_HOME"):
+        home = _cuda_home()
+        if home is None:
+            raise RuntimeError("FUSEDOPT_BUILD_CUDA=1 but no CUDA toolkit (nvcc) was found")
+        os.environ["CUDA_HOME"] = home  # read when cpp_extension is imported, just below
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    macros = []
+    if build_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        macros.append(("FUSEDOPT_WITH_CUDA", None))
+        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # sm_80 (A100), sm_90 (H100/H200), plus PTX so newer GPUs JIT it.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        ext = CUDAExtension
+        args = {"cxx": cxx, "nvcc": nvcc}
+    else:
+        ext = CppExtension
+        args = {"cxx": cxx}
+    include_dirs = [os.path.join(here, "csrc", "include")]
+    return [
+        ext("fusedopt._C", sources, include_dirs=include_dirs, define_macros=macros,
+            extra_compile_args=args)
+    ], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+setup(
+    packages=find_packages(include=["fusedopt", "fusedopt.*"]) + ["fusedopt.benchmarks"],
+    package_dir={"fusedopt.benchmarks": "benchmarks"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
