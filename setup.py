@@ -26,7 +26,9 @@ def _cuda_home() -> str | None:
     try:
         out = subprocess.run(
             [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -72,8 +74,13 @@ def _extensions():
         args = {"cxx": cxx}
     include_dirs = [os.path.join(here, "csrc", "include")]
     return [
-        ext("fusedopt._C", sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args=args)
+        ext(
+            "fusedopt._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            extra_compile_args=args,
+        )
     ], {"build_ext": BuildExtension}
 
 

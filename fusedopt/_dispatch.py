@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops, reference
-from ._ext import LOAD_ERROR, _C
+from ._ext import _C, LOAD_ERROR
 
 BACKEND_NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
@@ -39,26 +39,38 @@ def _has_kernel(op: str, key: str) -> bool:
 
 def _cpu_info() -> BackendInfo:
     if _C is None:
-        return BackendInfo("cpu", False, f"the compiled extension fusedopt._C is missing ({LOAD_ERROR})")
+        return BackendInfo(
+            "cpu", False, f"the compiled extension fusedopt._C is missing ({LOAD_ERROR})"
+        )
     simd = _C.cpu_capability()
     detected = _C.cpu_capability_detected()
     note = f"SIMD {simd}" + ("" if simd == detected else f" (CPU supports {detected})")
-    return BackendInfo("cpu", True, f"compiled C++ kernels, {note}, {torch.get_num_threads()} threads")
+    return BackendInfo(
+        "cpu", True, f"compiled C++ kernels, {note}, {torch.get_num_threads()} threads"
+    )
 
 
 def _cuda_info() -> BackendInfo:
     if _C is None:
-        return BackendInfo("cuda", False, f"the compiled extension fusedopt._C is missing ({LOAD_ERROR})")
+        return BackendInfo(
+            "cuda", False, f"the compiled extension fusedopt._C is missing ({LOAD_ERROR})"
+        )
     if not _C.with_cuda:
-        why = "torch is a CPU-only build" if torch.version.cuda is None else (
-            "no CUDA toolkit (nvcc) at build time, or FUSEDOPT_BUILD_CUDA=0")
+        why = (
+            "torch is a CPU-only build"
+            if torch.version.cuda is None
+            else ("no CUDA toolkit (nvcc) at build time, or FUSEDOPT_BUILD_CUDA=0")
+        )
         return BackendInfo("cuda", False, f"fusedopt._C was built without CUDA: {why}")
     if not _has_kernel("adam_", "CUDA"):
         return BackendInfo("cuda", False, "CUDA kernels are not implemented in this version")
     if not torch.cuda.is_available():
-        return BackendInfo("cuda", False, f"built for {_C.cuda_archs()}, but no CUDA GPU is visible")
-    return BackendInfo("cuda", True, f"compiled CUDA kernels ({_C.cuda_archs()}) on "
-                       f"{torch.cuda.get_device_name()}")
+        return BackendInfo(
+            "cuda", False, f"built for {_C.cuda_archs()}, but no CUDA GPU is visible"
+        )
+    return BackendInfo(
+        "cuda", True, f"compiled CUDA kernels ({_C.cuda_archs()}) on {torch.cuda.get_device_name()}"
+    )
 
 
 def _triton_info() -> BackendInfo:
@@ -68,7 +80,9 @@ def _triton_info() -> BackendInfo:
         return BackendInfo("triton", False, "Triton kernels are not implemented in this version")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpret:
-        return BackendInfo("triton", False, "no GPU is visible (set TRITON_INTERPRET=1 to run on the CPU)")
+        return BackendInfo(
+            "triton", False, "no GPU is visible (set TRITON_INTERPRET=1 to run on the CPU)"
+        )
     return BackendInfo("triton", True, "Triton kernels" + (" (interpreter)" if interpret else ""))
 
 
@@ -78,13 +92,17 @@ def backends() -> dict[str, BackendInfo]:
         "cpu": _cpu_info(),
         "cuda": _cuda_info(),
         "triton": _triton_info(),
-        "reference": BackendInfo("reference", True, "plain PyTorch (the specification), any device"),
+        "reference": BackendInfo(
+            "reference", True, "plain PyTorch (the specification), any device"
+        ),
     }
 
 
 def check_backend_name(backend: str) -> None:
     if backend not in BACKEND_NAMES:
-        raise ValueError(f"Invalid backend: {backend!r} (expected one of {', '.join(BACKEND_NAMES)})")
+        raise ValueError(
+            f"Invalid backend: {backend!r} (expected one of {', '.join(BACKEND_NAMES)})"
+        )
 
 
 def require(backend: str) -> None:

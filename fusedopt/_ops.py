@@ -34,8 +34,22 @@ def adam_(
     found_inf: Tensor | None = None,
 ) -> None:
     torch.ops.fusedopt.adam_(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
-        weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        lr,
+        beta1,
+        beta2,
+        weight_decay,
+        eps,
+        amsgrad,
+        maximize,
+        decoupled_weight_decay,
+        grad_scale,
+        found_inf,
     )
 
 
@@ -54,20 +68,57 @@ def sgd_(
     found_inf: Tensor | None = None,
 ) -> None:
     torch.ops.fusedopt.sgd_(
-        params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-        maximize, is_first_step, grad_scale, found_inf,
+        params,
+        grads,
+        momentum_buffers,
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        is_first_step,
+        grad_scale,
+        found_inf,
     )
 
 
 if OPS_AVAILABLE:
 
     @torch.library.register_fake("fusedopt::adam_")
-    def _adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
-                   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                   grad_scale=None, found_inf=None) -> None:
+    def _adam_fake(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        lr,
+        beta1,
+        beta2,
+        weight_decay,
+        eps,
+        amsgrad,
+        maximize,
+        decoupled_weight_decay,
+        grad_scale=None,
+        found_inf=None,
+    ) -> None:
         return None
 
     @torch.library.register_fake("fusedopt::sgd_")
-    def _sgd_fake(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
-                  nesterov, maximize, is_first_step, grad_scale=None, found_inf=None) -> None:
+    def _sgd_fake(
+        params,
+        grads,
+        momentum_buffers,
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        is_first_step,
+        grad_scale=None,
+        found_inf=None,
+    ) -> None:
         return None

@@ -73,6 +73,11 @@ class FusedOptimizer(Optimizer):
         super().add_param_group(param_group)
         self.invalidate_plans()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["backend"] = self.backend
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
@@ -89,9 +94,16 @@ class FusedOptimizer(Optimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _launch(self, fn: Callable[..., None], group: dict[str, Any], b: _Bucket,
-                grads: list[Tensor], lr: Tensor, grad_scale: Tensor | None,
-                found_inf: Tensor | None) -> None:
+    def _launch(
+        self,
+        fn: Callable[..., None],
+        group: dict[str, Any],
+        b: _Bucket,
+        grads: list[Tensor],
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
         raise NotImplementedError
 
     # -- the step -----------------------------------------------------------------------------
@@ -99,11 +111,13 @@ class FusedOptimizer(Optimizer):
         # torch keeps `step` on the CPU unless fused/capturable; fused kernels on a GPU want it
         # on the param's device, as torch's fused=True does.
         device = p.device if p.device.type != "cpu" else "cpu"
-        return torch.zeros((), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"),
-                           device=device)
+        return torch.zeros(
+            (), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"), device=device
+        )
 
-    def _build_plan(self, group: dict[str, Any], grads: list[Tensor | None],
-                    missing: list[int]) -> _Plan:
+    def _build_plan(
+        self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
+    ) -> _Plan:
         keys = self._state_keys(group)
         stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
         buckets: dict[tuple[torch.device, torch.dtype], _Bucket] = {}
@@ -114,8 +128,10 @@ class FusedOptimizer(Optimizer):
             if g.is_sparse:
                 raise RuntimeError(self._sparse_error)
             if torch.is_complex(p):
-                raise RuntimeError(f"fusedopt.{type(self).__name__} does not support complex "
-                                   "parameters (view them as real with torch.view_as_real)")
+                raise RuntimeError(
+                    f"fusedopt.{type(self).__name__} does not support complex "
+                    "parameters (view them as real with torch.view_as_real)"
+                )
             key = (p.device, p.dtype)
             b = buckets.get(key)
             if b is None:
@@ -132,7 +148,14 @@ class FusedOptimizer(Optimizer):
             if fresh:
                 self._init_state(p, state, group)  # creates the missing state tensors
             for lst, k in zip(b.states, keys):
-                lst.append(state[k])
+                t = state[k]
+                if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                    raise RuntimeError(
+                        f"fusedopt.{type(self).__name__}: state {k!r} of parameter {i} has "
+                        f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}, but the "
+                        f"parameter has shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device}"
+                    )
+                lst.append(t)
             if self._has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step
@@ -158,6 +181,9 @@ class FusedOptimizer(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # Every group is planned (and so validated) before any group is updated: a step that
+        # raises changes nothing.
+        work = []
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             grads = [p.grad for p in params]
@@ -165,12 +191,15 @@ class FusedOptimizer(Optimizer):
             plan = self._plans.get(gi)
             if plan is None or plan.n != len(params) or plan.missing != missing:
                 plan = self._plans[gi] = self._build_plan(group, grads, missing)
+            work.append((group, plan, grads, missing))
+        for group, plan, grads, missing in work:
             lr = group["lr"]
             if not isinstance(lr, Tensor):
                 lr = torch.tensor(lr, dtype=torch.float64)
             for b in plan.buckets:
-                bgrads = grads if not missing and len(plan.buckets) == 1 else [
-                    grads[i] for i in b.idx]
+                bgrads = (
+                    grads if not missing and len(plan.buckets) == 1 else [grads[i] for i in b.idx]
+                )
                 fn = _dispatch.kernel(b.backend, self._op)
                 try:
                     self._launch(fn, group, b, bgrads, lr, grad_scale, found_inf)
@@ -219,9 +248,12 @@ class FusedOptimizer(Optimizer):
                     continue
                 if key == "step":
                     if value.numel() != 1:
-                        raise ValueError(f"loaded state for parameter {pid}: 'step' must have "
-                                         f"one element, got shape {tuple(value.shape)}")
+                        raise ValueError(
+                            f"loaded state for parameter {pid}: 'step' must have "
+                            f"one element, got shape {tuple(value.shape)}"
+                        )
                 elif value.shape != p.shape:
                     raise ValueError(
                         f"loaded state for parameter {pid}: {key!r} has shape "
-                        f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}")
+                        f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}"
+                    )

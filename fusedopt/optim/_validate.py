@@ -9,7 +9,7 @@ from torch import Tensor
 def check_lr(lr: float | Tensor) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
+    if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
 
 
@@ -39,10 +39,10 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor]) -> tuple[float, fl
 
 def check_adam_args(lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused):  # type: ignore[no-untyped-def]
     check_lr(lr)
-    if not 0.0 <= eps:
+    if not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps}")
     out = check_betas(betas)
-    if not 0.0 <= weight_decay:
+    if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     check_fused_flags(foreach, differentiable, fused)
     return out

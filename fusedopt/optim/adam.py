@@ -68,8 +68,9 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
     ) -> None:
-        betas = check_adam_args(lr, betas, eps, weight_decay, foreach, capturable,
-                                differentiable, fused)
+        betas = check_adam_args(
+            lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
+        )
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -105,14 +106,36 @@ class Adam(FusedOptimizer):
             if state.get(key) is None:
                 state[key] = zeros_like(p)
 
-    def _launch(self, fn: Callable[..., None], group: dict[str, Any], b: _Bucket,
-                grads: list[Tensor], lr: Tensor, grad_scale: Tensor | None,
-                found_inf: Tensor | None) -> None:
+    def _launch(
+        self,
+        fn: Callable[..., None],
+        group: dict[str, Any],
+        b: _Bucket,
+        grads: list[Tensor],
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
-        fn(b.params, grads, b.states[0], b.states[1], b.states[2] if amsgrad else [], b.steps,
-           lr, float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]),
-           amsgrad, group["maximize"], group["decoupled_weight_decay"], grad_scale, found_inf)
+        fn(
+            b.params,
+            grads,
+            b.states[0],
+            b.states[1],
+            b.states[2] if amsgrad else [],
+            b.steps,
+            lr,
+            float(beta1),
+            float(beta2),
+            float(group["weight_decay"]),
+            float(group["eps"]),
+            amsgrad,
+            group["maximize"],
+            group["decoupled_weight_decay"],
+            grad_scale,
+            found_inf,
+        )
 
 
 class AdamW(Adam):
@@ -141,10 +164,21 @@ class AdamW(Adam):
         fused: bool | None = None,
         backend: str = "auto",
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
-                         maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            backend=backend,
+        )
 
     def _setstate_groups(self) -> None:
         super()._setstate_groups()

@@ -95,11 +95,23 @@ class SGD(FusedOptimizer):
         # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.
         state["momentum_buffer"] = empty_like(p)
 
-    def _launch(self, fn: Callable[..., None], group: dict[str, Any], b: _Bucket,
-                grads: list[Tensor], lr: Tensor, grad_scale: Tensor | None,
-                found_inf: Tensor | None) -> None:
-        args = (float(group["momentum"]), float(group["dampening"]),
-                float(group["weight_decay"]), group["nesterov"], group["maximize"])
+    def _launch(
+        self,
+        fn: Callable[..., None],
+        group: dict[str, Any],
+        b: _Bucket,
+        grads: list[Tensor],
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        args = (
+            float(group["momentum"]),
+            float(group["dampening"]),
+            float(group["weight_decay"]),
+            group["nesterov"],
+            group["maximize"],
+        )
         bufs = b.states[0] if b.states else []
         if b.fresh is None or not bufs:
             fn(b.params, grads, bufs, lr, *args, False, grad_scale, found_inf)
@@ -108,5 +120,13 @@ class SGD(FusedOptimizer):
         for first in (False, True):
             sel = [i for i, f in enumerate(b.fresh) if f == first]
             if sel:
-                fn([b.params[i] for i in sel], [grads[i] for i in sel], [bufs[i] for i in sel],
-                   lr, *args, first, grad_scale, found_inf)
+                fn(
+                    [b.params[i] for i in sel],
+                    [grads[i] for i in sel],
+                    [bufs[i] for i in sel],
+                    lr,
+                    *args,
+                    first,
+                    grad_scale,
+                    found_inf,
+                )

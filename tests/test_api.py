@@ -1,0 +1,143 @@
+"""The torch.optim contract: param groups, hooks, closures, schedulers, zero_grad, backends()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedopt
+from helpers import clone_params, fresh_grads, make_params, set_grads
+
+
+def test_backends_report():
+    info = fusedopt.backends()
+    assert set(info) == {"cpu", "cuda", "triton", "reference"}
+    for name, b in info.items():
+        assert b.name == name and isinstance(b.available, bool) and b.reason
+    assert info["reference"].available
+
+
+def test_auto_uses_compiled_cpu_kernels_when_built():
+    p = torch.randn(3, requires_grad=True)
+    opt = fusedopt.AdamW([p])
+    p.grad = torch.randn(3)
+    opt.step()
+    (bucket,) = opt._plans[0].buckets
+    assert bucket.backend == ("cpu" if fusedopt.backends()["cpu"].available else "reference")
+
+
+def test_param_groups_with_different_hyperparameters_and_dtypes():
+    params = make_params(torch.float32)
+    extra = [
+        torch.randn(10, dtype=torch.float64, requires_grad=True),
+        torch.randn(10, dtype=torch.bfloat16, requires_grad=True),
+    ]
+    ours_p, theirs_p = clone_params(params + extra), clone_params(params + extra)
+
+    def groups(ps):
+        return [{"params": ps[:6]}, {"params": ps[6:], "lr": 0.05, "weight_decay": 0.0}]
+
+    ours = fusedopt.AdamW(groups(ours_p), lr=1e-2)
+    theirs = torch.optim.AdamW(groups(theirs_p), lr=1e-2, foreach=False)
+    for _ in range(3):
+        g = fresh_grads(params) + [
+            torch.randn(10, dtype=torch.float64),
+            torch.randn(10, dtype=torch.bfloat16),
+        ]
+        set_grads(ours_p, g)
+        set_grads(theirs_p, g)
+        ours.step()
+        theirs.step()
+    for a, b in zip(ours_p[:-1], theirs_p[:-1]):
+        torch.testing.assert_close(a, b, rtol=1.3e-6, atol=1e-5)
+    torch.testing.assert_close(ours_p[-1], theirs_p[-1], rtol=1e-2, atol=1e-2)
+
+
+def test_add_param_group_and_params_gaining_grads_later():
+    a, b = torch.randn(5, requires_grad=True), torch.randn(7, requires_grad=True)
+    ta, tb = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ours, theirs = fusedopt.Adam([a], lr=0.1), torch.optim.Adam([ta], lr=0.1, foreach=False)
+    for step in range(4):
+        if step == 1:
+            ours.add_param_group({"params": [b], "lr": 0.01})
+            theirs.add_param_group({"params": [tb], "lr": 0.01})
+        ga, gb = torch.randn(5), torch.randn(7)
+        a.grad, ta.grad = ga, ga
+        # b only has a grad on some steps: plans are rebuilt when the set changes
+        b.grad = tb.grad = gb if step in (2, 3) else None
+        ours.step()
+        theirs.step()
+        torch.testing.assert_close(a, ta)
+        torch.testing.assert_close(b, tb)
+    assert ours.state[b]["step"].item() == 2
+
+
+def test_hooks_closure_zero_grad():
+    p = torch.randn(4, requires_grad=True)
+    opt = fusedopt.SGD([p], lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+
+    def closure():
+        opt.zero_grad()
+        loss = (p * p).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert calls == ["pre", "post"]
+    assert isinstance(loss, torch.Tensor)
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_step_does_not_modify_grads():
+    params = make_params(torch.float32)
+    g = fresh_grads(params)
+    set_grads(params, g)
+    saved = [None if x is None else x.clone() for x in g]
+    opt = fusedopt.Adam(params, weight_decay=0.1, maximize=True)
+    opt.step()
+    for x, y in zip(g, saved):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+def test_lr_scheduler_and_tensor_lr_updates_take_effect():
+    p = torch.randn(6, requires_grad=True)
+    tp = p.detach().clone().requires_grad_()
+    ours = fusedopt.AdamW([p], lr=torch.tensor(0.1))
+    theirs = torch.optim.AdamW([tp], lr=0.1, foreach=False)
+    s1 = torch.optim.lr_scheduler.CosineAnnealingLR(ours, T_max=5)
+    s2 = torch.optim.lr_scheduler.CosineAnnealingLR(theirs, T_max=5)
+    for _ in range(5):
+        g = torch.randn(6)
+        p.grad, tp.grad = g, g
+        ours.step()
+        theirs.step()
+        s1.step()
+        s2.step()
+        torch.testing.assert_close(p, tp)
+    assert isinstance(ours.param_groups[0]["lr"], torch.Tensor)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_tiny_tensors_match_the_reference(threads):
+    """2,000 small tensors in one launch: every tensor boundary inside a thread's range."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sizes = torch.randint(0, 70, (2000,)).tolist()
+        params = [torch.randn(n, requires_grad=True) for n in sizes]
+        ref = [p.detach().clone().requires_grad_() for p in params]
+        ours = fusedopt.AdamW(params, lr=1e-2, weight_decay=0.1)
+        theirs = fusedopt.AdamW(ref, lr=1e-2, weight_decay=0.1, backend="reference")
+        for _ in range(2):
+            for p, r in zip(params, ref):
+                p.grad = r.grad = torch.randn_like(p)
+            ours.step()
+            theirs.step()
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p, r, rtol=1.3e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,146 @@
+"""fusedopt vs torch.optim (for-loop implementation), element by element after every step.
+
+The matrix is declared once: optimizer config x backend x dtype. Every run uses the parameter
+set of helpers.make_params (odd sizes, 0-d, transposed/sliced params, expanded and transposed
+grads, a frozen param, an empty param last).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedopt
+from helpers import DTYPE_IDS, DTYPES, cpu_levels, run_parity
+
+BACKENDS = [
+    pytest.param(
+        "cpu",
+        id="cpu",
+        marks=pytest.mark.skipif(
+            not fusedopt.backends()["cpu"].available, reason="compiled CPU kernels unavailable"
+        ),
+    ),
+    pytest.param("reference", id="reference"),
+]
+
+# (id, fusedopt class, torch.optim class, kwargs)
+CONFIGS = [
+    ("adam", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2}),
+    ("adam-wd", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "weight_decay": 0.1}),
+    ("adam-amsgrad", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
+    ("adam-maximize", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "maximize": True}),
+    (
+        "adam-all",
+        fusedopt.Adam,
+        torch.optim.Adam,
+        {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6},
+    ),
+    ("adam-lowbetas", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "betas": (0.3, 0.6)}),
+    ("adamw", fusedopt.AdamW, torch.optim.AdamW, {"lr": 1e-2}),
+    (
+        "adamw-wd-amsgrad",
+        fusedopt.AdamW,
+        torch.optim.AdamW,
+        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
+    ),
+    (
+        "adamw-maximize",
+        fusedopt.AdamW,
+        torch.optim.AdamW,
+        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
+    ),
+    ("sgd", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1}),
+    (
+        "sgd-wd-maximize",
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"lr": 0.1, "weight_decay": 0.1, "maximize": True},
+    ),
+    ("sgd-momentum", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    (
+        "sgd-dampening",
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
+    ),
+    (
+        "sgd-nesterov",
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,ours,theirs,kwargs", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_matches_torch_forloop(name, ours, theirs, kwargs, backend, dtype):
+    run_parity(
+        lambda ps: ours(ps, backend=backend, **kwargs),
+        lambda ps: theirs(ps, foreach=False, **kwargs),
+        dtype,
+        make_ref64=lambda ps: ours(ps, backend="reference", **kwargs),
+    )
+
+
+@pytest.mark.parametrize(
+    "name,ours,theirs,kwargs",
+    [CONFIGS[4], CONFIGS[7], CONFIGS[13]],
+    ids=["adam-all", "adamw-wd-amsgrad", "sgd-nesterov"],
+)
+def test_tensor_lr(name, ours, theirs, kwargs):
+    kw = dict(kwargs, lr=torch.tensor(kwargs["lr"]))
+    run_parity(
+        lambda ps: ours(ps, **kw), lambda ps: theirs(ps, foreach=False, **kwargs), torch.float32
+    )
+
+
+@pytest.mark.parametrize("level", cpu_levels())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_every_simd_level(level, dtype):
+    """The AVX-512, AVX2 and portable loops each match torch (selected at run time)."""
+    from fusedopt._ext import _C
+
+    before = _C.cpu_capability()
+    _C.set_cpu_capability(level)
+    try:
+        assert _C.cpu_capability() == level
+        for _, ours, theirs, kwargs in (CONFIGS[4], CONFIGS[7], CONFIGS[12]):
+            run_parity(
+                lambda ps, o=ours, k=kwargs: o(ps, backend="cpu", **k),
+                lambda ps, t=theirs, k=kwargs: t(ps, foreach=False, **k),
+                dtype,
+                steps=3,
+                make_ref64=lambda ps, o=ours, k=kwargs: o(ps, backend="reference", **k),
+            )
+    finally:
+        _C.set_cpu_capability(before)
+
+
+WRONG = [
+    # fp32 resolves small errors in one step
+    pytest.param(torch.float32, {"lr": 1e-2}, {"betas": (0.9, 0.99)}, id="fp32-beta2"),
+    pytest.param(torch.float32, {"lr": 1e-2}, {"lr": 1.01e-2}, id="fp32-lr+1%"),
+    pytest.param(torch.float32, {"lr": 1e-2}, {"eps": 1e-6}, id="fp32-eps"),
+    pytest.param(torch.float32, {"lr": 1e-2}, {"weight_decay": 0.11}, id="fp32-wd"),
+    # bf16 has 8 significant bits: a single step only shows errors above its resolution
+    pytest.param(torch.bfloat16, {"lr": 1e-1}, {"betas": (0.9, 0.99)}, id="bf16-beta2"),
+    pytest.param(torch.bfloat16, {"lr": 1e-1}, {"lr": 1.2e-1}, id="bf16-lr+20%"),
+    pytest.param(torch.bfloat16, {"lr": 1e-1}, {"betas": (0.8, 0.999)}, id="bf16-beta1"),
+]
+
+
+@pytest.mark.parametrize("dtype,base,wrong", WRONG)
+def test_checker_catches_a_wrong_update(dtype, base, wrong):
+    """A test that cannot fail is worse than none: a slightly wrong optimizer must fail."""
+    kwargs = dict(base, weight_decay=0.1)
+    with pytest.raises(AssertionError):
+        run_parity(
+            lambda ps: fusedopt.AdamW(ps, **dict(kwargs, **wrong)),
+            lambda ps: torch.optim.AdamW(ps, foreach=False, **kwargs),
+            dtype,
+            steps=2,
+            make_ref64=lambda ps: fusedopt.AdamW(ps, backend="reference", **kwargs),
+        )
