@@ -38,17 +38,27 @@ def _cuda_home() -> str | None:
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
-def _want_cuda(torch) -> bool:
+# Why the CUDA part was left out, recorded in the build (fusedopt._C.cuda_skip_code) so that
+# fusedopt.backends() can say so: 1 switched off, 2 CPU-only torch, 3 no CUDA toolkit.
+NO_CUDA_SWITCH, NO_CUDA_TORCH, NO_CUDA_TOOLKIT = 1, 2, 3
+
+
+def _want_cuda(torch) -> tuple[bool, int]:
     flag = os.environ.get("FUSEDOPT_BUILD_CUDA")
     if flag is not None:
-        return flag not in ("0", "", "false", "False")
-    return torch.version.cuda is not None and _cuda_home() is not None
+        on = flag not in ("0", "", "false", "False")
+        return on, 0 if on else NO_CUDA_SWITCH
+    if torch.version.cuda is None:
+        return False, NO_CUDA_TORCH
+    if _cuda_home() is None:
+        return False, NO_CUDA_TOOLKIT
+    return True, 0
 
 
 def _extensions():
     import torch
 
-    build_cuda = _want_cuda(torch)
+    build_cuda, skip_code = _want_cuda(torch)
     if build_cuda and not os.environ.get("CUDA_HOME"):
         home = _cuda_home()
         if home is None:
@@ -57,9 +67,18 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
-    macros = []
+    # csrc/cuda/*.cpp is host code, built either way: the CUDA ops' glue (registered only with
+    # CUDA) and its host simulation, which the CPU test suite runs (csrc/cuda/sim.h).
+    sources = sorted(
+        glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cuda/*.cpp")
+    )
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the including
+    # translation unit is compiled with OpenMP (torch's own build uses it; we link its runtime).
+    # -ffp-contract=off: no fused multiply-adds, so the vectorized loop body and its scalar tail
+    # round identically and a result does not depend on where the threads' ranges split (the
+    # same bits on any thread count), and the op order matches torch's written order.
+    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+    macros = [("FUSEDOPT_CUDA_SKIP_CODE", str(skip_code))]
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros.append(("FUSEDOPT_WITH_CUDA", None))
@@ -80,6 +99,7 @@ def _extensions():
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args=args,
+            extra_link_args=["-fopenmp"],
         )
     ], {"build_ext": BuildExtension}
 

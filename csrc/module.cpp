@@ -26,9 +26,13 @@ namespace fusedopt::cuda {
 std::string compiled_archs();  // csrc/cuda/info.cu
 }
 #endif
+namespace fusedopt::cuda {
+void bind_host(py::module_& m);  // csrc/cuda/bindings.cpp: _C.planner, _C.sim
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedopt compiled kernels (ops are under torch.ops.fusedopt)";
+  fusedopt::cuda::bind_host(m);
   m.def("cpu_capability", [] { return std::string(isa_name(fusedopt::cpu::current_isa())); },
         "The SIMD level the CPU kernels use now.");
   m.def("cpu_capability_detected",
@@ -45,8 +49,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FUSEDOPT_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("cuda_archs", [] { return fusedopt::cuda::compiled_archs(); });
+  m.attr("cuda_skip_code") = 0;
 #else
   m.attr("with_cuda") = false;
+  // Why the CUDA part was left out (setup.py): 1 FUSEDOPT_BUILD_CUDA=0, 2 CPU-only torch,
+  // 3 no CUDA toolkit found.
+  m.attr("cuda_skip_code") = FUSEDOPT_CUDA_SKIP_CODE;
   m.def("cuda_archs", [] { return std::string(); });
 #endif
 }

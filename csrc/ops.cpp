@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedopt, m) {
+  // Sum of squares of every element of every tensor, accumulated in fp64 (the global grad norm).
+  m.def("sum_sq(Tensor[] tensors) -> Tensor");
   m.def(
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
@@ -19,4 +21,22 @@ TORCH_LIBRARY(fusedopt, m) {
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, "
       "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
       "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def(
+      "lion_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] state_steps, Tensor lr, float beta1, float beta2, float weight_decay, "
+      "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // tensor_norms: if given, an (n, 2) float tensor that receives (||p||, ||u||) of each param
+  // (for tests and for logging trust ratios).
+  m.def(
+      "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] state_steps, Tensor lr, float beta1, float beta2, "
+      "float weight_decay, float eps, bool bias_correction, float? trust_clip, bool maximize, "
+      "Tensor(e!)? tensor_norms=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def(
+      "sophia_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor[] hessians, "
+      "Tensor(c!)[] state_steps, Tensor lr, float beta1, float rho, float bs, "
+      "float weight_decay, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def(
+      "sophia_update_hessian_(Tensor(a!)[] hessians, Tensor[] grads, float beta2, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }

@@ -8,13 +8,27 @@ PyTorch reference that is the specification. ``fusedopt.backends()`` says what r
 
 from __future__ import annotations
 
+from . import schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
-from .optim import SGD, Adam, AdamW
+from .clip import clip_grad_norm_
+from .optim import LAMB, SGD, Adam, AdamW, Lion, Sophia
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adam", "AdamW", "BackendInfo", "backends", "__version__"]
+__all__ = [
+    "LAMB",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Lion",
+    "Sophia",
+    "BackendInfo",
+    "backends",
+    "clip_grad_norm_",
+    "schedules",
+    "__version__",
+]
 
 if _LOAD_ERROR is not None:
     import warnings

@@ -56,11 +56,11 @@ def _cuda_info() -> BackendInfo:
             "cuda", False, f"the compiled extension fusedopt._C is missing ({LOAD_ERROR})"
         )
     if not _C.with_cuda:
-        why = (
-            "torch is a CPU-only build"
-            if torch.version.cuda is None
-            else ("no CUDA toolkit (nvcc) at build time, or FUSEDOPT_BUILD_CUDA=0")
-        )
+        why = {
+            1: "FUSEDOPT_BUILD_CUDA=0 at build time",
+            2: "the torch it was built against is a CPU-only build",
+            3: "no CUDA toolkit (nvcc) was found at build time",
+        }.get(getattr(_C, "cuda_skip_code", 0), "unknown reason")
         return BackendInfo("cuda", False, f"fusedopt._C was built without CUDA: {why}")
     if not _has_kernel("adam_", "CUDA"):
         return BackendInfo("cuda", False, "CUDA kernels are not implemented in this version")

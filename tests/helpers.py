@@ -162,8 +162,11 @@ def run_parity(
     steps: int = 7,
     step_kwargs: dict | None = None,
     make_ref64: Callable | None = None,
+    device: str = "cpu",
 ) -> None:
     """Ours vs torch.optim's for-loop, element by element after every step, re-synced.
+
+    ``device``: where the params live (both implementations run there; tests/test_cuda.py).
 
     For fp16/bf16, torch.optim's for-loop rounds every intermediate to the storage dtype, so its
     own error can exceed any sensible tolerance (e.g. ``buf.mul_(momentum)`` rounded before a
@@ -173,7 +176,7 @@ def run_parity(
     element by element we must match torch within TOL_VS_TORCH wherever torch itself is within
     that tolerance of the fp64 result.
     """
-    params = make_params(dtype)
+    params = make_params(dtype, device)
     ours_p = clone_params(params)
     theirs_p = clone_params(params)
     ours = make_ours(ours_p)
@@ -199,11 +202,12 @@ def run_parity(
             c = state_tensors(ref, ref_p)
         for j, ((name, x), (_, y)) in enumerate(zip(a, b)):
             assert x.dtype == y.dtype and x.shape == y.shape, name
+            y = y.to(x.device)  # torch.optim's for-loop keeps `step` on the CPU, we on the GPU
             what = f"step {step + 1} {name}"
             if not half:
                 assert_close_ulp(x, y, tol, what)
                 continue
-            r = c[j][1].double()
+            r = c[j][1].double().to(x.device)
             finite = r.isfinite() & y.isfinite()
             err_ours = (x.double() - r).abs()[finite]
             err_torch = (y.double() - r).abs()[finite]

@@ -53,12 +53,9 @@ template <class Body, class... Args>
 inline void run_isa(Isa isa, Args... args) {
 #if FUSEDOPT_X86
   switch (isa) {
-    case Isa::kAvx512:
-      return run_avx512<Body>(args...);
-    case Isa::kAvx2:
-      return run_avx2<Body>(args...);
-    default:
-      break;
+    case Isa::kAvx512: return run_avx512<Body>(args...);
+    case Isa::kAvx2: return run_avx2<Body>(args...);
+    default: break;
   }
 #endif
   (void)isa;

@@ -1,5 +1,6 @@
 #include "multi_tensor.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
@@ -15,8 +16,8 @@ bool dense_with_strides(const at::Tensor& t, at::IntArrayRef strides) {
 
 }  // namespace
 
-MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists)
-    : op_(op), lists_(std::move(lists)) {
+MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Device device)
+    : op_(op), device_(device), lists_(std::move(lists)) {
   TORCH_CHECK(!lists_.empty() && lists_.size() <= kMaxLists, op_, ": bad number of lists");
   const auto& params = lists_[0].tensors;
   const size_t n = params.size();
@@ -26,17 +27,36 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists)
   }
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
+    // One dtype per call: the kernel is instantiated for params[0]'s dtype and would read any
+    // other param's memory with the wrong element size.
+    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), op_, ": params[", i, "] has dtype ",
+                p.scalar_type(), " but params[0] has dtype ", params[0].scalar_type(),
+                " (call the op once per dtype)");
+    const auto st = p.scalar_type();
+    TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                op_, ": params[", i, "] has dtype ", st,
+                "; supported: float32, float64, float16, bfloat16");
     for (const auto& l : lists_) {
       const at::Tensor& t = l.tensors[i];
       TORCH_CHECK(t.defined(), op_, ": ", l.name, "[", i, "] is undefined");
       TORCH_CHECK(t.layout() == at::kStrided, op_, ": ", l.name, "[", i,
                   "] is sparse; fused optimizers do not support sparse tensors");
-      TORCH_CHECK(t.device().is_cpu(), op_, ": ", l.name, "[", i, "] is on ", t.device(),
-                  ", expected cpu (this is the CPU kernel)");
+      if (device_.is_cpu()) {
+        TORCH_CHECK(t.device().is_cpu(), op_, ": ", l.name, "[", i, "] is on ", t.device(),
+                    ", expected cpu (this is the CPU kernel)");
+      } else {
+        TORCH_CHECK(t.device() == device_, op_, ": ", l.name, "[", i, "] is on ", t.device(),
+                    ", expected ", device_, " (the device of params[0])");
+      }
       TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i,
                   "] has dtype ", t.scalar_type(), " but its param has dtype ", p.scalar_type());
       TORCH_CHECK(t.sizes() == p.sizes(), op_, ": ", l.name, "[", i, "] has shape ", t.sizes(),
                   " but its param has shape ", p.sizes());
+      // A written tensor whose elements share memory (an expanded state tensor) has no
+      // well-defined in-place result; refuse it here, before anything is written.
+      TORCH_CHECK(!l.written || at::has_internal_overlap(t) != at::MemOverlap::Yes, op_, ": ",
+                  l.name, "[", i, "] has elements that share memory (e.g. an expanded tensor) "
+                  "and cannot be updated in place");
     }
   }
   stage();
@@ -55,7 +75,11 @@ void MultiTensor::stage() {
     at::Tensor ref = params[i];
     if (!ref.is_non_overlapping_and_dense()) {
       at::Tensor staged = ref.contiguous();
-      writeback_.emplace_back(ref, staged);
+      if (lists_[0].written) {
+        writeback_.emplace_back(ref, staged);
+      } else {
+        keep_alive_.push_back(staged);
+      }
       ref = staged;
     }
     for (size_t k = 0; k < lists_.size(); ++k) {
@@ -94,7 +118,51 @@ void MultiTensor::run(const std::function<void(const FlatTuple&, int64_t, int64_
       }
     });
   }
+  copy_back();
+}
+
+void MultiTensor::copy_back() {
   for (auto& [dst, staged] : writeback_) dst.copy_(staged);
+}
+
+void MultiTensor::split_into_pieces() {
+  const int64_t total = total_numel();
+  const int64_t blocks = (total + kGrainSize - 1) / kGrainSize;
+  block_pieces_.assign(static_cast<size_t>(blocks) + 1, 0);
+  for (size_t i = 0; i < tuples_.size(); ++i) {
+    const int64_t start = offsets_[i] - tuples_[i].numel;
+    for (int64_t pos = start; pos < offsets_[i];) {
+      const int64_t block = pos / kGrainSize;
+      const int64_t end = std::min(offsets_[i], (block + 1) * kGrainSize);
+      pieces_.push_back({i, pos - start, end - start});
+      block_pieces_[block + 1] = pieces_.size();
+      pos = end;
+    }
+  }
+}
+
+std::vector<double> MultiTensor::reduce(
+    int width, const std::function<void(const FlatTuple&, int64_t, int64_t, double*)>& fn) {
+  TORCH_CHECK(width > 0, op_, ": bad reduction width");
+  std::vector<double> totals(tuples_.size() * width, 0.0);
+  if (total_numel() > 0) {
+    if (pieces_.empty()) split_into_pieces();
+    std::vector<double> partials(pieces_.size() * width, 0.0);
+    const int64_t blocks = static_cast<int64_t>(block_pieces_.size()) - 1;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (size_t k = block_pieces_[b0]; k < block_pieces_[b1]; ++k) {
+        const Piece& piece = pieces_[k];
+        fn(tuples_[piece.tuple], piece.lo, piece.hi, &partials[k * width]);
+      }
+    });
+    for (size_t k = 0; k < pieces_.size(); ++k) {
+      for (int w = 0; w < width; ++w) {
+        totals[pieces_[k].tuple * width + w] += partials[k * width + w];
+      }
+    }
+  }
+  copy_back();
+  return totals;
 }
 
 }  // namespace fusedopt::cpu

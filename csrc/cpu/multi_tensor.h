@@ -46,9 +46,11 @@ struct FlatTuple {
 class MultiTensor {
  public:
   // lists[0] is the param list. Checks (all before anything is written): equal lengths, equal
-  // shapes, same dtype as the param, CPU, strided, not
+  // shapes, same dtype as the param, on `device`, strided, not
   // sparse. Throws c10::Error naming the op, the list and the index.
-  MultiTensor(const char* op, std::vector<ListSpec> lists);
+  // The validation and staging are device-independent: the CUDA backend passes its device,
+  // plans its launches over tuples() and calls copy_back() after them (csrc/cuda/glue.h).
+  MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Device device = c10::kCPU);
 
   // Non-empty parameters, in list order.
   const std::vector<FlatTuple>& tuples() const { return tuples_; }
@@ -58,16 +60,43 @@ class MultiTensor {
   // parallel over the whole group, then copies staged tensors back.
   void run(const std::function<void(const FlatTuple&, int64_t, int64_t)>& fn);
 
+  // Like run(), for kernels that also reduce: fn(tuple, begin, end, acc) adds its partial sums
+  // for the range to acc[0, width) (zeroed before the call). Returns the per-tuple totals,
+  // width values per entry of tuples(), combined in a fixed order (Note [fixed-order reductions]).
+  std::vector<double> reduce(
+      int width, const std::function<void(const FlatTuple&, int64_t, int64_t, double*)>& fn);
+
+  // Copies staged tensors back to the tensors they stand for (run() and reduce() do it).
+  void copy_back();
+
  private:
   void stage();
 
+  // A piece of the flat range: one tuple's [lo, hi), inside one block of kGrainSize elements.
+  struct Piece {
+    size_t tuple;
+    int64_t lo, hi;
+  };
+  void split_into_pieces();
+
   const char* op_;
+  c10::Device device_;
   std::vector<ListSpec> lists_;
   std::vector<FlatTuple> tuples_;
   std::vector<int64_t> offsets_;  // offsets_[i] = elements before tuples_[i+1]; inclusive sum
   std::vector<std::pair<at::Tensor, at::Tensor>> writeback_;  // (destination, staged)
   std::vector<at::Tensor> keep_alive_;                        // staged read-only copies
+  std::vector<Piece> pieces_;         // built by the first reduce()
+  std::vector<size_t> block_pieces_;  // block b's pieces: [block_pieces_[b], block_pieces_[b+1])
 };
+
+// Note [fixed-order reductions]
+// reduce() cuts the flat range at fixed points: tuple boundaries and multiples of kGrainSize.
+// Each piece gets its own partial sums, and the partials of a tuple are added up in piece order
+// after the parallel region. The pieces depend only on the tensor sizes, not on the number of
+// threads or how at::parallel_for splits the blocks among them, so a reduction (LAMB's norms)
+// gives the same bits on every run and any thread count. There are at most
+// (number of tuples + number of blocks) pieces, so the partials cost next to nothing.
 
 // Elements per parallel task. Large enough that per-task overhead is noise, small enough that
 // both threads get work on a 2M-element group.

@@ -40,8 +40,8 @@ void sgd_group(MultiTensor& mt, const SgdScalars<at::opmath_type<scalar_t>>& sc)
 }
 
 template <typename scalar_t>
-void sgd_dispatch(MultiTensor& mt, const SgdScalars<at::opmath_type<scalar_t>>& sc,
-                  bool momentum, bool first, bool nesterov, bool maximize) {
+void sgd_dispatch(MultiTensor& mt, const SgdScalars<at::opmath_type<scalar_t>>& sc, bool momentum,
+                  bool first, bool nesterov, bool maximize) {
   if (!momentum) {
     return maximize ? sgd_group<scalar_t, false, false, false, true>(mt, sc)
                     : sgd_group<scalar_t, false, false, false, false>(mt, sc);

@@ -1,4 +1,7 @@
 from .adam import Adam, AdamW
+from .lamb import LAMB
+from .lion import Lion
 from .sgd import SGD
+from .sophia import Sophia
 
-__all__ = ["SGD", "Adam", "AdamW"]
+__all__ = ["LAMB", "SGD", "Adam", "AdamW", "Lion", "Sophia"]

@@ -57,12 +57,32 @@ class FusedOptimizer(Optimizer):
     _op: str = ""
     _sparse_error: str = ""
     _has_step: bool = True  # keeps a per-param 'step' counter in state
+    # torch.amp.GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself
+    # (Note [found_inf and grad_scale] in csrc/cpu/common.h).
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params: Any, defaults: dict[str, Any], backend: str = "auto") -> None:
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+    ) -> None:
         _dispatch.require(backend)
+        if max_grad_norm is not None and not max_grad_norm > 0.0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         self.backend = backend
+        self.max_grad_norm = max_grad_norm
         self._plans: dict[int, _Plan] = {}
         super().__init__(params, defaults)
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        device = first.device if first is not None else torch.device("cpu")
+        #: 0-d bool tensor on the params' device: True when the last step was skipped because
+        #: GradScaler found inf/NaN grads. Updated every step without a host sync.
+        self.step_skipped = torch.zeros((), dtype=torch.bool, device=device)
+        #: 0-d float32 tensor: the global grad norm (after unscaling) of the last step, when
+        #: max_grad_norm is set; None otherwise.
+        self.last_grad_norm: Tensor | None = None
 
     # -- plan bookkeeping ---------------------------------------------------------------------
     def invalidate_plans(self) -> None:
@@ -76,11 +96,16 @@ class FusedOptimizer(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["backend"] = self.backend
+        state["max_grad_norm"] = self.max_grad_norm
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("last_grad_norm", None)
+        if "step_skipped" not in self.__dict__:
+            self.step_skipped = torch.zeros((), dtype=torch.bool)
         self.invalidate_plans()
         self._setstate_groups()
 
@@ -167,6 +192,27 @@ class FusedOptimizer(Optimizer):
                 b.fresh.append(fresh)
         return _Plan(len(group["params"]), missing, list(buckets.values()))
 
+    def _plan_work(self) -> list[tuple[dict[str, Any], _Bucket, list[Tensor]]]:
+        """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
+
+        Every group is planned (and so validated) before any group is updated: a step that
+        raises changes nothing.
+        """
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            missing = [i for i, g in enumerate(grads) if g is None]
+            plan = self._plans.get(gi)
+            if plan is None or plan.n != len(params) or plan.missing != missing:
+                plan = self._plans[gi] = self._build_plan(group, grads, missing)
+            for b in plan.buckets:
+                bgrads = (
+                    grads if not missing and len(plan.buckets) == 1 else [grads[i] for i in b.idx]
+                )
+                work.append((group, b, bgrads))
+        return work
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform a single optimization step.
@@ -181,34 +227,64 @@ class FusedOptimizer(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        # Every group is planned (and so validated) before any group is updated: a step that
-        # raises changes nothing.
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            grads = [p.grad for p in params]
-            missing = [i for i, g in enumerate(grads) if g is None]
-            plan = self._plans.get(gi)
-            if plan is None or plan.n != len(params) or plan.missing != missing:
-                plan = self._plans[gi] = self._build_plan(group, grads, missing)
-            work.append((group, plan, grads, missing))
-        for group, plan, grads, missing in work:
+        work = self._plan_work()
+        if found_inf is None:
+            self.step_skipped.fill_(False)
+        else:
+            self.step_skipped.copy_(found_inf.to(self.step_skipped.device, non_blocking=True) != 0)
+        if self.max_grad_norm is not None and work:
+            grad_scale = self._clip(work, grad_scale)
+        for group, b, bgrads in work:
             lr = group["lr"]
             if not isinstance(lr, Tensor):
                 lr = torch.tensor(lr, dtype=torch.float64)
-            for b in plan.buckets:
-                bgrads = (
-                    grads if not missing and len(plan.buckets) == 1 else [grads[i] for i in b.idx]
-                )
-                fn = _dispatch.kernel(b.backend, self._op)
-                try:
-                    self._launch(fn, group, b, bgrads, lr, grad_scale, found_inf)
-                except RuntimeError:
-                    if any(g.is_sparse for g in bgrads):
-                        raise RuntimeError(self._sparse_error) from None
-                    raise
-                b.fresh = None
+            fn = _dispatch.kernel(b.backend, self._op)
+            gs = grad_scale
+            if gs is not None and gs.device != b.device:
+                gs = gs.to(b.device, non_blocking=True)
+            fi = found_inf
+            if b.device.type != "cpu":
+                # GPU kernels read device scalars on the params' GPU (Note [scalars on the
+                # device] in csrc/cuda/kernel_table.h); a model spread over GPUs has buckets
+                # on other devices than GradScaler's found_inf or a device lr.
+                if fi is not None and fi.device != b.device:
+                    fi = fi.to(b.device, non_blocking=True)
+                if lr.device.type != "cpu" and lr.device != b.device:
+                    lr = lr.to(b.device, non_blocking=True)
+            try:
+                self._launch(fn, group, b, bgrads, lr, gs, fi)
+            except RuntimeError:
+                if any(g.is_sparse for g in bgrads):
+                    raise RuntimeError(self._sparse_error) from None
+                raise
+            b.fresh = None
         return loss
+
+    def _clip(self, work: list, grad_scale: Tensor | None) -> Tensor:
+        """Note [clipping inside the step]
+        The global L2 norm of all grads (fp64 sums of squares from one multi-tensor reduction
+        per bucket, no host sync), unscaled by the AMP scale, gives the factor
+        min(1, max_grad_norm / (norm + 1e-6)) that torch.nn.utils.clip_grad_norm_ would apply.
+        Instead of a pass that rewrites every grad, the factor rides into the update kernels
+        through their grad_scale argument: the kernels multiply each grad by 1/grad_scale, and
+        1/(scale/coef) in fp64 rounds to exactly the fp32 coef. Non-finite norms behave as in
+        clip_grad_norm_(error_if_nonfinite=False): an inf norm gives a zero factor, a NaN norm NaN.
+        """
+        total: Tensor | None = None
+        for _, b, bgrads in work:
+            sq = _dispatch.kernel(b.backend, "sum_sq")(bgrads)
+            total = sq if total is None else total + sq.to(total.device)
+        assert total is not None
+        norm = total.sqrt()
+        if grad_scale is not None:
+            norm = norm / grad_scale.to(norm.device, torch.float64)
+        norm = norm.float()
+        self.last_grad_norm = norm
+        coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        eff = coef.double().reciprocal()
+        if grad_scale is not None:
+            eff = eff * grad_scale.to(eff.device, torch.float64)
+        return eff
 
     # -- checkpoints --------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

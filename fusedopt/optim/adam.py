@@ -46,6 +46,10 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay (bool, optional): AdamW-style decay (default: False).
         backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
             (default: "auto"); see :func:`fusedopt.backends`.
+        max_grad_norm (float, optional): clip the global L2 norm of all grads (of all groups,
+            after AMP unscaling) to this value inside the step, as
+            ``torch.nn.utils.clip_grad_norm_`` would before it, without a separate pass; the
+            norm is kept in ``optimizer.last_grad_norm`` (default: None, no clipping).
     """
 
     _op = "adam_"
@@ -67,6 +71,7 @@ class Adam(FusedOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
     ) -> None:
         betas = check_adam_args(
             lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
@@ -84,7 +89,7 @@ class Adam(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, max_grad_norm)
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
@@ -163,6 +168,7 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -178,6 +184,7 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             backend=backend,
+            max_grad_norm=max_grad_norm,
         )
 
     def _setstate_groups(self) -> None:

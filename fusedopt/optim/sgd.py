@@ -38,6 +38,8 @@ class SGD(FusedOptimizer):
         fused (bool, optional): accepted for compatibility; fusedopt is always fused.
         backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
             (default: "auto").
+        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
+            :class:`fusedopt.Adam` (default: None).
     """
 
     _op = "sgd_"
@@ -58,6 +60,7 @@ class SGD(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
     ) -> None:
         check_lr(lr)
         if momentum < 0.0:
@@ -78,7 +81,7 @@ class SGD(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, max_grad_norm)
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:

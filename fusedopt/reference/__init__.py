@@ -6,9 +6,20 @@ its arguments in place, and is written to be read: one parameter at a time, math
 The tests run these in fp64 as the ground truth, and ``backend="reference"`` runs them for real.
 """
 
+from ._common import opmath_dtype, sum_sq
 from .adam import adam_
+from .lamb import lamb_
+from .lion import lion_
 from .sgd import sgd_
+from .sophia import sophia_, sophia_update_hessian_
 
-__all__ = ["adam_", "sgd_", "opmath_dtype"]
-
-from ._common import opmath_dtype  # noqa: E402
+__all__ = [
+    "adam_",
+    "lamb_",
+    "lion_",
+    "sgd_",
+    "sophia_",
+    "sophia_update_hessian_",
+    "opmath_dtype",
+    "sum_sq",
+]

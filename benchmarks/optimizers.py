@@ -1,0 +1,383 @@
+"""Which optimizers get benchmark rows, their implementations, and their bytes models.
+
+Note [bytes models]
+An optimizer step is memory-bound, so the benchmark's figure of merit is bytes moved per second
+against the machine's measured bandwidth. A bytes model counts the DRAM traffic of one step per
+parameter as the fewest bytes any implementation must move: every array read once and every
+array written once, with nothing left in cache from the previous step. An implementation that
+makes more passes (torch's for-loop and foreach run one pass per arithmetic op) moves more than
+the model and shows up as a lower GB/s: the model is what the work *needs*, not what a given
+implementation does. Per-tensor scalars (the ``step`` counter) are ignored. State is kept in the
+param's dtype, as torch.optim does, so bf16 params halve every count. An optimizer whose pass
+structure is not known is marked as an estimate; an optimizer that cannot be one pass (LAMB: its
+trust ratio needs per-tensor norms before the update) counts the passes its kernel makes.
+
+To add an optimizer: write its bytes model as a function here, then one OptimizerSpec entry in
+OPTIMIZERS. It gets rows as soon as ``fusedopt`` has a class of that name.
+
+Note [train loop]
+The ``train-loop`` rows time the optimizer's part of one mixed-precision training iteration, end
+to end, as users write it -- not one ``step()``. Every row holds a torch.amp.GradScaler whose grads
+are scaled by it (``scaler.scale(grads)``: what ``scaler.scale(loss).backward()`` leaves in
+``.grad``) and an lr schedule of linear warmup + cosine decay, and runs, timed:
+  torch-fused / torch-foreach (torch.optim.AdamW(fused=True) / (foreach=True)):
+      scaler.unscale_(opt); clip_grad_norm_(params, 1.0); scaler.step(opt); scaler.update();
+      sched.step()                    # torch.optim.lr_scheduler.LambdaLR, host-side lr
+  fusedopt (fusedopt.AdamW(lr=torch.tensor(...), max_grad_norm=1.0)):
+      scaler.step(opt); scaler.update(); sched.step()
+                                      # fusedopt.schedules.WarmupCosine(device=True)
+fusedopt sets ``_step_supports_amp_scaling``, so GradScaler hands it grad_scale and found_inf and
+the update kernel unscales; the clip factor comes from one fused sum-of-squares reduction over
+the grads inside the step and rides into the update (Note [clipping inside the step] in
+fusedopt/optim/_base.py). Every row has its own GradScaler with torch's defaults, so every
+row pays GradScaler's own passes.
+
+The steps modify the grads in place (torch's unscale and clip), so before every step, untimed,
+``TrainLoop.prepare`` copies the scaled grads back: every step, of every row, starts from the same
+scaled grads. (The copy leaves the end of the grad list in the last-level cache; on ``gpt`` the
+step's first pass, reading from the start, has mostly evicted it by the time it gets there, and it
+does so alike for every row.) The grads' global norm is ~0.01 * sqrt(params) >> 1, so clipping is active, and
+all grads are finite, so no step is skipped. Only the bytes the work needs go into ``B/param``
+(``train_loop_bytes``, as for every other row); what each implementation moves is in
+``TRAIN_LOOP_MOVED``, reported under the table.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+import fusedopt
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def adamw_bytes(dtype: torch.dtype) -> float:
+    """AdamW (and Adam): read p, g, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq.
+
+    7 arrays: 28 B/param in fp32, 14 B/param with bf16 params and state.
+    """
+    return 7 * _itemsize(dtype)
+
+
+def sgd_momentum_bytes(dtype: torch.dtype) -> float:
+    """SGD with momentum: read p, g, momentum_buffer; write p, momentum_buffer.
+
+    5 arrays: 20 B/param in fp32, 10 B/param in bf16.
+    """
+    return 5 * _itemsize(dtype)
+
+
+def lion_bytes(dtype: torch.dtype) -> float:
+    """Lion: read p, g, exp_avg; write p, exp_avg. 5 arrays: 20 B/param in fp32."""
+    return 5 * _itemsize(dtype)
+
+
+def sophia_bytes(dtype: torch.dtype) -> float:
+    """SophiaG ``step()``: read p, g, exp_avg, hessian; write p, exp_avg (hessian is read-only).
+
+    6 arrays: 24 B/param in fp32. ``update_hessian()`` (read g, hessian; write hessian: 12 B/param)
+    runs every k steps in training and is not part of the timed step.
+    """
+    return 6 * _itemsize(dtype)
+
+
+def lamb_bytes(dtype: torch.dtype) -> float:
+    """LAMB: the trust ratio ||p|| / ||u|| is known only after a whole tensor is seen, so the
+    kernel makes two passes (csrc/cpu/lamb.cpp, Note [LAMB passes]), recomputing u in the second
+    rather than storing it:
+      pass 1: read p, g, exp_avg, exp_avg_sq; write exp_avg, exp_avg_sq; reduce ||p||, ||u||  (6)
+      pass 2: read p, exp_avg, exp_avg_sq; recompute u; write p                              (4)
+    10 arrays: 40 B/param in fp32, 20 B/param in bf16. With ``max_grad_norm`` a first pass reads
+    g for the global norm (11 arrays); the benchmark uses the default (None).
+    """
+    return 10 * _itemsize(dtype)
+
+
+# -- the end-to-end rows: unscale + clip + AdamW step + scheduler (Note [train loop]) ------------
+# Per param, in arrays of the param's dtype (x4 for fp32 bytes). Each count was read off the code
+# that runs: torch 2.x torch/amp/grad_scaler.py, torch/nn/utils/clip_grad.py, torch/optim/adam.py
+# and ATen's CPU kernels; fusedopt/optim/_base.py and csrc/.
+
+
+def train_loop_bytes(dtype: torch.dtype) -> float:
+    """unscale + clip + AdamW, the traffic the work needs: the clip factor needs the global norm
+    of all grads before any param is updated, so two passes are the minimum:
+      1. read g: sum of squares of the scaled grads (an inf/NaN grad makes it non-finite, so
+         this pass is also GradScaler's inf check)                                          (1)
+      2. AdamW's pass, with 1/scale and the clip factor applied to g in registers           (7)
+    8 arrays: 32 B/param in fp32. This is the ``B/param`` of every train-loop row.
+    """
+    return adamw_bytes(dtype) + _itemsize(dtype)
+
+
+def train_loop_torch_fused_moved(dtype: torch.dtype) -> float:
+    """What torch moves with AdamW(fused=True):
+      scaler.unscale_: torch._amp_foreach_non_finite_check_and_unscale_ (read g, write g)  (2)
+      clip_grad_norm_: torch._foreach_norm (read g)                                         (1)
+          then torch._foreach_mul_(grads, coef), unconditionally, also when coef is 1
+          (no host sync to test it)                                    (read g, write g)  (2)
+      scaler.step: torch._fused_adamw_, grad_scale None (already unscaled)                  (7)
+    12 arrays: 48 B/param in fp32.
+    """
+    return 12 * _itemsize(dtype)
+
+
+def train_loop_fusedopt_moved(dtype: torch.dtype) -> float:
+    """What fusedopt moves with AdamW(max_grad_norm=...):
+      scaler.step: an optimizer with _step_supports_amp_scaling still gets GradScaler's
+          _check_inf_per_device, which runs _amp_foreach_non_finite_check_and_unscale_ with
+          inv_scale 1.0: ATen's CPU kernel (a TensorIterator with the grad as input and output)
+          writes every value back, unchanged              (read g, write g)                (2)
+      opt.step: fusedopt's sum_sq over the grads (Note [clipping inside the step])
+                                                          (read g)                         (1)
+          then the AdamW kernel, unscaling and clipping g in registers                      (7)
+    10 arrays: 40 B/param in fp32. The check pass is GradScaler's, not needed by the work: the
+    norm pass finds non-finite grads too (train_loop_bytes).
+    """
+    return 10 * _itemsize(dtype)
+
+
+def train_loop_torch_foreach_moved(dtype: torch.dtype) -> float:
+    """What torch moves with AdamW(foreach=True) (weight decay on, not capturable): the unscale
+    and clip passes of train_loop_torch_fused_moved (5), then one pass per foreach op of
+    _multi_tensor_adam:
+      _foreach_mul_(p, 1 - lr*wd)                         (read p, write p)                (2)
+      _foreach_lerp_(exp_avg, g, 1 - beta1)               (read m, g; write m)             (3)
+      _foreach_mul_(exp_avg_sq, beta2)                    (read v, write v)                (2)
+      _foreach_addcmul_(exp_avg_sq, g, g, 1 - beta2)      (read v, g; write v)             (3)
+      d = _foreach_sqrt(exp_avg_sq)                       (read v, write d: a new tensor)  (2)
+      _foreach_div_(d, sqrt(bias_correction2)); _foreach_add_(d, eps)       (2 x 2 passes) (4)
+      _foreach_addcdiv_(p, exp_avg, d, step_size)         (read p, m, d; write p)          (4)
+    25 arrays: 100 B/param in fp32 (GradScaler's step does no pass here: torch's foreach AdamW
+    does not support AMP scaling, so step() reads found_inf on the host and calls opt.step()).
+    """
+    return 25 * _itemsize(dtype)
+
+
+#: Bytes each train-loop row moves (more than train_loop_bytes: GradScaler and clip_grad_norm_
+#: make passes of their own), by row name; reported under the table.
+TRAIN_LOOP_MOVED: Mapping[str, Callable[[torch.dtype], float]] = MappingProxyType(
+    {
+        "fusedopt": train_loop_fusedopt_moved,
+        "torch-fused": train_loop_torch_fused_moved,
+        "torch-foreach": train_loop_torch_foreach_moved,
+    }
+)
+
+
+class Steppable(Protocol):
+    """What a row times: ``step()``. A row may also have ``prepare()``, run untimed before each
+    step (TrainLoop restores its grads there)."""
+
+    def step(self) -> Any: ...
+
+
+Factory = Callable[[list[Tensor]], Steppable]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer's benchmark rows.
+
+    name: the fusedopt class (``fusedopt.<name>``); rows appear only when it exists.
+    bytes_model: bytes per parameter moved by one step, given the param dtype (Note [bytes models]).
+    workloads: the workloads it runs on (names from workloads.py).
+    kwargs: hyperparameters, passed to every implementation.
+    torch_name: the torch.optim class, which adds the rows torch-forloop (foreach=False),
+        torch-foreach (foreach=True) and torch-fused (fused=True) -- the last is the baseline of
+        the ratio column. Without it, fusedopt's own reference backend (plain PyTorch) is the
+        comparison row.
+    extra: more implementations by row name, e.g. a torch._foreach version of the update.
+    setup: called once per optimizer after the grads are set, before warm-up (e.g. Sophia's
+        ``update_hessian`` so its hessian state is not all zeros).
+    estimate: the bytes model is an estimate (marked "~" in the table).
+    rows: builds every row itself, given the fusedopt row's name, instead of the rows above
+        (the end-to-end train-loop rows, which time more than ``opt.step``).
+    requires: what must exist under ``fusedopt`` for the rows to appear (dotted names);
+        default: ``(name,)``.
+    moved: bytes per parameter each row actually moves, by row name, where it differs from
+        ``bytes_model`` (the rows that make extra passes by design); noted under the table.
+    """
+
+    name: str
+    bytes_model: Callable[[torch.dtype], float]
+    workloads: tuple[str, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    torch_name: str | None = None
+    extra: Mapping[str, Factory] = field(default_factory=dict)
+    setup: Callable[[torch.optim.Optimizer], None] | None = None
+    estimate: bool = False
+    rows: Callable[[str], dict[str, Factory]] | None = None
+    requires: tuple[str, ...] = ()
+    moved: Mapping[str, Callable[[torch.dtype], float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        object.__setattr__(self, "moved", MappingProxyType(dict(self.moved)))
+        object.__setattr__(self, "requires", self.requires or (self.name,))
+
+
+def _update_hessian(opt: torch.optim.Optimizer) -> None:
+    if hasattr(opt, "update_hessian"):
+        opt.update_hessian()
+
+
+# The train loop's settings (Note [train loop]): the usual clip norm, and a schedule whose warmup
+# ends within the warm-up and timed steps of a run, so both branches of the formula are exercised.
+CLIP_NORM = 1.0
+TRAIN_LOOP_LR = 1e-3
+SCHEDULE_WARMUP_STEPS = 5
+SCHEDULE_TOTAL_STEPS = 100_000
+
+
+class TrainLoop:
+    """The optimizer's part of one AMP training iteration (Note [train loop]) as ``step()``.
+
+    ``clip_norm`` set: the torch way (``scaler.unscale_`` and ``clip_grad_norm_`` before
+    ``scaler.step``); None: the optimizer clips and unscales inside its step. The grads found in
+    ``params`` are scaled by a fresh GradScaler and kept; ``prepare()`` copies them back.
+    """
+
+    def __init__(
+        self,
+        params: list[Tensor],
+        opt: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        clip_norm: float | None,
+    ) -> None:
+        self.params = params
+        self.opt = opt
+        self.scheduler = scheduler
+        self.clip_norm = clip_norm
+        self.scaler = torch.amp.GradScaler(params[0].device.type)
+        # As backward() of scaler.scale(loss) would leave them: every grad times the scale (2^16).
+        self.scaled_grads: list[Tensor] = self.scaler.scale([p.grad for p in params])
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Untimed, before each step: the scaled grads, as the next backward would leave them."""
+        torch._foreach_copy_([p.grad for p in self.params], self.scaled_grads)
+
+    def step(self) -> None:
+        if self.clip_norm is not None:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.scheduler.step()
+
+
+def _torch_train_loop(**flags: bool) -> Factory:
+    def make(ps: list[Tensor]) -> TrainLoop:
+        from fusedopt.schedules import warmup_cosine
+
+        opt = torch.optim.AdamW(ps, lr=TRAIN_LOOP_LR, **flags)
+        factor = functools.partial(
+            warmup_cosine,
+            base_lr=1.0,
+            warmup_steps=SCHEDULE_WARMUP_STEPS,
+            total_steps=SCHEDULE_TOTAL_STEPS,
+        )
+        return TrainLoop(ps, opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), CLIP_NORM)
+
+    return make
+
+
+def _fusedopt_train_loop(ps: list[Tensor]) -> TrainLoop:
+    from fusedopt.schedules import WarmupCosine
+
+    opt = fusedopt.AdamW(
+        ps,
+        lr=torch.tensor(TRAIN_LOOP_LR),
+        max_grad_norm=CLIP_NORM,
+        backend=fusedopt_backend(),
+    )
+    sched = WarmupCosine(opt, SCHEDULE_WARMUP_STEPS, SCHEDULE_TOTAL_STEPS, device=True)
+    return TrainLoop(ps, opt, sched, clip_norm=None)
+
+
+def train_loop_rows(label: str) -> dict[str, Factory]:
+    """The train-loop rows: fusedopt in one pass, torch as users write it (Note [train loop])."""
+    return {
+        label: _fusedopt_train_loop,
+        "torch-fused": _torch_train_loop(fused=True),
+        "torch-foreach": _torch_train_loop(foreach=True),
+    }
+
+
+OPTIMIZERS: tuple[OptimizerSpec, ...] = (
+    OptimizerSpec(
+        "AdamW", adamw_bytes, ("flat", "gpt", "tiny", "gpt-bf16"), {"lr": 1e-3}, torch_name="AdamW"
+    ),
+    OptimizerSpec(
+        "SGD", sgd_momentum_bytes, ("gpt",), {"lr": 1e-2, "momentum": 0.9}, torch_name="SGD"
+    ),
+    OptimizerSpec("Lion", lion_bytes, ("gpt",), {"lr": 1e-4}),
+    OptimizerSpec("LAMB", lamb_bytes, ("gpt",), {"lr": 1e-3}),
+    OptimizerSpec("Sophia", sophia_bytes, ("gpt",), {"lr": 1e-4}, setup=_update_hessian),
+    OptimizerSpec(
+        "train-loop",
+        train_loop_bytes,
+        ("gpt",),
+        rows=train_loop_rows,
+        requires=("AdamW", "schedules.WarmupCosine"),
+        moved=TRAIN_LOOP_MOVED,
+    ),
+)
+
+BASELINE = "torch-fused"
+
+
+def _exists(dotted: str) -> bool:
+    obj: Any = fusedopt
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            try:  # a submodule not imported by fusedopt/__init__.py
+                importlib.import_module(f"{obj.__name__}.{part}")
+            except ImportError:
+                return False
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return True
+
+
+def available(specs: tuple[OptimizerSpec, ...] = OPTIMIZERS) -> list[OptimizerSpec]:
+    """The specs whose fusedopt class (or whatever they require) exists in this version."""
+    return [s for s in specs if all(_exists(r) for r in s.requires)]
+
+
+def fusedopt_backend() -> str:
+    """The backend of the "fusedopt" rows: the compiled CPU kernels when they are available."""
+    return "cpu" if fusedopt.backends()["cpu"].available else "reference"
+
+
+def implementations(spec: OptimizerSpec) -> dict[str, Factory]:
+    """Row name -> factory building that implementation of ``spec`` over a list of params."""
+    backend = fusedopt_backend()
+    label = "fusedopt" if backend == "cpu" else "fusedopt-reference"
+    if spec.rows is not None:
+        return {**spec.rows(label), **spec.extra}
+    cls = getattr(fusedopt, spec.name)
+    kw = dict(spec.kwargs)
+    impls: dict[str, Factory] = {label: lambda ps: cls(ps, backend=backend, **kw)}
+    if spec.torch_name is not None:
+        tcls = getattr(torch.optim, spec.torch_name)
+        impls["torch-forloop"] = lambda ps: tcls(ps, foreach=False, **kw)
+        impls["torch-foreach"] = lambda ps: tcls(ps, foreach=True, **kw)
+        impls["torch-fused"] = lambda ps: tcls(ps, fused=True, **kw)
+    elif backend == "cpu":
+        impls["fusedopt-reference"] = lambda ps: cls(ps, backend="reference", **kw)
+    impls.update(spec.extra)
+    return impls

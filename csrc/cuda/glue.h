@@ -1,0 +1,368 @@
+// The host side of the CUDA ops: validation (shared with the CPU kernels: cpu::MultiTensor),
+// staging of odd layouts, scalars, planning, then a backend runs the job. Written once for two
+// backends (static member functions of B):
+//   GpuBackend (register.cpp)  the kernels in this folder, on the params' CUDA device
+//   SimBackend (sim.cpp)       the same block bodies run on the host over CPU tensors, for tests
+// Semantics are the CPU kernels' (csrc/cpu/*.cpp): everything is validated before anything is
+// written; found_inf set => nothing changes, step counters included; grads are multiplied by
+// 1/grad_scale; the step counters are incremented by the op; any layout, through staging.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "../cpu/multi_tensor.h"
+#include "jobs.h"
+
+namespace fusedopt::cuda {
+
+using cpu::ListSpec;
+using cpu::MultiTensor;
+
+// Note [scalars on the device]: a CPU scalar by value, one on the params' device by pointer.
+inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* what,
+                            c10::Device device, const ExecConfig& cfg) {
+  if (t.device().is_cpu() && !(cfg.scalars_by_pointer && device.is_cpu())) {
+    return host_scalar(t.item<double>());
+  }
+  TORCH_CHECK(t.device() == device, op, ": ", what, " is on ", t.device(), ", expected cpu or ",
+              device, " (the params' device)");
+  ScalarArg a{t.data_ptr(), 0.0, kScalarFloat};
+  switch (t.scalar_type()) {
+    case at::kFloat: a.kind = kScalarFloat; break;
+    case at::kDouble: a.kind = kScalarDouble; break;
+    case at::kHalf: a.kind = kScalarHalf; break;
+    case at::kBFloat16: a.kind = kScalarBFloat16; break;
+    case at::kBool:
+    case at::kByte: a.kind = kScalarBool; break;
+    case at::kInt: a.kind = kScalarInt32; break;
+    case at::kLong: a.kind = kScalarInt64; break;
+    default: TORCH_CHECK(false, op, ": ", what, " has unsupported dtype ", t.scalar_type());
+  }
+  return a;
+}
+
+// The same one-element checks, with the same messages, as the CPU kernels (cpu/common.h).
+inline ScalarArg lr_arg(const at::Tensor& lr, const char* op, c10::Device device,
+                        const ExecConfig& cfg) {
+  TORCH_CHECK(lr.numel() == 1, "Tensor lr must be 1-element");
+  return scalar_arg(lr, op, "lr", device, cfg);
+}
+
+inline ScalarArg grad_scale_arg(const std::optional<at::Tensor>& t, const char* op,
+                                c10::Device device, const ExecConfig& cfg) {
+  if (!t.has_value() || !t->defined()) return host_scalar(1.0);
+  TORCH_CHECK(t->numel() == 1, "grad_scale must have one element");
+  return scalar_arg(*t, op, "grad_scale", device, cfg);
+}
+
+inline ScalarArg found_inf_arg(const std::optional<at::Tensor>& t, const char* op,
+                               c10::Device device, const ExecConfig& cfg) {
+  if (!t.has_value() || !t->defined()) return host_scalar(0.0);
+  TORCH_CHECK(t->numel() == 1, "found_inf must have one element");
+  return scalar_arg(*t, op, "found_inf", device, cfg);
+}
+
+// found_inf known on the host to be set: the op returns before touching anything.
+inline bool skipped_on_host(const ScalarArg& found_inf) {
+  return found_inf.ptr == nullptr && found_inf.value != 0.0;
+}
+
+// Step counters: one-element float32/float64 tensors on the params' device (torch's fused and
+// capturable layout; fusedopt.optim keeps them there: _base.py _zero_step).
+inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10::Device device) {
+  TORCH_CHECK(steps.size() == n, op, ": expected state_steps to have ", n,
+              " tensors (one per param), got ", steps.size());
+  StepList out;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK(s.defined() && s.numel() == 1, op, ": state_steps[", i,
+                "] must be a one-element tensor");
+    TORCH_CHECK(s.device() == device, op, ": state_steps[", i, "] is on ", s.device(),
+                ", expected ", device, " (the params' device)");
+    TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, op,
+                ": state_steps[", i, "] must be float32 or float64, got ", s.scalar_type());
+    out.ptrs.push_back(s.data_ptr());
+    out.is_double.push_back(s.scalar_type() == at::kDouble);
+  }
+  return out;
+}
+
+// The device the op runs on: the params' (the lists are checked against it).
+inline c10::Device op_device(at::TensorList params, const at::Tensor& fallback) {
+  return params.empty() ? fallback.device() : params[0].device();
+}
+
+// Plans the non-empty params of `mt` (whose `depth` lists are the kernel's arrays).
+inline Job make_job(const MultiTensor& mt, int depth, const StepList* steps, c10::ScalarType dtype,
+                    c10::Device device, const ExecConfig& cfg, int64_t first_block = 0) {
+  Job job;
+  job.dtype = dtype;
+  job.device = device.is_cuda() ? device.index() : -1;
+  job.arg_bytes = cfg.arg_bytes;
+  std::vector<int64_t> numels;
+  for (const cpu::FlatTuple& t : mt.tuples()) {
+    TensorRef r{};
+    for (int d = 0; d < depth; ++d) r.ptr[d] = t.ptr[d];
+    r.numel = t.numel;
+    r.index = static_cast<int32_t>(t.index);
+    r.flags = vector_aligned(r.ptr, depth) ? kVectorOk : 0;
+    if (steps != nullptr) {
+      r.step = steps->ptrs[t.index];
+      if (steps->is_double[t.index]) r.flags |= kStepDouble;
+    }
+    job.tensors.push_back(r);
+    numels.push_back(t.numel);
+  }
+  Capacity cap = table_capacity(depth, cfg.arg_bytes);
+  if (cfg.max_slots > 0) cap.slots = std::min(cap.slots, cfg.max_slots);
+  if (cfg.max_blocks > 0) cap.blocks = std::min(cap.blocks, cfg.max_blocks);
+  job.plan = plan_launches(numels, cfg.chunk_size, cap, first_block);
+  return job;
+}
+
+template <class B>
+void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+           const at::Tensor& lr, double beta1, double beta2, double weight_decay, double eps,
+           bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& grad_scale,
+           const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.adam_";
+  const c10::Device device = op_device(params, lr);
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true},
+                                 {exp_avg_sqs, "exp_avg_sqs", true}};
+  if (amsgrad) lists.push_back({max_exp_avg_sqs, "max_exp_avg_sqs", true});
+  const int depth = static_cast<int>(lists.size());
+  const StepList steps = check_steps(op, state_steps, params.size(), device);
+  const ExecConfig cfg = B::config(device);
+  AdamParams p{lr_arg(lr, op, device, cfg),
+               grad_scale_arg(grad_scale, op, device, cfg),
+               found_inf_arg(found_inf, op, device, cfg),
+               beta1,
+               beta2,
+               weight_decay,
+               eps};
+  MultiTensor mt(op, std::move(lists), device);
+  if (skipped_on_host(p.found_inf) || params.empty()) return;
+  const Job job = make_job(mt, depth, &steps, params[0].scalar_type(), device, cfg);
+  B::adam(job, p, decoupled, amsgrad, maximize);
+  B::increment_steps(device, cfg, steps, p.found_inf);
+  mt.copy_back();
+}
+
+template <class B>
+void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+          const at::Tensor& lr, double momentum, double dampening, double weight_decay,
+          bool nesterov, bool maximize, bool is_first_step,
+          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.sgd_";
+  const c10::Device device = op_device(params, lr);
+  const bool use_momentum = momentum != 0.0;
+  std::vector<ListSpec> lists = {{params, "params", true}, {grads, "grads", false}};
+  if (use_momentum) {
+    lists.push_back({momentum_buffers, "momentum_buffers", true});
+  } else {
+    TORCH_CHECK(momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
+  }
+  const int depth = static_cast<int>(lists.size());
+  const ExecConfig cfg = B::config(device);
+  SgdParams p{lr_arg(lr, op, device, cfg),
+              grad_scale_arg(grad_scale, op, device, cfg),
+              found_inf_arg(found_inf, op, device, cfg),
+              momentum,
+              dampening,
+              weight_decay};
+  MultiTensor mt(op, std::move(lists), device);
+  if (skipped_on_host(p.found_inf) || params.empty()) return;
+  const Job job = make_job(mt, depth, nullptr, params[0].scalar_type(), device, cfg);
+  B::sgd(job, p, use_momentum, is_first_step, nesterov, maximize);
+  mt.copy_back();
+}
+
+template <class B>
+void lion_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
+           double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
+           const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.lion_";
+  const c10::Device device = op_device(params, lr);
+  const StepList steps = check_steps(op, state_steps, params.size(), device);
+  const ExecConfig cfg = B::config(device);
+  LionParams p{lr_arg(lr, op, device, cfg),
+               grad_scale_arg(grad_scale, op, device, cfg),
+               found_inf_arg(found_inf, op, device, cfg),
+               beta1,
+               beta2,
+               weight_decay};
+  MultiTensor mt(op,
+                 {{params, "params", true}, {grads, "grads", false}, {exp_avgs, "exp_avgs", true}},
+                 device);
+  if (skipped_on_host(p.found_inf) || params.empty()) return;
+  const Job job = make_job(mt, 3, &steps, params[0].scalar_type(), device, cfg);
+  B::lion(job, p, maximize);
+  B::increment_steps(device, cfg, steps, p.found_inf);
+  mt.copy_back();
+}
+
+template <class B>
+void sophia_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+             at::TensorList hessians, at::TensorList state_steps, const at::Tensor& lr,
+             double beta1, double rho, double bs, double weight_decay, bool maximize,
+             const std::optional<at::Tensor>& grad_scale,
+             const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.sophia_";
+  const c10::Device device = op_device(params, lr);
+  const StepList steps = check_steps(op, state_steps, params.size(), device);
+  const ExecConfig cfg = B::config(device);
+  SophiaParams p{lr_arg(lr, op, device, cfg),
+                 grad_scale_arg(grad_scale, op, device, cfg),
+                 found_inf_arg(found_inf, op, device, cfg),
+                 beta1,
+                 rho,
+                 bs,
+                 weight_decay};
+  MultiTensor mt(op,
+                 {{params, "params", true},
+                  {grads, "grads", false},
+                  {exp_avgs, "exp_avgs", true},
+                  {hessians, "hessians", false}},
+                 device);
+  if (skipped_on_host(p.found_inf) || params.empty()) return;
+  const Job job = make_job(mt, 4, &steps, params[0].scalar_type(), device, cfg);
+  B::sophia(job, p, maximize);
+  B::increment_steps(device, cfg, steps, p.found_inf);
+  mt.copy_back();
+}
+
+template <class B>
+void sophia_update_hessian_(at::TensorList hessians, at::TensorList grads, double beta2,
+                            const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.sophia_update_hessian_";
+  if (hessians.empty()) {
+    // No device to run on; the CPU kernel's checks of the scalars still apply.
+    TORCH_CHECK(grads.empty(), op, ": expected grads to have 0 tensors (one per param), got ",
+                grads.size());
+    return;
+  }
+  const c10::Device device = hessians[0].device();
+  const ExecConfig cfg = B::config(device);
+  SophiaHessianParams p{grad_scale_arg(grad_scale, op, device, cfg),
+                        found_inf_arg(found_inf, op, device, cfg), beta2};
+  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false}}, device);
+  if (skipped_on_host(p.found_inf)) return;
+  const Job job = make_job(mt, 2, nullptr, hessians[0].scalar_type(), device, cfg);
+  B::sophia_hessian(job, p);
+  mt.copy_back();
+}
+
+template <class B>
+void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr,
+           double beta1, double beta2, double weight_decay, double eps, bool bias_correction,
+           std::optional<double> trust_clip, bool maximize,
+           const std::optional<at::Tensor>& tensor_norms,
+           const std::optional<at::Tensor>& grad_scale,
+           const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.lamb_";
+  const c10::Device device = op_device(params, lr);
+  const size_t n = params.size();
+  const StepList steps = check_steps(op, state_steps, n, device);
+  const ExecConfig cfg = B::config(device);
+  LambParams p{};
+  p.lr = lr_arg(lr, op, device, cfg);
+  p.grad_scale = grad_scale_arg(grad_scale, op, device, cfg);
+  p.found_inf = found_inf_arg(found_inf, op, device, cfg);
+  p.beta1 = beta1;
+  p.beta2 = beta2;
+  p.weight_decay = weight_decay;
+  p.eps = eps;
+  p.bias_correction = bias_correction;
+  p.has_trust_clip = trust_clip.has_value();
+  p.trust_clip = trust_clip.value_or(0.0);
+  const bool want_norms = tensor_norms.has_value() && tensor_norms->defined();
+  if (want_norms) {
+    const at::Tensor& t = *tensor_norms;
+    TORCH_CHECK(t.device() == device && at::isFloatingType(t.scalar_type()) && t.dim() == 2 &&
+                    t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
+                op, ": tensor_norms must be a floating-point tensor on ", device, " of shape (", n,
+                ", 2), got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  }
+  MultiTensor mt(op,
+                 {{params, "params", true},
+                  {grads, "grads", false},
+                  {exp_avgs, "exp_avgs", true},
+                  {exp_avg_sqs, "exp_avg_sqs", true}},
+                 device);
+  if (skipped_on_host(p.found_inf) || n == 0) return;
+  const Job job = make_job(mt, 4, &steps, params[0].scalar_type(), device, cfg);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  const at::Tensor partials = at::empty({job.plan.total_blocks * 2}, f64);
+  const at::Tensor counters =
+      at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::Tensor neg_steps = at::empty({static_cast<int64_t>(n)}, f64);
+  const at::Tensor norms = at::zeros({static_cast<int64_t>(n), 2}, f64);
+  p.partials = partials.data_ptr<double>();
+  p.counters = reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>());
+  p.neg_steps = neg_steps.data_ptr<double>();
+  p.norms = norms.data_ptr<double>();
+  if (!job.tensors.empty()) B::lamb(job, p, maximize);
+  B::increment_steps(device, cfg, steps, p.found_inf);
+  mt.copy_back();
+  if (want_norms) {
+    // Rows of empty params stay 0, as on the CPU; a device found_inf keeps the old values.
+    if (p.found_inf.ptr != nullptr) {
+      tensor_norms->copy_(at::where(found_inf->reshape({}).ne(0), *tensor_norms, norms));
+    } else {
+      tensor_norms->copy_(norms);
+    }
+  }
+}
+
+template <class B>
+at::Tensor sum_sq(at::TensorList tensors) {
+  constexpr const char* op = "fusedopt.sum_sq";
+  TORCH_CHECK(!tensors.empty(), op, ": expected at least one tensor");
+  const c10::Device device = tensors[0].device();
+  const ExecConfig cfg = B::config(device);
+  // Grads of different dtypes may be mixed: one job per dtype, all writing one partials array.
+  std::vector<std::vector<at::Tensor>> groups;
+  std::vector<at::ScalarType> dtypes;
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK(t.defined(), op, ": a tensor is undefined");
+    size_t k = 0;
+    while (k < dtypes.size() && dtypes[k] != t.scalar_type()) ++k;
+    if (k == dtypes.size()) {
+      dtypes.push_back(t.scalar_type());
+      groups.emplace_back();
+    }
+    groups[k].push_back(t);
+  }
+  std::vector<MultiTensor> mts;
+  mts.reserve(groups.size());
+  std::vector<Job> jobs;
+  int64_t total = 0;
+  for (size_t k = 0; k < groups.size(); ++k) {
+    mts.emplace_back(op, std::vector<ListSpec>{{groups[k], "tensors", false}}, device);
+    jobs.push_back(make_job(mts.back(), 1, nullptr, dtypes[k], device, cfg, total));
+    total += jobs.back().plan.total_blocks;
+  }
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor out = at::zeros({}, f64);
+  if (total == 0) return out;
+  const at::Tensor partials = at::empty({total}, f64);
+  for (const Job& job : jobs) B::sum_sq(job, SumSqParams{partials.data_ptr<double>()});
+  B::sum_partials(device, partials.data_ptr<double>(), total, out.data_ptr<double>());
+  return out;
+}
+
+}  // namespace fusedopt::cuda

@@ -1,0 +1,101 @@
+// The GPU executor: kernels around the shared block body (block.h) and the launch loop over a
+// job's planned launches. Included by the per-optimizer .cu files, each instantiating its own
+// functors (narrow translation units compile in parallel).
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "block.h"
+#include "functors.h"
+#include "jobs.h"
+
+// Which table variants the kernels are compiled for (Note [kernel-argument space]).
+#if CUDART_VERSION >= 12010
+#define FUSEDOPT_LARGE_ARGS 1
+#else
+#define FUSEDOPT_LARGE_ARGS 0
+#endif
+// A CUDA 13 runtime refuses to start on drivers older than 13.0, and CUDA 13 supports no GPU
+// below sm_75, so builds with it never need the 4 KB variant.
+#if CUDART_VERSION < 13000
+#define FUSEDOPT_SMALL_ARGS 1
+#else
+#define FUSEDOPT_SMALL_ARGS 0
+#endif
+
+namespace fusedopt::cuda {
+
+// Note [kernel-argument space]
+// Kernel arguments (here: the launch table, by value) are limited to 4 KB, or 32,764 bytes on
+// Volta and newer with a CUDA 12.1+ toolkit and driver; more table means fewer launches (10,000
+// tensors of 1,024 elements: 21 launches instead of 186). The kernels are compiled for the
+// variants the toolkit can need (above) and gpu::arg_bytes() picks one per device at run time.
+
+struct DeviceThreads {
+  int nthreads;
+  template <class Fn>
+  __device__ __forceinline__ void each(Fn&& fn) const {
+    fn(static_cast<int>(threadIdx.x));
+  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+// __grid_constant__: the table stays in the kernel-parameter space, indexed there, rather than
+// being copied to local memory.
+template <class F, class Table>
+__global__ void __launch_bounds__(kBlockThreads)
+    multi_tensor_kernel(const __grid_constant__ Table table, const __grid_constant__ F f) {
+  constexpr int W = F::kReduce > 0 ? F::kReduce : 1;
+  __shared__ typename F::State state;
+  __shared__ double red[F::kReduce > 0 ? W * kBlockThreads : 1];
+  __shared__ int flag;
+  DeviceThreads ex{static_cast<int>(blockDim.x)};
+  run_block(table, f, static_cast<int>(blockIdx.x), ex, BlockShared<F>{&state, red, &flag});
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    sum_partials_kernel(const double* partials, int64_t n, double* out);
+
+template <int ARG_BYTES>
+__global__ void increment_steps_kernel(const __grid_constant__ StepTable<ARG_BYTES> table,
+                                       const ScalarArg found_inf) {
+  DeviceThreads ex{static_cast<int>(blockDim.x)};
+  increment_steps_block(table, found_inf, ex);
+}
+
+class GpuRunner {
+ public:
+  template <class F>
+  void run(const Job& job, const typename F::Params& params) {
+    static_assert(sizeof(F) <= kFunctorArgBytes, "functor arguments exceed their reserve");
+    const F f{params};
+#if FUSEDOPT_LARGE_ARGS
+    if (job.arg_bytes == kArgBytesLarge)
+      return launch<F, TableFor<F::kDepth, kArgBytesLarge>>(job, f);
+#endif
+#if FUSEDOPT_SMALL_ARGS
+    if (job.arg_bytes == kArgBytesSmall)
+      return launch<F, TableFor<F::kDepth, kArgBytesSmall>>(job, f);
+#endif
+    TORCH_CHECK(false, "fusedopt: no kernels compiled for ", job.arg_bytes,
+                " bytes of kernel arguments");
+  }
+
+ private:
+  template <class F, class Table>
+  static void launch(const Job& job, const F& f) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(job.device));
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(job.device).stream();
+    Table table;
+    for (const PlannedLaunch& l : job.plan.launches) {
+      fill_table(table, l, job.plan.chunk_size, job.tensors.data());
+      multi_tensor_kernel<F, Table><<<l.num_blocks, kBlockThreads, 0, stream>>>(table, f);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+};
+
+}  // namespace fusedopt::cuda

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from ._base import FusedOptimizer, _Bucket
+from ._validate import check_betas, check_lr, zeros_like
+
+
+class Lion(FusedOptimizer):
+    r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), fused.
+
+    One kernel per (device, dtype) group and step, moving 20 bytes per fp32 parameter (read
+    param, grad, exp_avg; write param, exp_avg). State: ``step``, ``exp_avg``, as lion-pytorch
+    keeps it (its checkpoints load; ``step`` is created when missing).
+
+    .. math::
+        \begin{aligned}
+        &g_t \leftarrow \nabla_\theta f_t(\theta_{t-1}) \;(- \text{ if maximize}) \\
+        &\theta_{t-1} \leftarrow \theta_{t-1}(1 - \gamma\lambda)
+            \qquad \text{(decoupled weight decay)} \\
+        &c_t \leftarrow \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        &\theta_t \leftarrow \theta_{t-1} - \gamma\,\mathrm{sign}(c_t)
+            \qquad (\mathrm{sign}(0) = 0) \\
+        &m_t \leftarrow \beta_2 m_{t-1} + (1-\beta_2) g_t
+        \end{aligned}
+
+    The update has the same magnitude :math:`\gamma` in every coordinate, so Lion wants a
+    learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger for the same
+    effective decay :math:`\gamma\lambda`.
+
+    Args:
+        params (iterable): parameters or dicts defining parameter groups.
+        lr (float, Tensor, optional): learning rate (default: 1e-4). A Tensor lr never causes a
+            torch.compile recompilation when its value changes.
+        betas (Tuple[float, float], optional): :math:`\beta_1` interpolates the update
+            direction, :math:`\beta_2` the momentum (default: (0.9, 0.99)).
+        weight_decay (float, optional): decoupled weight decay :math:`\lambda` (default: 0).
+        maximize (bool, optional): maximize the objective (default: False).
+        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
+            (default: "auto"); see :func:`fusedopt.backends`.
+        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
+            :class:`fusedopt.Adam` (default: None).
+    """
+
+    _op = "lion_"
+    _sparse_error = "Lion does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-4,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+    ) -> None:
+        check_lr(lr)
+        betas = check_betas(betas)
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
+        super().__init__(params, defaults, backend, max_grad_norm)
+
+    def _setstate_groups(self) -> None:
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg",)
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["exp_avg"] = zeros_like(p)
+
+    def _launch(
+        self,
+        fn: Callable[..., None],
+        group: dict[str, Any],
+        b: _Bucket,
+        grads: list[Tensor],
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        fn(
+            b.params,
+            grads,
+            b.states[0],
+            b.steps,
+            lr,
+            float(beta1),
+            float(beta2),
+            float(group["weight_decay"]),
+            group["maximize"],
+            grad_scale,
+            found_inf,
+        )

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_like_params, inv_scale, opmath_dtype, scalar, skip_step
+
+
+def lamb_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    bias_correction: bool,
+    trust_clip: float | None,
+    maximize: bool,
+    tensor_norms: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    r"""LAMB (You et al., 2020), one parameter at a time.
+
+    .. math::
+        t &\leftarrow t + 1 \\
+        g &\leftarrow \pm \nabla / s \qquad (s: \text{AMP grad scale, which also carries the
+            optimizer's max\_grad\_norm clip factor}) \\
+        m &\leftarrow \beta_1 m + (1-\beta_1) g \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        u &\leftarrow \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}
+            + \lambda\theta \qquad (\text{no } 1-\beta^t \text{ without bias correction}) \\
+        r &\leftarrow \|\theta\| / \|u\| \text{, or 1 if either norm is 0; }
+            \min(r, \text{trust\_clip}) \text{ if set} \\
+        \theta &\leftarrow \theta - \gamma r u
+
+    u is computed from m and v in opmath precision, before they are stored (rounded) in the
+    storage dtype. The norms are taken in fp64; ``tensor_norms``, if given, receives
+    :math:`(\|\theta\|, \|u\|)` of each param (n x 2).
+    """
+    check_like_params(
+        "fusedopt.lamb_", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
+    )
+    if skip_step(found_inf):
+        return
+    lr = scalar(lr)
+    s = inv_scale(grad_scale)
+    for i, param in enumerate(params):
+        state_steps[i] += 1
+        step = float(state_steps[i].item())
+        dt = opmath_dtype(param.dtype)
+        g = grads[i].to(dt) * s
+        if maximize:
+            g = -g
+        m = (exp_avgs[i].to(dt) * beta1).add(g, alpha=1 - beta1)
+        v = (exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step if bias_correction else 1.0
+        bias_correction2 = 1 - beta2**step if bias_correction else 1.0
+        p = param.to(dt)
+        u = (m / bias_correction1) / ((v / bias_correction2).sqrt() + eps)
+        if weight_decay != 0:
+            u = u.add(p, alpha=weight_decay)
+        p_norm = torch.linalg.vector_norm(p, dtype=torch.float64)
+        u_norm = torch.linalg.vector_norm(u, dtype=torch.float64)
+        ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, 1.0)
+        if trust_clip is not None:
+            ratio = ratio.clamp(max=trust_clip)
+        if tensor_norms is not None:
+            tensor_norms[i, 0] = p_norm
+            tensor_norms[i, 1] = u_norm
+        param.copy_(p + (-lr * ratio).to(dt) * u)
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import check_like_params, inv_scale, opmath_dtype, scalar, skip_step
+
+
+def lion_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    r"""Lion (Chen et al., 2023), one parameter at a time, with decoupled weight decay.
+
+    .. math::
+        t &\leftarrow t + 1 \\
+        g &\leftarrow \pm \nabla / s \qquad (s: \text{AMP grad scale}, - \text{ if maximize}) \\
+        \theta &\leftarrow \theta (1 - \gamma\lambda) \\
+        c &\leftarrow \beta_1 m + (1-\beta_1) g \\
+        \theta &\leftarrow \theta - \gamma\,\mathrm{sign}(c) \qquad (\mathrm{sign}(0) = 0) \\
+        m &\leftarrow \beta_2 m + (1-\beta_2) g
+
+    The operation order is lion-pytorch's. ``torch.sign`` maps NaN to 0.
+    """
+    check_like_params("fusedopt.lion_", params, grads=grads, exp_avgs=exp_avgs)
+    if skip_step(found_inf):
+        return
+    lr = scalar(lr)
+    s = inv_scale(grad_scale)
+    for i, param in enumerate(params):
+        state_steps[i] += 1
+        dt = opmath_dtype(param.dtype)
+        p = param.to(dt)
+        g = grads[i].to(dt) * s
+        if maximize:
+            g = -g
+        m = exp_avgs[i].to(dt)
+        p = p * (1 - lr * weight_decay)
+        c = (m * beta1).add(g, alpha=1 - beta1)
+        p = p.add(c.sign(), alpha=-lr)
+        m = (m * beta2).add(g, alpha=1 - beta2)
+        param.copy_(p)
+        exp_avgs[i].copy_(m)

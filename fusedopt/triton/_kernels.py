@@ -1,0 +1,1246 @@
+"""The Triton kernels: csrc/include/fusedopt/math.h's per-element math, in the same operation
+order, driven by the pointer tables of ``_multi_tensor.py``.
+
+Note [pointer tables]
+One launch updates every tensor of a (device, dtype) group. Program ``pid`` reads its chunk
+``(row, start)`` from ``chunks``, then the addresses of its tensors (int64) from row ``row`` of
+``table`` and casts them to pointers. A row is ``[address of list 0, ..., address of list k-1,
+address of the step counter (ops with steps), numel]``; grads have their own table because they
+change every step while the rest changes only with the parameter set. Offsets are int64
+throughout (a chunk may start past 2^31 elements: PITFALLS "int32 indexing"). Empty tensors have
+a row (their step still counts) but no chunk.
+
+Note [scalars in fp64]
+Hyper-parameters arrive as fp64 kernel arguments (the interpreter hands Python floats through);
+everything derived from them and from the step (bias corrections, -lr/bc1, 1 - lr*wd, 1/scale)
+is computed in fp64 in the kernel and rounded once to the compute type, as the CPU kernels do on
+the host in double. beta^t is exp2(t*log2(beta)) with log2(beta) from the host: the
+interpreter has no pow, and for the steps that matter the difference from pow is a few fp64 ulp.
+
+Note [exact rounding]
+Triton's fp32 ``/`` and ``sqrt`` are approximate on NVIDIA GPUs; div_rn and sqrt_rn round like
+torch. bf16 is loaded and stored through its bits (round to nearest even, NaN kept a quiet NaN,
+as c10::BFloat16): the interpreter's fp32->bf16 conversion truncates.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@triton.jit
+def _sign(x):
+    """torch.sign: -1, 0 or +1, and 0 for NaN."""
+    return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
+@triton.jit
+def _ptr(table, row, W: tl.constexpr, col: tl.constexpr, ST: tl.constexpr, ALIGNED: tl.constexpr):
+    """The pointer in column ``col`` of row ``row`` of ``table``, for storage dtype ST (bf16
+    is handled as its bits)."""
+    a = tl.load(table + row * W + col)
+    if tl.bfloat16 == ST:
+        p = a.to(tl.pointer_type(tl.uint16))
+    else:
+        p = a.to(tl.pointer_type(ST))
+    if ALIGNED:
+        # Every address in the table is a multiple of 16 bytes (checked on the host), so the
+        # compiler may use 16-byte vector loads. (The hint must be on the pointer: on the int64
+        # before the cast it is lost; checked in the PTX for sm_90.)
+        p = tl.multiple_of(p, 16)
+    return p
+
+
+@triton.jit
+def _load(ptr, offs, mask, ST: tl.constexpr, CT: tl.constexpr):
+    """Load storage dtype ST (bits for bf16), return the compute type CT."""
+    x = tl.load(ptr + offs, mask=mask)
+    if tl.bfloat16 == ST:
+        return (x.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return x.to(CT)
+
+
+@triton.jit
+def _store(ptr, offs, x, mask, ST: tl.constexpr):
+    """Store x in storage dtype ST, rounding to nearest even (bf16 through its bits)."""
+    if tl.bfloat16 == ST:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        bits = tl.where(x != x, 0x7FC0, bits)
+        tl.store(ptr + offs, bits.to(tl.uint16), mask=mask)
+    else:
+        tl.store(ptr + offs, x.to(ST), mask=mask)
+
+
+@triton.jit
+def _chunk(
+    chunks,
+    table,
+    W: tl.constexpr,
+    found_inf_ptr,
+    HAS_FOUND_INF: tl.constexpr,
+    CHUNK: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """This program's (row, start, end): elements [start, end) of the tensor in table row
+    ``row``. Where GradScaler found inf/NaN, end == start and nothing is touched."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = tl.load(chunks + 2 * pid)
+    start = tl.load(chunks + 2 * pid + 1)
+    if ALIGNED:
+        start = tl.multiple_of(start, 16)  # chunk starts are multiples of CHUNK (of 16)
+    numel = tl.load(table + row * W + (W - 1))
+    end = tl.minimum(start + CHUNK, numel)
+    if HAS_FOUND_INF:
+        end = tl.where(tl.load(found_inf_ptr) != 0, start, end)
+    return row, start, end
+
+
+@triton.jit
+def _step(table, row, W: tl.constexpr, STEP_T: tl.constexpr):
+    """This tensor's step counter (already incremented this step), fp64."""
+    return tl.load(tl.load(table + row * W + (W - 2)).to(tl.pointer_type(STEP_T))).to(tl.float64)
+
+
+@triton.jit
+def _lr(lr_ptr, lr_value, LR_FROM_PTR: tl.constexpr):
+    if LR_FROM_PTR:
+        return tl.load(lr_ptr).to(tl.float64)
+    else:
+        return tl.full((), lr_value, tl.float64)
+
+
+@triton.jit
+def _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr):
+    if HAS_GRAD_SCALE:
+        return 1.0 / tl.load(grad_scale_ptr).to(tl.float64)
+    else:
+        return tl.full((), 1.0, tl.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# step counters
+
+
+@triton.jit
+def _increment_steps_kernel(
+    table,  # int64 [n, W]: the step counter's address is column W-2
+    n,  # rows in table
+    found_inf_ptr,  # GradScaler's found_inf (read when HAS_FOUND_INF)
+    W: tl.constexpr,  # table width
+    STEP_T: tl.constexpr,  # dtype of the step counters (float32 or float64)
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK: tl.constexpr,  # counters per program
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if HAS_FOUND_INF:
+        n = tl.where(tl.load(found_inf_ptr) != 0, 0, n)
+    mask = rows < n
+    ptrs = tl.load(table + rows * W + (W - 2), mask=mask).to(tl.pointer_type(STEP_T))
+    tl.store(ptrs, tl.load(ptrs, mask=mask) + 1, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam / AdamW
+
+
+@triton.jit
+def _adam_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    vmax_ptr,
+    offs,
+    mask,
+    inv_scale,
+    decay,
+    wd,
+    beta1,
+    omb1,
+    beta2,
+    omb2,
+    eps,
+    neg_step,
+    bc2_sqrt,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    LERP_LOW: tl.constexpr,
+):
+    p = _load(p_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    m = _load(m_ptr, offs, mask, ST, CT)
+    v = _load(v_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    if DECOUPLED:
+        p = p * decay
+    elif WEIGHT_DECAY:
+        g = g + wd * p
+    # torch.lerp (ATen Lerp.h): the form depends on the (per-call) weight 1 - beta1.
+    if LERP_LOW:
+        m = m + omb1 * (g - m)
+    else:
+        m = g - (g - m) * (1.0 - omb1)
+    v = v * beta2
+    v = v + omb2 * g * g
+    denom_src = v
+    if AMSGRAD:
+        vmax = _load(vmax_ptr, offs, mask, ST, CT)
+        vmax = tl.where((vmax > v) | (vmax != vmax), vmax, v)  # torch.maximum: NaN wins
+        _store(vmax_ptr, offs, vmax, mask, ST)
+        denom_src = vmax
+    if tl.float32 == CT:  # Note [exact rounding]
+        denom = tl.div_rn(tl.sqrt_rn(denom_src), bc2_sqrt) + eps
+        p = p + tl.div_rn(neg_step * m, denom)
+    else:
+        denom = tl.sqrt(denom_src) / bc2_sqrt + eps
+        p = p + neg_step * m / denom
+    _store(p_ptr, offs, p, mask, ST)
+    _store(m_ptr, offs, m, mask, ST)
+    _store(v_ptr, offs, v, mask, ST)
+
+
+@triton.jit
+def _adam_kernel(
+    table,  # int64 [n, W]: addresses of param, exp_avg, exp_avg_sq[, max_exp_avg_sq], step; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element) of each program's chunk
+    lr_ptr,  # the learning rate, a 0-d tensor on the device (LR_FROM_PTR)
+    grad_scale_ptr,  # GradScaler's scale (HAS_GRAD_SCALE): grads are divided by it
+    found_inf_ptr,  # GradScaler's found_inf (HAS_FOUND_INF): nonzero -> change nothing
+    lr_value: tl.float64,  # the learning rate when not LR_FROM_PTR
+    beta1: tl.float64,
+    beta2: tl.float64,
+    log2_beta1: tl.float64,  # log2(beta1), for beta1^t (Note [scalars in fp64])
+    log2_beta2: tl.float64,
+    weight_decay: tl.float64,
+    eps: tl.float64,
+    ST: tl.constexpr,  # storage dtype
+    CT: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 storage
+    STEP_T: tl.constexpr,  # step counter dtype
+    W: tl.constexpr,  # table width
+    DECOUPLED: tl.constexpr,  # AdamW: decay the param, not the grad
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0 (coupled decay adds wd*p to the grad)
+    LERP_LOW: tl.constexpr,  # 1 - beta1 < 0.5: which form of torch.lerp
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,  # every address 16-byte aligned
+    CHUNK: tl.constexpr,  # elements per program
+    BLOCK: tl.constexpr,  # elements per tile
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    vmax_ptr = p_ptr
+    if AMSGRAD:
+        vmax_ptr = _ptr(table, row, W, 3, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+
+    step = _step(table, row, W, STEP_T)
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    wd = tl.full((), weight_decay, tl.float64)
+    bc1 = 1.0 - tl.exp2(step * tl.full((), log2_beta1, tl.float64))
+    bc2 = 1.0 - tl.exp2(step * tl.full((), log2_beta2, tl.float64))
+    neg_step = (-(lr / bc1)).to(CT)
+    bc2_sqrt = tl.sqrt(bc2).to(CT)
+    decay = (1.0 - lr * wd).to(CT)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
+    b1 = tl.full((), beta1, tl.float64)
+    b2 = tl.full((), beta2, tl.float64)
+    omb1 = (1.0 - b1).to(CT)
+    omb2 = (1.0 - b2).to(CT)
+    b2 = b2.to(CT)
+    b1 = b1.to(CT)
+    wd = wd.to(CT)
+    e = tl.full((), eps, tl.float64).to(CT)
+
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            vmax_ptr,
+            offs,
+            None,
+            inv_scale,
+            decay,
+            wd,
+            b1,
+            omb1,
+            b2,
+            omb2,
+            e,
+            neg_step,
+            bc2_sqrt,
+            ST,
+            CT,
+            DECOUPLED,
+            AMSGRAD,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+            LERP_LOW,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):  # at most one masked tile
+        offs = tail + tl.arange(0, BLOCK)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            vmax_ptr,
+            offs,
+            offs < end,
+            inv_scale,
+            decay,
+            wd,
+            b1,
+            omb1,
+            b2,
+            omb2,
+            e,
+            neg_step,
+            bc2_sqrt,
+            ST,
+            CT,
+            DECOUPLED,
+            AMSGRAD,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+            LERP_LOW,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD
+
+
+@triton.jit
+def _sgd_tile(
+    p_ptr,
+    g_ptr,
+    buf_ptr,
+    offs,
+    mask,
+    inv_scale,
+    neg_lr,
+    wd,
+    momentum,
+    omd,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    FIRST: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    p = _load(p_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    if WEIGHT_DECAY:
+        g = g + wd * p
+    if MOMENTUM:
+        if FIRST:
+            buf = g  # torch clones the decayed grad into the new buffer
+        else:
+            buf = _load(buf_ptr, offs, mask, ST, CT)
+            buf = buf * momentum + omd * g
+        _store(buf_ptr, offs, buf, mask, ST)
+        if NESTEROV:
+            g = g + momentum * buf
+        else:
+            g = buf
+    p = p + neg_lr * g
+    _store(p_ptr, offs, p, mask, ST)
+
+
+@triton.jit
+def _sgd_kernel(
+    table,  # int64 [n, W]: addresses of param[, momentum_buffer]; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    lr_ptr,  # 0-d learning rate tensor (LR_FROM_PTR)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    lr_value: tl.float64,  # learning rate when not LR_FROM_PTR
+    momentum: tl.float64,
+    dampening: tl.float64,
+    weight_decay: tl.float64,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    W: tl.constexpr,
+    MOMENTUM: tl.constexpr,  # momentum buffers exist (momentum != 0)
+    FIRST: tl.constexpr,  # the buffers are created by this step
+    NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    buf_ptr = p_ptr
+    if MOMENTUM:
+        buf_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    neg_lr = (-lr).to(CT)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
+    wd = tl.full((), weight_decay, tl.float64).to(CT)
+    mom = tl.full((), momentum, tl.float64).to(CT)
+    omd = (1.0 - tl.full((), dampening, tl.float64)).to(CT)
+
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _sgd_tile(
+            p_ptr,
+            g_ptr,
+            buf_ptr,
+            offs,
+            None,
+            inv_scale,
+            neg_lr,
+            wd,
+            mom,
+            omd,
+            ST,
+            CT,
+            MOMENTUM,
+            FIRST,
+            NESTEROV,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        _sgd_tile(
+            p_ptr,
+            g_ptr,
+            buf_ptr,
+            offs,
+            offs < end,
+            inv_scale,
+            neg_lr,
+            wd,
+            mom,
+            omd,
+            ST,
+            CT,
+            MOMENTUM,
+            FIRST,
+            NESTEROV,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lion
+
+
+@triton.jit
+def _lion_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    offs,
+    mask,
+    inv_scale,
+    neg_lr,
+    decay,
+    beta1,
+    omb1,
+    beta2,
+    omb2,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+):
+    p = _load(p_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    m = _load(m_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    p = p * decay
+    c = m * beta1 + omb1 * g
+    p = p + neg_lr * _sign(c)
+    m = m * beta2 + omb2 * g
+    _store(p_ptr, offs, p, mask, ST)
+    _store(m_ptr, offs, m, mask, ST)
+
+
+@triton.jit
+def _lion_kernel(
+    table,  # int64 [n, W]: addresses of param, exp_avg, step; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    lr_ptr,  # (LR_FROM_PTR)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    lr_value: tl.float64,
+    beta1: tl.float64,
+    beta2: tl.float64,
+    weight_decay: tl.float64,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    W: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    neg_lr = (-lr).to(CT)
+    decay = (1.0 - lr * tl.full((), weight_decay, tl.float64)).to(CT)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
+    b1 = tl.full((), beta1, tl.float64)
+    b2 = tl.full((), beta2, tl.float64)
+    omb1 = (1.0 - b1).to(CT)
+    omb2 = (1.0 - b2).to(CT)
+    b1 = b1.to(CT)
+    b2 = b2.to(CT)
+
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _lion_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            offs,
+            None,
+            inv_scale,
+            neg_lr,
+            decay,
+            b1,
+            omb1,
+            b2,
+            omb2,
+            ST,
+            CT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        _lion_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            offs,
+            offs < end,
+            inv_scale,
+            neg_lr,
+            decay,
+            b1,
+            omb1,
+            b2,
+            omb2,
+            ST,
+            CT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# SophiaG
+
+
+@triton.jit
+def _sophia_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    h_ptr,
+    offs,
+    mask,
+    inv_scale,
+    neg_lr,
+    decay,
+    beta1,
+    omb1,
+    rho_bs,
+    eps,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+):
+    p = _load(p_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    m = _load(m_ptr, offs, mask, ST, CT)
+    h = _load(h_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    p = p * decay
+    m = m * beta1 + omb1 * g
+    if tl.float32 == CT:  # Note [exact rounding]
+        ratio = tl.div_rn(tl.abs(m), rho_bs * h + eps)
+    else:
+        ratio = tl.abs(m) / (rho_bs * h + eps)
+    ratio = tl.where(ratio > 1.0, 1.0, ratio)  # lets NaN through, as torch.clamp
+    p = p + neg_lr * _sign(m) * ratio
+    _store(p_ptr, offs, p, mask, ST)
+    _store(m_ptr, offs, m, mask, ST)
+
+
+@triton.jit
+def _sophia_kernel(
+    table,  # int64 [n, W]: addresses of param, exp_avg, hessian (read only), step; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    lr_ptr,  # (LR_FROM_PTR)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    lr_value: tl.float64,
+    beta1: tl.float64,
+    rho_bs: tl.float64,  # rho * bs
+    weight_decay: tl.float64,
+    eps: tl.float64,  # the authors' 1e-15
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    W: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    h_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    neg_lr = (-lr).to(CT)
+    decay = (1.0 - lr * tl.full((), weight_decay, tl.float64)).to(CT)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
+    b1 = tl.full((), beta1, tl.float64)
+    omb1 = (1.0 - b1).to(CT)
+    b1 = b1.to(CT)
+    rb = tl.full((), rho_bs, tl.float64).to(CT)
+    e = tl.full((), eps, tl.float64).to(CT)
+
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _sophia_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            h_ptr,
+            offs,
+            None,
+            inv_scale,
+            neg_lr,
+            decay,
+            b1,
+            omb1,
+            rb,
+            e,
+            ST,
+            CT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        _sophia_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            h_ptr,
+            offs,
+            offs < end,
+            inv_scale,
+            neg_lr,
+            decay,
+            b1,
+            omb1,
+            rb,
+            e,
+            ST,
+            CT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+        )
+
+
+@triton.jit
+def _sophia_hessian_tile(
+    h_ptr,
+    g_ptr,
+    offs,
+    mask,
+    inv_scale,
+    beta2,
+    omb2,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+):
+    h = _load(h_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    h = h * beta2 + omb2 * g * g
+    _store(h_ptr, offs, h, mask, ST)
+
+
+@triton.jit
+def _sophia_hessian_kernel(
+    table,  # int64 [n, W]: address of each hessian; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    beta2: tl.float64,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    W: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    h_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
+    b2 = tl.full((), beta2, tl.float64)
+    omb2 = (1.0 - b2).to(CT)
+    b2 = b2.to(CT)
+
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _sophia_hessian_tile(h_ptr, g_ptr, offs, None, inv_scale, b2, omb2, ST, CT, HAS_GRAD_SCALE)
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        _sophia_hessian_tile(
+            h_ptr, g_ptr, offs, offs < end, inv_scale, b2, omb2, ST, CT, HAS_GRAD_SCALE
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# LAMB: the passes of Note [LAMB passes] (csrc/cpu/lamb.cpp), plus a small kernel between them
+# that turns the per-chunk partial sums into one -lr*r per tensor on the device, so nothing
+# waits on the host. EXACT (fp32/fp64 storage): pass 1 stores the moments and pass 2 reads them
+# back unchanged. Otherwise (fp16/bf16) pass 1 only reads and pass 2 recomputes the moments from
+# the same old values, so that u is the fp32 u of the unrounded moments in both passes.
+
+
+@triton.jit
+def _lamb_u(
+    p,
+    g,
+    m,
+    v,
+    inv_scale,
+    beta1,
+    omb1,
+    beta2,
+    omb2,
+    bc1,
+    bc2,
+    eps,
+    wd,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    """(m, v, u): the new moments and the update direction
+    u = (m/bc1) / (sqrt(v/bc2) + eps) + wd*p."""
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    m = m * beta1 + omb1 * g
+    v = v * beta2 + omb2 * g * g
+    if m.dtype == tl.float32:  # Note [exact rounding]
+        u = tl.div_rn(tl.div_rn(m, bc1), tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
+    else:
+        u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
+    if WEIGHT_DECAY:
+        u = u + wd * p
+    return m, v, u
+
+
+@triton.jit
+def _lamb_scalars(
+    table,
+    row,
+    grad_scale_ptr,
+    W: tl.constexpr,
+    STEP_T: tl.constexpr,
+    beta1,
+    beta2,
+    log2_beta1,
+    log2_beta2,
+    eps,
+    weight_decay,
+    BIAS_CORRECTION: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    CT: tl.constexpr,
+):
+    """(inv_scale, beta1, 1-beta1, beta2, 1-beta2, bc1, bc2, eps, wd) in the compute type."""
+    bc1 = tl.full((), 1.0, tl.float64)
+    bc2 = tl.full((), 1.0, tl.float64)
+    if BIAS_CORRECTION:
+        step = _step(table, row, W, STEP_T)
+        bc1 = 1.0 - tl.exp2(step * tl.full((), log2_beta1, tl.float64))
+        bc2 = 1.0 - tl.exp2(step * tl.full((), log2_beta2, tl.float64))
+    b1 = tl.full((), beta1, tl.float64)
+    b2 = tl.full((), beta2, tl.float64)
+    return (
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        b1.to(CT),
+        (1.0 - b1).to(CT),
+        b2.to(CT),
+        (1.0 - b2).to(CT),
+        bc1.to(CT),
+        bc2.to(CT),
+        tl.full((), eps, tl.float64).to(CT),
+        tl.full((), weight_decay, tl.float64).to(CT),
+    )
+
+
+@triton.jit
+def _lamb_norms_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    offs,
+    mask,
+    sc,
+    acc_pp,
+    acc_uu,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    EXACT: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    p = _load(p_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, ST, CT)
+    m = _load(m_ptr, offs, mask, ST, CT)
+    v = _load(v_ptr, offs, mask, ST, CT)
+    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
+    m, v, u = _lamb_u(
+        p,
+        g,
+        m,
+        v,
+        inv_scale,
+        b1,
+        omb1,
+        b2,
+        omb2,
+        bc1,
+        bc2,
+        eps,
+        wd,
+        MAXIMIZE,
+        HAS_GRAD_SCALE,
+        WEIGHT_DECAY,
+    )
+    if EXACT:
+        _store(m_ptr, offs, m, mask, ST)
+        _store(v_ptr, offs, v, mask, ST)
+    p64 = p.to(tl.float64)
+    u64 = u.to(tl.float64)
+    if mask is not None:
+        p64 = tl.where(mask, p64, 0.0)
+        u64 = tl.where(mask, u64, 0.0)
+    return acc_pp + p64 * p64, acc_uu + u64 * u64
+
+
+@triton.jit
+def _lamb_norms_kernel(
+    table,  # int64 [n, W]: addresses of param, exp_avg, exp_avg_sq, step; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    partials,  # fp64 [programs, 2]: out, this chunk's sums of p^2 and u^2
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    beta1: tl.float64,
+    beta2: tl.float64,
+    log2_beta1: tl.float64,
+    log2_beta2: tl.float64,
+    weight_decay: tl.float64,
+    eps: tl.float64,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    STEP_T: tl.constexpr,
+    W: tl.constexpr,
+    EXACT: tl.constexpr,  # storage dtype == compute dtype: store the moments in this pass
+    BIAS_CORRECTION: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    sc = _lamb_scalars(
+        table,
+        row,
+        grad_scale_ptr,
+        W,
+        STEP_T,
+        beta1,
+        beta2,
+        log2_beta1,
+        log2_beta2,
+        eps,
+        weight_decay,
+        BIAS_CORRECTION,
+        HAS_GRAD_SCALE,
+        CT,
+    )
+    # One fp64 partial sum per lane, added up once at the end: a fixed order for a given BLOCK.
+    acc_pp = tl.zeros((BLOCK,), tl.float64)
+    acc_uu = tl.zeros((BLOCK,), tl.float64)
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        acc_pp, acc_uu = _lamb_norms_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            offs,
+            None,
+            sc,
+            acc_pp,
+            acc_uu,
+            ST,
+            CT,
+            EXACT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        acc_pp, acc_uu = _lamb_norms_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            offs,
+            offs < end,
+            sc,
+            acc_pp,
+            acc_uu,
+            ST,
+            CT,
+            EXACT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+    pid = tl.program_id(0).to(tl.int64)
+    tl.store(partials + 2 * pid, tl.sum(acc_pp, axis=0))
+    tl.store(partials + 2 * pid + 1, tl.sum(acc_uu, axis=0))
+
+
+@triton.jit
+def _lamb_ratio_kernel(
+    ranges,  # int64 [n, 2]: (first chunk, number of chunks) of each param
+    partials,  # fp64 [programs, 2]: from _lamb_norms_kernel
+    neg_steps,  # fp64 [n]: out, -lr * trust ratio of each param
+    norms_ptr,  # (||p||, ||u||) of each param (WANT_NORMS)
+    norms_stride0,
+    norms_stride1,
+    lr_ptr,  # (LR_FROM_PTR)
+    found_inf_ptr,  # (HAS_FOUND_INF): the norms are not written on a skipped step
+    lr_value: tl.float64,
+    trust_clip: tl.float64,  # (HAS_CLIP)
+    LR_FROM_PTR: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    WANT_NORMS: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK: tl.constexpr,  # partials summed per iteration
+):
+    i = tl.program_id(0).to(tl.int64)
+    first = tl.load(ranges + 2 * i)
+    count = tl.load(ranges + 2 * i + 1)
+    pp = tl.zeros((BLOCK,), tl.float64)
+    uu = tl.zeros((BLOCK,), tl.float64)
+    for c in range(0, count, BLOCK):
+        k = c + tl.arange(0, BLOCK)
+        mask = k < count
+        pp += tl.load(partials + 2 * (first + k), mask=mask, other=0.0)
+        uu += tl.load(partials + 2 * (first + k) + 1, mask=mask, other=0.0)
+    p_norm = tl.sqrt(tl.sum(pp, axis=0))
+    u_norm = tl.sqrt(tl.sum(uu, axis=0))
+    ok = (p_norm > 0.0) & (u_norm > 0.0)
+    ratio = tl.where(ok, p_norm / tl.where(ok, u_norm, 1.0), 1.0)
+    if HAS_CLIP:
+        clip = tl.full((), trust_clip, tl.float64)
+        ratio = tl.where(clip < ratio, clip, ratio)  # std::min: a NaN ratio stays NaN
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    tl.store(neg_steps + i, -(lr * ratio))
+    if WANT_NORMS:
+        if HAS_FOUND_INF:
+            write = tl.load(found_inf_ptr) == 0
+            tl.store(norms_ptr + i * norms_stride0, p_norm, mask=write)
+            tl.store(norms_ptr + i * norms_stride0 + norms_stride1, u_norm, mask=write)
+        else:
+            tl.store(norms_ptr + i * norms_stride0, p_norm)
+            tl.store(norms_ptr + i * norms_stride0 + norms_stride1, u_norm)
+
+
+@triton.jit
+def _lamb_apply_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    offs,
+    mask,
+    sc,
+    neg_step,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    EXACT: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
+    p = _load(p_ptr, offs, mask, ST, CT)
+    m = _load(m_ptr, offs, mask, ST, CT)
+    v = _load(v_ptr, offs, mask, ST, CT)
+    if EXACT:  # the moments pass 1 stored; u from them, as pass 1 computed it
+        if m.dtype == tl.float32:  # Note [exact rounding]
+            u = tl.div_rn(tl.div_rn(m, bc1), tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
+        else:
+            u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
+        if WEIGHT_DECAY:
+            u = u + wd * p
+    else:  # the old moments: recompute the new ones and u exactly as pass 1 did
+        g = _load(g_ptr, offs, mask, ST, CT)
+        m, v, u = _lamb_u(
+            p,
+            g,
+            m,
+            v,
+            inv_scale,
+            b1,
+            omb1,
+            b2,
+            omb2,
+            bc1,
+            bc2,
+            eps,
+            wd,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+        _store(m_ptr, offs, m, mask, ST)
+        _store(v_ptr, offs, v, mask, ST)
+    p = p + neg_step * u
+    _store(p_ptr, offs, p, mask, ST)
+
+
+@triton.jit
+def _lamb_apply_kernel(
+    table,  # int64 [n, W]: as _lamb_norms_kernel's
+    grads,  # int64 [n]: address of each grad (read unless EXACT)
+    chunks,  # int64 [programs, 2]
+    neg_steps,  # fp64 [n]: from _lamb_ratio_kernel
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    beta1: tl.float64,
+    beta2: tl.float64,
+    log2_beta1: tl.float64,
+    log2_beta2: tl.float64,
+    weight_decay: tl.float64,
+    eps: tl.float64,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    STEP_T: tl.constexpr,
+    W: tl.constexpr,
+    EXACT: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    sc = _lamb_scalars(
+        table,
+        row,
+        grad_scale_ptr,
+        W,
+        STEP_T,
+        beta1,
+        beta2,
+        log2_beta1,
+        log2_beta2,
+        eps,
+        weight_decay,
+        BIAS_CORRECTION,
+        HAS_GRAD_SCALE,
+        CT,
+    )
+    neg_step = tl.load(neg_steps + row).to(CT)
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        _lamb_apply_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            offs,
+            None,
+            sc,
+            neg_step,
+            ST,
+            CT,
+            EXACT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        _lamb_apply_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            offs,
+            offs < end,
+            sc,
+            neg_step,
+            ST,
+            CT,
+            EXACT,
+            MAXIMIZE,
+            HAS_GRAD_SCALE,
+            WEIGHT_DECAY,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# sum of squares (the global grad norm)
+
+
+@triton.jit
+def _sum_sq_tile(x_ptr, offs, mask, acc, ST: tl.constexpr, CT: tl.constexpr):
+    x = _load(x_ptr, offs, mask, ST, CT).to(tl.float64)
+    if mask is not None:
+        x = tl.where(mask, x, 0.0)
+    return acc + x * x
+
+
+@triton.jit
+def _sum_sq_kernel(
+    table,  # int64 [n, W]: address of each tensor; numel
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    partials,  # fp64 [programs]: out, this chunk's sum of squares
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    W: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, table, False, CHUNK, ALIGNED)
+    x_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    acc = tl.zeros((BLOCK,), tl.float64)
+    n_full = (end - start) // BLOCK
+    for t in range(0, n_full):
+        offs = start + t * BLOCK + tl.arange(0, BLOCK)
+        acc = _sum_sq_tile(x_ptr, offs, None, acc, ST, CT)
+    for tail in range(start + n_full * BLOCK, end, BLOCK):
+        offs = tail + tl.arange(0, BLOCK)
+        acc = _sum_sq_tile(x_ptr, offs, offs < end, acc, ST, CT)
+    tl.store(partials + tl.program_id(0).to(tl.int64), tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _sum_kernel(
+    x,  # fp64 [n]
+    n,
+    out,  # fp64 0-d: out = sum(x), in a fixed order
+    BLOCK: tl.constexpr,
+):
+    acc = tl.zeros((BLOCK,), tl.float64)
+    for c in range(0, n, BLOCK):
+        k = c + tl.arange(0, BLOCK)
+        acc += tl.load(x + k, mask=k < n, other=0.0)
+    tl.store(out, tl.sum(acc, axis=0))

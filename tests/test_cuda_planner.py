@@ -1,0 +1,610 @@
+"""The CUDA backend's host parts, tested without a GPU on every run.
+
+1. The launch planner (csrc/cuda/launch_plan.h, through fusedopt._C.planner): 64-bit sizes and
+   offsets (a 2^31+1-element tensor, planned only), empty tensors in every slot position
+   including the last, more tensors than one launch holds, tiny and huge tensors mixed, the
+   launch tables fitting the kernel-argument space.
+2. The simulation (torch.ops.fusedopt_sim.*, csrc/cuda/sim.h): the CUDA ops' host glue, planner,
+   launch tables and block bodies -- the code the GPU runs -- executed on the CPU for every
+   simulated block and thread, on tensors with odd sizes and misaligned starts, compared with
+   the CPU kernels and with torch.optim.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import fusedopt
+from fusedopt import _dispatch
+from fusedopt._ext import _C
+from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, Tol, assert_close_ulp, run_parity
+
+pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
+
+P = _C.planner if _C is not None else None
+SMALL, LARGE = 4096, 32764
+
+
+# -- 1. the planner -----------------------------------------------------------------------------
+def check_plan(numels, chunk, max_slots, max_blocks):
+    """Every chunk of every non-empty tensor in exactly one block, in order; capacities kept;
+    no empty slot or launch; a tensor's blocks consecutive in the global numbering; block
+    offsets and sizes as the kernel resolves them from its launch table."""
+    plan = P.plan_launches(numels, chunk, max_slots, max_blocks)
+    next_block = 0
+    for launch in plan:
+        assert launch["first_block"] == next_block
+        slots = launch["slots"]
+        assert 1 <= len(slots) <= max_slots and 1 <= launch["num_blocks"] <= max_blocks
+        start = 0
+        for tensor, _first, block_start, count in slots:
+            assert numels[tensor] > 0 and count >= 1
+            assert block_start == start  # slots tile the launch's blocks
+            start += count
+        assert start == launch["num_blocks"]
+        next_block += start
+    blocks = P.resolve_blocks(numels, chunk, max_slots, max_blocks)
+    assert len(blocks) == next_block == sum((n + chunk - 1) // chunk for n in numels)
+    expect = [(t, c) for t, n in enumerate(numels) for c in range((n + chunk - 1) // chunk)]
+    assert [(t, c) for _, _, t, c, _, _ in blocks] == expect
+    for i, (_, g, t, c, offset, n) in enumerate(blocks):
+        assert g == i  # global numbers: consecutive per tensor, as reductions need
+        assert offset == c * chunk and n == min(chunk, numels[t] - offset) and n > 0
+    return plan, blocks
+
+
+def test_tensor_of_2_pow_31_plus_1_elements():
+    n = 2**31 + 1
+    slots, blocks = P.table_capacity(1, LARGE)
+    assert blocks == P.MAX_GRID_BLOCKS
+    plan, resolved = check_plan([n], P.CHUNK_SIZE, slots, blocks)
+    assert len(plan) == 1  # one launch: blocks are not limited by the argument space
+    last = resolved[-1]
+    assert last[4] == 2**31 and last[5] == 1  # the last element sits past 2^31: 64-bit offset
+    # Split over launches (as at the grid limit): each launch resumes at the next chunk.
+    chunks = -(-n // P.CHUNK_SIZE)
+    plan, resolved = check_plan([n], P.CHUNK_SIZE, slots, 40_000)
+    assert len(plan) == -(-chunks // 40_000) and all(len(lc["slots"]) == 1 for lc in plan)
+    assert [launch["slots"][0][1] for launch in plan] == list(range(0, chunks, 40_000))
+
+
+def test_tiny_and_huge_mixed():
+    numels = [1, 2**33 + 5, 3, 0, 65537, 2**31 - 1, 0, 16]
+    for arg_bytes in (LARGE, SMALL):
+        check_plan(numels, P.CHUNK_SIZE, *P.table_capacity(4, arg_bytes))
+        check_plan(numels, P.CHUNK_SIZE, P.table_capacity(4, arg_bytes)[0], 50_000)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_empty_tensors_in_every_slot_position(count):
+    base = [33, 5, 70, 16, 1, 48]
+    for pos in range(len(base) + 1):  # before each tensor, and after the last
+        numels = base[:pos] + [0] * count + base[pos:]
+        for slots, blocks in [(1, 1), (2, 3), (3, 2), (100, 100)]:
+            plan, _ = check_plan(numels, 16, slots, blocks)
+            assert all(numels[t] > 0 for launch in plan for t, *_ in launch["slots"])
+    assert P.plan_launches([0, 0, 0], 16, 4, 4) == []
+
+
+def test_more_tensors_than_one_launch_holds():
+    numels = [1 + (i * 7) % 50 for i in range(1000)]
+    slots, blocks = P.table_capacity(4, SMALL)
+    plan, _ = check_plan(numels, 16, slots, blocks)
+    assert len(plan) > 1 and max(len(lc["slots"]) for lc in plan) == slots
+    # 10,000 tiny tensors: 21 launches with the 32 KB table, 186 with 4 KB.
+    for arg_bytes, launches in [(LARGE, 21), (SMALL, 186)]:
+        cap = P.table_capacity(4, arg_bytes)
+        assert len(P.plan_launches([1024] * 10_000, P.CHUNK_SIZE, *cap)) == launches
+
+
+def test_random_plans():
+    rng = random.Random(0)
+    for _ in range(200):
+        numels = [rng.choice([0, 0, 1, 15, 16, 17, rng.randrange(1, 400)]) for _ in range(12)]
+        check_plan(numels, 16, rng.randrange(1, 6), rng.randrange(1, 9))
+
+
+def test_first_block_offsets_a_plan():
+    plan = P.plan_launches([100, 50], 16, 2, 4, first_block=1000)
+    assert plan[0]["first_block"] == 1000
+    assert plan[1]["first_block"] == 1004
+
+
+def test_tables_fit_the_kernel_argument_space():
+    for arg_bytes in (SMALL, LARGE):
+        for depth in range(1, 6):
+            slots, blocks = P.table_capacity(depth, arg_bytes)
+            assert slots >= 40 and blocks == P.MAX_GRID_BLOCKS
+            assert P.table_bytes(depth, arg_bytes) + P.FUNCTOR_ARG_BYTES <= arg_bytes
+    assert P.table_capacity(4, LARGE)[0] > 9 * P.table_capacity(4, SMALL)[0]
+
+
+@pytest.mark.parametrize(
+    "driver,cc,expect",
+    [(12000, 9, SMALL), (12010, 6, SMALL), (12010, 7, LARGE), (13000, 9, LARGE), (11080, 8, SMALL)],
+)
+def test_argument_space_choice(driver, cc, expect):
+    assert P.kernel_arg_bytes(driver, cc) == expect
+
+
+def test_vector_alignment():
+    assert P.vector_aligned([0x1000, 0x2010, 0x30F0])
+    assert not P.vector_aligned([0x1000, 0x2004])
+    assert not P.vector_aligned([0x1002])
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (([10], 24, 4, 4), "multiple of 16"),
+        (([10], 0, 4, 4), "multiple of 16"),
+        (([10], 16, 0, 4), "positive"),
+        (([-1], 16, 4, 4), "negative"),
+    ],
+)
+def test_planner_rejects(args, match):
+    with pytest.raises(ValueError, match=match):
+        P.plan_launches(*args)
+
+
+# -- 2. the simulation --------------------------------------------------------------------------
+SIM = torch.ops.fusedopt_sim if _C is not None else None
+
+# How the simulated launches are cut: the GPU's defaults, and small chunks and tables so that
+# small tensors span many blocks and launches (and chunk tails, vector tails and the 4 KB table
+# all occur).
+SIM_CONFIGS = [
+    pytest.param({}, id="gpu-defaults"),
+    pytest.param({"chunk_size": 16, "threads": 4, "max_slots": 3, "max_blocks": 5}, id="c16t4"),
+    pytest.param({"chunk_size": 48, "threads": 8, "arg_bytes": SMALL, "max_blocks": 7}, id="c48t8"),
+    pytest.param({"chunk_size": 64, "threads": 1, "max_slots": 1, "max_blocks": 1}, id="c64t1"),
+]
+
+
+@pytest.fixture
+def sim():
+    _C.sim.reset()
+    yield _C.sim
+    _C.sim.reset()
+
+
+SIZES = [1, 3, 0, 15, 16, 17, 31, 33, 100, 257, 1000, 0]
+
+
+def _tensors(sizes, dtype, offsets, gen, positive=False):
+    """Slices of larger buffers at the given element offsets: odd offsets are misaligned."""
+    out = []
+    for n, off in zip(sizes, offsets):
+        vals = torch.randn(n, generator=gen, dtype=torch.float64)
+        buf = torch.zeros(n + off + 3, dtype=dtype)
+        buf[off : off + n] = vals.abs() if positive else vals
+        out.append(buf[off : off + n])
+    return out
+
+
+def _offsets(kind, n, lst):
+    if kind == "aligned":
+        return [0] * n
+    if kind == "misaligned":
+        return [1 + (i + lst) % 3 for i in range(n)]
+    # mixed: every third param aligned in all its arrays, the others misaligned in some
+    return [0 if i % 3 == 0 else (i + lst) % 4 for i in range(n)]
+
+
+def _steps(n, dtype=torch.float32):
+    return [torch.tensor(float(3 + i % 4), dtype=dtype) for i in range(n)]
+
+
+# Op argument builders: (args, indices of the arguments the op writes).
+def _adam(t, dtype, sizes, kw):
+    ams = kw.get("amsgrad", False)
+    args = (
+        t(0),
+        t(1),
+        t(2),
+        t(3, True),
+        t(4, True) if ams else [],
+        _steps(len(sizes), kw.get("step_dtype", torch.float32)),
+        kw.get("lr", torch.tensor(1e-2, dtype=torch.float64)),
+        0.9,
+        0.99,
+        kw.get("weight_decay", 0.1),
+        1e-8,
+        ams,
+        kw.get("maximize", False),
+        kw.get("decoupled", True),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    return args, [0, 2, 3, 4, 5]
+
+
+def _sgd(t, dtype, sizes, kw):
+    mom = kw.get("momentum", 0.9)
+    args = (
+        t(0),
+        t(1),
+        t(2) if mom else [],
+        kw.get("lr", torch.tensor(0.1, dtype=torch.float64)),
+        mom,
+        kw.get("dampening", 0.1),
+        0.01,
+        kw.get("nesterov", False),
+        kw.get("maximize", False),
+        kw.get("first", False),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    return args, [0, 2]
+
+
+def _lion(t, dtype, sizes, kw):
+    args = (
+        t(0),
+        t(1),
+        t(2),
+        _steps(len(sizes)),
+        kw.get("lr", torch.tensor(1e-3, dtype=torch.float64)),
+        0.9,
+        0.99,
+        0.1,
+        kw.get("maximize", False),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    return args, [0, 2, 3]
+
+
+def _lamb(t, dtype, sizes, kw):
+    args = (
+        t(0),
+        t(1),
+        t(2),
+        t(3, True),
+        _steps(len(sizes)),
+        kw.get("lr", torch.tensor(1e-2, dtype=torch.float64)),
+        0.9,
+        0.999,
+        kw.get("weight_decay", 0.01),
+        1e-6,
+        kw.get("bias_correction", True),
+        kw.get("trust_clip"),
+        kw.get("maximize", False),
+        torch.full((len(sizes), 2), -1.0),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    return args, [0, 2, 3, 4, 13]
+
+
+def _sophia(t, dtype, sizes, kw):
+    args = (
+        t(0),
+        t(1),
+        t(2),
+        t(3, True),
+        _steps(len(sizes)),
+        kw.get("lr", torch.tensor(1e-3, dtype=torch.float64)),
+        0.965,
+        0.04,
+        kw.get("bs", 5.0),
+        0.1,
+        kw.get("maximize", False),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    return args, [0, 2, 4]
+
+
+def _hessian(t, dtype, sizes, kw):
+    return (t(0, True), t(1), 0.99, kw.get("grad_scale"), kw.get("found_inf")), [0]
+
+
+BUILDERS = {
+    "adam_": _adam,
+    "sgd_": _sgd,
+    "lion_": _lion,
+    "lamb_": _lamb,
+    "sophia_": _sophia,
+    "sophia_update_hessian_": _hessian,
+}
+
+# (op, mode kwargs): every template mode of every op at least once.
+OP_CASES = [
+    ("adam_", {}),
+    ("adam_", {"amsgrad": True, "maximize": True}),
+    ("adam_", {"decoupled": False, "weight_decay": 0.05}),
+    ("adam_", {"amsgrad": True, "decoupled": False, "step_dtype": torch.float64}),
+    ("sgd_", {}),
+    ("sgd_", {"first": True, "nesterov": True}),
+    ("sgd_", {"momentum": 0.0, "dampening": 0.0, "maximize": True}),
+    ("sgd_", {"nesterov": True, "maximize": True, "dampening": 0.0}),
+    ("lion_", {}),
+    ("lion_", {"maximize": True}),
+    ("lamb_", {}),
+    ("lamb_", {"maximize": True, "trust_clip": 0.5, "bias_correction": False}),
+    ("sophia_", {}),
+    ("sophia_", {"maximize": True, "bs": 100.0}),
+    ("sophia_update_hessian_", {}),
+]
+OP_IDS = [f"{op.rstrip('_')}-{i}" for i, (op, _) in enumerate(OP_CASES)]
+
+
+def build(op, kw, dtype, layout="mixed", sizes=SIZES, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = len(sizes)
+    cache = {}
+
+    def t(lst, positive=False):
+        if lst not in cache:
+            cache[lst] = _tensors(sizes, dtype, _offsets(layout, n, lst), gen, positive)
+        return cache[lst]
+
+    return BUILDERS[op](t, dtype, sizes, kw)
+
+
+def written(args, idx):
+    out = []
+    for i in idx:
+        a = args[i]
+        out += [x.clone() for x in a] if isinstance(a, list) else [a.clone()]
+    return out
+
+
+def assert_matches(actual, expected, dtype, what, lamb_norms=False):
+    """Element by element, each tensor with its own dtype's tolerance (step counters and LAMB's
+    float32 norms are not in the params' dtype).
+
+    LAMB's norms (the last tensor when lamb_norms) come from the moments as stored: with fp16/bf16
+    storage, a moment whose fp32 value differs by an ulp between two compilations (FMA
+    contraction) may round to the neighbouring storage value, which moves ||u|| of a small
+    tensor by up to about two storage ulps (relative)."""
+    assert len(actual) == len(expected)
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        assert a.dtype == e.dtype and a.shape == e.shape, f"{what}[{k}]"
+        tol = TOL_VS_TORCH[a.dtype]
+        if lamb_norms and k == len(actual) - 1 and dtype in (torch.bfloat16, torch.float16):
+            tol = Tol(2 * torch.finfo(dtype).eps, 0.0, "norms of moments rounded to storage")
+        assert_close_ulp(a, e, tol, f"{what}[{k}] ({DTYPE_IDS[dtype]})")
+
+
+def cpu_vs_sim(op, kw, dtype, layout="mixed", sizes=SIZES):
+    a, idx = build(op, kw, dtype, layout, sizes)
+    b, _ = build(op, kw, dtype, layout, sizes)
+    getattr(torch.ops.fusedopt, op)(*a)
+    getattr(SIM, op)(*b)
+    return written(b, idx), written(a, idx)
+
+
+@pytest.mark.parametrize("config", SIM_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("op,kw", OP_CASES, ids=OP_IDS)
+def test_simulated_kernels_match_cpu_kernels(sim, op, kw, dtype, config):
+    sim.configure(**config)
+    ours, cpu = cpu_vs_sim(op, kw, dtype)
+    assert_matches(ours, cpu, dtype, f"{op} {kw}", lamb_norms=op == "lamb_")
+    stats = sim.stats()
+    assert 0 < stats["vector_blocks"] < stats["blocks"]  # mixed layouts: both paths ran
+
+
+@pytest.mark.parametrize(
+    "op,kw",
+    [c for c in OP_CASES if c[0] not in ("lamb_",)],
+    ids=[i for i, c in zip(OP_IDS, OP_CASES) if c[0] != "lamb_"],
+)
+def test_elementwise_bits_do_not_depend_on_the_launch_shape(sim, op, kw):
+    """Any indexing slip (a chunk offset, a vector tail, a slot lookup) changes some element."""
+    results = []
+    for config in [
+        {},
+        {"chunk_size": 16, "threads": 4, "max_slots": 2, "max_blocks": 3},
+        {"chunk_size": 32, "threads": 1},
+        {"chunk_size": 1024, "threads": 64},
+    ]:
+        for layout in ("aligned", "misaligned"):
+            sim.reset()
+            sim.configure(**config)
+            args, idx = build(op, kw, torch.float32, layout)
+            getattr(SIM, op)(*args)
+            results.append(written(args, idx))
+    for r in results[1:]:
+        for x, y in zip(results[0], r):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("layout,vector", [("aligned", True), ("misaligned", False)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_vector_path_only_when_aligned(sim, layout, vector, dtype):
+    sim.configure(chunk_size=32, threads=4)
+    ours, cpu = cpu_vs_sim("adam_", {"amsgrad": True}, dtype, layout)
+    assert_matches(ours, cpu, dtype, "adam")
+    st = sim.stats()
+    assert st["blocks"] > 0 and st["vector_blocks"] == (st["blocks"] if vector else 0)
+
+
+@pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
+@pytest.mark.parametrize("op", list(BUILDERS))
+def test_found_inf_changes_nothing(sim, op, by_pointer):
+    sim.configure(chunk_size=16, threads=4, max_blocks=4, scalars_by_pointer=by_pointer)
+    args, idx = build(op, {"found_inf": torch.tensor([1.0])}, torch.float32)
+    before = written(args, idx)
+    getattr(SIM, op)(*args)
+    for x, y in zip(written(args, idx), before):
+        assert torch.equal(x, y)
+    st = sim.stats()
+    if by_pointer:  # every block read the flag and left
+        assert st["blocks"] > 0 and st["skipped_blocks"] == st["blocks"]
+    else:  # known on the host: nothing launched
+        assert st["blocks"] == 0 and st["step_launches"] == 0
+
+
+@pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
+@pytest.mark.parametrize("op", list(BUILDERS))
+def test_device_scalars(sim, op, by_pointer):
+    """lr, grad_scale and a clear found_inf in several dtypes, read on the 'device'."""
+    sim.configure(chunk_size=32, threads=8, scalars_by_pointer=by_pointer)
+    kw = {
+        "lr": torch.tensor([2e-3], dtype=torch.float32),
+        "grad_scale": torch.tensor(64.0, dtype=torch.float64),
+        "found_inf": torch.tensor(0.0, dtype=torch.float32),
+    }
+    ours, cpu = cpu_vs_sim(op, kw, torch.float32)
+    assert_matches(ours, cpu, torch.float32, op)
+
+
+def test_step_counters_in_several_launches(sim):
+    """More step counters than one increment launch holds (4 KB table: 447)."""
+    sim.configure(arg_bytes=SMALL, chunk_size=16, threads=2)
+    sizes = [i % 3 for i in range(1000)]  # a third empty: their counters count too
+    ours, cpu = cpu_vs_sim("adam_", {}, torch.float32, "aligned", sizes)
+    assert_matches(ours, cpu, torch.float32, "adam")
+    assert sim.stats()["step_launches"] == 3
+
+
+@pytest.mark.parametrize("config", SIM_CONFIGS)
+def test_lamb_norms_across_launches(sim, config):
+    """A tensor spanning many blocks and launches: its last block reduces the norms."""
+    sim.configure(**config)
+    sizes = [1000, 0, 37, 5000, 1, 0]
+    ours, cpu = cpu_vs_sim("lamb_", {"weight_decay": 0.1}, torch.float32, "mixed", sizes)
+    assert_matches(ours, cpu, torch.float32, "lamb")
+    norms = ours[-1]
+    assert torch.equal(norms[1], torch.zeros(2)) and torch.equal(norms[5], torch.zeros(2))
+    torch.testing.assert_close(norms, cpu[-1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("config", SIM_CONFIGS)
+def test_sum_sq(sim, config):
+    sim.configure(**config)
+    gen = torch.Generator().manual_seed(0)
+    xs = _tensors([1000, 0, 17, 3333], torch.float32, [0, 1, 2, 3], gen)
+    xs += _tensors([5, 100], torch.bfloat16, [1, 0], gen)
+    xs += _tensors([77], torch.float64, [1], gen) + [torch.randn(6, 4).t()]  # non-dense
+    ours = SIM.sum_sq(xs)
+    expect = sum(
+        float((x.double() if x.dtype != torch.bfloat16 else x.float().double()).square().sum())
+        for x in xs
+    )
+    assert ours.dtype == torch.float64 and ours.shape == ()
+    assert abs(ours.item() - expect) <= 1e-12 * expect
+    assert abs(ours.item() - torch.ops.fusedopt.sum_sq(xs).item()) <= 1e-12 * expect
+    assert SIM.sum_sq([torch.empty(0), torch.empty(0, 3)]).item() == 0.0
+
+
+def test_validation_matches_cpu_messages(sim):
+    for op in BUILDERS:
+        args, idx = build(op, {}, torch.float32, "aligned")
+        args = list(args)
+        first = idx[0]
+        bad = list(args[first])
+        bad[3] = torch.zeros(bad[3].numel() + 1)
+        args[first] = bad
+        before = written(args, [i for i in idx if i != first])
+        errors = []
+        for ops in (torch.ops.fusedopt, SIM):
+            with pytest.raises(RuntimeError) as info:
+                getattr(ops, op)(*args)
+            errors.append(str(info.value).splitlines()[0])
+        assert errors[0] == errors[1]
+        for x, y in zip(written(args, [i for i in idx if i != first]), before):
+            assert torch.equal(x, y)
+
+
+def test_sim_ops_take_the_real_ops_arguments():
+    for op in [*BUILDERS, "sum_sq"]:
+        real = getattr(torch.ops.fusedopt, op).default._schema
+        ours = getattr(SIM, op).default._schema
+        assert [str(a.type) for a in real.arguments] == [str(a.type) for a in ours.arguments], op
+
+
+# -- the optimizers on the simulated kernels ----------------------------------------------------
+def _sim_kernel(op):
+    """A kernel with the real op's Python signature running the simulation."""
+    schema = getattr(torch.ops.fusedopt, op).default._schema
+    names = [a.name for a in schema.arguments]
+    defaults = [a.default_value if a.has_default_value() else None for a in schema.arguments]
+
+    def fn(*args, **kwargs):
+        full = list(args) + [
+            kwargs.get(n, d) for n, d in zip(names[len(args) :], defaults[len(args) :])
+        ]
+        return getattr(SIM, op)(*full)
+
+    return fn
+
+
+@pytest.fixture
+def cpu_backend_simulated(monkeypatch, sim):
+    """backend="cpu" steps run the simulated CUDA kernels instead of the CPU kernels."""
+    real = _dispatch.kernel
+    monkeypatch.setattr(
+        _dispatch, "kernel", lambda b, op: _sim_kernel(op) if b == "cpu" else real(b, op)
+    )
+    return sim
+
+
+OPTIM_CONFIGS = [
+    (
+        "adam-all",
+        fusedopt.Adam,
+        torch.optim.Adam,
+        {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6},
+    ),
+    (
+        "adamw-wd-amsgrad",
+        fusedopt.AdamW,
+        torch.optim.AdamW,
+        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
+    ),
+    (
+        "sgd-dampening",
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
+    ),
+    (
+        "sgd-nesterov",
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize(
+    "name,ours,theirs,kwargs", OPTIM_CONFIGS, ids=[c[0] for c in OPTIM_CONFIGS]
+)
+def test_optimizers_on_simulated_kernels_match_torch(
+    cpu_backend_simulated, name, ours, theirs, kwargs, dtype
+):
+    cpu_backend_simulated.configure(chunk_size=4096, threads=32, max_slots=4, max_blocks=6)
+    run_parity(
+        lambda ps: ours(ps, backend="cpu", **kwargs),
+        lambda ps: theirs(ps, foreach=False, **kwargs),
+        dtype,
+        steps=3,
+        make_ref64=lambda ps: ours(ps, backend="reference", **kwargs),
+    )
+    assert cpu_backend_simulated.stats()["launches"] > 3
+
+
+def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
+    """max_grad_norm: sum_sq and the clip factor through grad_scale, as the GPU step runs it."""
+    cpu_backend_simulated.configure(chunk_size=64, threads=8, scalars_by_pointer=True)
+    torch.manual_seed(0)
+    ps = [torch.randn(n, requires_grad=True) for n in (300, 0, 17)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    a = fusedopt.AdamW(ps, lr=1e-2, max_grad_norm=0.5, backend="cpu")
+    b = fusedopt.AdamW(qs, lr=1e-2, max_grad_norm=0.5, backend="reference")
+    for _ in range(3):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p, q, rtol=1.3e-6, atol=1e-6)
