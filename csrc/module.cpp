@@ -33,11 +33,13 @@ void bind_host(py::module_& m);  // csrc/cuda/bindings.cpp: _C.planner, _C.sim
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedopt compiled kernels (ops are under torch.ops.fusedopt)";
   fusedopt::cuda::bind_host(m);
-  m.def("cpu_capability", [] { return std::string(isa_name(fusedopt::cpu::current_isa())); },
-        "The SIMD level the CPU kernels use now.");
-  m.def("cpu_capability_detected",
-        [] { return std::string(isa_name(fusedopt::cpu::detected_isa())); },
-        "The highest SIMD level this CPU supports.");
+  m.def(
+      "cpu_capability", [] { return std::string(isa_name(fusedopt::cpu::current_isa())); },
+      "The SIMD level the CPU kernels use now.");
+  m.def(
+      "cpu_capability_detected",
+      [] { return std::string(isa_name(fusedopt::cpu::detected_isa())); },
+      "The highest SIMD level this CPU supports.");
   m.def(
       "set_cpu_capability",
       [](const std::string& name) {

@@ -48,14 +48,15 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
         TORCH_CHECK(t.device() == device_, op_, ": ", l.name, "[", i, "] is on ", t.device(),
                     ", expected ", device_, " (the device of params[0])");
       }
-      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i,
-                  "] has dtype ", t.scalar_type(), " but its param has dtype ", p.scalar_type());
+      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i, "] has dtype ",
+                  t.scalar_type(), " but its param has dtype ", p.scalar_type());
       TORCH_CHECK(t.sizes() == p.sizes(), op_, ": ", l.name, "[", i, "] has shape ", t.sizes(),
                   " but its param has shape ", p.sizes());
       // A written tensor whose elements share memory (an expanded state tensor) has no
       // well-defined in-place result; refuse it here, before anything is written.
       TORCH_CHECK(!l.written || at::has_internal_overlap(t) != at::MemOverlap::Yes, op_, ": ",
-                  l.name, "[", i, "] has elements that share memory (e.g. an expanded tensor) "
+                  l.name, "[", i,
+                  "] has elements that share memory (e.g. an expanded tensor) "
                   "and cannot be updated in place");
     }
   }

@@ -32,8 +32,8 @@ constexpr int kMaxLists = 6;
 
 struct ListSpec {
   at::TensorList tensors;
-  const char* name;   // for error messages: "grads", "exp_avgs", ...
-  bool written;       // the kernel writes this list (staged copies are copied back)
+  const char* name;  // for error messages: "grads", "exp_avgs", ...
+  bool written;      // the kernel writes this list (staged copies are copied back)
 };
 
 // One parameter's tensors, flat: element j of ptr[k] belongs to element j of ptr[0].
@@ -86,7 +86,7 @@ class MultiTensor {
   std::vector<int64_t> offsets_;  // offsets_[i] = elements before tuples_[i+1]; inclusive sum
   std::vector<std::pair<at::Tensor, at::Tensor>> writeback_;  // (destination, staged)
   std::vector<at::Tensor> keep_alive_;                        // staged read-only copies
-  std::vector<Piece> pieces_;         // built by the first reduce()
+  std::vector<Piece> pieces_;                                 // built by the first reduce()
   std::vector<size_t> block_pieces_;  // block b's pieces: [block_pieces_[b], block_pieces_[b+1])
 };
 

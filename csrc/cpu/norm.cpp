@@ -70,15 +70,15 @@ at::Tensor sum_sq_cpu(at::TensorList tensors) {
     MultiTensor mt("fusedopt.sum_sq", {{group, "tensors", false}});
     if (mt.total_numel() == 0) continue;
     const Isa isa = current_isa();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, group[0].scalar_type(),
-                                    "fusedopt_sum_sq_cpu", [&] {
-      const std::vector<double> per_tensor =
-          mt.reduce(1, [&](const FlatTuple& t, int64_t lo, int64_t hi, double* acc) {
-            run_isa<SumSqBody<scalar_t>>(isa, static_cast<const scalar_t*>(t.ptr[0]) + lo,
-                                         hi - lo, acc);
-          });
-      for (double v : per_tensor) total += v;
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, group[0].scalar_type(), "fusedopt_sum_sq_cpu", [&] {
+          const std::vector<double> per_tensor =
+              mt.reduce(1, [&](const FlatTuple& t, int64_t lo, int64_t hi, double* acc) {
+                run_isa<SumSqBody<scalar_t>>(isa, static_cast<const scalar_t*>(t.ptr[0]) + lo,
+                                             hi - lo, acc);
+              });
+          for (double v : per_tensor) total += v;
+        });
   }
   return at::scalar_tensor(total, at::TensorOptions().dtype(at::kDouble));
 }

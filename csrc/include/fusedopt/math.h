@@ -39,16 +39,16 @@ C10_HOST_DEVICE FUSEDOPT_INLINE T lerp_(T self, T end, T weight) {
 // Per-tensor constants of an Adam step, computed once on the host in double precision.
 template <typename T>
 struct AdamScalars {
-  T lr;                  // learning rate
-  T beta1, beta2;        // EMA coefficients
-  T one_minus_beta1;     // lerp weight (1 - beta1)
-  T one_minus_beta2;     // (1 - beta2)
-  T eps;                 //
-  T weight_decay;        //
-  T decay_factor;        // 1 - lr*weight_decay (decoupled decay, AdamW)
-  T neg_step_size;       // -lr / (1 - beta1^t)
+  T lr;                     // learning rate
+  T beta1, beta2;           // EMA coefficients
+  T one_minus_beta1;        // lerp weight (1 - beta1)
+  T one_minus_beta2;        // (1 - beta2)
+  T eps;                    //
+  T weight_decay;           //
+  T decay_factor;           // 1 - lr*weight_decay (decoupled decay, AdamW)
+  T neg_step_size;          // -lr / (1 - beta1^t)
   T bias_correction2_sqrt;  // sqrt(1 - beta2^t)
-  T inv_grad_scale;      // 1/grad_scale for AMP (1 when no scaler)
+  T inv_grad_scale;         // 1/grad_scale for AMP (1 when no scaler)
 };
 
 // One Adam/AdamW element. DECOUPLED: AdamW-style decay on the param (else L2 added to the grad).
@@ -175,7 +175,7 @@ constexpr double kSophiaEps = 1e-15;
 
 template <typename T>
 struct SophiaScalars {
-  T neg_lr;        // -lr
+  T neg_lr;  // -lr
   T beta1, one_minus_beta1;
   T rho_bs;        // rho * bs
   T eps;           // kSophiaEps
