@@ -13,6 +13,7 @@ State tensors replaced by hand (``opt.state[p]["exp_avg"] = t``) need ``opt.inva
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +28,14 @@ from .. import _dispatch
 class _Bucket:
     """The params of one group that share (device, dtype), with their state lists."""
 
-    __slots__ = ("backend", "device", "fresh", "idx", "params", "states", "steps")
+    __slots__ = ("backend", "device", "fresh", "idx", "mesh_dims", "params", "states", "steps")
 
     def __init__(self, backend: str, device: torch.device) -> None:
         self.backend = backend
         self.device = device
+        # DTensor params (Note [DTensor params]): (mesh, the mesh dims the params are sharded
+        # over); params and states below are then the local shards. None for plain tensors.
+        self.mesh_dims: tuple[Any, tuple[int, ...]] | None = None
         self.idx: list[int] = []  # positions in group["params"]
         self.params: list[Tensor] = []
         self.states: list[list[Tensor]] = []  # one list per state key
@@ -40,12 +44,60 @@ class _Bucket:
 
 
 class _Plan:
-    __slots__ = ("buckets", "missing", "n")
+    __slots__ = ("buckets", "dtensor", "missing", "n")
 
-    def __init__(self, n: int, missing: list[int], buckets: list[_Bucket]) -> None:
+    def __init__(
+        self, n: int, missing: list[int], buckets: list[_Bucket], dtensor: bool = False
+    ) -> None:
         self.n = n
         self.missing = missing
         self.buckets = buckets
+        self.dtensor = dtensor  # the grads are DTensors: the kernels get their local shards
+
+
+def _dtensor_type() -> type | None:
+    """DTensor, if torch.distributed.tensor was imported (else no param can be one)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None) if mod is not None else None
+
+
+def _group_mesh(params: list[Tensor], where: str) -> Any:
+    """Note [DTensor params]
+    Under FSDP2 (``fully_shard``) and tensor parallelism, params are DTensors. A group's params
+    must be all DTensors on one device mesh, or all plain tensors: the plan then holds the
+    local shards (``_local_tensor``) of params, grads and state, and the fused kernels update
+    those; state tensors are created with ``zeros_like(param)``, so they are DTensors sharded
+    like their params and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with
+    torch.optim. Anything needing a norm over all params (``max_grad_norm``) all-reduces its
+    sum of squares over the mesh dims the params are sharded on. Returns the group's mesh, or
+    None for plain tensors; raises ValueError for a mixed group, before anything changes.
+    """
+    dtensor = _dtensor_type()
+    if dtensor is None:
+        return None
+    meshes = [p.device_mesh if isinstance(p, dtensor) else None for p in params]
+    if all(m is None for m in meshes):
+        return None
+    if any(m is None for m in meshes):
+        i = meshes.index(None)
+        j = next(k for k, m in enumerate(meshes) if m is not None)
+        raise ValueError(
+            f"{where}: a param group mixes DTensor params (e.g. param {j}) with plain tensors "
+            f"(e.g. param {i}); put the DTensors (FSDP2/tensor-parallel params) and the plain "
+            "tensors in separate optimizers, or make all of them DTensors"
+        )
+    first = meshes[0]
+    for k, m in enumerate(meshes):
+        if m != first:
+            raise ValueError(
+                f"{where}: param group has DTensor params on different device meshes "
+                f"(param 0 on {first}, param {k} on {m}); use one param group per mesh"
+            )
+    return first
+
+
+def _local(t: Tensor) -> Tensor:
+    return t._local_tensor  # type: ignore[attr-defined]
 
 
 class FusedOptimizer(Optimizer):
@@ -92,6 +144,15 @@ class FusedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         self.invalidate_plans()
+        try:
+            _group_mesh(self.param_groups[-1]["params"], f"fusedopt.{type(self).__name__}")
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        # Resolve "auto" now, eagerly: probing what is available calls into the compiled
+        # extension, which torch.compile can't trace if the first step is a compiled one.
+        for device in {p.device for p in self.param_groups[-1]["params"]}:
+            _dispatch.resolve(self.backend, device)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -140,12 +201,16 @@ class FusedOptimizer(Optimizer):
             (), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"), device=device
         )
 
+    #: LAMB's trust ratios need norms of whole params: it can't run on sharded DTensors.
+    _needs_whole_params: bool = False
+
     def _build_plan(
         self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
     ) -> _Plan:
+        mesh = _group_mesh(group["params"], f"fusedopt.{type(self).__name__}")
         keys = self._state_keys(group)
         stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
-        buckets: dict[tuple[torch.device, torch.dtype], _Bucket] = {}
+        buckets: dict[tuple[Any, ...], _Bucket] = {}
         for i, p in enumerate(group["params"]):
             g = grads[i]
             if g is None:
@@ -157,13 +222,33 @@ class FusedOptimizer(Optimizer):
                     f"fusedopt.{type(self).__name__} does not support complex "
                     "parameters (view them as real with torch.view_as_real)"
                 )
-            key = (p.device, p.dtype)
+            key: tuple[Any, ...] = (p.device, p.dtype)
+            shard_dims: tuple[int, ...] = ()
+            if mesh is not None:
+                shard_dims = tuple(d for d, pl in enumerate(p.placements) if not pl.is_replicate())
+                if shard_dims and self._needs_whole_params:
+                    raise NotImplementedError(
+                        f"fusedopt.{type(self).__name__} does not support sharded DTensor params "
+                        f"(param {i} has placements {p.placements}): its per-tensor trust "
+                        "ratios need norms over whole params, which are not reduced across "
+                        "ranks yet; use it without FSDP2 sharding"
+                    )
+                key = (*key, shard_dims)
+                if getattr(g, "placements", None) != p.placements:
+                    raise RuntimeError(
+                        f"fusedopt.{type(self).__name__}: the grad of DTensor param {i} has "
+                        f"placements {getattr(g, 'placements', 'none (a plain tensor)')}, but "
+                        f"the param has {p.placements}; fusedopt steps local shards and needs "
+                        "them to match (FSDP2 reduce-scatters grads to the params' placements)"
+                    )
             b = buckets.get(key)
             if b is None:
                 b = buckets[key] = _Bucket(_dispatch.resolve(self.backend, p.device), p.device)
                 b.states = [[] for _ in keys]
+                if mesh is not None:
+                    b.mesh_dims = (mesh, shard_dims)
             b.idx.append(i)
-            b.params.append(p)
+            b.params.append(p if mesh is None else _local(p))
             if stateless:
                 continue
             state = self.state[p]
@@ -180,7 +265,14 @@ class FusedOptimizer(Optimizer):
                         f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}, but the "
                         f"parameter has shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device}"
                     )
-                lst.append(t)
+                if mesh is not None and getattr(t, "placements", None) != p.placements:
+                    raise RuntimeError(
+                        f"fusedopt.{type(self).__name__}: state {k!r} of DTensor parameter {i} "
+                        f"is not a DTensor sharded like it (placements {p.placements}); load "
+                        "sharded optimizer state with torch.distributed.checkpoint or "
+                        "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
+                    )
+                lst.append(t if mesh is None else _local(t))
             if self._has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step
@@ -190,7 +282,7 @@ class FusedOptimizer(Optimizer):
                 b.fresh = [False] * (len(b.params) - 1)
             if b.fresh is not None:
                 b.fresh.append(fresh)
-        return _Plan(len(group["params"]), missing, list(buckets.values()))
+        return _Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
 
     def _plan_work(self) -> list[tuple[dict[str, Any], _Bucket, list[Tensor]]]:
         """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
@@ -206,6 +298,8 @@ class FusedOptimizer(Optimizer):
             plan = self._plans.get(gi)
             if plan is None or plan.n != len(params) or plan.missing != missing:
                 plan = self._plans[gi] = self._build_plan(group, grads, missing)
+            if plan.dtensor:
+                grads = [None if g is None else _local(g) for g in grads]
             for b in plan.buckets:
                 bgrads = (
                     grads if not missing and len(plan.buckets) == 1 else [grads[i] for i in b.idx]
@@ -221,6 +315,8 @@ class FusedOptimizer(Optimizer):
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss.
         """
+        # What the wrapper an LRScheduler would install records (see _lr_sched_marker).
+        self._opt_called = True
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -260,6 +356,10 @@ class FusedOptimizer(Optimizer):
             b.fresh = None
         return loss
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _lr_sched_marker(cls)
+
     def _clip(self, work: list, grad_scale: Tensor | None) -> Tensor:
         """Note [clipping inside the step]
         The global L2 norm of all grads (fp64 sums of squares from one multi-tensor reduction
@@ -271,8 +371,18 @@ class FusedOptimizer(Optimizer):
         clip_grad_norm_(error_if_nonfinite=False): an inf norm gives a zero factor, a NaN norm NaN.
         """
         total: Tensor | None = None
+        sharded: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
         for _, b, bgrads in work:
             sq = _dispatch.kernel(b.backend, "sum_sq")(bgrads)
+            if b.mesh_dims is not None and b.mesh_dims[1]:
+                # A shard's sum of squares: summed over the ranks holding the other shards.
+                prev = sharded.get(b.mesh_dims)
+                sharded[b.mesh_dims] = sq if prev is None else prev + sq.to(prev.device)
+                continue
+            total = sq if total is None else total + sq.to(total.device)
+        for (mesh, dims), sq in sharded.items():
+            for d in dims:
+                torch.distributed.all_reduce(sq, group=mesh.get_group(d))
             total = sq if total is None else total + sq.to(total.device)
         assert total is not None
         norm = total.sqrt()
@@ -333,3 +443,19 @@ class FusedOptimizer(Optimizer):
                         f"loaded state for parameter {pid}: {key!r} has shape "
                         f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}"
                     )
+
+
+def _lr_sched_marker(cls: type) -> None:
+    """Note [schedulers and torch.compile]
+    An LRScheduler replaces ``optimizer.step`` by a wrapper defined in torch/optim/lr_scheduler.py
+    that sets ``optimizer._opt_called``; dynamo never traces that file, so with a scheduler
+    attached ``torch.compile(fn, fullgraph=True)`` of a function calling ``opt.step()`` would
+    fail. Our ``step`` sets ``_opt_called`` itself and carries the attribute the scheduler checks
+    to see that a step is already wrapped, so the scheduler leaves it alone.
+    """
+    step = cls.__dict__.get("step")
+    if step is not None:
+        step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+
+_lr_sched_marker(FusedOptimizer)

@@ -59,6 +59,7 @@ class LAMB(FusedOptimizer):
     """
 
     _op = "lamb_"
+    _needs_whole_params = True
     _sparse_error = "LAMB does not support sparse gradients"
 
     def __init__(

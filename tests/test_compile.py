@@ -1,0 +1,223 @@
+"""torch.compile: every optimizer's step traces with fullgraph=True (custom ops with fake
+kernels, nothing dynamo can't trace), compiled steps equal eager ones, and a Tensor lr changed
+every step never recompiles.
+
+Compiles use the ``aot_eager`` backend (dynamo + AOTAutograd functionalization of our mutating
+custom ops, the part that can break) wrapped in a compile counter; one test runs inductor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import fusedopt
+from fusedopt.schedules import WarmupCosine
+from helpers import TOL_VS_TORCH, assert_close_ulp
+
+OPTIMIZERS = {
+    "AdamW": (fusedopt.AdamW, {}),
+    "Adam-amsgrad": (fusedopt.Adam, {"amsgrad": True, "weight_decay": 0.1}),
+    "SGD": (fusedopt.SGD, {"momentum": 0.9, "nesterov": True}),
+    "SGD-plain": (fusedopt.SGD, {}),
+    "Lion": (fusedopt.Lion, {"weight_decay": 0.1}),
+    "LAMB": (fusedopt.LAMB, {}),
+    "Sophia": (fusedopt.Sophia, {}),
+    "AdamW-clip": (fusedopt.AdamW, {"max_grad_norm": 0.5}),
+}
+BACKENDS = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            not fusedopt.backends()["cpu"].available, reason="no compiled CPU kernels"
+        ),
+    ),
+    "reference",
+]
+TOL = TOL_VS_TORCH[torch.float32]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _params() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [
+        torch.randn(5, 3).requires_grad_(),
+        torch.randn(3).requires_grad_(),
+        torch.randn(17).requires_grad_(),
+    ]
+
+
+def _make(name: str, backend: str, params: list[torch.Tensor], lr: float | torch.Tensor):
+    cls, kw = OPTIMIZERS[name]
+    return cls(params, lr=lr, backend=backend, **kw)
+
+
+def _assert_same(opt_a, params_a, opt_b, params_b, what: str) -> None:  # noqa: ANN001
+    for i, (a, b) in enumerate(zip(params_a, params_b)):
+        assert_close_ulp(a.detach(), b.detach(), TOL, f"{what} param[{i}]")
+        sa, sb = opt_a.state[a], opt_b.state[b]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            if torch.is_tensor(sa[k]):
+                assert_close_ulp(sa[k], sb[k], TOL, f"{what} state[{i}][{k}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fullgraph_matches_eager_and_never_recompiles(name: str, backend: str) -> None:
+    """fullgraph compile succeeds; compiled == eager after every step; with the lr tensor
+    written every step (``lr.fill_``) the counter stays at 2 compilations: the first step
+    (which creates the state) and the steady state."""
+    eager_p, comp_p = _params(), _params()
+    eager = _make(name, backend, eager_p, torch.tensor(0.01))
+    comp = _make(name, backend, comp_p, torch.tensor(0.01))
+    cnt = CompileCounterWithBackend("aot_eager")
+
+    def step() -> None:
+        comp.step()
+
+    compiled = torch.compile(step, backend=cnt, fullgraph=True)
+    for i in range(20):
+        lr = 0.01 * (1 + i % 7) / (1 + i)
+        for opt in (eager, comp):
+            opt.param_groups[0]["lr"].fill_(lr)
+        grads = [torch.randn_like(p) for p in eager_p]
+        for p, q, g in zip(eager_p, comp_p, grads):
+            p.grad, q.grad = g, g.clone()
+        eager.step()
+        compiled()
+        if i < 4:
+            _assert_same(comp, comp_p, eager, eager_p, f"{name} step {i + 1}")
+        assert cnt.frame_count == min(i + 1, 2), f"recompiled at step {i + 1}"
+    _assert_same(comp, comp_p, eager, eager_p, f"{name} step 20")
+    assert cnt.frame_count == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warmup_cosine_device_schedule_no_recompile(backend: str) -> None:
+    """WarmupCosine(device=True) writes the lr tensor in place: 20 scheduled steps, 2 compiles,
+    the same params as the eager run (the scheduler, attached before compiling, does not hide
+    the step from dynamo: Note [schedulers and torch.compile] in fusedopt/optim/_base.py)."""
+    runs = []
+    for compile_it in (False, True):
+        params = _params()
+        opt = fusedopt.AdamW(params, lr=torch.tensor(0.02), backend=backend)
+        sched = WarmupCosine(opt, warmup_steps=5, total_steps=20, device=True)
+        cnt = CompileCounterWithBackend("aot_eager")
+        step = torch.compile(opt.step, backend=cnt, fullgraph=True) if compile_it else opt.step
+        lrs = []
+        torch.manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            step()
+            sched.step()
+            lrs.append(float(opt.param_groups[0]["lr"]))
+        if compile_it:
+            assert cnt.frame_count == 2
+        runs.append((params, opt, lrs))
+    (pe, oe, lre), (pc, oc, lrc) = runs
+    assert lre == lrc and len(set(lre)) > 10
+    _assert_same(oc, pc, oe, pe, "WarmupCosine 20 steps")
+
+
+def test_float_lr_recompiles_tensor_lr_does_not() -> None:
+    """What the README says: a float lr is a constant of the graph, so each new value
+    recompiles; the same schedule through a Tensor lr compiles twice in all."""
+    counts = {}
+    for kind in ("float", "tensor"):
+        torch._dynamo.reset()
+        params = _params()
+        opt = fusedopt.AdamW(params, lr=0.01 if kind == "float" else torch.tensor(0.01))
+        cnt = CompileCounterWithBackend("aot_eager")
+        step = torch.compile(opt.step, backend=cnt, fullgraph=True)
+        for i in range(5):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            if kind == "float":
+                opt.param_groups[0]["lr"] = 0.01 / (i + 1)
+            else:
+                opt.param_groups[0]["lr"].fill_(0.01 / (i + 1))
+            step()
+        counts[kind] = cnt.frame_count
+    assert counts == {"float": 6, "tensor": 2}
+
+
+def test_param_without_grad_recompiles_once_per_set() -> None:
+    """Changing which params have a grad changes the plan and recompiles (each set once
+    with a plan being built, once with it cached); a set seen before recompiles nothing."""
+    params = _params()
+    opt = fusedopt.AdamW(params, lr=torch.tensor(0.01))
+    cnt = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(opt.step, backend=cnt, fullgraph=True)
+    expected = [1, 2, 3, 4, 5]  # first step, steady, params[1] frozen, frozen steady, unfrozen
+    for i, freeze in enumerate([False, False, True, True, False]):
+        for j, p in enumerate(params):
+            p.grad = None if (freeze and j == 1) else torch.randn_like(p)
+        step()
+        assert cnt.frame_count == expected[i]
+    count = cnt.frame_count
+    for i in range(4):
+        for j, p in enumerate(params):
+            p.grad = None if (i % 2 and j == 1) else torch.randn_like(p)
+        step()
+    assert cnt.frame_count == count, "a param set seen before recompiled"
+
+
+def _train_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_training_step(compiler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """forward + backward + opt.step() in one fullgraph compile (backward is traced with
+    torch._dynamo.config.trace_autograd_ops); zero_grad stays outside (torch never traces
+    Optimizer.zero_grad). Matches the eager loop."""
+    if compiler == "inductor":
+        pytest.importorskip("torch._inductor")
+    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True, raising=False)
+    losses = {}
+    params = {}
+    for mode in ("eager", "compiled"):
+        model, x, y = _train_setup()
+        opt = fusedopt.AdamW(model.parameters(), lr=torch.tensor(0.01))
+        sched = WarmupCosine(opt, warmup_steps=2, total_steps=10, device=True)
+
+        def train_step(model=model, opt=opt, x=x, y=y) -> torch.Tensor:  # noqa: ANN001
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        cnt = CompileCounterWithBackend(compiler)
+        fn = (
+            torch.compile(train_step, backend=cnt, fullgraph=True)
+            if mode == "compiled"
+            else train_step
+        )
+        out = []
+        for _ in range(6):
+            opt.zero_grad()
+            out.append(fn())
+            sched.step()
+        if mode == "compiled":
+            assert cnt.frame_count == 2
+        losses[mode] = torch.stack(out)
+        params[mode] = [p.detach().clone() for p in model.parameters()]
+    assert losses["compiled"][-1] < losses["compiled"][0]
+    # The compiled forward/backward may reassociate float sums: fp32 tolerance, loosened for
+    # inductor's fused kernels.
+    tol = dict(rtol=1e-5, atol=1e-6) if compiler == "aot_eager" else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["compiled"], losses["eager"], **tol)
+    for a, b in zip(params["compiled"], params["eager"]):
+        torch.testing.assert_close(a, b, **tol)

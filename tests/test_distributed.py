@@ -1,0 +1,323 @@
+"""fusedopt inside PyTorch's distributed engine: DDP, ZeroRedundancyOptimizer, FSDP2
+(``fully_shard``, DTensor params: Note [DTensor params] in fusedopt/optim/_base.py) and
+torch.distributed.checkpoint. Each test spawns 2 CPU processes talking over gloo, with a file
+store in tmp_path; a failure in a worker fails the test with the worker's traceback.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fusedopt
+from helpers import TOL_VS_TORCH, assert_close_ulp
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
+)
+
+WORLD = 2
+STEPS = 4
+TOL = TOL_VS_TORCH[torch.float32]
+
+
+def _worker(rank: int, tmp: str, fn: Callable[[int, str], None]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+    try:
+        fn(rank, tmp)
+        # Both ranks leave together: a rank that tears down its process group while the other
+        # still talks to it (rank 0 consolidating ZeRO's state) can abort in gloo's threads.
+        dist.barrier()
+        gc.collect()  # DDP reducers go before the process group they use
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(fn: Callable[[int, str], None], tmp_path) -> None:  # noqa: ANN001
+    mp.spawn(_worker, args=(str(tmp_path), fn), nprocs=WORLD, join=True)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)  # the same init on every rank
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5), torch.nn.Linear(5, 3)
+    )
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(6, 8, generator=g), torch.randn(6, 3, generator=g)
+
+
+def _train(model, opt, rank: int, steps: range, clip: float | None = None) -> list[list]:  # noqa: ANN001
+    """Run `steps`; the full params after each step (gathered from DTensor shards)."""
+    out = []
+    for step in steps:
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        out.append([_full(p) for p in model.parameters()])
+    return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t.clone()
+
+
+def _assert_runs_close(ours: list[list], theirs: list[list], what: str) -> None:
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_ulp(x, y, TOL, f"{what}: step {step + 1} param[{i}]")
+
+
+# -- DDP ------------------------------------------------------------------------------------
+
+
+def _ddp(rank: int, tmp: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    runs = {}
+    for name in ("fusedopt", "torch"):
+        model = DDP(_model())
+        if name == "fusedopt":
+            opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, foreach=False)
+        runs[name] = _train(model, opt, rank, range(STEPS))
+    _assert_runs_close(runs["fusedopt"], runs["torch"], f"DDP rank {rank}")
+
+
+def test_ddp_matches_torch_adamw(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_ddp, tmp_path)
+
+
+# -- ZeroRedundancyOptimizer ------------------------------------------------------------------
+
+
+def _zero(rank: int, tmp: str) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_model())
+    zero = ZeroRedundancyOptimizer(
+        model.parameters(), optimizer_class=fusedopt.AdamW, lr=0.01, weight_decay=0.1
+    )
+    # ZeRO shards whole params between the ranks: each rank's fusedopt.AdamW steps only its own.
+    assert 0 < len(zero.optim.param_groups[0]["params"]) < len(list(model.parameters()))
+    ours = _train(model, zero, rank, range(STEPS))
+
+    ref_model = DDP(_model())
+    ref = fusedopt.AdamW(ref_model.parameters(), lr=0.01, weight_decay=0.1)
+    theirs = _train(ref_model, ref, rank, range(STEPS))
+    _assert_runs_close(ours, theirs, f"ZeRO rank {rank}")
+
+    zero.consolidate_state_dict(to=0)
+    if rank == 0:
+        sd = zero.state_dict()
+        params = [p.detach().clone().requires_grad_() for p in ref_model.parameters()]
+        loaded = fusedopt.AdamW(params, lr=0.5)
+        loaded.load_state_dict(sd)
+        assert loaded.param_groups[0]["lr"] == 0.01
+        for i, (p, q) in enumerate(zip(params, ref_model.parameters())):
+            for k, v in ref.state[q].items():
+                assert torch.equal(loaded.state[p][k], v), f"consolidated state[{i}][{k}]"
+        # ... and the loaded optimizer continues exactly as the unsharded one.
+        for p, q in zip(params, ref_model.parameters()):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g, g.clone()
+        loaded.step()
+        ref.step()
+        for p, q in zip(params, ref_model.parameters()):
+            assert torch.equal(p, q.detach())
+
+
+def test_zero_redundancy_optimizer(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_zero, tmp_path)
+
+
+# -- FSDP2 ------------------------------------------------------------------------------------
+
+
+def _sharded_model():  # noqa: ANN202
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = _model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, mesh
+
+
+def _fsdp_parity(rank: int, tmp: str) -> None:
+    from torch.distributed.tensor import DTensor
+
+    for clip in (None, 0.05):
+        runs = {}
+        for name in ("fusedopt", "torch"):
+            model, _ = _sharded_model()
+            params = list(model.parameters())
+            assert all(isinstance(p, DTensor) for p in params)
+            if name == "fusedopt":
+                opt = fusedopt.AdamW(params, lr=0.01, weight_decay=0.1, max_grad_norm=clip)
+                runs[name] = _train(model, opt, rank, range(STEPS))
+                for p in params:
+                    for k in ("exp_avg", "exp_avg_sq"):
+                        s = opt.state[p][k]
+                        assert isinstance(s, DTensor) and s.placements == p.placements, k
+                        assert s.to_local().shape == p.to_local().shape
+                if clip is not None:
+                    norm = opt.last_grad_norm
+            else:
+                opt = torch.optim.AdamW(params, lr=0.01, weight_decay=0.1, foreach=False)
+                runs[name] = _train(model, opt, rank, range(STEPS - 1), clip=clip)
+                # The last step: the grad norm torch's clip_grad_norm_ sees on DTensors.
+                x, y = _batch(rank, STEPS - 1)
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                if clip is not None:
+                    ref_norm = torch.nn.utils.clip_grad_norm_(params, clip).full_tensor()
+                opt.step()
+                runs[name].append([_full(p) for p in params])
+        _assert_runs_close(runs["fusedopt"], runs["torch"], f"FSDP2 clip={clip} rank {rank}")
+        if clip is not None:
+            assert ref_norm > clip  # the clip is active
+            torch.testing.assert_close(norm, ref_norm.float(), rtol=1e-5, atol=0)
+
+
+def test_fsdp2_matches_torch_adamw_with_and_without_clipping(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_parity, tmp_path)
+
+
+def _fsdp_errors(rank: int, tmp: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    model, mesh = _sharded_model()
+    params = list(model.parameters())
+    plain = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="mixes DTensor params"):
+        fusedopt.AdamW([params[0], plain])
+    opt = fusedopt.AdamW(params[:1])
+    with pytest.raises(ValueError, match="mixes DTensor params"):
+        opt.add_param_group({"params": [plain, params[1]]})
+    assert len(opt.param_groups) == 1
+    other = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("other",))
+    assert other != mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    foreign = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 2), other, [Shard(0)]))
+    with pytest.raises(ValueError, match="different device meshes"):
+        fusedopt.SGD([params[0], foreign], lr=0.1)
+    # A group edited by hand after construction: caught by the step, before any change.
+    opt = fusedopt.AdamW(params[:2])
+    opt.param_groups[0]["params"].append(plain)
+    torch.nn.functional.mse_loss(model(torch.randn(2, 8)), torch.zeros(2, 3)).backward()
+    plain.grad = torch.ones(3)
+    before = [_full(p) for p in params[:2]]
+    with pytest.raises(ValueError, match="mixes DTensor params"):
+        opt.step()
+    assert not opt.state
+    for p, b in zip(params[:2], before):
+        assert torch.equal(_full(p), b)
+    # LAMB's per-tensor trust ratios on shards would be wrong: refused.
+    lamb = fusedopt.LAMB(params)
+    with pytest.raises(NotImplementedError, match="sharded DTensor"):
+        lamb.step()
+
+
+def test_fsdp2_bad_groups_raise_before_any_change(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_errors, tmp_path)
+
+
+def _fsdp_other_optimizers(rank: int, tmp: str) -> None:
+    """SGD (momentum), Lion, Sophia and Adam under FSDP2 == the same optimizer on an
+    unsharded replica trained on the whole (both ranks') batch: elementwise updates on shards."""
+    cases = [
+        (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9}),
+        (fusedopt.Lion, {"lr": 0.01, "weight_decay": 0.1}),
+        (fusedopt.Sophia, {"lr": 0.01}),
+        (fusedopt.Adam, {"lr": 0.01, "amsgrad": True}),
+    ]
+    for cls, kw in cases:
+        model, _ = _sharded_model()
+        opt = cls(model.parameters(), **kw)
+        ours = _train(model, opt, rank, range(STEPS))
+        ref_model = _model()
+        ref = cls(ref_model.parameters(), **kw)
+        theirs = []
+        for step in range(STEPS):
+            ref.zero_grad()
+            # FSDP2 averages the ranks' grads: the mean of the per-rank mean losses.
+            loss = sum(
+                torch.nn.functional.mse_loss(ref_model(x), y)
+                for x, y in (_batch(r, step) for r in range(WORLD))
+            )
+            (loss / WORLD).backward()
+            ref.step()
+            theirs.append([p.detach().clone() for p in ref_model.parameters()])
+        for step, (a, b) in enumerate(zip(ours, theirs)):
+            for i, (x, y) in enumerate(zip(a, b)):
+                # Different reduction orders of the grads: a looser fp32 tolerance.
+                torch.testing.assert_close(
+                    x,
+                    y,
+                    rtol=1e-5,
+                    atol=1e-5,
+                    msg=lambda m, w=f"{cls.__name__} step {step + 1} param[{i}]": f"{w}: {m}",
+                )
+
+
+def test_fsdp2_other_optimizers_match_unsharded(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_other_optimizers, tmp_path)
+
+
+# -- torch.distributed.checkpoint -------------------------------------------------------------
+
+
+def _fsdp_checkpoint(rank: int, tmp: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.tensor import DTensor
+
+    ckpt = os.path.join(tmp, "ckpt")
+    model, _ = _sharded_model()
+    opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    _train(model, opt, rank, range(3))
+    msd, osd = get_state_dict(model, opt)
+    assert all(
+        isinstance(v, DTensor) for s in osd["state"].values() for k, v in s.items() if k != "step"
+    )
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+    straight = _train(model, opt, rank, range(3, 6))
+
+    model2, _ = _sharded_model()  # a fresh init, then the checkpoint
+    with torch.no_grad():
+        for p in model2.parameters():
+            p.add_(1.0)
+    opt2 = fusedopt.AdamW(model2.parameters(), lr=0.5, weight_decay=0.1)
+    msd2, osd2 = get_state_dict(model2, opt2)
+    state = {"model": msd2, "optim": osd2}
+    dcp.load(state, checkpoint_id=ckpt)
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    assert opt2.param_groups[0]["lr"] == 0.01
+    resumed = _train(model2, opt2, rank, range(3, 6))
+    for step, (a, b) in enumerate(zip(resumed, straight)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert torch.equal(x, y), f"resumed step {step + 4} param[{i}] differs"
+
+
+def test_fsdp2_distributed_checkpoint_resume_is_identical(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_checkpoint, tmp_path)
