@@ -456,7 +456,7 @@ def test_device_scalars(sim, op, by_pointer):
 
 
 def test_step_counters_in_several_launches(sim):
-    """More step counters than one increment launch holds (4 KB table: 447)."""
+    """More step counters than one increment launch holds (4 KB table: 448)."""
     sim.configure(arg_bytes=SMALL, chunk_size=16, threads=2)
     sizes = [i % 3 for i in range(1000)]  # a third empty: their counters count too
     ours, cpu = cpu_vs_sim("adam_", {}, torch.float32, "aligned", sizes)
@@ -473,7 +473,8 @@ def test_lamb_norms_across_launches(sim, config):
     assert_matches(ours, cpu, torch.float32, "lamb")
     norms = ours[-1]
     assert torch.equal(norms[1], torch.zeros(2)) and torch.equal(norms[5], torch.zeros(2))
-    torch.testing.assert_close(norms, cpu[-1], rtol=1e-12, atol=0)
+    # fp64 sums in another order, stored as float32: at most one float32 rounding apart
+    torch.testing.assert_close(norms, cpu[-1], rtol=1.2e-7, atol=0)
 
 
 @pytest.mark.parametrize("config", SIM_CONFIGS)

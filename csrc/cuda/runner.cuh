@@ -12,18 +12,23 @@
 #include "functors.h"
 #include "jobs.h"
 
-// Which table variants the kernels are compiled for (Note [kernel-argument space]).
+// Which table variants the kernels are compiled for (Note [kernel-argument space]); -D either
+// macro to override (e.g. to compile the 4 KB variant with a CUDA 13 toolkit).
+#ifndef FUSEDOPT_LARGE_ARGS
 #if CUDART_VERSION >= 12010
 #define FUSEDOPT_LARGE_ARGS 1
 #else
 #define FUSEDOPT_LARGE_ARGS 0
 #endif
+#endif
 // A CUDA 13 runtime refuses to start on drivers older than 13.0, and CUDA 13 supports no GPU
 // below sm_75, so builds with it never need the 4 KB variant.
+#ifndef FUSEDOPT_SMALL_ARGS
 #if CUDART_VERSION < 13000
 #define FUSEDOPT_SMALL_ARGS 1
 #else
 #define FUSEDOPT_SMALL_ARGS 0
+#endif
 #endif
 
 namespace fusedopt::cuda {
