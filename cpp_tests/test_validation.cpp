@@ -117,7 +117,7 @@ FO_TEST(adam_rejects_overlapping_state) {
   const auto& L = g.lists;
   TensorVec exp_avgs = L[2];
   exp_avgs.back() = at::zeros({1}, at::kFloat).expand({1023});
-  expect_rejected(g, "exp_avgs[last] expanded (overlapping)", "memory location",
+  expect_rejected(g, "exp_avgs[last] expanded (overlapping)", "share memory",
                   [&] { adam(g, L[0], L[1], exp_avgs, L[3], L[4], g.steps); });
 }
 
