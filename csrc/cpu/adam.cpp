@@ -90,21 +90,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
         using opmath_t = at::opmath_type<scalar_t>;
         std::vector<AdamScalars<opmath_t>> sc(params.size());
         for (size_t i = 0; i < params.size(); ++i) {
-          // As torch.optim computes them: in double on the host, per parameter.
-          const double bc1 = 1.0 - std::pow(beta1, steps[i]);
-          const double bc2 = 1.0 - std::pow(beta2, steps[i]);
-          AdamScalars<opmath_t>& s = sc[i];
-          s.lr = static_cast<opmath_t>(lr_v);
-          s.beta1 = static_cast<opmath_t>(beta1);
-          s.beta2 = static_cast<opmath_t>(beta2);
-          s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
-          s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
-          s.eps = static_cast<opmath_t>(eps);
-          s.weight_decay = static_cast<opmath_t>(weight_decay);
-          s.decay_factor = static_cast<opmath_t>(1.0 - lr_v * weight_decay);
-          s.neg_step_size = static_cast<opmath_t>(-(lr_v / bc1));
-          s.bias_correction2_sqrt = static_cast<opmath_t>(std::sqrt(bc2));
-          s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+          sc[i] = make_adam_scalars<opmath_t>(lr_v, beta1, beta2, eps, weight_decay, steps[i],
+                                              inv_scale);
         }
         adam_dispatch<scalar_t>(mt, sc, decoupled, amsgrad, maximize);
       });

@@ -57,14 +57,8 @@ void lion_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, params[0].scalar_type(), "fusedopt_lion_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
-        LionScalars<opmath_t> s;
-        s.neg_lr = static_cast<opmath_t>(-lr_v);
-        s.beta1 = static_cast<opmath_t>(beta1);
-        s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
-        s.beta2 = static_cast<opmath_t>(beta2);
-        s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
-        s.decay_factor = static_cast<opmath_t>(1.0 - lr_v * weight_decay);
-        s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+        const LionScalars<opmath_t> s =
+            make_lion_scalars<opmath_t>(lr_v, beta1, beta2, weight_decay, inv_scale);
         if (maximize) {
           lion_group<scalar_t, true>(mt, s);
         } else {

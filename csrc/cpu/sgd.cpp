@@ -80,12 +80,8 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, params[0].scalar_type(), "fusedopt_sgd_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
-        SgdScalars<opmath_t> s;
-        s.neg_lr = static_cast<opmath_t>(-lr_v);
-        s.momentum = static_cast<opmath_t>(momentum);
-        s.one_minus_dampening = static_cast<opmath_t>(1.0 - dampening);
-        s.weight_decay = static_cast<opmath_t>(weight_decay);
-        s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+        const SgdScalars<opmath_t> s =
+            make_sgd_scalars<opmath_t>(lr_v, momentum, dampening, weight_decay, inv_scale);
         sgd_dispatch<scalar_t>(mt, s, use_momentum, is_first_step, nesterov, maximize);
       });
 }

@@ -77,14 +77,8 @@ void sophia_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, params[0].scalar_type(), "fusedopt_sophia_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
-        SophiaScalars<opmath_t> s;
-        s.neg_lr = static_cast<opmath_t>(-lr_v);
-        s.beta1 = static_cast<opmath_t>(beta1);
-        s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
-        s.rho_bs = static_cast<opmath_t>(rho * bs);
-        s.eps = static_cast<opmath_t>(kSophiaEps);
-        s.decay_factor = static_cast<opmath_t>(1.0 - lr_v * weight_decay);
-        s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+        const SophiaScalars<opmath_t> s =
+            make_sophia_scalars<opmath_t>(lr_v, beta1, rho, bs, weight_decay, inv_scale);
         if (maximize) {
           sophia_group<scalar_t, true>(mt, s);
         } else {

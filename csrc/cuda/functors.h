@@ -38,23 +38,8 @@ struct AdamFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    const double lr = p.lr.get();
-    const double step = next_step(slot.step, slot.flags);
-    const double bc1 = 1.0 - std::pow(p.beta1, step);
-    const double bc2 = 1.0 - std::pow(p.beta2, step);
-    State s;
-    s.lr = static_cast<opmath_t>(lr);
-    s.beta1 = static_cast<opmath_t>(p.beta1);
-    s.beta2 = static_cast<opmath_t>(p.beta2);
-    s.one_minus_beta1 = static_cast<opmath_t>(1.0 - p.beta1);
-    s.one_minus_beta2 = static_cast<opmath_t>(1.0 - p.beta2);
-    s.eps = static_cast<opmath_t>(p.eps);
-    s.weight_decay = static_cast<opmath_t>(p.weight_decay);
-    s.decay_factor = static_cast<opmath_t>(1.0 - lr * p.weight_decay);
-    s.neg_step_size = static_cast<opmath_t>(-(lr / bc1));
-    s.bias_correction2_sqrt = static_cast<opmath_t>(std::sqrt(bc2));
-    s.inv_grad_scale = static_cast<opmath_t>(1.0 / p.grad_scale.get());
-    return s;
+    return make_adam_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay,
+                                       next_step(slot.step, slot.flags), 1.0 / p.grad_scale.get());
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
@@ -84,13 +69,8 @@ struct SgdFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    State s;
-    s.neg_lr = static_cast<opmath_t>(-p.lr.get());
-    s.momentum = static_cast<opmath_t>(p.momentum);
-    s.one_minus_dampening = static_cast<opmath_t>(1.0 - p.dampening);
-    s.weight_decay = static_cast<opmath_t>(p.weight_decay);
-    s.inv_grad_scale = static_cast<opmath_t>(1.0 / p.grad_scale.get());
-    return s;
+    return make_sgd_scalars<opmath_t>(p.lr.get(), p.momentum, p.dampening, p.weight_decay,
+                                      1.0 / p.grad_scale.get());
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
@@ -119,16 +99,8 @@ struct LionFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    const double lr = p.lr.get();
-    State s;
-    s.neg_lr = static_cast<opmath_t>(-lr);
-    s.beta1 = static_cast<opmath_t>(p.beta1);
-    s.one_minus_beta1 = static_cast<opmath_t>(1.0 - p.beta1);
-    s.beta2 = static_cast<opmath_t>(p.beta2);
-    s.one_minus_beta2 = static_cast<opmath_t>(1.0 - p.beta2);
-    s.decay_factor = static_cast<opmath_t>(1.0 - lr * p.weight_decay);
-    s.inv_grad_scale = static_cast<opmath_t>(1.0 / p.grad_scale.get());
-    return s;
+    return make_lion_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.weight_decay,
+                                       1.0 / p.grad_scale.get());
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
@@ -152,16 +124,8 @@ struct SophiaFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    const double lr = p.lr.get();
-    State s;
-    s.neg_lr = static_cast<opmath_t>(-lr);
-    s.beta1 = static_cast<opmath_t>(p.beta1);
-    s.one_minus_beta1 = static_cast<opmath_t>(1.0 - p.beta1);
-    s.rho_bs = static_cast<opmath_t>(p.rho * p.bs);
-    s.eps = static_cast<opmath_t>(kSophiaEps);
-    s.decay_factor = static_cast<opmath_t>(1.0 - lr * p.weight_decay);
-    s.inv_grad_scale = static_cast<opmath_t>(1.0 / p.grad_scale.get());
-    return s;
+    return make_sophia_scalars<opmath_t>(p.lr.get(), p.beta1, p.rho, p.bs, p.weight_decay,
+                                         1.0 / p.grad_scale.get());
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {

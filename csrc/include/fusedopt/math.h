@@ -51,6 +51,32 @@ struct AdamScalars {
   T inv_grad_scale;         // 1/grad_scale for AMP (1 when no scaler)
 };
 
+// Note [per-tensor scalars]
+// The make_*_scalars functions turn a step's hyper-parameters into the constants the element
+// math uses, in double as torch.optim computes them, then rounded once to opmath_t. The CPU ops
+// (once per tensor on the host) and the CUDA functors (once per block, on the device) both call
+// them, so the two backends cannot drift apart.
+template <typename T>
+C10_HOST_DEVICE inline AdamScalars<T> make_adam_scalars(double lr, double beta1, double beta2,
+                                                        double eps, double weight_decay,
+                                                        double step, double inv_grad_scale) {
+  const double bc1 = 1.0 - std::pow(beta1, step);
+  const double bc2 = 1.0 - std::pow(beta2, step);
+  AdamScalars<T> s;
+  s.lr = static_cast<T>(lr);
+  s.beta1 = static_cast<T>(beta1);
+  s.beta2 = static_cast<T>(beta2);
+  s.one_minus_beta1 = static_cast<T>(1.0 - beta1);
+  s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+  s.eps = static_cast<T>(eps);
+  s.weight_decay = static_cast<T>(weight_decay);
+  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.neg_step_size = static_cast<T>(-(lr / bc1));
+  s.bias_correction2_sqrt = static_cast<T>(std::sqrt(bc2));
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
+
 // One Adam/AdamW element. DECOUPLED: AdamW-style decay on the param (else L2 added to the grad).
 template <bool DECOUPLED, bool AMSGRAD, bool MAXIMIZE, typename T>
 C10_HOST_DEVICE FUSEDOPT_INLINE void adam_element(T& p, T g, T& m, T& v, T& vmax,
@@ -86,6 +112,19 @@ struct SgdScalars {
   T inv_grad_scale;
 };
 
+// See Note [per-tensor scalars].
+template <typename T>
+C10_HOST_DEVICE inline SgdScalars<T> make_sgd_scalars(double lr, double momentum, double dampening,
+                                                      double weight_decay, double inv_grad_scale) {
+  SgdScalars<T> s;
+  s.neg_lr = static_cast<T>(-lr);
+  s.momentum = static_cast<T>(momentum);
+  s.one_minus_dampening = static_cast<T>(1.0 - dampening);
+  s.weight_decay = static_cast<T>(weight_decay);
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
+
 // One SGD element. MOMENTUM: a buffer exists; FIRST: the buffer is being created this step
 // (it becomes the decayed grad, as torch clones it); NESTEROV: look-ahead.
 template <bool MOMENTUM, bool FIRST, bool NESTEROV, bool MAXIMIZE, typename T>
@@ -119,6 +158,22 @@ struct LionScalars {
   T decay_factor;  // 1 - lr*weight_decay (decoupled)
   T inv_grad_scale;
 };
+
+// See Note [per-tensor scalars].
+template <typename T>
+C10_HOST_DEVICE inline LionScalars<T> make_lion_scalars(double lr, double beta1, double beta2,
+                                                        double weight_decay,
+                                                        double inv_grad_scale) {
+  LionScalars<T> s;
+  s.neg_lr = static_cast<T>(-lr);
+  s.beta1 = static_cast<T>(beta1);
+  s.one_minus_beta1 = static_cast<T>(1.0 - beta1);
+  s.beta2 = static_cast<T>(beta2);
+  s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
 
 // One Lion element (Chen et al., 2023). The order is lion-pytorch's:
 //   p *= 1 - lr*wd;  c = beta1*m + (1-beta1)*g;  p += -lr*sign(c);  m = beta2*m + (1-beta2)*g.
@@ -182,6 +237,22 @@ struct SophiaScalars {
   T decay_factor;  // 1 - lr*weight_decay (decoupled)
   T inv_grad_scale;
 };
+
+// See Note [per-tensor scalars].
+template <typename T>
+C10_HOST_DEVICE inline SophiaScalars<T> make_sophia_scalars(double lr, double beta1, double rho,
+                                                            double bs, double weight_decay,
+                                                            double inv_grad_scale) {
+  SophiaScalars<T> s;
+  s.neg_lr = static_cast<T>(-lr);
+  s.beta1 = static_cast<T>(beta1);
+  s.one_minus_beta1 = static_cast<T>(1.0 - beta1);
+  s.rho_bs = static_cast<T>(rho * bs);
+  s.eps = static_cast<T>(kSophiaEps);
+  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
 
 // One SophiaG element, in the order of the authors' released code (Liu et al., 2023):
 //   p *= 1 - lr*wd;  m = beta1*m + (1-beta1)*g;
