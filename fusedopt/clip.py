@@ -46,7 +46,7 @@ def clip_grad_norm_(
         float(norm_type) == 2.0
         and grads
         and all(g.device.type == "cpu" and not g.is_sparse for g in grads)
-        and _dispatch.backends()["cpu"].available
+        and _dispatch._available("cpu")  # cached: this runs every step
     )
     if not fused_ok:
         return torch.nn.utils.clip_grad_norm_(
