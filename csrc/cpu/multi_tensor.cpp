@@ -48,8 +48,13 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
         TORCH_CHECK(t.device() == device_, op_, ": ", l.name, "[", i, "] is on ", t.device(),
                     ", expected ", device_, " (the device of params[0])");
       }
-      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i, "] has dtype ",
-                  t.scalar_type(), " but its param has dtype ", p.scalar_type());
+      if (l.dtype.has_value()) {
+        TORCH_CHECK(t.scalar_type() == *l.dtype, op_, ": ", l.name, "[", i, "] has dtype ",
+                    t.scalar_type(), ", expected ", *l.dtype);
+      } else {
+        TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i,
+                    "] has dtype ", t.scalar_type(), " but its param has dtype ", p.scalar_type());
+      }
       TORCH_CHECK(t.sizes() == p.sizes(), op_, ": ", l.name, "[", i, "] has shape ", t.sizes(),
                   " but its param has shape ", p.sizes());
       // A written tensor whose elements share memory (an expanded state tensor) has no
@@ -86,7 +91,7 @@ void MultiTensor::stage() {
     for (size_t k = 0; k < lists_.size(); ++k) {
       at::Tensor x = k == 0 ? ref : lists_[k].tensors[i];
       if (k != 0 && !dense_with_strides(x, ref.strides())) {
-        at::Tensor staged = at::empty_like(ref);
+        at::Tensor staged = at::empty_like(ref, ref.options().dtype(x.scalar_type()));
         staged.copy_(x);
         if (lists_[k].written) {
           writeback_.emplace_back(x, staged);

@@ -23,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,9 @@ struct ListSpec {
   at::TensorList tensors;
   const char* name;  // for error messages: "grads", "exp_avgs", ...
   bool written;      // the kernel writes this list (staged copies are copied back)
+  // The dtype every tensor of the list must have; unset: its param's (Note [mixed precision]
+  // in fusedopt/math.h: states and fp32 master copies may differ from the params).
+  std::optional<at::ScalarType> dtype = std::nullopt;
 };
 
 // One parameter's tensors, flat: element j of ptr[k] belongs to element j of ptr[0].
@@ -46,7 +50,7 @@ struct FlatTuple {
 class MultiTensor {
  public:
   // lists[0] is the param list. Checks (all before anything is written): equal lengths, equal
-  // shapes, same dtype as the param, on `device`, strided, not
+  // shapes, the list's dtype (default: the param's), on `device`, strided, not
   // sparse. Throws c10::Error naming the op, the list and the index.
   // The validation and staging are device-independent: the CUDA backend passes its device,
   // plans its launches over tuples() and calls copy_back() after them (csrc/cuda/glue.h).

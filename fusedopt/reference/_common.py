@@ -48,3 +48,172 @@ def check_like_params(op: str, params: list[Tensor], **lists: list[Tensor]) -> N
                     f"{op}: {name}[{i}] has shape {tuple(t.shape)} but its param has shape "
                     f"{tuple(p.shape)}"
                 )
+
+
+# --- mixed precision (Note [mixed precision] in csrc/include/fusedopt/math.h) -----------------
+#
+# Every backend computes the same function, bit for bit where the storage is dense:
+#   * master_params: one fp32 tensor per fp16/bf16 param. The update reads theta from the master,
+#     writes the new theta to the master, and rounds it (to nearest even) into the param; the
+#     param itself is never read.
+#   * sr_seeds: one int64 one-element tensor per bf16 param (no master). The seed is advanced
+#     (seed + 1) first; theta is read from the param and the new theta is rounded into it
+#     stochastically: its fp32 bit pattern plus 16 random bits, truncated to bf16. The random bits
+#     of element j (its index in memory order, or in row-major order for a param that is not
+#     dense) are sr_noise(sr_key(seed), j), counter-based hashes (murmur3's finalizer).
+#   * states may have their own dtype (all state lists of a call share it): the math runs in the
+#     params' opmath dtype; moments are rounded to nearest into the state dtype.
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(h: Tensor, c: int) -> Tensor:
+    """(h * c) mod 2^32 for int64 h in [0, 2^32), without int64 overflow."""
+    lo = h * (c & 0xFFFF)
+    hi = ((h * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _M32
+
+
+def _fmix32(h: Tensor) -> Tensor:
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def sr_key(seed: int) -> int:
+    """The per-(tensor, step) key of the stochastic-rounding noise."""
+    t = torch.tensor([seed & _M32, (seed >> 32) & _M32], dtype=torch.int64)
+    inner = _fmix32((t[1:] + 0x9E3779B9) & _M32)
+    return int(_fmix32(t[:1] ^ inner).item())
+
+
+def sr_noise(key: int, j: Tensor) -> Tensor:
+    """16 random bits (0..65535) for element indices ``j`` (int64)."""
+    h = _mul32(j & _M32, 0x9E3779B1) ^ key ^ _mul32((j >> 32) & _M32, 0x85EBCA77)
+    return _fmix32(h) >> 16
+
+
+def memory_index(t: Tensor) -> Tensor:
+    """Each element's index in memory order (row-major if ``t`` is not dense), int64."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    n = t.numel()
+    j = torch.arange(n, dtype=torch.int64, device=t.device)
+    if n and is_non_overlapping_and_dense_or_false(t):
+        return j.as_strided(t.shape, t.stride())
+    return j.view(t.shape)
+
+
+def sr_round_bf16(x: Tensor, key: int, layout: Tensor | None = None) -> Tensor:
+    """fp32 ``x`` rounded stochastically to bf16: its bits plus 16 random bits, truncated.
+
+    Element indices are memory positions in ``layout`` (default ``x``), the param written.
+
+    Unbiased: x rounds up (in magnitude) with probability (its low 16 bits) / 2^16. inf and NaN
+    are rounded to nearest, as torch does.
+    """
+    u = x.float().view(torch.int32).to(torch.int64) & _M32
+    j = memory_index(x if layout is None else layout)
+    bits = ((u + sr_noise(key, j)) >> 16) & 0xFFFF
+    bits = bits - (bits >= 0x8000).to(torch.int64) * 0x10000  # as int16
+    rounded = bits.to(torch.int16).view(torch.bfloat16)
+    finite = (u & 0x7F800000) != 0x7F800000
+    return torch.where(finite, rounded, x.to(torch.bfloat16))
+
+
+def load_param(param: Tensor, master: Tensor | None, dt: torch.dtype) -> Tensor:
+    """theta in the opmath dtype: from the fp32 master if there is one."""
+    return (master if master is not None else param).to(dt)
+
+
+def store_param(param: Tensor, master: Tensor | None, seed: Tensor | None, p: Tensor) -> None:
+    """Writes the new theta: master + rounded param, stochastically rounded param, or param."""
+    if master is not None:
+        master.copy_(p)
+        param.copy_(p)
+    elif seed is not None:
+        # bf16 params only (checked by check_mixed); the seed was advanced by check_mixed's caller.
+        param.copy_(sr_round_bf16(p, sr_key(int(seed.item())), param))
+    else:
+        param.copy_(p)
+
+
+def check_mixed(
+    op: str,
+    params: list[Tensor],
+    master_params: list[Tensor] | None,
+    sr_seeds: list[Tensor] | None,
+    **states: list[Tensor],
+) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """Validates the mixed-precision arguments as the compiled ops do, before any write.
+
+    Returns per-param (masters, seeds), None where absent.
+    """
+    n = len(params)
+    masters = master_params if master_params else None
+    seeds = sr_seeds if sr_seeds else None
+    if masters is not None and seeds is not None:
+        raise RuntimeError(f"{op}: master_params and sr_seeds are exclusive")
+    state_dtype = None
+    for name, lst in states.items():
+        for i, t in enumerate(lst):
+            if state_dtype is None:
+                state_dtype = t.dtype
+            elif t.dtype != state_dtype:
+                raise RuntimeError(
+                    f"{op}: {name}[{i}] has dtype {t.dtype} but the first state tensor has "
+                    f"dtype {state_dtype} (all state tensors of a call share one dtype)"
+                )
+    if n and state_dtype is not None:
+        pd = params[0].dtype
+        ok = state_dtype == pd or (
+            pd != torch.float64 and state_dtype in (torch.float32, torch.bfloat16)
+        )
+        if not ok:
+            raise RuntimeError(
+                f"{op}: state dtype {state_dtype} is not supported with param dtype {pd}"
+            )
+    if masters is not None:
+        if len(masters) != n:
+            raise RuntimeError(
+                f"{op}: expected master_params to have {n} tensors (one per param), "
+                f"got {len(masters)}"
+            )
+        for i, (p, m) in enumerate(zip(params, masters)):
+            if p.dtype not in (torch.float16, torch.bfloat16):
+                raise RuntimeError(
+                    f"{op}: master_params need float16 or bfloat16 params; params[{i}] is {p.dtype}"
+                )
+            if m.dtype != torch.float32 or m.shape != p.shape:
+                raise RuntimeError(
+                    f"{op}: master_params[{i}] must be float32 of shape {tuple(p.shape)}, got "
+                    f"{m.dtype} {tuple(m.shape)}"
+                )
+    if seeds is not None:
+        if len(seeds) != n:
+            raise RuntimeError(
+                f"{op}: expected sr_seeds to have {n} tensors (one per param), got {len(seeds)}"
+            )
+        for i, (p, s) in enumerate(zip(params, seeds)):
+            if p.dtype != torch.bfloat16:
+                raise RuntimeError(
+                    f"{op}: stochastic rounding (sr_seeds) needs bfloat16 params; params[{i}] "
+                    f"is {p.dtype}"
+                )
+            if s.dtype != torch.int64 or s.numel() != 1:
+                raise RuntimeError(
+                    f"{op}: sr_seeds[{i}] must be a one-element int64 tensor, got {s.dtype} "
+                    f"with {s.numel()} elements"
+                )
+    return (
+        list(masters) if masters is not None else [None] * n,
+        list(seeds) if seeds is not None else [None] * n,
+    )
+
+
+def advance_seeds(seeds: list[Tensor | None]) -> None:
+    for s in seeds:
+        if s is not None:
+            s += 1

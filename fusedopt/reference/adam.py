@@ -4,7 +4,16 @@ import math
 
 from torch import Tensor
 
-from ._common import inv_scale, opmath_dtype, scalar, skip_step
+from ._common import (
+    advance_seeds,
+    check_mixed,
+    inv_scale,
+    load_param,
+    opmath_dtype,
+    scalar,
+    skip_step,
+    store_param,
+)
 
 
 def adam_(
@@ -24,6 +33,8 @@ def adam_(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), one parameter at a time.
 
@@ -38,17 +49,23 @@ def adam_(
         \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
             \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
 
-    The operation order is torch.optim's single-tensor implementation's.
+    The operation order is torch.optim's single-tensor implementation's. Mixed precision
+    (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    if amsgrad:
+        states["max_exp_avg_sqs"] = max_exp_avg_sqs
+    masters, seeds = check_mixed("fusedopt.adam_", params, master_params, sr_seeds, **states)
     if skip_step(found_inf):
         return
+    advance_seeds(seeds)
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         step = float(state_steps[i].item())
         dt = opmath_dtype(param.dtype)
-        p = param.to(dt)
+        p = load_param(param, masters[i], dt)
         g = grads[i].to(dt) * s
         if maximize:
             g = -g
@@ -70,6 +87,6 @@ def adam_(
         bias_correction2_sqrt = math.sqrt(1 - beta2**step)
         denom = denom_src.sqrt() / bias_correction2_sqrt + eps
         p = p.addcdiv(m, denom, value=-(lr / bias_correction1))
-        param.copy_(p)
+        store_param(param, masters[i], seeds[i], p)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)

@@ -3,7 +3,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_like_params, inv_scale, opmath_dtype, scalar, skip_step
+from ._common import (
+    advance_seeds,
+    check_like_params,
+    check_mixed,
+    inv_scale,
+    load_param,
+    opmath_dtype,
+    scalar,
+    skip_step,
+    store_param,
+)
 
 
 def lamb_(
@@ -23,6 +33,10 @@ def lamb_(
     tensor_norms: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
+    phase: int = 0,
+    sq_sums: Tensor | None = None,
 ) -> None:
     r"""LAMB (You et al., 2020), one parameter at a time.
 
@@ -41,16 +55,41 @@ def lamb_(
     u is computed from m and v in opmath precision, before they are stored (rounded) in the
     storage dtype. The norms are taken in fp64; ``tensor_norms``, if given, receives
     :math:`(\|\theta\|, \|u\|)` of each param (n x 2).
+
+    ``phase`` splits the step for params sharded across ranks (FSDP2), whose norms need a
+    reduction between the two passes: phase 1 increments the steps and writes each param's
+    local sums of squares :math:`(\sum\theta^2, \sum u^2)` into ``sq_sums`` (n x 2, fp64); the
+    caller all-reduces them; phase 2, with the same arguments, takes the norms from ``sq_sums``
+    and updates params and moments (which phase 1 may or may not have stored already). Phase 0
+    is both in one call. Mixed precision: see ``_common.check_mixed``.
     """
     check_like_params(
         "fusedopt.lamb_", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
     )
+    masters, seeds = check_mixed(
+        "fusedopt.lamb_",
+        params,
+        master_params,
+        sr_seeds,
+        exp_avgs=exp_avgs,
+        exp_avg_sqs=exp_avg_sqs,
+    )
+    if phase not in (0, 1, 2):
+        raise RuntimeError(f"fusedopt.lamb_: phase must be 0, 1 or 2, got {phase}")
+    if phase and (sq_sums is None or tuple(sq_sums.shape) != (len(params), 2)):
+        raise RuntimeError(
+            f"fusedopt.lamb_: phase {phase} needs sq_sums of shape ({len(params)}, 2)"
+        )
     if skip_step(found_inf):
         return
     lr = scalar(lr)
     s = inv_scale(grad_scale)
+    if phase != 2:
+        for step in state_steps:
+            step += 1
+    if phase != 1:
+        advance_seeds(seeds)
     for i, param in enumerate(params):
-        state_steps[i] += 1
         step = float(state_steps[i].item())
         dt = opmath_dtype(param.dtype)
         g = grads[i].to(dt) * s
@@ -60,18 +99,26 @@ def lamb_(
         v = (exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
         bias_correction1 = 1 - beta1**step if bias_correction else 1.0
         bias_correction2 = 1 - beta2**step if bias_correction else 1.0
-        p = param.to(dt)
+        p = load_param(param, masters[i], dt)
         u = (m / bias_correction1) / ((v / bias_correction2).sqrt() + eps)
         if weight_decay != 0:
             u = u.add(p, alpha=weight_decay)
-        p_norm = torch.linalg.vector_norm(p, dtype=torch.float64)
-        u_norm = torch.linalg.vector_norm(u, dtype=torch.float64)
+        if phase == 1:
+            sq_sums[i, 0] = p.double().square().sum()
+            sq_sums[i, 1] = u.double().square().sum()
+            continue
+        if phase == 2:
+            p_norm = sq_sums[i, 0].double().sqrt()
+            u_norm = sq_sums[i, 1].double().sqrt()
+        else:
+            p_norm = torch.linalg.vector_norm(p, dtype=torch.float64)
+            u_norm = torch.linalg.vector_norm(u, dtype=torch.float64)
         ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, 1.0)
         if trust_clip is not None:
             ratio = ratio.clamp(max=trust_clip)
         if tensor_norms is not None:
             tensor_norms[i, 0] = p_norm
             tensor_norms[i, 1] = u_norm
-        param.copy_(p + (-lr * ratio).to(dt) * u)
+        store_param(param, masters[i], seeds[i], p + (-lr * ratio).to(dt) * u)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)

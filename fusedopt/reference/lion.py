@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import check_like_params, inv_scale, opmath_dtype, scalar, skip_step
+from ._common import (
+    advance_seeds,
+    check_like_params,
+    check_mixed,
+    inv_scale,
+    load_param,
+    opmath_dtype,
+    scalar,
+    skip_step,
+    store_param,
+)
 
 
 def lion_(
@@ -17,6 +27,8 @@ def lion_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""Lion (Chen et al., 2023), one parameter at a time, with decoupled weight decay.
 
@@ -31,14 +43,18 @@ def lion_(
     The operation order is lion-pytorch's. ``torch.sign`` maps NaN to 0.
     """
     check_like_params("fusedopt.lion_", params, grads=grads, exp_avgs=exp_avgs)
+    masters, seeds = check_mixed(
+        "fusedopt.lion_", params, master_params, sr_seeds, exp_avgs=exp_avgs
+    )
     if skip_step(found_inf):
         return
+    advance_seeds(seeds)
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         dt = opmath_dtype(param.dtype)
-        p = param.to(dt)
+        p = load_param(param, masters[i], dt)
         g = grads[i].to(dt) * s
         if maximize:
             g = -g
@@ -47,5 +63,5 @@ def lion_(
         c = (m * beta1).add(g, alpha=1 - beta1)
         p = p.add(c.sign(), alpha=-lr)
         m = (m * beta2).add(g, alpha=1 - beta2)
-        param.copy_(p)
+        store_param(param, masters[i], seeds[i], p)
         exp_avgs[i].copy_(m)

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import inv_scale, opmath_dtype, scalar, skip_step
+from ._common import (
+    advance_seeds,
+    check_mixed,
+    inv_scale,
+    load_param,
+    opmath_dtype,
+    scalar,
+    skip_step,
+    store_param,
+)
 
 
 def sgd_(
@@ -18,6 +27,8 @@ def sgd_(
     is_first_step: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""SGD with momentum (Polyak, 1964; Sutskever et al., 2013), as torch.optim.SGD.
 
@@ -28,15 +39,20 @@ def sgd_(
         \theta &\leftarrow \theta - \gamma g
 
     ``momentum_buffers`` is empty when momentum is 0; on the step that creates the buffers
-    (``is_first_step``) their old contents are ignored.
+    (``is_first_step``) their old contents are ignored. Mixed precision: see
+    ``_common.check_mixed``.
     """
+    masters, seeds = check_mixed(
+        "fusedopt.sgd_", params, master_params, sr_seeds, momentum_buffers=momentum_buffers
+    )
     if skip_step(found_inf):
         return
+    advance_seeds(seeds)
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         dt = opmath_dtype(param.dtype)
-        p = param.to(dt)
+        p = load_param(param, masters[i], dt)
         g = grads[i].to(dt) * s
         if maximize:
             g = -g
@@ -49,4 +65,4 @@ def sgd_(
                 buf = (momentum_buffers[i].to(dt) * momentum).add(g, alpha=1 - dampening)
             momentum_buffers[i].copy_(buf)
             g = g.add(buf, alpha=momentum) if nesterov else buf
-        param.copy_(p.add(g, alpha=-lr))
+        store_param(param, masters[i], seeds[i], p.add(g, alpha=-lr))

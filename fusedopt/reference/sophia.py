@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import check_like_params, inv_scale, opmath_dtype, scalar, skip_step
+from ._common import (
+    advance_seeds,
+    check_like_params,
+    check_mixed,
+    inv_scale,
+    load_param,
+    opmath_dtype,
+    scalar,
+    skip_step,
+    store_param,
+)
 
 # The authors' constant keeping |m| / (rho*bs*h + eps) finite where h = 0 (kSophiaEps in C++).
 SOPHIA_EPS = 1e-15
@@ -22,6 +32,8 @@ def sophia_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""SophiaG (Liu et al., 2023), one parameter at a time, as the authors' released code.
 
@@ -37,14 +49,18 @@ def sophia_(
     :func:`sophia_update_hessian_`).
     """
     check_like_params("fusedopt.sophia_", params, grads=grads, exp_avgs=exp_avgs, hessians=hessians)
+    masters, seeds = check_mixed(
+        "fusedopt.sophia_", params, master_params, sr_seeds, exp_avgs=exp_avgs, hessians=hessians
+    )
     if skip_step(found_inf):
         return
+    advance_seeds(seeds)
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         dt = opmath_dtype(param.dtype)
-        p = param.to(dt)
+        p = load_param(param, masters[i], dt)
         g = grads[i].to(dt) * s
         if maximize:
             g = -g
@@ -54,7 +70,7 @@ def sophia_(
         m = (m * beta1).add(g, alpha=1 - beta1)
         ratio = (m.abs() / (h * (rho * bs) + SOPHIA_EPS)).clamp(max=1)
         p = p.addcmul(m.sign(), ratio, value=-lr)
-        param.copy_(p)
+        store_param(param, masters[i], seeds[i], p)
         exp_avgs[i].copy_(m)
 
 
@@ -64,6 +80,8 @@ def sophia_update_hessian_(
     beta2: float,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""Sophia's curvature EMA, :math:`h \leftarrow \beta_2 h + (1-\beta_2)\, g \odot g`, on the
     grads of whatever backward pass the caller ran (the Gauss-Newton-Bartlett estimator's, in
@@ -74,7 +92,7 @@ def sophia_update_hessian_(
         return
     s = inv_scale(grad_scale)
     for i, hessian in enumerate(hessians):
-        dt = opmath_dtype(hessian.dtype)
+        dt = opmath_dtype(grads[i].dtype)  # the params' opmath (hessians may be stored apart)
         g = grads[i].to(dt) * s
         h = (hessian.to(dt) * beta2).addcmul(g, g, value=1 - beta2)
         hessian.copy_(h)

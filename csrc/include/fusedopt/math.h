@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FUSEDOPT_INLINE __forceinline__
@@ -283,6 +284,65 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void sophia_hessian_element(T& h, T g,
                                                             const SophiaHessianScalars<T>& s) {
   g = g * s.inv_grad_scale;
   h = h * s.beta2 + s.one_minus_beta2 * g * g;
+}
+
+// Note [mixed precision]
+// An op may get, besides params (dtype P) and grads (P):
+//   * states in their own dtype S (one S for all state lists of a call): S == P, or S in
+//     {float32, bfloat16} for P != float64. The math runs in opmath(P) (fp32 for every mixed
+//     case); moments are loaded into it and rounded to nearest into S when stored.
+//   * master_params: one float32 tensor per float16/bfloat16 param. theta is read from the
+//     master, the new theta is written to the master and rounded to nearest into the param,
+//     in the same pass; the param is never read.
+//   * sr_seeds: one int64 one-element tensor per bfloat16 param (exclusive with master_params).
+//     Each seed is advanced (seed + 1) by the op before use; theta is read from the param and
+//     the new theta is rounded into it stochastically: sr_bf16_bits(theta, noise) with
+//     noise = sr_noise(sr_key(seed), j), j the element's index in the param's memory order
+//     (row-major for a param that is not dense). Counter-based, so the result does not depend
+//     on threads, blocks or backends: fusedopt.reference computes the same bits.
+// found_inf set => nothing changes, seeds included.
+
+C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+// murmur3's 32-bit finalizer: a bijection with full avalanche.
+C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// The per-(tensor, step) key of the stochastic-rounding noise, from the advanced seed.
+C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t sr_key(uint64_t seed) {
+  return fmix32(static_cast<uint32_t>(seed) ^
+                fmix32(static_cast<uint32_t>(seed >> 32) + 0x9E3779B9u));
+}
+
+// 16 random bits (0..65535) for element j.
+C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t sr_noise(uint32_t key, uint64_t j) {
+  return fmix32((static_cast<uint32_t>(j) * 0x9E3779B1u) ^ key ^
+                (static_cast<uint32_t>(j >> 32) * 0x85EBCA77u)) >>
+         16;
+}
+
+// The bf16 bits of x rounded stochastically: x's fp32 bits plus the noise, truncated, so x
+// rounds up in magnitude with probability (its low 16 bits) / 2^16 (unbiased). inf and NaN are
+// rounded to nearest, as c10::BFloat16 does (NaN becomes 0x7FC0).
+C10_HOST_DEVICE FUSEDOPT_INLINE uint16_t sr_bf16_bits(float x, uint32_t noise) {
+  const uint32_t u = float_bits(x);
+  const bool special = (u & 0x7F800000u) == 0x7F800000u;
+  const uint32_t kept = (u & 0x007FFFFFu) != 0u ? 0x7FC0u : (u >> 16);
+  return static_cast<uint16_t>(special ? kept : (u + noise) >> 16);
 }
 
 }  // namespace fusedopt
