@@ -32,6 +32,8 @@ def adam_(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     torch.ops.fusedopt.adam_(
         params,
@@ -50,6 +52,8 @@ def adam_(
         decoupled_weight_decay,
         grad_scale,
         found_inf,
+        master_params,
+        sr_seeds,
     )
 
 
@@ -66,6 +70,8 @@ def sgd_(
     is_first_step: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     torch.ops.fusedopt.sgd_(
         params,
@@ -80,6 +86,8 @@ def sgd_(
         is_first_step,
         grad_scale,
         found_inf,
+        master_params,
+        sr_seeds,
     )
 
 
@@ -100,6 +108,8 @@ def lion_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     torch.ops.fusedopt.lion_(
         params,
@@ -113,6 +123,8 @@ def lion_(
         maximize,
         grad_scale,
         found_inf,
+        master_params,
+        sr_seeds,
     )
 
 
@@ -133,6 +145,10 @@ def lamb_(
     tensor_norms: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
+    phase: int = 0,
+    sq_sums: Tensor | None = None,
 ) -> None:
     torch.ops.fusedopt.lamb_(
         params,
@@ -151,6 +167,10 @@ def lamb_(
         tensor_norms,
         grad_scale,
         found_inf,
+        master_params,
+        sr_seeds,
+        phase,
+        sq_sums,
     )
 
 
@@ -168,6 +188,8 @@ def sophia_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     torch.ops.fusedopt.sophia_(
         params,
@@ -183,6 +205,8 @@ def sophia_(
         maximize,
         grad_scale,
         found_inf,
+        master_params,
+        sr_seeds,
     )
 
 
@@ -220,6 +244,8 @@ if OPS_AVAILABLE:
         decoupled_weight_decay,
         grad_scale=None,
         found_inf=None,
+        master_params=None,
+        sr_seeds=None,
     ) -> None:
         return None
 
@@ -237,6 +263,8 @@ if OPS_AVAILABLE:
         is_first_step,
         grad_scale=None,
         found_inf=None,
+        master_params=None,
+        sr_seeds=None,
     ) -> None:
         return None
 
@@ -253,6 +281,8 @@ if OPS_AVAILABLE:
         maximize,
         grad_scale=None,
         found_inf=None,
+        master_params=None,
+        sr_seeds=None,
     ) -> None:
         return None
 
@@ -274,6 +304,10 @@ if OPS_AVAILABLE:
         tensor_norms=None,
         grad_scale=None,
         found_inf=None,
+        master_params=None,
+        sr_seeds=None,
+        phase=0,
+        sq_sums=None,
     ) -> None:
         return None
 
@@ -292,6 +326,8 @@ if OPS_AVAILABLE:
         maximize,
         grad_scale=None,
         found_inf=None,
+        master_params=None,
+        sr_seeds=None,
     ) -> None:
         return None
 

@@ -149,12 +149,12 @@ def test_zero_redundancy_optimizer(tmp_path) -> None:  # noqa: ANN001
 # -- FSDP2 ------------------------------------------------------------------------------------
 
 
-def _sharded_model():  # noqa: ANN202
+def _sharded_model(dtype: torch.dtype = torch.float32):  # noqa: ANN202
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (WORLD,))
-    model = _model()
+    model = _model().to(dtype)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
@@ -232,10 +232,6 @@ def _fsdp_errors(rank: int, tmp: str) -> None:
     assert not opt.state
     for p, b in zip(params[:2], before):
         assert torch.equal(_full(p), b)
-    # LAMB's per-tensor trust ratios on shards would be wrong: refused.
-    lamb = fusedopt.LAMB(params)
-    with pytest.raises(NotImplementedError, match="sharded DTensor"):
-        lamb.step()
 
 
 def test_fsdp2_bad_groups_raise_before_any_change(tmp_path) -> None:  # noqa: ANN001
@@ -243,18 +239,26 @@ def test_fsdp2_bad_groups_raise_before_any_change(tmp_path) -> None:  # noqa: AN
 
 
 def _fsdp_other_optimizers(rank: int, tmp: str) -> None:
-    """SGD (momentum), Lion, Sophia and Adam under FSDP2 == the same optimizer on an
-    unsharded replica trained on the whole (both ranks') batch: elementwise updates on shards."""
+    """SGD (momentum), Lion, Sophia, Adam and LAMB under FSDP2 == the same optimizer on an
+    unsharded replica trained on the whole (both ranks') batch: elementwise updates on shards,
+    and LAMB's trust ratios from norms all-reduced over the shards (Note [sharded LAMB])."""
     cases = [
         (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9}),
         (fusedopt.Lion, {"lr": 0.01, "weight_decay": 0.1}),
         (fusedopt.Sophia, {"lr": 0.01}),
         (fusedopt.Adam, {"lr": 0.01, "amsgrad": True}),
+        (fusedopt.LAMB, {"lr": 0.01, "weight_decay": 0.1}),
+        (fusedopt.LAMB, {"lr": 0.02, "trust_clip": 1.0, "max_grad_norm": 0.05}),
+        (fusedopt.AdamW, {"lr": 0.01, "state_dtype": torch.bfloat16}),
     ]
     for cls, kw in cases:
         model, _ = _sharded_model()
         opt = cls(model.parameters(), **kw)
         ours = _train(model, opt, rank, range(STEPS))
+        if cls is fusedopt.LAMB:
+            # The trust ratios differ from 1 (else a wrong norm could go unnoticed).
+            p = next(iter(model.parameters()))
+            assert p.to_local().numel() < p.numel()
         ref_model = _model()
         ref = cls(ref_model.parameters(), **kw)
         theirs = []
@@ -284,17 +288,63 @@ def test_fsdp2_other_optimizers_match_unsharded(tmp_path) -> None:  # noqa: ANN0
     _spawn(_fsdp_other_optimizers, tmp_path)
 
 
+def _fsdp_lamb_refuses_wrong_norms(rank: int, tmp: str) -> None:
+    """Sharded LAMB's phase-1 sums really are reduced: without the all-reduce (each rank
+    using its shard's norms) the result differs from the unsharded one."""
+    from unittest import mock
+
+    model, _ = _sharded_model()
+    opt = fusedopt.LAMB(model.parameters(), lr=0.05, weight_decay=0.1)
+    with mock.patch.object(torch.distributed, "all_reduce", lambda *a, **k: None):
+        no_reduce = _train(model, opt, rank, range(1))
+    model2, _ = _sharded_model()
+    opt2 = fusedopt.LAMB(model2.parameters(), lr=0.05, weight_decay=0.1)
+    reduced = _train(model2, opt2, rank, range(1))
+    assert any(not torch.allclose(a, b) for a, b in zip(no_reduce[0], reduced[0]))
+
+
+def test_fsdp2_lamb_norms_are_reduced(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_lamb_refuses_wrong_norms, tmp_path)
+
+
+def _fsdp_master_weights(rank: int, tmp: str) -> None:
+    """A bf16 model under FSDP2 with fp32 master weights: the masters are DTensors sharded like
+    the params, and the sharded run tracks the unsharded one."""
+    from torch.distributed.tensor import DTensor
+
+    model, _ = _sharded_model(torch.bfloat16)
+    opt = fusedopt.AdamW(model.parameters(), lr=0.01, master_weights=True)
+    for step in range(STEPS):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x.bfloat16()), y.bfloat16()).backward()
+        opt.step()
+    for p in model.parameters():
+        m = opt.state[p]["master_param"]
+        assert isinstance(m, DTensor) and m.placements == p.placements
+        assert m.dtype == torch.float32 and opt.state[p]["exp_avg"].dtype == torch.float32
+        assert torch.equal(m.to_local().bfloat16(), p.to_local().detach())
+
+
+def test_fsdp2_master_weights(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_master_weights, tmp_path)
+
+
 # -- torch.distributed.checkpoint -------------------------------------------------------------
 
 
 def _fsdp_checkpoint(rank: int, tmp: str) -> None:
+    for kw in ({}, {"state_dtype": torch.bfloat16}):
+        _fsdp_checkpoint_case(rank, os.path.join(tmp, f"ckpt{len(kw)}"), kw)
+
+
+def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     from torch.distributed.tensor import DTensor
 
-    ckpt = os.path.join(tmp, "ckpt")
     model, _ = _sharded_model()
-    opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, **kw)
     _train(model, opt, rank, range(3))
     msd, osd = get_state_dict(model, opt)
     assert all(
@@ -307,12 +357,14 @@ def _fsdp_checkpoint(rank: int, tmp: str) -> None:
     with torch.no_grad():
         for p in model2.parameters():
             p.add_(1.0)
-    opt2 = fusedopt.AdamW(model2.parameters(), lr=0.5, weight_decay=0.1)
+    opt2 = fusedopt.AdamW(model2.parameters(), lr=0.5, weight_decay=0.1, **kw)
     msd2, osd2 = get_state_dict(model2, opt2)
     state = {"model": msd2, "optim": osd2}
     dcp.load(state, checkpoint_id=ckpt)
     set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
     assert opt2.param_groups[0]["lr"] == 0.01
+    want = kw.get("state_dtype", torch.float32)
+    assert all(s["exp_avg"].dtype == want for s in opt2.state.values())
     resumed = _train(model2, opt2, rank, range(3, 6))
     for step, (a, b) in enumerate(zip(resumed, straight)):
         for i, (x, y) in enumerate(zip(a, b)):

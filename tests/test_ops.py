@@ -88,7 +88,7 @@ def test_cpp_validation_rejects_before_writing():
     "bad,match",
     [
         ({"grads": 1}, "expected grads to have 2 tensors"),
-        ({"dtype": 1}, "has dtype Double but its param has dtype Float"),
+        ({"dtype": 1}, r"exp_avgs\[1\] has dtype Double, expected Float"),
         ({"step": 1}, "state_steps\\[0\\] must be a one-element tensor"),
     ],
 )

@@ -33,4 +33,13 @@ std::vector<double> increment_steps(at::TensorList steps) {
   return out;
 }
 
+std::vector<double> read_steps(at::TensorList steps) {
+  std::vector<double> out(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const at::Tensor& s = steps[i];
+    out[i] = s.scalar_type() == at::kFloat ? *s.data_ptr<float>() : *s.data_ptr<double>();
+  }
+  return out;
+}
+
 }  // namespace fusedopt::cpu

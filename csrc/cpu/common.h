@@ -35,5 +35,7 @@ void check_steps(const char* op, at::TensorList steps, size_t n);
 // Adds one to every counter and returns the new values (read and written through raw pointers:
 // an ATen call per counter would cost more than the whole update of a small tensor).
 std::vector<double> increment_steps(at::TensorList steps);
+// The counters' values, unchanged (LAMB's second phase).
+std::vector<double> read_steps(at::TensorList steps);
 
 }  // namespace fusedopt::cpu

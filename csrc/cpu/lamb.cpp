@@ -31,7 +31,6 @@
 // Note [fixed-order reductions]), so the norms are accurate to about the fp32 rounding of u.
 // Between the passes, the host turns the per-tensor sums into one -lr*r per tensor: on the CPU
 // this is a loop over a vector, not a synchronisation.
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/from_blob.h>
 #include <torch/library.h>
@@ -43,6 +42,7 @@
 #include "common.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "mixed.h"
 #include "multi_tensor.h"
 
 namespace fusedopt::cpu {
@@ -54,40 +54,42 @@ namespace {
 constexpr int kLanes = 16;
 
 // Whether pass 1 stores the moments (Note [LAMB passes]): only when that does not round them.
-template <typename scalar_t, typename opmath_t>
-constexpr bool kStoreInPass1 = std::is_same_v<scalar_t, opmath_t>;
+template <typename state_t, typename opmath_t>
+constexpr bool kStoreInPass1 = std::is_same_v<state_t, opmath_t>;
 
 // Pass 1: the per-tensor sums of p^2 (acc[0]) and u^2 (acc[1]); the moments are stored too
 // when kStoreInPass1.
-template <typename scalar_t, typename opmath_t, bool MAXIMIZE>
+template <typename param_t, typename state_t, typename opmath_t, int MODE, bool MAXIMIZE>
 struct LambNormsBody {
-  FUSEDOPT_INLINE static void element(const scalar_t* __restrict p, const scalar_t* __restrict g,
-                                      scalar_t* __restrict m, scalar_t* __restrict v, int64_t k,
+  FUSEDOPT_INLINE static void element(const param_t* __restrict p, const param_t* __restrict g,
+                                      state_t* __restrict m, state_t* __restrict v,
+                                      const float* __restrict master, int64_t k,
                                       const LambScalars<opmath_t>& s, double& pp, double& uu) {
     opmath_t mk = static_cast<opmath_t>(m[k]);
     opmath_t vk = static_cast<opmath_t>(v[k]);
     lamb_moments<MAXIMIZE>(static_cast<opmath_t>(g[k]), mk, vk, s);
-    if constexpr (kStoreInPass1<scalar_t, opmath_t>) {
+    if constexpr (kStoreInPass1<state_t, opmath_t>) {
       m[k] = mk;
       v[k] = vk;
     }
-    const opmath_t pk = static_cast<opmath_t>(p[k]);
+    const opmath_t pk = load_param<MODE, opmath_t>(p, master, k);
     const opmath_t u = lamb_direction(pk, mk, vk, s);
     pp += static_cast<double>(pk) * static_cast<double>(pk);
     uu += static_cast<double>(u) * static_cast<double>(u);
   }
 
-  FUSEDOPT_INLINE static void run(const scalar_t* __restrict p, const scalar_t* __restrict g,
-                                  scalar_t* __restrict m, scalar_t* __restrict v, int64_t n,
+  FUSEDOPT_INLINE static void run(const param_t* __restrict p, const param_t* __restrict g,
+                                  state_t* __restrict m, state_t* __restrict v,
+                                  const float* __restrict master, int64_t n,
                                   const LambScalars<opmath_t>* scalars, double* acc) {
     const LambScalars<opmath_t> s = *scalars;
     double pp[kLanes] = {};
     double uu[kLanes] = {};
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) element(p, g, m, v, i + j, s, pp[j], uu[j]);
+      for (int j = 0; j < kLanes; ++j) element(p, g, m, v, master, i + j, s, pp[j], uu[j]);
     }
-    for (int j = 0; i + j < n; ++j) element(p, g, m, v, i + j, s, pp[j], uu[j]);
+    for (int j = 0; i + j < n; ++j) element(p, g, m, v, master, i + j, s, pp[j], uu[j]);
     for (int j = 0; j < kLanes; ++j) {
       acc[0] += pp[j];
       acc[1] += uu[j];
@@ -96,56 +98,78 @@ struct LambNormsBody {
 };
 
 // Pass 2: p = p - lr*r*u, the moments first recomputed and stored unless pass 1 stored them.
-template <typename scalar_t, typename opmath_t, bool MAXIMIZE>
+template <typename param_t, typename state_t, typename opmath_t, int MODE, bool MAXIMIZE>
 struct LambApplyBody {
-  FUSEDOPT_INLINE static void run(scalar_t* __restrict p, const scalar_t* __restrict g,
-                                  scalar_t* __restrict m, scalar_t* __restrict v, int64_t n,
-                                  const LambScalars<opmath_t>* scalars, opmath_t neg_step) {
+  FUSEDOPT_INLINE static void run(param_t* __restrict p, const param_t* __restrict g,
+                                  state_t* __restrict m, state_t* __restrict v,
+                                  float* __restrict master, int64_t n,
+                                  const LambScalars<opmath_t>* scalars, opmath_t neg_step,
+                                  uint32_t key, int64_t j0) {
     const LambScalars<opmath_t> s = *scalars;
     for (int64_t i = 0; i < n; ++i) {
-      opmath_t pi = static_cast<opmath_t>(p[i]);
+      opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
       opmath_t mi = static_cast<opmath_t>(m[i]);
       opmath_t vi = static_cast<opmath_t>(v[i]);
-      if constexpr (!kStoreInPass1<scalar_t, opmath_t>) {
+      if constexpr (!kStoreInPass1<state_t, opmath_t>) {
         lamb_moments<MAXIMIZE>(static_cast<opmath_t>(g[i]), mi, vi, s);
-        m[i] = static_cast<scalar_t>(mi);
-        v[i] = static_cast<scalar_t>(vi);
+        m[i] = static_cast<state_t>(mi);
+        v[i] = static_cast<state_t>(vi);
       }
       lamb_apply(pi, lamb_direction(pi, mi, vi, s), neg_step);
-      p[i] = static_cast<scalar_t>(pi);
+      store_param<MODE, opmath_t>(p, master, i, pi, key, j0);
     }
   }
 };
 
-template <typename scalar_t, bool MAXIMIZE>
-void lamb_passes(MultiTensor& mt, const std::vector<LambScalars<at::opmath_type<scalar_t>>>& sc,
-                 double lr, std::optional<double> trust_clip, std::vector<double>& norms) {
-  using opmath_t = at::opmath_type<scalar_t>;
+struct LambCall {
+  int phase;  // 0: both passes; 1: sums only; 2: apply with sums given
+  double lr;
+  std::optional<double> trust_clip;
+  int master_list;
+  const std::vector<uint32_t>* keys;
+};
+
+// sums: in phase 2 the (global) per-param sums of squares, indexed by param; else filled here.
+template <typename param_t, typename state_t, int MODE, bool MAXIMIZE>
+void lamb_passes(MultiTensor& mt, const std::vector<LambScalars<at::opmath_type<param_t>>>& sc,
+                 const LambCall& c, std::vector<double>& sums, std::vector<double>& norms) {
+  using opmath_t = at::opmath_type<param_t>;
   const Isa isa = current_isa();
-  const std::vector<double> sums =
-      mt.reduce(2, [&](const FlatTuple& t, int64_t lo, int64_t hi, double* acc) {
-        auto at_ = [&](int k) { return static_cast<scalar_t*>(t.ptr[k]) + lo; };
-        run_isa<LambNormsBody<scalar_t, opmath_t, MAXIMIZE>>(
-            isa, static_cast<const scalar_t*>(at_(0)), static_cast<const scalar_t*>(at_(1)), at_(2),
-            at_(3), hi - lo, &sc[t.index], acc);
-      });
-  std::vector<opmath_t> neg_steps(sc.size(), opmath_t(0));
   const auto& tuples = mt.tuples();
-  for (size_t k = 0; k < tuples.size(); ++k) {
-    const double p_norm = std::sqrt(sums[2 * k]);
-    const double u_norm = std::sqrt(sums[2 * k + 1]);
+  auto master_at = [&](const FlatTuple& t, int64_t lo) {
+    return MODE == kMaster ? static_cast<float*>(t.ptr[c.master_list]) + lo : nullptr;
+  };
+  if (c.phase != 2) {
+    const std::vector<double> local =
+        mt.reduce(2, [&](const FlatTuple& t, int64_t lo, int64_t hi, double* acc) {
+          run_isa<LambNormsBody<param_t, state_t, opmath_t, MODE, MAXIMIZE>>(
+              isa, static_cast<const param_t*>(t.ptr[0]) + lo,
+              static_cast<const param_t*>(t.ptr[1]) + lo, static_cast<state_t*>(t.ptr[2]) + lo,
+              static_cast<state_t*>(t.ptr[3]) + lo, static_cast<const float*>(master_at(t, lo)),
+              hi - lo, &sc[t.index], acc);
+        });
+    for (size_t k = 0; k < tuples.size(); ++k) {
+      sums[2 * tuples[k].index] = local[2 * k];
+      sums[2 * tuples[k].index + 1] = local[2 * k + 1];
+    }
+    if (c.phase == 1) return;
+  }
+  std::vector<opmath_t> neg_steps(sc.size(), opmath_t(0));
+  for (size_t i = 0; i < sc.size(); ++i) {
+    const double p_norm = std::sqrt(sums[2 * i]);
+    const double u_norm = std::sqrt(sums[2 * i + 1]);
     double r = (p_norm > 0.0 && u_norm > 0.0) ? p_norm / u_norm : 1.0;
-    if (trust_clip.has_value()) r = std::min(r, *trust_clip);
-    const int64_t i = tuples[k].index;
-    neg_steps[i] = static_cast<opmath_t>(-(lr * r));
+    if (c.trust_clip.has_value()) r = std::min(r, *c.trust_clip);
+    neg_steps[i] = static_cast<opmath_t>(-(c.lr * r));
     norms[2 * i] = p_norm;
     norms[2 * i + 1] = u_norm;
   }
   mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-    auto at_ = [&](int k) { return static_cast<scalar_t*>(t.ptr[k]) + lo; };
-    run_isa<LambApplyBody<scalar_t, opmath_t, MAXIMIZE>>(
-        isa, at_(0), static_cast<const scalar_t*>(at_(1)), at_(2), at_(3), hi - lo, &sc[t.index],
-        neg_steps[t.index]);
+    const uint32_t key = MODE == kStochastic ? (*c.keys)[t.index] : 0u;
+    run_isa<LambApplyBody<param_t, state_t, opmath_t, MODE, MAXIMIZE>>(
+        isa, static_cast<param_t*>(t.ptr[0]) + lo, static_cast<const param_t*>(t.ptr[1]) + lo,
+        static_cast<state_t*>(t.ptr[2]) + lo, static_cast<state_t*>(t.ptr[3]) + lo,
+        master_at(t, lo), hi - lo, &sc[t.index], neg_steps[t.index], key, lo);
   });
 }
 
@@ -155,9 +179,13 @@ void lamb_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               std::optional<double> trust_clip, bool maximize,
               const std::optional<at::Tensor>& tensor_norms,
               const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf) {
+              const std::optional<at::Tensor>& found_inf,
+              const std::optional<at::TensorList>& master_params,
+              const std::optional<at::TensorList>& sr_seeds, int64_t phase,
+              const std::optional<at::Tensor>& sq_sums) {
   constexpr const char* op = "fusedopt.lamb_";
   const size_t n = params.size();
+  const Mixed mx = check_mixed(op, params, {exp_avgs, exp_avg_sqs}, master_params, sr_seeds);
   check_steps(op, state_steps, n);
   const double lr_v = scalar_value(lr, "lr");
   const double inv_scale = inv_grad_scale(grad_scale);
@@ -169,43 +197,67 @@ void lamb_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                 op, ": tensor_norms must be a floating-point CPU tensor of shape (", n,
                 ", 2), got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
   }
-  MultiTensor mt(op, {{params, "params", true},
-                      {grads, "grads", false},
-                      {exp_avgs, "exp_avgs", true},
-                      {exp_avg_sqs, "exp_avg_sqs", true}});
+  TORCH_CHECK(phase >= 0 && phase <= 2, op, ": phase must be 0, 1 or 2, got ", phase);
+  if (phase != 0) {
+    TORCH_CHECK(sq_sums.has_value() && sq_sums->defined(), op, ": phase ", phase, " needs sq_sums");
+    const at::Tensor& t = *sq_sums;
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kDouble && t.dim() == 2 &&
+                    t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2 && t.is_contiguous(),
+                op, ": sq_sums must be a contiguous float64 CPU tensor of shape (", n, ", 2), got ",
+                t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  }
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true, mx.state},
+                                 {exp_avg_sqs, "exp_avg_sqs", true, mx.state}};
+  const int master_list = static_cast<int>(lists.size());
+  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
+  MultiTensor mt(op, std::move(lists));
   if (skip_for_found_inf(found_inf)) return;
-  const std::vector<double> steps = increment_steps(state_steps);
+  // Phase 1 counts the step; phase 2 uses the count phase 1 left (Note [LAMB passes]).
+  const std::vector<double> steps =
+      phase == 2 ? read_steps(state_steps) : increment_steps(state_steps);
+  const std::vector<uint32_t> keys = mx.mode == kStochastic && phase != 1
+                                         ? advance_sr_seeds(*sr_seeds)
+                                         : std::vector<uint32_t>(n, 0u);
   if (n == 0) return;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, params[0].scalar_type(), "fusedopt_lamb_cpu", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        std::vector<LambScalars<opmath_t>> sc(n);
-        for (size_t i = 0; i < n; ++i) {
-          LambScalars<opmath_t>& s = sc[i];
-          s.beta1 = static_cast<opmath_t>(beta1);
-          s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
-          s.beta2 = static_cast<opmath_t>(beta2);
-          s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
-          s.bias_correction1 =
-              static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta1, steps[i]) : 1.0);
-          s.bias_correction2 =
-              static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta2, steps[i]) : 1.0);
-          s.eps = static_cast<opmath_t>(eps);
-          s.weight_decay = static_cast<opmath_t>(weight_decay);
-          s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
-        }
-        std::vector<double> norms(2 * n, 0.0);
-        if (maximize) {
-          lamb_passes<scalar_t, true>(mt, sc, lr_v, trust_clip, norms);
-        } else {
-          lamb_passes<scalar_t, false>(mt, sc, lr_v, trust_clip, norms);
-        }
-        if (want_norms) {
-          tensor_norms->copy_(at::from_blob(norms.data(), {static_cast<int64_t>(n), 2},
-                                            at::TensorOptions().dtype(at::kDouble)));
-        }
-      });
+  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
+    using opmath_t = at::opmath_type<param_t>;
+    std::vector<LambScalars<opmath_t>> sc(n);
+    for (size_t i = 0; i < n; ++i) {
+      LambScalars<opmath_t>& s = sc[i];
+      s.beta1 = static_cast<opmath_t>(beta1);
+      s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
+      s.beta2 = static_cast<opmath_t>(beta2);
+      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
+      s.bias_correction1 =
+          static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta1, steps[i]) : 1.0);
+      s.bias_correction2 =
+          static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta2, steps[i]) : 1.0);
+      s.eps = static_cast<opmath_t>(eps);
+      s.weight_decay = static_cast<opmath_t>(weight_decay);
+      s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+    }
+    const LambCall call{static_cast<int>(phase), lr_v, trust_clip, master_list, &keys};
+    std::vector<double> sums(2 * n, 0.0);
+    std::vector<double> norms(2 * n, 0.0);
+    if (phase == 2) {
+      const double* given_sums = sq_sums->data_ptr<double>();
+      std::copy(given_sums, given_sums + 2 * n, sums.begin());
+    }
+    if (maximize) {
+      lamb_passes<param_t, state_t, MODE, true>(mt, sc, call, sums, norms);
+    } else {
+      lamb_passes<param_t, state_t, MODE, false>(mt, sc, call, sums, norms);
+    }
+    if (phase == 1) {
+      std::copy(sums.begin(), sums.end(), sq_sums->data_ptr<double>());
+    } else if (want_norms) {
+      tensor_norms->copy_(at::from_blob(norms.data(), {static_cast<int64_t>(n), 2},
+                                        at::TensorOptions().dtype(at::kDouble)));
+    }
+  });
 }
 
 }  // namespace

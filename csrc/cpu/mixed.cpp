@@ -40,14 +40,13 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
     TORCH_CHECK(sr_seeds->size() == n, op, ": expected sr_seeds to have ", n,
                 " tensors (one per param), got ", sr_seeds->size());
     TORCH_CHECK(mx.param == at::kBFloat16, op,
-                ": stochastic rounding (sr_seeds) needs bfloat16 params; params[0] is ",
-                mx.param);
+                ": stochastic rounding (sr_seeds) needs bfloat16 params; params[0] is ", mx.param);
     for (size_t i = 0; i < n; ++i) {
       const at::Tensor& s = (*sr_seeds)[i];
-      TORCH_CHECK(s.defined() && s.numel() == 1 && s.scalar_type() == at::kLong, op,
-                  ": sr_seeds[", i, "] must be a one-element int64 tensor");
-      TORCH_CHECK(s.device() == device, op, ": sr_seeds[", i, "] is on ", s.device(),
-                  ", expected ", device);
+      TORCH_CHECK(s.defined() && s.numel() == 1 && s.scalar_type() == at::kLong, op, ": sr_seeds[",
+                  i, "] must be a one-element int64 tensor");
+      TORCH_CHECK(s.device() == device, op, ": sr_seeds[", i, "] is on ", s.device(), ", expected ",
+                  device);
     }
     mx.mode = kStochastic;
   }

@@ -38,9 +38,7 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
                   const std::optional<at::TensorList>& master_params,
                   const std::optional<at::TensorList>& sr_seeds, c10::Device device = c10::kCPU);
 
-inline bool given(const std::optional<at::TensorList>& l) {
-  return l.has_value() && !l->empty();
-}
+inline bool given(const std::optional<at::TensorList>& l) { return l.has_value() && !l->empty(); }
 
 // Advances every seed by one (CPU tensors) and returns the noise key of each param.
 std::vector<uint32_t> advance_sr_seeds(at::TensorList sr_seeds);
@@ -50,10 +48,10 @@ template <class F>
 void dispatch_mixed(const Mixed& mx, F&& f) {
   using at::BFloat16;
   using at::Half;
-#define FUSEDOPT_MIXED_CASE(P, PT, S, ST, M)                                \
-  if (mx.param == at::P && mx.state == at::S && mx.mode == M) {             \
-    f.template operator()<PT, ST, M>();                                     \
-    return;                                                                 \
+#define FUSEDOPT_MIXED_CASE(P, PT, S, ST, M)                    \
+  if (mx.param == at::P && mx.state == at::S && mx.mode == M) { \
+    f.template operator()<PT, ST, M>();                         \
+    return;                                                     \
   }
   FUSEDOPT_MIXED_CASE(kFloat, float, kFloat, float, kPlain)
   FUSEDOPT_MIXED_CASE(kDouble, double, kDouble, double, kPlain)

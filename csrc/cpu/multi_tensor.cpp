@@ -52,8 +52,8 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
         TORCH_CHECK(t.scalar_type() == *l.dtype, op_, ": ", l.name, "[", i, "] has dtype ",
                     t.scalar_type(), ", expected ", *l.dtype);
       } else {
-        TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i,
-                    "] has dtype ", t.scalar_type(), " but its param has dtype ", p.scalar_type());
+        TORCH_CHECK(t.scalar_type() == p.scalar_type(), op_, ": ", l.name, "[", i, "] has dtype ",
+                    t.scalar_type(), " but its param has dtype ", p.scalar_type());
       }
       TORCH_CHECK(t.sizes() == p.sizes(), op_, ": ", l.name, "[", i, "] has shape ", t.sizes(),
                   " but its param has shape ", p.sizes());

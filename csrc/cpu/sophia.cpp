@@ -5,55 +5,60 @@
 //   sophia_                 read p, g, m, h; write p, m: 6*S (24 B fp32, 12 B bf16/fp16)
 //   sophia_update_hessian_  read g, h; write h:          3*S (12 B fp32, 6 B bf16/fp16),
 //                           every k steps (k = 10 in the authors' recipe)
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "common.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "mixed.h"
 #include "multi_tensor.h"
 
 namespace fusedopt::cpu {
 namespace {
 
-template <typename scalar_t, typename opmath_t, bool MAXIMIZE>
+template <typename param_t, typename state_t, typename opmath_t, int MODE, bool MAXIMIZE>
 struct SophiaBody {
-  FUSEDOPT_INLINE static void run(scalar_t* __restrict p, const scalar_t* __restrict g,
-                                  scalar_t* __restrict m, const scalar_t* __restrict h, int64_t n,
-                                  const SophiaScalars<opmath_t>* scalars) {
+  FUSEDOPT_INLINE static void run(param_t* __restrict p, const param_t* __restrict g,
+                                  state_t* __restrict m, const state_t* __restrict h,
+                                  float* __restrict master, int64_t n,
+                                  const SophiaScalars<opmath_t>* scalars, uint32_t key,
+                                  int64_t j0) {
     const SophiaScalars<opmath_t> s = *scalars;
     for (int64_t i = 0; i < n; ++i) {
-      opmath_t pi = static_cast<opmath_t>(p[i]);
+      opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
       opmath_t mi = static_cast<opmath_t>(m[i]);
       sophia_element<MAXIMIZE>(pi, static_cast<opmath_t>(g[i]), mi, static_cast<opmath_t>(h[i]), s);
-      p[i] = static_cast<scalar_t>(pi);
-      m[i] = static_cast<scalar_t>(mi);
+      store_param<MODE, opmath_t>(p, master, i, pi, key, j0);
+      m[i] = static_cast<state_t>(mi);
     }
   }
 };
 
-template <typename scalar_t, typename opmath_t>
+template <typename grad_t, typename state_t, typename opmath_t>
 struct SophiaHessianBody {
-  FUSEDOPT_INLINE static void run(scalar_t* __restrict h, const scalar_t* __restrict g, int64_t n,
+  FUSEDOPT_INLINE static void run(state_t* __restrict h, const grad_t* __restrict g, int64_t n,
                                   const SophiaHessianScalars<opmath_t>* scalars) {
     const SophiaHessianScalars<opmath_t> s = *scalars;
     for (int64_t i = 0; i < n; ++i) {
       opmath_t hi = static_cast<opmath_t>(h[i]);
       sophia_hessian_element(hi, static_cast<opmath_t>(g[i]), s);
-      h[i] = static_cast<scalar_t>(hi);
+      h[i] = static_cast<state_t>(hi);
     }
   }
 };
 
-template <typename scalar_t, bool MAXIMIZE>
-void sophia_group(MultiTensor& mt, const SophiaScalars<at::opmath_type<scalar_t>>& sc) {
-  using Body = SophiaBody<scalar_t, at::opmath_type<scalar_t>, MAXIMIZE>;
+template <typename param_t, typename state_t, int MODE, bool MAXIMIZE>
+void sophia_group(MultiTensor& mt, const SophiaScalars<at::opmath_type<param_t>>& sc,
+                  const std::vector<uint32_t>& keys) {
+  using Body = SophiaBody<param_t, state_t, at::opmath_type<param_t>, MODE, MAXIMIZE>;
   const Isa isa = current_isa();
   mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-    auto at_ = [&](int k) { return static_cast<scalar_t*>(t.ptr[k]) + lo; };
-    run_isa<Body>(isa, at_(0), static_cast<const scalar_t*>(at_(1)), at_(2),
-                  static_cast<const scalar_t*>(at_(3)), hi - lo, &sc);
+    float* master = MODE == kMaster ? static_cast<float*>(t.ptr[4]) + lo : nullptr;
+    const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;
+    run_isa<Body>(isa, static_cast<param_t*>(t.ptr[0]) + lo,
+                  static_cast<const param_t*>(t.ptr[1]) + lo, static_cast<state_t*>(t.ptr[2]) + lo,
+                  static_cast<const state_t*>(t.ptr[3]) + lo, master, hi - lo, &sc, key, lo);
   });
 }
 
@@ -61,30 +66,36 @@ void sophia_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_
                 at::TensorList hessians, at::TensorList state_steps, const at::Tensor& lr,
                 double beta1, double rho, double bs, double weight_decay, bool maximize,
                 const std::optional<at::Tensor>& grad_scale,
-                const std::optional<at::Tensor>& found_inf) {
+                const std::optional<at::Tensor>& found_inf,
+                const std::optional<at::TensorList>& master_params,
+                const std::optional<at::TensorList>& sr_seeds) {
   constexpr const char* op = "fusedopt.sophia_";
+  const Mixed mx = check_mixed(op, params, {exp_avgs, hessians}, master_params, sr_seeds);
   check_steps(op, state_steps, params.size());
   const double lr_v = scalar_value(lr, "lr");
   const double inv_scale = inv_grad_scale(grad_scale);
-  MultiTensor mt(op, {{params, "params", true},
-                      {grads, "grads", false},
-                      {exp_avgs, "exp_avgs", true},
-                      {hessians, "hessians", false}});
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true, mx.state},
+                                 {hessians, "hessians", false, mx.state}};
+  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
+  MultiTensor mt(op, std::move(lists));
   if (skip_for_found_inf(found_inf)) return;
   increment_steps(state_steps);
+  const std::vector<uint32_t> keys =
+      mx.mode == kStochastic ? advance_sr_seeds(*sr_seeds) : std::vector<uint32_t>();
   if (params.empty()) return;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, params[0].scalar_type(), "fusedopt_sophia_cpu", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        const SophiaScalars<opmath_t> s =
-            make_sophia_scalars<opmath_t>(lr_v, beta1, rho, bs, weight_decay, inv_scale);
-        if (maximize) {
-          sophia_group<scalar_t, true>(mt, s);
-        } else {
-          sophia_group<scalar_t, false>(mt, s);
-        }
-      });
+  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
+    using opmath_t = at::opmath_type<param_t>;
+    const SophiaScalars<opmath_t> s =
+        make_sophia_scalars<opmath_t>(lr_v, beta1, rho, bs, weight_decay, inv_scale);
+    if (maximize) {
+      sophia_group<param_t, state_t, MODE, true>(mt, s, keys);
+    } else {
+      sophia_group<param_t, state_t, MODE, false>(mt, s, keys);
+    }
+  });
 }
 
 void sophia_update_hessian_cpu(at::TensorList hessians, at::TensorList grads, double beta2,
@@ -92,25 +103,28 @@ void sophia_update_hessian_cpu(at::TensorList hessians, at::TensorList grads, do
                                const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "fusedopt.sophia_update_hessian_";
   const double inv_scale = inv_grad_scale(grad_scale);
+  // The grads are the params' dtype; the hessians are state (Note [mixed precision]).
+  const Mixed mx = check_mixed(op, grads, {hessians}, std::nullopt, std::nullopt);
   // The hessians take the params' place as the reference layout: they share the params' shapes
   // and (created with preserve_format) strides.
-  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false}});
+  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false, mx.param}});
   if (skip_for_found_inf(found_inf) || hessians.empty()) return;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, hessians[0].scalar_type(), "fusedopt_sophia_hessian_cpu", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        using Body = SophiaHessianBody<scalar_t, opmath_t>;
-        SophiaHessianScalars<opmath_t> s;
-        s.beta2 = static_cast<opmath_t>(beta2);
-        s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
-        s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
-        const Isa isa = current_isa();
-        mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-          run_isa<Body>(isa, static_cast<scalar_t*>(t.ptr[0]) + lo,
-                        static_cast<const scalar_t*>(t.ptr[1]) + lo, hi - lo, &s);
-        });
+  dispatch_mixed(mx, [&]<typename grad_t, typename state_t, int MODE>() {
+    if constexpr (MODE == kPlain) {  // the only mode here: no other instantiations
+      using opmath_t = at::opmath_type<grad_t>;
+      using Body = SophiaHessianBody<grad_t, state_t, opmath_t>;
+      SophiaHessianScalars<opmath_t> s;
+      s.beta2 = static_cast<opmath_t>(beta2);
+      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
+      s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+      const Isa isa = current_isa();
+      mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
+        run_isa<Body>(isa, static_cast<state_t*>(t.ptr[0]) + lo,
+                      static_cast<const grad_t*>(t.ptr[1]) + lo, hi - lo, &s);
       });
+    }
+  });
 }
 
 }  // namespace

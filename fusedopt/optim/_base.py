@@ -28,7 +28,18 @@ from .. import _dispatch
 class _Bucket:
     """The params of one group that share (device, dtype), with their state lists."""
 
-    __slots__ = ("backend", "device", "fresh", "idx", "mesh_dims", "params", "states", "steps")
+    __slots__ = (
+        "backend",
+        "device",
+        "fresh",
+        "idx",
+        "masters",
+        "mesh_dims",
+        "params",
+        "seeds",
+        "states",
+        "steps",
+    )
 
     def __init__(self, backend: str, device: torch.device) -> None:
         self.backend = backend
@@ -41,6 +52,16 @@ class _Bucket:
         self.states: list[list[Tensor]] = []  # one list per state key
         self.steps: list[Tensor] = []
         self.fresh: list[bool] | None = None  # state created by this step (SGD's first step)
+        # Note [mixed-precision options]: fp32 master copies (master_weights) or stochastic
+        # rounding seeds (stochastic_rounding), one per param; None when the mode is off.
+        self.masters: list[Tensor] | None = None
+        self.seeds: list[Tensor] | None = None
+
+    def select(self, idx: list[int]) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+        """(masters, seeds) of the bucket's params ``idx``."""
+        masters = None if self.masters is None else [self.masters[i] for i in idx]
+        seeds = None if self.seeds is None else [self.seeds[i] for i in idx]
+        return masters, seeds
 
 
 class _Plan:
@@ -96,6 +117,39 @@ def _group_mesh(params: list[Tensor], where: str) -> Any:
     return first
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_mixed_options(
+    master_weights: bool, stochastic_rounding: bool, sd: torch.dtype | None, where: str
+) -> None:
+    """The mixed-precision options (Note [mixed-precision options])."""
+    if sd is not None and sd not in (torch.float32, torch.bfloat16):
+        raise ValueError(
+            f"{where}: Invalid state_dtype: {sd} (supported: None for the params' dtype, "
+            "torch.float32, torch.bfloat16)"
+        )
+    if master_weights and stochastic_rounding:
+        raise ValueError(
+            f"{where}: master_weights and stochastic_rounding are exclusive: stochastic "
+            "rounding replaces the fp32 master copy"
+        )
+
+
+def _sync_masters(params: list[Tensor], masters: list[Tensor]) -> None:
+    """Note [stale master weights]
+    The fp32 master is the param's value only while nothing else writes the param: a model
+    checkpoint loaded after the optimizer's, ``p.data`` edits (followed by invalidate_plans),
+    or a checkpoint that went through torch.optim (which keeps our ``master_param`` but never
+    updates it) leave masters that no longer round to their params. Whenever a plan is built,
+    every element whose master does not round to the param takes the param's value, so the
+    param wins; elements that do round to it keep the master's extra bits. One elementwise
+    pass, no host sync, only when plans are (re)built.
+    """
+    for p, m in zip(params, masters):
+        m.copy_(torch.where(m.to(p.dtype) == p, m, p.to(m.dtype)))
+
+
 def _local(t: Tensor) -> Tensor:
     return t._local_tensor  # type: ignore[attr-defined]
 
@@ -119,10 +173,21 @@ class FusedOptimizer(Optimizer):
         defaults: dict[str, Any],
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         _dispatch.require(backend)
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+        _check_mixed_options(
+            master_weights, stochastic_rounding, state_dtype, f"fusedopt.{type(self).__name__}"
+        )
+        # Optimizer-wide, like backend and max_grad_norm, so that param_groups keep
+        # torch.optim's keys (Note [mixed-precision options]).
+        self.master_weights = master_weights
+        self.stochastic_rounding = stochastic_rounding
+        self.state_dtype = state_dtype
         self.backend = backend
         self.max_grad_norm = max_grad_norm
         self._plans: dict[int, _Plan] = {}
@@ -158,12 +223,18 @@ class FusedOptimizer(Optimizer):
         state = super().__getstate__()
         state["backend"] = self.backend
         state["max_grad_norm"] = self.max_grad_norm
+        state["master_weights"] = self.master_weights
+        state["stochastic_rounding"] = self.stochastic_rounding
+        state["state_dtype"] = self.state_dtype
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("stochastic_rounding", False)
+        self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("last_grad_norm", None)
         if "step_skipped" not in self.__dict__:
             self.step_skipped = torch.zeros((), dtype=torch.bool)
@@ -201,8 +272,31 @@ class FusedOptimizer(Optimizer):
             (), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"), device=device
         )
 
-    #: LAMB's trust ratios need norms of whole params: it can't run on sharded DTensors.
-    _needs_whole_params: bool = False
+    def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+        """Note [mixed-precision options]
+        The options ``master_weights``, ``stochastic_rounding`` and ``state_dtype`` are
+        optimizer-wide attributes (not param-group keys, so that ``state_dict()["param_groups"]``
+        stays torch.optim's). They add state keys only when on: ``master_param`` (fp32 copy of
+        a float16/bfloat16 param) and ``sr_seed`` (int64, advanced by every step).
+
+        The dtype of p's state tensors: ``state_dtype`` if set; float32 for float16/bfloat16
+        params with ``master_weights`` or ``stochastic_rounding``; else the param's own dtype
+        (as torch.optim). float64 params keep float64 state; float32 params with neither option
+        need no master (they are their own).
+        """
+        if p.dtype == torch.float64:
+            return p.dtype
+        if self.state_dtype is not None:
+            return self.state_dtype
+        if p.dtype in _HALF and (self.master_weights or self.stochastic_rounding):
+            return torch.float32
+        return p.dtype
+
+    def _zeros_state(self, p: Tensor, group: dict[str, Any], empty: bool = False) -> Tensor:
+        """A new state tensor for p: its shape, strides, device (and placements, for a
+        DTensor), in the group's state dtype."""
+        make = torch.empty_like if empty else torch.zeros_like
+        return make(p, dtype=self._state_dtype(group, p), memory_format=torch.preserve_format)
 
     def _build_plan(
         self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
@@ -211,6 +305,14 @@ class FusedOptimizer(Optimizer):
         keys = self._state_keys(group)
         stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
         buckets: dict[tuple[Any, ...], _Bucket] = {}
+        if self.stochastic_rounding:  # checked before any state is created
+            for i, p in enumerate(group["params"]):
+                if grads[i] is not None and p.dtype == torch.float16:
+                    raise ValueError(
+                        f"fusedopt.{type(self).__name__}: stochastic_rounding rounds to "
+                        f"bfloat16, but parameter {i} is {p.dtype}; use master_weights=True "
+                        "for float16 params"
+                    )
         for i, p in enumerate(group["params"]):
             g = grads[i]
             if g is None:
@@ -226,13 +328,6 @@ class FusedOptimizer(Optimizer):
             shard_dims: tuple[int, ...] = ()
             if mesh is not None:
                 shard_dims = tuple(d for d, pl in enumerate(p.placements) if not pl.is_replicate())
-                if shard_dims and self._needs_whole_params:
-                    raise NotImplementedError(
-                        f"fusedopt.{type(self).__name__} does not support sharded DTensor params "
-                        f"(param {i} has placements {p.placements}): its per-tensor trust "
-                        "ratios need norms over whole params, which are not reduced across "
-                        "ranks yet; use it without FSDP2 sharding"
-                    )
                 key = (*key, shard_dims)
                 if getattr(g, "placements", None) != p.placements:
                     raise RuntimeError(
@@ -241,14 +336,40 @@ class FusedOptimizer(Optimizer):
                         f"the param has {p.placements}; fusedopt steps local shards and needs "
                         "them to match (FSDP2 reduce-scatters grads to the params' placements)"
                     )
+            master = self.master_weights and p.dtype in _HALF
+            stochastic = self.stochastic_rounding and p.dtype in _HALF
             b = buckets.get(key)
             if b is None:
                 b = buckets[key] = _Bucket(_dispatch.resolve(self.backend, p.device), p.device)
                 b.states = [[] for _ in keys]
+                if master:
+                    b.masters = []
+                if stochastic:
+                    b.seeds = []
                 if mesh is not None:
                     b.mesh_dims = (mesh, shard_dims)
             b.idx.append(i)
             b.params.append(p if mesh is None else _local(p))
+            if master or stochastic:
+                state = self.state[p]
+                if master:
+                    m = state.get("master_param")
+                    if m is None:
+                        # The update runs on this copy from now on (Note [mixed precision]).
+                        m = state["master_param"] = p.detach().to(
+                            torch.float32, memory_format=torch.preserve_format, copy=True
+                        )
+                    self._check_state_tensor(i, p, "master_param", m, torch.float32, mesh)
+                    b.masters.append(m if mesh is None else _local(m))  # type: ignore[union-attr]
+                else:
+                    seed = state.get("sr_seed")
+                    if seed is None:
+                        # Drawn from torch's default generator: torch.manual_seed makes a run
+                        # reproducible; the kernel advances it every step.
+                        seed = state["sr_seed"] = torch.randint(0, 2**62, (), dtype=torch.int64).to(
+                            p.device if mesh is None else _local(p).device
+                        )
+                    b.seeds.append(seed)  # type: ignore[union-attr]
             if stateless:
                 continue
             state = self.state[p]
@@ -257,21 +378,10 @@ class FusedOptimizer(Optimizer):
                 state["step"] = self._zero_step(p)
             if fresh:
                 self._init_state(p, state, group)  # creates the missing state tensors
+            sdt = self._state_dtype(group, p)
             for lst, k in zip(b.states, keys):
                 t = state[k]
-                if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
-                    raise RuntimeError(
-                        f"fusedopt.{type(self).__name__}: state {k!r} of parameter {i} has "
-                        f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}, but the "
-                        f"parameter has shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device}"
-                    )
-                if mesh is not None and getattr(t, "placements", None) != p.placements:
-                    raise RuntimeError(
-                        f"fusedopt.{type(self).__name__}: state {k!r} of DTensor parameter {i} "
-                        f"is not a DTensor sharded like it (placements {p.placements}); load "
-                        "sharded optimizer state with torch.distributed.checkpoint or "
-                        "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
-                    )
+                self._check_state_tensor(i, p, k, t, sdt, mesh)
                 lst.append(t if mesh is None else _local(t))
             if self._has_step:
                 step = state["step"]
@@ -282,7 +392,28 @@ class FusedOptimizer(Optimizer):
                 b.fresh = [False] * (len(b.params) - 1)
             if b.fresh is not None:
                 b.fresh.append(fresh)
+        for b in buckets.values():
+            if b.masters is not None:
+                _sync_masters(b.params, b.masters)
         return _Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
+
+    def _check_state_tensor(
+        self, i: int, p: Tensor, k: str, t: Tensor, dtype: torch.dtype, mesh: Any
+    ) -> None:
+        if t.shape != p.shape or t.dtype != dtype or t.device != p.device:
+            raise RuntimeError(
+                f"fusedopt.{type(self).__name__}: state {k!r} of parameter {i} has "
+                f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}, but the "
+                f"parameter has shape {tuple(p.shape)}, device {p.device} and its state "
+                f"dtype is {dtype}"
+            )
+        if mesh is not None and getattr(t, "placements", None) != p.placements:
+            raise RuntimeError(
+                f"fusedopt.{type(self).__name__}: state {k!r} of DTensor parameter {i} "
+                f"is not a DTensor sharded like it (placements {p.placements}); load "
+                "sharded optimizer state with torch.distributed.checkpoint or "
+                "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
+            )
 
     def _plan_work(self) -> list[tuple[dict[str, Any], _Bucket, list[Tensor]]]:
         """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
@@ -404,8 +535,16 @@ class FusedOptimizer(Optimizer):
         a mismatch raises ValueError (torch's fused kernels would read out of bounds).
         """
         self._check_state_shapes(state_dict)
+        # torch casts every floating-point state tensor to its param's dtype (and an int64
+        # seed too, for a floating-point param): keep the originals to restore their dtypes.
+        saved = {
+            pid: {k: v for k, v in pstate.items() if torch.is_tensor(v) and k != "step"}
+            for pid, pstate in state_dict.get("state", {}).items()
+            if isinstance(pstate, dict)
+        }
         super().load_state_dict(state_dict)
         self.invalidate_plans()
+        self._restore_state_dtypes(state_dict, saved)
         # torch keeps a non-fused 'step' on the CPU; our kernels want it where _zero_step puts it
         # (a checkpoint loaded with map_location="cpu" must still work on the GPU).
         for p, pstate in self.state.items():
@@ -414,6 +553,33 @@ class FusedOptimizer(Optimizer):
                 want = self._zero_step(p)
                 if step.device != want.device or step.dtype != want.dtype:
                     pstate["step"] = step.to(device=want.device, dtype=want.dtype)
+
+    def _restore_state_dtypes(
+        self, state_dict: dict[str, Any], saved: dict[Any, dict[str, Tensor]]
+    ) -> None:
+        """Note [state dtypes in checkpoints]
+        After torch's load_state_dict: the fp32 master copy stays fp32, a seed stays int64,
+        and moments take this optimizer's state dtype for the param (a bf16-param checkpoint
+        from torch.optim loads into master_weights=True with fp32 moments, and a fusedopt
+        checkpoint with fp32 moments loads into torch.optim as bf16 ones).
+        """
+        ids = (pid for sg in state_dict["param_groups"] for pid in sg["params"])
+        for pid, (p, group) in zip(ids, ((p, g) for g in self.param_groups for p in g["params"])):
+            if pid not in saved or p not in self.state:
+                continue
+            pstate = self.state[p]
+            for k, v in saved[pid].items():
+                if k == "master_param":
+                    want = torch.float32
+                elif k == "sr_seed":
+                    want = torch.int64
+                elif v.is_floating_point() and p.is_floating_point():
+                    want = self._state_dtype(group, p)
+                else:
+                    continue
+                cur = pstate.get(k)
+                if torch.is_tensor(cur) and cur.dtype != want:
+                    pstate[k] = v.to(device=p.device, dtype=want, copy=True)
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups", [])
@@ -432,7 +598,7 @@ class FusedOptimizer(Optimizer):
             for key, value in pstate.items():
                 if not torch.is_tensor(value):
                     continue
-                if key == "step":
+                if key in ("step", "sr_seed"):
                     if value.numel() != 1:
                         raise ValueError(
                             f"loaded state for parameter {pid}: 'step' must have "

@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, _Bucket
-from ._validate import check_adam_args, zeros_like
+from ._validate import check_adam_args
 
 
 class Adam(FusedOptimizer):
@@ -72,6 +73,9 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         betas = check_adam_args(
             lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
@@ -89,7 +93,15 @@ class Adam(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, backend, max_grad_norm)
+        super().__init__(
+            params,
+            defaults,
+            backend,
+            max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
+        )
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
@@ -109,7 +121,7 @@ class Adam(FusedOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         for key in self._state_keys(group):
             if state.get(key) is None:
-                state[key] = zeros_like(p)
+                state[key] = self._zeros_state(p, group)
 
     def _launch(
         self,
@@ -140,6 +152,8 @@ class Adam(FusedOptimizer):
             group["decoupled_weight_decay"],
             grad_scale,
             found_inf,
+            b.masters,
+            b.seeds,
         )
 
 
@@ -169,6 +183,9 @@ class AdamW(Adam):
         fused: bool | None = None,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -185,6 +202,9 @@ class AdamW(Adam):
             decoupled_weight_decay=True,
             backend=backend,
             max_grad_norm=max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
         )
 
     def _setstate_groups(self) -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr, zeros_like
+from ._validate import check_betas, check_lr
 
 
 class LAMB(FusedOptimizer):
@@ -59,7 +60,6 @@ class LAMB(FusedOptimizer):
     """
 
     _op = "lamb_"
-    _needs_whole_params = True
     _sparse_error = "LAMB does not support sparse gradients"
 
     def __init__(
@@ -75,6 +75,9 @@ class LAMB(FusedOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         check_lr(lr)
         if not eps >= 0.0:
@@ -93,7 +96,15 @@ class LAMB(FusedOptimizer):
             "trust_clip": trust_clip,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, backend, max_grad_norm)
+        super().__init__(
+            params,
+            defaults,
+            backend,
+            max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
+        )
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
@@ -111,7 +122,7 @@ class LAMB(FusedOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         for key in self._state_keys(group):
             if state.get(key) is None:
-                state[key] = zeros_like(p)
+                state[key] = self._zeros_state(p, group)
 
     def _launch(
         self,
@@ -125,7 +136,7 @@ class LAMB(FusedOptimizer):
     ) -> None:
         beta1, beta2 = group["betas"]
         clip = group["trust_clip"]
-        fn(
+        args = (
             b.params,
             grads,
             b.states[0],
@@ -142,4 +153,18 @@ class LAMB(FusedOptimizer):
             None,
             grad_scale,
             found_inf,
+            b.masters,
+            b.seeds,
         )
+        if b.mesh_dims is None or not b.mesh_dims[1]:
+            fn(*args)
+            return
+        # Note [sharded LAMB]: a param sharded across ranks (FSDP2) has its trust ratio from
+        # norms of the whole param: phase 1 returns each shard's sums of squares, which are
+        # all-reduced over the ranks holding the other shards before phase 2 applies them.
+        mesh, dims = b.mesh_dims
+        sq_sums = torch.zeros((len(b.params), 2), dtype=torch.float64, device=b.device)
+        fn(*args, 1, sq_sums)
+        for d in dims:
+            torch.distributed.all_reduce(sq_sums, group=mesh.get_group(d))
+        fn(*args, 2, sq_sums)

@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr, zeros_like
+from ._validate import check_betas, check_lr
 
 
 class Lion(FusedOptimizer):
@@ -59,13 +60,24 @@ class Lion(FusedOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        super().__init__(params, defaults, backend, max_grad_norm)
+        super().__init__(
+            params,
+            defaults,
+            backend,
+            max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
+        )
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
@@ -75,7 +87,7 @@ class Lion(FusedOptimizer):
         return ("exp_avg",)
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["exp_avg"] = zeros_like(p)
+        state["exp_avg"] = self._zeros_state(p, group)
 
     def _launch(
         self,
@@ -100,4 +112,6 @@ class Lion(FusedOptimizer):
             group["maximize"],
             grad_scale,
             found_inf,
+            b.masters,
+            b.seeds,
         )

@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, _Bucket
-from ._validate import check_fused_flags, check_lr, empty_like
+from ._validate import check_fused_flags, check_lr
 
 
 class SGD(FusedOptimizer):
@@ -61,6 +62,9 @@ class SGD(FusedOptimizer):
         fused: bool | None = None,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         check_lr(lr)
         if momentum < 0.0:
@@ -81,7 +85,15 @@ class SGD(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults, backend, max_grad_norm)
+        super().__init__(
+            params,
+            defaults,
+            backend,
+            max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
+        )
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
@@ -96,7 +108,7 @@ class SGD(FusedOptimizer):
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.
-        state["momentum_buffer"] = empty_like(p)
+        state["momentum_buffer"] = self._zeros_state(p, group, empty=True)
 
     def _launch(
         self,
@@ -117,7 +129,7 @@ class SGD(FusedOptimizer):
         )
         bufs = b.states[0] if b.states else []
         if b.fresh is None or not bufs:
-            fn(b.params, grads, bufs, lr, *args, False, grad_scale, found_inf)
+            fn(b.params, grads, bufs, lr, *args, False, grad_scale, found_inf, b.masters, b.seeds)
             return
         # The step that creates some buffers: those take the grad, the others update.
         for first in (False, True):
@@ -132,4 +144,5 @@ class SGD(FusedOptimizer):
                     first,
                     grad_scale,
                     found_inf,
+                    *b.select(sel),
                 )

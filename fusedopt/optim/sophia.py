@@ -9,7 +9,7 @@ from torch.optim.optimizer import ParamsT
 
 from .. import _dispatch
 from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr, zeros_like
+from ._validate import check_betas, check_lr
 
 
 class Sophia(FusedOptimizer):
@@ -90,6 +90,9 @@ class Sophia(FusedOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
@@ -104,7 +107,15 @@ class Sophia(FusedOptimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, backend, max_grad_norm)
+        super().__init__(
+            params,
+            defaults,
+            backend,
+            max_grad_norm,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None, bs: float = 5120) -> float | None:  # type: ignore[override]
@@ -144,7 +155,7 @@ class Sophia(FusedOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         for key in self._state_keys(group):
             if state.get(key) is None:
-                state[key] = zeros_like(p)
+                state[key] = self._zeros_state(p, group)
 
     def _launch(
         self,
@@ -170,4 +181,6 @@ class Sophia(FusedOptimizer):
             group["maximize"],
             grad_scale,
             found_inf,
+            b.masters,
+            b.seeds,
         )
