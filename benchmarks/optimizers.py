@@ -103,6 +103,54 @@ def lamb_bytes(dtype: torch.dtype) -> float:
     return 10 * _itemsize(dtype)
 
 
+# -- fp32 master weights for bf16 params (Note [mixed precision] in fusedopt/math.h) ------------
+
+
+def master_weights_bytes(dtype: torch.dtype) -> float:
+    """AdamW with fp32 master weights and fp32 moments for half-precision params, in one pass:
+    read g (half), master, exp_avg, exp_avg_sq (fp32); write master, exp_avg, exp_avg_sq (fp32)
+    and the rounded param (half; never read). 2 + 12 + 12 + 2 = 28 B/param for bf16 params.
+    """
+    h = _itemsize(dtype)
+    return h + 3 * 4 + 3 * 4 + h
+
+
+def master_weights_torch_moved(dtype: torch.dtype) -> float:
+    """torch has no master-weights option; the recipe (apex, Megatron) keeps fp32 copies with
+    fp32 grads beside the half-precision model and copies both ways around the fused step:
+      torch._foreach_copy_(master grads, grads)   read g (half), write fp32 g     (h + 4)
+      AdamW(fused=True) on the masters            adamw_bytes(fp32)               (28)
+      torch._foreach_copy_(params, masters)       read master, write param        (4 + h)
+    40 B/param for bf16 params.
+    """
+    h = _itemsize(dtype)
+    return (h + 4) + adamw_bytes(torch.float32) + (4 + h)
+
+
+class MasterCopyStep:
+    """torch's way to fp32 master weights (master_weights_torch_moved) as ``step()``."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params
+        self.masters = [p.detach().float() for p in params]
+        for m, p in zip(self.masters, params):
+            m.grad = p.grad.float()
+        self.opt = torch.optim.AdamW(self.masters, lr=1e-3, fused=True)
+
+    def step(self) -> None:
+        torch._foreach_copy_([m.grad for m in self.masters], [p.grad for p in self.params])
+        self.opt.step()
+        torch._foreach_copy_([p.detach() for p in self.params], self.masters)
+
+
+def master_weights_rows(label: str) -> dict[str, Factory]:
+    backend = fusedopt_backend()
+    return {
+        label: lambda ps: fusedopt.AdamW(ps, lr=1e-3, master_weights=True, backend=backend),
+        "torch-fused": MasterCopyStep,
+    }
+
+
 # -- the end-to-end rows: unscale + clip + AdamW step + scheduler (Note [train loop]) ------------
 # Per param, in arrays of the param's dtype (x4 for fp32 bytes). Each count was read off the code
 # that runs: torch 2.x torch/amp/grad_scaler.py, torch/nn/utils/clip_grad.py, torch/optim/adam.py
@@ -326,6 +374,14 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("Lion", lion_bytes, ("gpt",), {"lr": 1e-4}),
     OptimizerSpec("LAMB", lamb_bytes, ("gpt",), {"lr": 1e-3}),
     OptimizerSpec("Sophia", sophia_bytes, ("gpt",), {"lr": 1e-4}, setup=_update_hessian),
+    OptimizerSpec(
+        "AdamW-master",
+        master_weights_bytes,
+        ("gpt-bf16",),
+        rows=master_weights_rows,
+        requires=("AdamW",),
+        moved={"torch-fused": master_weights_torch_moved},
+    ),
     OptimizerSpec(
         "train-loop",
         train_loop_bytes,

@@ -221,3 +221,36 @@ def test_compiled_training_step(compiler: str, monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(losses["compiled"], losses["eager"], **tol)
     for a, b in zip(params["compiled"], params["eager"]):
         torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize(
+    "mixed",
+    [{"master_weights": True}, {"stochastic_rounding": True, "state_dtype": torch.bfloat16}],
+    ids=["master", "sr_bf16_state"],
+)
+def test_fullgraph_mixed_precision_matches_eager(mixed: dict) -> None:
+    """bf16 params with master weights / stochastic rounding: the compiled step (which also
+    creates the masters and seeds on its first call) == eager, bit for bit, without
+    recompiling after the first step."""
+    torch.manual_seed(0)
+    base = [torch.randn(33, 7), torch.randn(5), torch.randn(1000)]
+    eager_p = [b.bfloat16().requires_grad_() for b in base]
+    comp_p = [b.bfloat16().requires_grad_() for b in base]
+    torch.manual_seed(1)
+    eager = fusedopt.AdamW(eager_p, lr=torch.tensor(0.01), **mixed)
+    comp = fusedopt.AdamW(comp_p, lr=torch.tensor(0.01), **mixed)
+    cnt = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(comp.step, backend=cnt, fullgraph=True)
+    for i in range(6):
+        grads = [torch.randn_like(p) for p in eager_p]
+        for p, q, g in zip(eager_p, comp_p, grads):
+            p.grad, q.grad = g, g.clone()
+        torch.manual_seed(2)  # the seeds drawn on the first step: the same in both
+        eager.step()
+        torch.manual_seed(2)
+        compiled()
+        for j, (a, b) in enumerate(zip(eager_p, comp_p)):
+            assert torch.equal(a, b), f"step {i + 1} param[{j}]"
+            for k, v in eager.state[a].items():
+                assert torch.equal(v, comp.state[b][k]), f"step {i + 1} state[{j}][{k}]"
+    assert cnt.frame_count == 2

@@ -195,17 +195,25 @@ def test_warmup_cosine_scheduler_sequence_and_state_dict(device_mode):
     assert sd["last_epoch"] == 25
 
 
-def test_no_host_sync_in_step(monkeypatch):
+@pytest.mark.parametrize(
+    "mixed",
+    [{}, {"master_weights": True}, {"stochastic_rounding": True, "state_dtype": torch.bfloat16}],
+    ids=["fp32", "bf16_master", "bf16_sr"],
+)
+def test_no_host_sync_in_step(monkeypatch, mixed):
     """No .item()/.cpu()/.tolist()/bool()/float() of a tensor in the Python step path."""
     m = _model()
-    opt = fusedopt.AdamW(m.parameters(), lr=torch.tensor(1e-3), max_grad_norm=1.0)
+    if mixed:
+        m = m.bfloat16()
+    opt = fusedopt.AdamW(m.parameters(), lr=torch.tensor(1e-3), max_grad_norm=1.0, **mixed)
     sched = WarmupCosine(opt, warmup_steps=2, total_steps=10, device=True)
     scaler = torch.amp.GradScaler("cpu")
     x, y = _data(1)[0]
+    x = x.to(next(m.parameters()).dtype)
 
     def train_step():
         opt.zero_grad()
-        scaler.scale(torch.nn.functional.cross_entropy(m(x), y)).backward()
+        scaler.scale(torch.nn.functional.cross_entropy(m(x).float(), y)).backward()
         scaler.step(opt)
         scaler.update()
         sched.step()
