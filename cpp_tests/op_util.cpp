@@ -20,10 +20,12 @@ namespace fusedopt_test {
 
 using AdamSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                      at::TensorList, const at::Tensor&, double, double, double, double, bool, bool,
-                     bool, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
+                     bool, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                     const std::optional<at::TensorList>&, const std::optional<at::TensorList>&);
 using SgdSig = void(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, double,
                     double, double, bool, bool, bool, const std::optional<at::Tensor>&,
-                    const std::optional<at::Tensor>&);
+                    const std::optional<at::Tensor>&, const std::optional<at::TensorList>&,
+                    const std::optional<at::TensorList>&);
 
 void adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
@@ -34,7 +36,8 @@ void adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
   static const auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("fusedopt::adam_", "").typed<AdamSig>();
   op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
-          weight_decay, eps, amsgrad, maximize, decoupled, grad_scale, found_inf);
+          weight_decay, eps, amsgrad, maximize, decoupled, grad_scale, found_inf, std::nullopt,
+          std::nullopt);
 }
 
 void sgd_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -45,7 +48,7 @@ void sgd_op(at::TensorList params, at::TensorList grads, at::TensorList momentum
   static const auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("fusedopt::sgd_", "").typed<SgdSig>();
   op.call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-          maximize, is_first_step, grad_scale, found_inf);
+          maximize, is_first_step, grad_scale, found_inf, std::nullopt, std::nullopt);
 }
 
 namespace {

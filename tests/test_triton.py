@@ -1,5 +1,6 @@
 """The Triton backend: parity with torch.optim and the reference, the CPU backend, the pointer-table
-cache, launch counts, AMP flags, bf16 rounding, opcheck and torch.compile.
+cache, launch counts, AMP flags, bf16 rounding, mixed precision (state dtypes, master copies,
+stochastic rounding, LAMB's phases), opcheck and torch.compile.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set for
 this module only: Note [interpreter mode]). The interpreter costs milliseconds per tile, so the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -29,6 +31,7 @@ import torch
 
 import fusedopt
 from fusedopt import reference
+from fusedopt.reference._common import sr_key, sr_round_bf16
 from helpers import (
     DTYPE_IDS,
     TOL_VS_TORCH,
@@ -83,6 +86,17 @@ try:
             y_ptr.to(tl.pointer_type(tl.uint16)), offs, mask, tl.bfloat16, tl.float32
         )
         tl.store(z_ptr + offs, z, mask=mask)
+
+    @triton.jit
+    def _sr_store_kernel(x_ptr, y_ptr, seed_table, base, n, BLOCK: tl.constexpr):
+        """y[i] = x[i] rounded by the kernels' SR store as element base + i, keyed by the seed
+        whose address is seed_table[0]."""
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask)
+        key = _kernels._sr_key(seed_table, tl.program_id(0).to(tl.int64), 1, 0, True)
+        y = y_ptr.to(tl.pointer_type(tl.uint16)) - base
+        _kernels._store_sr(y, base + offs.to(tl.int64), x, mask, key)
 
 finally:
     _restore_interpret(_old)
@@ -331,30 +345,75 @@ def _tensors(shapes, dtype, device, positive=False):
 SHAPES = [(17,), (), (0,), (33, 5), (9, 8)]
 
 
-def _op_args(op: str, dtype=torch.float32, device=DEVICE) -> tuple[list, dict]:
-    """(args, kwargs) of a direct call; the last param is transposed (staged for its grad)."""
+# One seed per param for stochastic rounding: both halves of the 64 bits matter (sr_key).
+SEEDS = [0, -1, 2**40 + 3, 12345, -(2**62) + 7, 2**32 - 1, 99]
+
+
+def _op_args(
+    op: str,
+    dtype=torch.float32,
+    device=DEVICE,
+    state_dtype: torch.dtype | None = None,
+    mode: str = "",
+    sliced: bool = False,
+) -> tuple[list, dict]:
+    """(args, kwargs) of a direct call; the last param is transposed (staged for its grad).
+
+    Mixed precision (Note [mixed precision] in csrc/include/fusedopt/math.h): the states (and
+    Sophia's hessians) in ``state_dtype`` (default: the params'); ``mode`` "master" adds fp32
+    master_params and fills the params with NaN (they must never be read), "sr" adds sr_seeds.
+    ``sliced`` adds a param that is not dense (staged: row-major element indices).
+    """
     p = _tensors(SHAPES, dtype, device)
     p[-1] = p[-1].t()
+    if sliced:
+        p.append(torch.randn(6, 20, dtype=torch.float64).to(dtype=dtype, device=device)[:, ::2])
     g = _tensors([tuple(x.shape) for x in p], dtype, device)
-    m = [torch.randn_like(x) for x in p]
-    v = [torch.rand_like(x) for x in p]
+    sd = dtype if state_dtype is None else state_dtype
+
+    def state(x, positive=False):  # x's layout where it is dense
+        t = torch.randn(x.shape, dtype=torch.float64)
+        return torch.empty_like(x, dtype=sd).copy_(t.abs() if positive else t)
+
+    m = [state(x) for x in p]
+    v = [state(x, positive=True) for x in p]
     steps = [torch.tensor(float(i + 1), device=device) for i in range(len(p))]
     lr = torch.tensor(1e-2, device=device)
+    kwargs: dict[str, Any] = {}
+    if mode == "master":
+        masters = []
+        for x in p:
+            masters.append(
+                torch.empty_like(x, dtype=torch.float32).copy_(
+                    torch.randn(x.shape, dtype=torch.float64)
+                )
+            )
+            x.fill_(float("nan"))
+        kwargs["master_params"] = masters
+    elif mode == "sr":
+        kwargs["sr_seeds"] = [
+            torch.tensor([SEEDS[i % len(SEEDS)]], dtype=torch.int64, device=device)
+            for i in range(len(p))
+        ]
+    else:
+        assert mode == "", mode
     if op == "adam_":
-        vmax = [torch.rand_like(x) for x in p]
-        return [p, g, m, v, vmax, steps, lr, 0.9, 0.999, 0.1, 1e-8, True, True, False], {}
+        vmax = [state(x, positive=True) for x in p]
+        return [p, g, m, v, vmax, steps, lr, 0.9, 0.999, 0.1, 1e-8, True, True, False], kwargs
     if op == "sgd_":
-        return [p, g, m, lr, 0.9, 0.1, 0.01, True, False, False], {}
+        return [p, g, m, lr, 0.9, 0.1, 0.01, True, False, False], kwargs
     if op == "lion_":
-        return [p, g, m, steps, lr, 0.9, 0.99, 0.1, True], {}
+        return [p, g, m, steps, lr, 0.9, 0.99, 0.1, True], kwargs
     if op == "lamb_":
         norms = torch.full((len(p), 2), -1.0, dtype=torch.float64, device=device)
         return [p, g, m, v, steps, lr, 0.9, 0.999, 0.01, 1e-6, True, 0.7, False], {
-            "tensor_norms": norms
+            "tensor_norms": norms,
+            **kwargs,
         }
     if op == "sophia_":
-        return [p, g, m, v, steps, lr, 0.96, 0.04, 300.0, 0.1, False], {}
+        return [p, g, m, v, steps, lr, 0.96, 0.04, 300.0, 0.1, False], kwargs
     if op == "sophia_update_hessian_":
+        assert not kwargs, "the op has no master_params / sr_seeds"
         return [v, g, 0.99], {}
     raise AssertionError(op)
 
@@ -481,6 +540,504 @@ def test_lr_by_value_equals_lr_by_pointer(monkeypatch):
     ft.adam_(*args2)
     for a, b in zip(_flat(args, {}), _flat(args2, {})):
         assert torch.equal(a, b)
+
+
+# -- mixed precision (Note [mixed precision] in csrc/include/fusedopt/math.h) -------------------
+# fusedopt.reference is the judge: the same calls on clones, step by step, re-synced after each
+# step (the fp32 math may differ from torch's by an ulp, so the comparison measures one step).
+# Where the reference rounds in the same precision, the roundings are compared bit for bit:
+# a master-copy param is its master rounded to nearest; a stochastically rounded param is
+# sr_round_bf16 of the fp32 theta (tests below), and Lion's update is exact in fp32, so its
+# rounded params equal the reference's outright.
+UPDATE_OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_"]
+BF16, FP16, FP32, FP64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
+
+# (id, param dtype, state dtype, mode)
+MIXED_CONFIGS = [
+    ("bf16-master", BF16, FP32, "master"),
+    ("bf16-master-bf16states", BF16, BF16, "master"),
+    ("fp16-master", FP16, FP32, "master"),
+    ("fp16-master-bf16states", FP16, BF16, "master"),
+    ("bf16-sr", BF16, FP32, "sr"),
+    ("bf16-sr-bf16states", BF16, BF16, "sr"),
+    ("fp32-bf16states", FP32, BF16, ""),
+    ("bf16-fp32states", BF16, FP32, ""),
+    ("fp16-fp32states", FP16, FP32, ""),
+]
+# one step of fp32 math (TOL_VS_TORCH's), then one rounding to the storage dtype (assert_close_ulp
+# adds one ulp of fp16/bf16)
+MIXED_TOL = TOL_VS_TORCH[torch.float32]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bit patterns (NaN == NaN), as integers of its element size."""
+    if not t.is_floating_point():
+        return t
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def _snapshot(args, kwargs) -> list[torch.Tensor]:
+    return [t.clone() for t in _flat(args, kwargs)]
+
+
+def _unchanged(args, kwargs, before, what: str) -> None:
+    for i, (a, b) in enumerate(zip(_flat(args, kwargs), before)):
+        assert _same_bits(a, b), f"{what}: tensor {i} ({a.dtype} {list(a.shape)}) changed"
+
+
+def _assert_sr_close(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Stochastically rounded bf16 params from fp32 thetas that may differ by an ulp of fp32 (the
+    operation order): the same bits, except where such an ulp crosses the noise threshold
+    (about 1 in 2^16 elements), and there the neighbouring bf16 value."""
+    a, b = _bits(ours).long().flatten(), _bits(ref).long().flatten()
+    differ = a != b
+    assert int(differ.sum()) <= max(1, a.numel() // 100), f"{what}: {int(differ.sum())} differ"
+    assert ((a - b).abs()[differ] == 1).all(), f"{what}: more than one bf16 ulp apart"
+
+
+def _refill_grads(args_list, dtype) -> None:
+    """New random grads, the same in every copy of the arguments."""
+    grads = [a[1] for a in args_list]  # (the hessian op's grads are args[1] too)
+    for i in range(len(grads[0])):
+        g = torch.randn(grads[0][i].shape, dtype=torch.float64).to(dtype)
+        for gs in grads:
+            gs[i].copy_(g)
+
+
+def _check_mixed_step(op, args, kwargs, ref_args, ref_kwargs, mode, what) -> None:
+    params, ref_params = args[0], ref_args[0]
+    for i, (a, b) in enumerate(zip(_flat(args, kwargs), _flat(ref_args, ref_kwargs))):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: tensor {i}"
+        if not a.is_floating_point():  # the seeds
+            assert torch.equal(a, b), f"{what}: tensor {i} (seed) {a.tolist()} != {b.tolist()}"
+        elif mode == "sr" and any(a is p for p in params):
+            continue  # below
+        else:
+            assert_close_ulp(a.cpu(), b.cpu(), MIXED_TOL, f"{what}: tensor {i}")
+    if mode == "master":  # the param is its master rounded to nearest, bit for bit
+        for i, (p, w) in enumerate(zip(params, kwargs["master_params"])):
+            assert _same_bits(p, w.to(p.dtype)), f"{what}: params[{i}] is not its master rounded"
+    if mode == "sr":
+        for i, (p, q) in enumerate(zip(params, ref_params)):
+            _assert_sr_close(p.cpu(), q.cpu(), f"{what}: params[{i}]")
+
+
+@interp_only
+@pytest.mark.parametrize(
+    "name,pdtype,sdtype,mode", MIXED_CONFIGS, ids=[c[0] for c in MIXED_CONFIGS]
+)
+@pytest.mark.parametrize("op", UPDATE_OPS)
+def test_mixed_matches_reference(op, name, pdtype, sdtype, mode):
+    """Every op in every mixed-precision configuration, 3 steps, against the reference: odd
+    sizes, a 0-d, an empty, a transposed and a sliced (staged) param."""
+    args, kwargs = _op_args(op, pdtype, state_dtype=sdtype, mode=mode, sliced=True)
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    for step in range(STEPS):
+        _refill_grads([args, ref_args], pdtype)
+        getattr(ft, op)(*args, **kwargs)
+        getattr(reference, op)(*ref_args, **ref_kwargs)
+        _check_mixed_step(op, args, kwargs, ref_args, ref_kwargs, mode, f"{op} step {step + 1}")
+        with torch.no_grad():  # re-sync (helpers: Note [re-sync after every step])
+            for a, b in zip(_flat(args, kwargs), _flat(ref_args, ref_kwargs)):
+                a.copy_(b)
+            if mode == "master":  # still never read
+                for p, q in zip(args[0], ref_args[0]):
+                    p.fill_(float("nan"))
+                    q.fill_(float("nan"))
+    if mode == "sr":
+        assert [int(s) for s in kwargs["sr_seeds"]] == [s + STEPS for s in SEEDS[: len(args[0])]]
+
+
+@interp_only
+@pytest.mark.parametrize("mode", ["master", "sr"])
+def test_sgd_without_momentum_mixed(mode):
+    """No state lists at all: the table is params (+ masters), the state dtype the params'."""
+    args, kwargs = _op_args("sgd_", BF16, mode=mode, sliced=True)
+    args[2], args[4] = [], 0.0  # no momentum buffers, momentum 0
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    ft.sgd_(*args, **kwargs)
+    reference.sgd_(*ref_args, **ref_kwargs)
+    _check_mixed_step("sgd_", args, kwargs, ref_args, ref_kwargs, mode, f"sgd {mode}")
+
+
+@interp_only
+@pytest.mark.parametrize("mode", ["master", "sr"])
+def test_lion_rounding_is_the_reference_bit_for_bit(mode):
+    """Lion's update, theta*(1 - lr*wd) - lr*sign(c), is computed exactly alike in fp32 (the
+    product with a sign is exact), so the rounded params equal the reference's outright."""
+    args, kwargs = _op_args("lion_", BF16, state_dtype=FP32, mode=mode, sliced=True)
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    for _ in range(STEPS):
+        _refill_grads([args, ref_args], BF16)
+        ft.lion_(*args, **kwargs)
+        reference.lion_(*ref_args, **ref_kwargs)
+        for i, (p, q) in enumerate(zip(args[0], ref_args[0])):
+            assert _same_bits(p, q), f"params[{i}]"
+        for i, (w, x) in enumerate(zip(kwargs.get("master_params", []), ref_kwargs.get(
+            "master_params", []))):  # fmt: skip
+            assert _same_bits(w, x), f"master_params[{i}]"
+
+
+@interp_only
+@pytest.mark.parametrize("sdtype", [FP32, BF16], ids=["fp32states", "bf16states"])
+@pytest.mark.parametrize("op", UPDATE_OPS)
+def test_sr_rounds_the_fp32_update_bit_for_bit(op, sdtype):
+    """With the same inputs, the SR param is sr_round_bf16 (the reference's function, keyed by
+    the advanced seed, indexed in the param's memory order) of the fp32 theta that the master
+    mode computes (theta read from a master equal to the bf16 param), and the states are equal."""
+    args, kwargs = _op_args(op, BF16, state_dtype=sdtype, mode="sr", sliced=True)
+    m_args, m_kwargs = _clone_args(args, kwargs)
+    del m_kwargs["sr_seeds"]
+    m_kwargs["master_params"] = [p.float() for p in m_args[0]]
+    seeds = [int(s) for s in kwargs["sr_seeds"]]
+    getattr(ft, op)(*args, **kwargs)
+    getattr(ft, op)(*m_args, **m_kwargs)
+    assert [int(s) for s in kwargs["sr_seeds"]] == [s + 1 for s in seeds], "seeds not advanced"
+    rounded_differently = 0
+    for i, (p, w, seed) in enumerate(zip(args[0], m_kwargs["master_params"], seeds)):
+        want = sr_round_bf16(w, sr_key(seed + 1), p)
+        assert _same_bits(p, want), f"{op} params[{i}]: not sr_round_bf16 of the fp32 update"
+        rounded_differently += int((_bits(p) != _bits(w.to(BF16))).sum())
+    assert rounded_differently > 0, "SR gave round-to-nearest everywhere"
+    for i, (a, b) in enumerate(zip(_flat(args[1:], {}), _flat(m_args[1:], {}))):
+        assert _same_bits(a, b), f"{op} state tensor {i}"
+
+
+@pytest.mark.parametrize("base", [0, 2**32 - 100], ids=["j0", "j2^32"])
+@pytest.mark.parametrize("seed", [0, -1, 2**40 + 3, -(2**62) + 7])
+def test_sr_store_matches_the_reference_primitives(seed, base):
+    """The kernels' hash and SR store against fusedopt.reference's sr_key / sr_noise, bit for
+    bit: random values, exact bf16 values (never moved), values that round up to inf, inf, NaN,
+    -0, subnormals; element indices past 2^32 (the high word of j)."""
+    from fusedopt.reference._common import sr_noise
+
+    big = torch.finfo(torch.float32).max  # rounds up to inf unless its noise is 0
+    special = [float("inf"), -float("inf"), float("nan"), -0.0, 0.0, 1e-40, -3e-39, 1.0, -2.5,
+               big, -big, 2.0**-133]  # fmt: skip
+    x = torch.cat([torch.tensor(special), torch.randn(500) * 10.0, torch.randn(11).exp2()])
+    x = x.float().to(DEVICE)
+    y = torch.empty(x.numel(), dtype=BF16, device=DEVICE)
+    s = torch.tensor([seed], dtype=torch.int64, device=DEVICE)
+    table = torch.tensor([s.data_ptr()], dtype=torch.int64, device=DEVICE)
+    _sr_store_kernel[(1,)](x, y, table, base, x.numel(), BLOCK=1024)
+    key = sr_key(seed)
+    u = x.cpu().view(torch.int32).long() & 0xFFFFFFFF
+    j = torch.arange(x.numel(), dtype=torch.int64) + base
+    bits = ((u + sr_noise(key, j)) >> 16) & 0xFFFF
+    finite = (u & 0x7F800000) != 0x7F800000
+    nearest = _bits(x.cpu().to(BF16)).long() & 0xFFFF
+    # NaN becomes 0x7FC0 (math.h, as c10::BFloat16); torch's vectorized conversion, which the
+    # reference uses, may give another NaN (0xFFFF on AVX-512)
+    nearest = torch.where(x.cpu().isnan(), 0x7FC0, nearest)
+    want = torch.where(finite, bits, nearest)
+    got = _bits(y.cpu()).long() & 0xFFFF
+    assert torch.equal(got, want), f"{int((got != want).sum())} of {x.numel()} differ"
+    assert torch.isinf(y[9:11]).all(), "the largest finite values did not round up to inf"
+
+
+@interp_only
+def test_sr_is_unbiased_and_depends_on_the_seed():
+    """theta = 1 + 2^-9 lies a quarter of the way from 1 to the next bf16 (1 + 2^-7): about a
+    quarter of the elements round up, and another seed picks other ones."""
+    n = 4096
+    outs = []
+    for seed in (5, 6):
+        p = [torch.ones(n, dtype=BF16)]
+        g = [torch.full((n,), -(2.0**-9), dtype=BF16)]
+        seeds = [torch.tensor([seed])]
+        ft.sgd_(p, g, [], 1.0, 0.0, 0.0, 0.0, False, False, False, sr_seeds=seeds)
+        assert seeds[0].item() == seed + 1
+        up = p[0] == 1 + 2.0**-7
+        assert torch.all(up | (p[0] == 1.0))
+        assert 0.2 < up.float().mean().item() < 0.3, up.float().mean().item()
+        outs.append(up)
+    assert not torch.equal(outs[0], outs[1]), "the seed does not change the noise"
+
+
+@interp_only
+@pytest.mark.parametrize("hdtype", [FP32, BF16], ids=["fp32h", "bf16h"])
+@pytest.mark.parametrize("gdtype", [BF16, FP16, FP32], ids=["bf16g", "fp16g", "fp32g"])
+def test_sophia_hessian_in_its_own_dtype(gdtype, hdtype):
+    """update_hessian with the hessians in Sophia's state dtype and the grads in the params'."""
+    args, _ = _op_args("sophia_update_hessian_", gdtype, state_dtype=hdtype, sliced=True)
+    ref_args, _ = _clone_args(args, {})
+    for step in range(2):
+        _refill_grads([args, ref_args], gdtype)
+        ft.sophia_update_hessian_(*args, grad_scale=torch.tensor(4.0, device=DEVICE))
+        reference.sophia_update_hessian_(*ref_args, grad_scale=torch.tensor(4.0))
+        for i, (a, b) in enumerate(zip(args[0], ref_args[0])):
+            assert a.dtype == hdtype
+            assert_close_ulp(a.cpu(), b, MIXED_TOL, f"step {step + 1} hessians[{i}]")
+
+
+@pytest.mark.parametrize(
+    "op,mode,phase",
+    [(op, m, 0) for op in UPDATE_OPS for m in ("master", "sr")]
+    + [("lamb_", "sr", 1), ("lamb_", "sr", 2), ("lamb_", "master", 1)],
+)
+def test_found_inf_changes_nothing_mixed(op, mode, phase):
+    """GradScaler found inf/NaN: not params, masters, states, steps, seeds, norms, sq_sums."""
+    args, kwargs = _op_args(op, BF16, state_dtype=BF16, mode=mode)
+    if phase:
+        kwargs.update(phase=phase, sq_sums=torch.rand(len(args[0]), 2, dtype=FP64, device=DEVICE))
+    before = _snapshot(args, kwargs)
+    getattr(ft, op)(*args, **kwargs, found_inf=torch.ones((), device=DEVICE))
+    _unchanged(args, kwargs, before, f"{op} {mode} phase {phase}")
+
+
+# (id, param dtype, state dtype, mode): EXACT (moments stored by phase 1) and not
+LAMB_PHASE_CONFIGS = [
+    ("fp32", FP32, FP32, ""),
+    ("bf16-master", BF16, FP32, "master"),
+    ("bf16-sr-bf16states", BF16, BF16, "sr"),
+    ("fp16-master-bf16states", FP16, BF16, "master"),
+    ("fp32-bf16states", FP32, BF16, ""),
+]
+
+
+@interp_only
+@pytest.mark.parametrize(
+    "name,pdtype,sdtype,mode", LAMB_PHASE_CONFIGS, ids=[c[0] for c in LAMB_PHASE_CONFIGS]
+)
+def test_lamb_phases(name, pdtype, sdtype, mode):
+    """Phase 1 counts the step and writes each param's (sum p^2, sum u^2), as the reference
+    does, and no param, master, norm or seed; phase 2 advances the seeds and not the steps; the
+    two give phase 0's result bit for bit; and phase 2 takes the norms from sq_sums."""
+    args, kwargs = _op_args("lamb_", pdtype, state_dtype=sdtype, mode=mode, sliced=True)
+    split_args, split_kwargs = _clone_args(args, kwargs)
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    n = len(args[0])
+    steps = [s.item() for s in args[4]]
+    ft.lamb_(*args, **kwargs)  # phase 0
+
+    before = _snapshot(split_args, split_kwargs)
+    sq = torch.full((n, 2), -1.0, dtype=FP64, device=DEVICE)
+    ft.lamb_(*split_args, **split_kwargs, phase=1, sq_sums=sq)
+    assert [s.item() for s in split_args[4]] == [s + 1 for s in steps]
+    written = {id(t) for t in [*split_args[2], *split_args[3], *split_args[4]]}  # moments, steps
+    for i, (a, b) in enumerate(zip(_flat(split_args, split_kwargs), before)):
+        if id(a) not in written:
+            assert _same_bits(a, b), f"phase 1 wrote tensor {i}"
+    ref_sq = torch.full((n, 2), -1.0, dtype=FP64)
+    reference.lamb_(*ref_args, **ref_kwargs, phase=1, sq_sums=ref_sq)
+    torch.testing.assert_close(sq.cpu(), ref_sq, rtol=1e-6, atol=0)
+    assert sq[SHAPES.index((0,))].eq(0).all()
+
+    kept = _clone_args(split_args, split_kwargs)
+    ft.lamb_(*split_args, **split_kwargs, phase=2, sq_sums=sq)
+    for i, (a, b) in enumerate(zip(_flat(split_args, split_kwargs), _flat(args, kwargs))):
+        assert _same_bits(a, b), f"phase 1 + phase 2 != phase 0: tensor {i}"
+
+    # phase 2 with other (say all-reduced) sums: the norms are theirs, and so is the update
+    other_args, other_kwargs = kept
+    other_sq = sq * torch.tensor([1e-4, 1.0], dtype=FP64, device=DEVICE)  # ratios / 100
+    ft.lamb_(*other_args, **other_kwargs, phase=2, sq_sums=other_sq)
+    norms = other_kwargs["tensor_norms"]
+    assert torch.equal(norms, other_sq.sqrt()), "the norms are not sqrt(sq_sums)"
+    ref_other = _clone_args(ref_args, ref_kwargs)
+    reference.lamb_(*ref_other[0], **ref_other[1], phase=2, sq_sums=other_sq.cpu())
+    _check_mixed_step("lamb_", other_args, other_kwargs, *ref_other, mode, "phase 2")
+    theta = "master_params" if mode == "master" else None  # (a bf16 param may not move)
+    a_theta = other_kwargs[theta] if theta else other_args[0]
+    b_theta = split_kwargs[theta] if theta else split_args[0]
+    moved = [not _same_bits(a, b) for a, b in zip(a_theta, b_theta) if a.numel()]
+    assert all(moved), f"sq_sums had no effect: {moved}"
+
+
+def test_lamb_phase_launches(monkeypatch):
+    """Phase 1 runs no update pass, phase 2 no norm pass and (without seeds) no increment."""
+    names = ("_increment_steps_kernel", "_lamb_norms_kernel", "_lamb_ratio_kernel",
+             "_lamb_apply_kernel")  # fmt: skip
+    counters = {k: _Counting(getattr(_kernels, k)) for k in names}
+    for k, c in counters.items():
+        monkeypatch.setattr(_kernels, k, c)
+    for mode, phase, want in [("", 1, (1, 1, 1, 0)), ("", 2, (0, 0, 1, 1)),
+                              ("sr", 2, (1, 0, 1, 1)), ("sr", 0, (1, 1, 1, 1))]:  # fmt: skip
+        args, kwargs = _op_args("lamb_", BF16, mode=mode)
+        sq = torch.rand(len(args[0]), 2, dtype=FP64, device=DEVICE)
+        for c in counters.values():
+            c.launches = 0
+        ft.lamb_(*args, **kwargs, phase=phase, sq_sums=sq)
+        assert tuple(counters[k].launches for k in names) == want, (mode, phase)
+
+
+# Invalid combinations: (id, op, params, states, mode, how to break the call, message)
+def _seeds(n, dtype=torch.int64):
+    return [torch.zeros(1, dtype=dtype, device=DEVICE) for _ in range(n)]
+
+
+def _set(lst, i, t):
+    lst[i] = t
+
+
+BAD_MIXED = [
+    ("exclusive", "adam_", BF16, FP32, "master",
+     lambda a, k: k.update(sr_seeds=_seeds(len(a[0]))), "master_params and sr_seeds are exclusive"),
+    ("master-fp32-params", "sgd_", FP32, FP32, "",
+     lambda a, k: k.update(master_params=[p.clone() for p in a[0]]),
+     "master_params need float16 or bfloat16 params"),
+    ("master-dtype", "lion_", BF16, FP32, "master",
+     lambda a, k: _set(k["master_params"], 1, k["master_params"][1].to(BF16)),
+     r"master_params\[1\] has dtype torch.bfloat16, expected torch.float32"),
+    ("master-shape", "sophia_", FP16, FP32, "master",
+     lambda a, k: _set(k["master_params"], 3, k["master_params"][3].reshape(-1)),
+     r"master_params\[3\] has shape"),
+    ("master-count", "lamb_", BF16, BF16, "master",
+     lambda a, k: k["master_params"].pop(), "expected master_params to have 5 tensors"),
+    ("sr-fp16", "adam_", FP16, FP32, "",
+     lambda a, k: k.update(sr_seeds=_seeds(len(a[0]))), r"sr_seeds\) needs bfloat16 params"),
+    ("sr-dtype", "sophia_", BF16, BF16, "sr",
+     lambda a, k: _set(k["sr_seeds"], 2, k["sr_seeds"][2].int()),
+     r"sr_seeds\[2\] must be a one-element int64 tensor"),
+    ("sr-numel", "sgd_", BF16, FP32, "sr",
+     lambda a, k: _set(k["sr_seeds"], 0, torch.zeros(2, dtype=torch.int64)),
+     r"sr_seeds\[0\] must be a one-element int64 tensor"),
+    ("sr-count", "lion_", BF16, FP32, "sr",
+     lambda a, k: k["sr_seeds"].pop(), "expected sr_seeds to have 5 tensors"),
+    ("states-differ", "adam_", BF16, FP32, "",
+     lambda a, k: _set(a[3], 1, a[3][1].to(BF16)),
+     r"exp_avg_sqs\[1\] has dtype torch.bfloat16 but the first state tensor has dtype"),
+    ("states-fp16-for-fp32", "lion_", FP32, FP16, "", None,
+     "state dtype torch.float16 is not supported with param dtype torch.float32"),
+    ("states-fp32-for-fp64", "sgd_", FP64, FP32, "", None,
+     "state dtype torch.float32 is not supported with param dtype torch.float64"),
+    ("grads-dtype", "adam_", BF16, FP32, "master",
+     lambda a, k: _set(a[1], 0, a[1][0].float()), r"grads\[0\] has dtype torch.float32"),
+    ("lamb-phase", "lamb_", BF16, FP32, "sr",
+     lambda a, k: k.update(phase=3), "phase must be 0, 1 or 2"),
+    ("lamb-no-sq_sums", "lamb_", FP32, FP32, "",
+     lambda a, k: k.update(phase=1), r"phase 1 needs sq_sums of shape \(5, 2\)"),
+    ("lamb-sq_sums-shape", "lamb_", BF16, BF16, "master",
+     lambda a, k: k.update(phase=2, sq_sums=torch.zeros(6, 2, dtype=FP64)),
+     "phase 2 needs sq_sums"),
+    ("lamb-sq_sums-dtype", "lamb_", BF16, FP32, "",
+     lambda a, k: k.update(phase=1, sq_sums=torch.zeros(5, 2)), "phase 1 needs sq_sums"),
+    ("hessian-fp64-for-fp32", "sophia_update_hessian_", FP32, FP64, "", None,
+     "hessians of dtype torch.float64 do not go with grads of dtype torch.float32"),
+    ("hessian-grads-differ", "sophia_update_hessian_", BF16, FP32, "",
+     lambda a, k: _set(a[1], 2, a[1][2].half()), r"grads\[2\] has dtype torch.float16"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,op,pdtype,sdtype,mode,breaks,match", BAD_MIXED, ids=[c[0] for c in BAD_MIXED]
+)
+def test_bad_mixed_calls_raise_before_any_write(name, op, pdtype, sdtype, mode, breaks, match):
+    """Each invalid combination raises (as the reference's check_mixed and the compiled ops do)
+    and changes nothing, seeds and steps included; also after a valid call on the same tensors
+    cached their table (the call is validated again because its tensors or lists differ)."""
+    args, kwargs = _op_args(op, pdtype, state_dtype=sdtype, mode=mode)
+    if breaks is not None:  # a valid call first (skipped: it changes nothing) caches a table
+        getattr(ft, op)(*args, **kwargs, found_inf=torch.ones((), device=DEVICE))
+        breaks(args, kwargs)
+    before = _snapshot(args, kwargs)
+    with pytest.raises(RuntimeError, match=match):
+        getattr(ft, op)(*args, **kwargs)
+    _unchanged(args, kwargs, before, name)
+
+
+def test_mixed_lists_are_part_of_the_cache_key():
+    """The same tensors in other roles, or seen as another dtype, get their own table: a master
+    list where another call has max_exp_avg_sqs, new seeds, fp16 buffers viewed as bf16."""
+    args, kwargs = _op_args("adam_", BF16, state_dtype=FP32, mode="master")
+    args[11] = False  # no amsgrad: [params, exp_avgs, exp_avg_sqs, master_params]
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    ft.adam_(*args, **kwargs)
+    reference.adam_(*ref_args, **ref_kwargs)
+    # amsgrad, the masters as max_exp_avg_sqs: [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
+    args[4], args[11] = kwargs.pop("master_params"), True
+    ref_args[4], ref_args[11] = ref_kwargs.pop("master_params"), True
+    ft.adam_(*args, **kwargs)
+    reference.adam_(*ref_args, **ref_kwargs)
+    for i, (a, b) in enumerate(zip(_flat(args, kwargs), _flat(ref_args, ref_kwargs))):
+        assert_close_ulp(a.cpu(), b.cpu(), MIXED_TOL, f"amsgrad after master: tensor {i}")
+
+    args, kwargs = _op_args("sgd_", BF16, mode="sr")
+    first = kwargs["sr_seeds"]
+    ft.sgd_(*args, **kwargs)
+    kwargs["sr_seeds"] = [s.clone() + 10 for s in first]
+    ft.sgd_(*args, **kwargs)
+    assert [int(s) for s in first] == [s + 1 for s in SEEDS[:5]], "the old seeds were advanced"
+    assert [int(s) for s in kwargs["sr_seeds"]] == [s + 12 for s in SEEDS[:5]]
+
+    args, kwargs = _op_args("sgd_", FP16)
+    ft.sgd_(*args, **kwargs, found_inf=torch.ones((), device=DEVICE))  # caches fp16 buffers
+    args[2] = [b.view(BF16) for b in args[2]]  # same addresses, strides and sizes
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    ft.sgd_(*args, **kwargs)
+    reference.sgd_(*ref_args, **ref_kwargs)
+    for i, (a, b) in enumerate(zip(_flat(args, kwargs), _flat(ref_args, ref_kwargs))):
+        assert_close_ulp(a.cpu(), b.cpu(), MIXED_TOL, f"bf16 view of the buffers: tensor {i}")
+
+
+MIXED_OPCHECK = [
+    ("adam_", BF16, FP32, "master", {}),
+    ("sgd_", BF16, BF16, "sr", {}),
+    ("lion_", FP16, BF16, "master", {}),
+    ("sophia_", BF16, FP32, "sr", {}),
+    ("lamb_", BF16, FP32, "sr", {"phase": 1}),
+    ("lamb_", BF16, BF16, "master", {"phase": 2}),
+]
+
+
+@pytest.mark.parametrize(
+    "op,pdtype,sdtype,mode,extra",
+    MIXED_OPCHECK,
+    ids=[f"{c[0]}-{c[3]}-{c[4].get('phase', 0)}" for c in MIXED_OPCHECK],
+)
+def test_opcheck_mixed(op, pdtype, sdtype, mode, extra):
+    """The schemas' mutated mixed-precision lists (Tensor(m!)[]?) are the ones written."""
+    args, kwargs = _op_args(op, pdtype, state_dtype=sdtype, mode=mode)
+    kwargs = dict(kwargs, grad_scale=None, found_inf=None, **extra)
+    if "phase" in extra:
+        kwargs["sq_sums"] = torch.rand(len(args[0]), 2, dtype=FP64, device=DEVICE)
+    torch.library.opcheck(getattr(torch.ops.fusedopt_triton, op).default, tuple(args), kwargs)
+
+
+def test_compiles_with_mixed_lists():
+    """torch.compile(fullgraph=True) traces the ops with master_params / sr_seeds (optional
+    mutated tensor lists) and computes the eager result bit for bit."""
+    for op, mode in [("adam_", "master"), ("sgd_", "sr")]:
+        args, kwargs = _op_args(op, BF16, state_dtype=FP32, mode=mode)
+        args2, kwargs2 = _clone_args(args, kwargs)
+
+        def fn(a, k, op=op):
+            getattr(ft, op)(*a, **k)
+
+        fn(args, kwargs)
+        torch.compile(fn, backend="aot_eager", fullgraph=True)(args2, kwargs2)
+        for i, (a, b) in enumerate(zip(_flat(args, kwargs), _flat(args2, kwargs2))):
+            assert _same_bits(a, b), f"{op}: tensor {i}"
+
+
+def _arguments(schema) -> list[tuple]:
+    return [
+        (a.name, str(a.type), a.default_value, bool(a.alias_info and a.alias_info.is_write))
+        for a in schema.arguments
+    ]
+
+
+def test_schemas_are_the_compiled_ops():
+    """torch.ops.fusedopt_triton.<op> has csrc/ops.cpp's schema for torch.ops.fusedopt.<op>:
+    argument names, types, defaults, and which ones are written."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "csrc", "ops.cpp")
+    if not os.path.exists(path):
+        pytest.skip("csrc/ops.cpp is not here (an installed package)")
+    with open(path) as f:
+        text = f.read()
+    defs = {}
+    for body in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", text):
+        schema = "".join(re.findall(r"\"([^\"]*)\"", body))
+        defs[schema[: schema.index("(")]] = torch._C.parse_schema("fusedopt::" + schema)
+    assert set(defs) == {*OPS, "sum_sq"}
+    for name, want in defs.items():
+        got = getattr(torch.ops.fusedopt_triton, name).default._schema
+        assert _arguments(got) == _arguments(want), name
+        assert [str(r.type) for r in got.returns] == [str(r.type) for r in want.returns], name
 
 
 # -- launches and chunks ------------------------------------------------------------------------
@@ -730,36 +1287,56 @@ def build(fn, sig, consts):
 
 amp = dict(grad_scale_ptr="*fp32", found_inf_ptr="*fp32")
 upd = dict(table=P64, grads=P64, chunks=P64, lr_ptr="*fp64", lr_value=F64, **amp)
-for st in (tl.float32, tl.bfloat16, tl.float64):
-    c = dict(ST=st, CT=tl.float64 if st == tl.float64 else tl.float32, ALIGNED=True,
-             CHUNK=65536, BLOCK=1024, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True)
+hp = dict(beta1=F64, beta2=F64, log2_beta1=F64, log2_beta2=F64, weight_decay=F64, eps=F64)
+# (params, states, mode): the plain dtypes, then the mixed-precision combinations
+F32, BF16, F16, F64T = tl.float32, tl.bfloat16, tl.float16, tl.float64
+CASES = [(F32, F32, ""), (BF16, BF16, ""), (F64T, F64T, ""), (F32, BF16, ""),
+         (BF16, F32, "master"), (F16, BF16, "master"), (BF16, BF16, "sr"), (BF16, F32, "sr")]
+for pt, st, mode in CASES:
+    ct = F64T if pt == F64T else F32
+    c = dict(PT=pt, ST=st, CT=ct, ALIGNED=True, CHUNK=65536, BLOCK=1024, HAS_GRAD_SCALE=True,
+             HAS_FOUND_INF=True)
+    master = dict(MASTER=mode == "master", MASTER_COL=4 if mode == "master" else 0)
+    sr = dict(SR=mode == "sr", SEED_COL=4 if mode == "sr" else 0)
     lr = dict(LR_FROM_PTR=True)
-    hp = dict(beta1=F64, beta2=F64, log2_beta1=F64, log2_beta2=F64, weight_decay=F64, eps=F64)
-    v4 = build(K._adam_kernel, dict(upd, **hp), dict(c, **lr, STEP_T=tl.float32, W=6,
-               DECOUPLED=True, AMSGRAD=True, MAXIMIZE=True, WEIGHT_DECAY=True, LERP_LOW=True))
-    assert v4 >= 5, f"adam {st}: {v4} vector loads"
+    adam_w = 7 if mode else 6
+    v4 = build(K._adam_kernel, dict(upd, **hp), dict(c, **lr, **master, **sr, STEP_T=F32,
+               W=adam_w, DECOUPLED=True, AMSGRAD=True, MAXIMIZE=True, WEIGHT_DECAY=True,
+               LERP_LOW=True))
+    # 5 streams (4 with a master copy: the param is not read) of 16-byte vectors
+    assert v4 >= 5 - (mode == "master"), f"adam {pt} {st} {mode}: {v4} vector loads"
+    m2 = dict(MASTER=mode == "master", MASTER_COL=2 if mode == "master" else 0)
+    s2 = dict(SR=mode == "sr", SEED_COL=2 if mode == "sr" else 0)
     build(K._sgd_kernel, dict(upd, momentum=F64, dampening=F64, weight_decay=F64),
-          dict(c, **lr, W=3, MOMENTUM=True, FIRST=False, NESTEROV=True, MAXIMIZE=True,
-               WEIGHT_DECAY=True))
+          dict(c, **lr, **m2, **s2, W=4 if mode else 3, MOMENTUM=True, FIRST=False,
+               NESTEROV=True, MAXIMIZE=True, WEIGHT_DECAY=True))
     build(K._lion_kernel, dict(upd, beta1=F64, beta2=F64, weight_decay=F64),
-          dict(c, **lr, W=4, MAXIMIZE=True))
+          dict(c, **lr, **m2, **s2, W=5 if mode else 4, MAXIMIZE=True))
+    m3 = dict(MASTER=mode == "master", MASTER_COL=3 if mode == "master" else 0)
+    s3 = dict(SR=mode == "sr", SEED_COL=3 if mode == "sr" else 0)
     build(K._sophia_kernel, dict(upd, beta1=F64, rho_bs=F64, weight_decay=F64, eps=F64),
-          dict(c, **lr, W=5, MAXIMIZE=True))
+          dict(c, **lr, **m3, **s3, W=6 if mode else 5, MAXIMIZE=True))
     build(K._sophia_hessian_kernel, dict(table=P64, grads=P64, chunks=P64, beta2=F64, **amp),
           dict(c, W=2))
-    lamb = dict(c, STEP_T=tl.float32, W=5, EXACT=st != tl.bfloat16, BIAS_CORRECTION=True,
+    lamb = dict(c, **m3, STEP_T=F32, W=6 if mode else 5, EXACT=st == ct, BIAS_CORRECTION=True,
                 MAXIMIZE=True, WEIGHT_DECAY=True)
     base = dict(table=P64, grads=P64, chunks=P64, **amp, **hp)
     build(K._lamb_norms_kernel, dict(base, partials="*fp64"), lamb)
-    build(K._lamb_apply_kernel, dict(base, neg_steps="*fp64"), lamb)
-    build(K._sum_sq_kernel, dict(table=P64, chunks=P64, partials="*fp64"),
-          dict(ST=st, CT=c["CT"], W=2, ALIGNED=True, CHUNK=65536, BLOCK=1024))
-build(K._lamb_ratio_kernel, dict(ranges=P64, partials="*fp64", neg_steps="*fp64",
-      norms_ptr="*fp32", norms_stride0="i64", norms_stride1="i64", lr_ptr="*fp64",
-      found_inf_ptr="*fp32", lr_value=F64, trust_clip=F64),
-      dict(LR_FROM_PTR=False, HAS_CLIP=True, WANT_NORMS=True, HAS_FOUND_INF=True, BLOCK=256))
-build(K._increment_steps_kernel, dict(table=P64, n="i32", found_inf_ptr="*fp32"),
-      dict(W=5, STEP_T=tl.float64, HAS_FOUND_INF=True, BLOCK=256))
+    build(K._lamb_apply_kernel, dict(base, neg_steps="*fp64"), dict(lamb, **s3))
+    if not mode:
+        build(K._sum_sq_kernel, dict(table=P64, chunks=P64, partials="*fp64"),
+              dict(ST=pt, CT=ct, W=2, ALIGNED=True, CHUNK=65536, BLOCK=1024))
+for phase, fi in ((0, True), (1, True), (2, True), (0, False), (1, False)):
+    build(K._lamb_ratio_kernel, dict(ranges=P64, partials="*fp64", neg_steps="*fp64",
+          norms_ptr="*fp32", norms_stride0="i64", norms_stride1="i64", sq_ptr="*fp64",
+          sq_stride0="i64", sq_stride1="i64", lr_ptr="*fp64", found_inf_ptr="*fp32",
+          lr_value=F64, trust_clip=F64),
+          dict(PHASE=phase, LR_FROM_PTR=False, HAS_CLIP=True, WANT_NORMS=True,
+               HAS_FOUND_INF=fi, BLOCK=256))
+for step_col, seed_col in ((3, -1), (-1, 2), (3, 2)):
+    build(K._increment_steps_kernel, dict(table=P64, n="i32", found_inf_ptr="*fp32"),
+          dict(W=5, STEP_COL=step_col, STEP_T=tl.float64, SEED_COL=seed_col,
+               HAS_FOUND_INF=True, BLOCK=256))
 build(K._sum_kernel, dict(x="*fp64", n="i32", out="*fp64"), dict(BLOCK=1024))
 print("compiled")
 """

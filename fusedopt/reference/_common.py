@@ -111,8 +111,8 @@ def sr_round_bf16(x: Tensor, key: int, layout: Tensor | None = None) -> Tensor:
 
     Element indices are memory positions in ``layout`` (default ``x``), the param written.
 
-    Unbiased: x rounds up (in magnitude) with probability (its low 16 bits) / 2^16. inf and NaN
-    are rounded to nearest, as torch does.
+    Unbiased: x rounds up (in magnitude) with probability (its low 16 bits) / 2^16. inf stays
+    inf and NaN becomes 0x7FC0, as in c10::BFloat16.
     """
     u = x.float().view(torch.int32).to(torch.int64) & _M32
     j = memory_index(x if layout is None else layout)
@@ -120,7 +120,11 @@ def sr_round_bf16(x: Tensor, key: int, layout: Tensor | None = None) -> Tensor:
     bits = bits - (bits >= 0x8000).to(torch.int64) * 0x10000  # as int16
     rounded = bits.to(torch.int16).view(torch.bfloat16)
     finite = (u & 0x7F800000) != 0x7F800000
-    return torch.where(finite, rounded, x.to(torch.bfloat16))
+    # inf stays inf; NaN becomes the quiet NaN 0x7FC0 (c10::BFloat16's; torch's vectorized
+    # conversion may keep the sign and payload instead).
+    nan = torch.tensor(0x7FC0, dtype=torch.int16).view(torch.bfloat16)
+    special = torch.where(x.isnan(), nan, x.to(torch.bfloat16))
+    return torch.where(finite, rounded, special)
 
 
 def load_param(param: Tensor, master: Tensor | None, dt: torch.dtype) -> Tensor:

@@ -5,6 +5,10 @@ Each function here has the signature and semantics of its plain-PyTorch definiti
 function as the compiled CPU and CUDA kernels: csrc/include/fusedopt/math.h's per-element math in
 the same operation order, fp32 math for fp16/bf16 storage (fp64 for fp64), and a fixed number of
 launches per call however many tensors it updates (Note [pointer tables] in ``_kernels.py``).
+Mixed precision as the reference specifies it (Note [mixed precision] in
+csrc/include/fusedopt/math.h): states in their own dtype, fp32 ``master_params``, stochastic
+rounding with ``sr_seeds`` (bit for bit the reference's on dense params), and LAMB's ``phase`` /
+``sq_sums`` for sharded params.
 
 The ops are registered as torch custom ops (``torch.ops.fusedopt_triton.<name>``) with fake
 kernels, so torch.compile traces a step that uses them without a graph break; the launches run
@@ -23,23 +27,55 @@ from . import _launch
 
 _NS = "fusedopt_triton"
 
-_MUTATES = {
-    "adam_": ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"),
-    "sgd_": ("params", "momentum_buffers"),
-    "lion_": ("params", "exp_avgs", "state_steps"),
-    "lamb_": ("params", "exp_avgs", "exp_avg_sqs", "state_steps", "tensor_norms"),
-    "sophia_": ("params", "exp_avgs", "state_steps"),
-    "sophia_update_hessian_": ("hessians",),
-    "sum_sq": (),
+# The schemas of csrc/ops.cpp (tests/test_triton.py checks they stay the same): written out
+# because torch.library.infer_schema does not take the mixed-precision lists' type, an optional
+# list of tensors (Tensor[]?). The (x!) annotations are the mutated arguments.
+_SCHEMAS = {
+    "adam_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
+    "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+    "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
+    "Tensor? found_inf=None, "
+    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
+    "sgd_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, "
+    "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+    "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
+    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
+    "lion_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] state_steps, Tensor lr, float beta1, float beta2, float weight_decay, "
+    "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
+    "lamb_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] state_steps, Tensor lr, float beta1, float beta2, "
+    "float weight_decay, float eps, bool bias_correction, float? trust_clip, bool maximize, "
+    "Tensor(e!)? tensor_norms=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
+    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None, int phase=0, "
+    "Tensor(o!)? sq_sums=None) -> ()",
+    "sophia_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor[] hessians, "
+    "Tensor(c!)[] state_steps, Tensor lr, float beta1, float rho, float bs, "
+    "float weight_decay, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
+    "sophia_update_hessian_": "(Tensor(a!)[] hessians, Tensor[] grads, float beta2, "
+    "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()",
+    "sum_sq": "(Tensor[] tensors) -> Tensor",
 }
 
-for _name, _mutates in _MUTATES.items():
-    _op = torch.library.custom_op(f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutates)
+
+def _mutated(schema: str) -> tuple[str, ...]:
+    """The names of the arguments a schema annotates as written."""
+    args = schema[1 : schema.rindex(") ->")].split(", ")
+    return tuple(a.split(" ")[1].split("=")[0] for a in args if "!)" in a.split(" ")[0])
+
+
+for _name, _schema in _SCHEMAS.items():
+    _op = torch.library.custom_op(
+        f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutated(_schema), schema=_schema
+    )
     if _name == "sum_sq":
         _op.register_fake(lambda tensors: torch.empty((), dtype=torch.float64))
     else:
         _op.register_fake(lambda *args, **kwargs: None)
-del _name, _mutates, _op
+del _name, _schema, _op
 
 
 def _lr(lr: float | Tensor) -> Tensor:
@@ -63,6 +99,8 @@ def adam_(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     """Adam / AdamW: :func:`fusedopt.reference.adam_` in Triton."""
     with torch.no_grad():
@@ -83,6 +121,8 @@ def adam_(
             decoupled_weight_decay,
             grad_scale,
             found_inf,
+            master_params,
+            sr_seeds,
         )
 
 
@@ -99,6 +139,8 @@ def sgd_(
     is_first_step: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     """SGD with momentum: :func:`fusedopt.reference.sgd_` in Triton."""
     with torch.no_grad():
@@ -115,6 +157,8 @@ def sgd_(
             is_first_step,
             grad_scale,
             found_inf,
+            master_params,
+            sr_seeds,
         )
 
 
@@ -130,6 +174,8 @@ def lion_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     """Lion: :func:`fusedopt.reference.lion_` in Triton."""
     with torch.no_grad():
@@ -145,6 +191,8 @@ def lion_(
             maximize,
             grad_scale,
             found_inf,
+            master_params,
+            sr_seeds,
         )
 
 
@@ -165,8 +213,16 @@ def lamb_(
     tensor_norms: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
+    phase: int = 0,
+    sq_sums: Tensor | None = None,
 ) -> None:
-    """LAMB: :func:`fusedopt.reference.lamb_` in Triton (trust ratios reduced on the device)."""
+    """LAMB: :func:`fusedopt.reference.lamb_` in Triton (trust ratios reduced on the device).
+
+    With ``phase`` 1 and 2 (Note [LAMB phases] in ``_kernels.py``), both phases must run in this
+    backend: with states in the compute dtype, phase 1 stores the new moments, which phase 2
+    reads back."""
     with torch.no_grad():
         torch.ops.fusedopt_triton.lamb_(
             params,
@@ -185,6 +241,10 @@ def lamb_(
             tensor_norms,
             grad_scale,
             found_inf,
+            master_params,
+            sr_seeds,
+            phase,
+            sq_sums,
         )
 
 
@@ -202,6 +262,8 @@ def sophia_(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     """SophiaG: :func:`fusedopt.reference.sophia_` in Triton."""
     with torch.no_grad():
@@ -219,6 +281,8 @@ def sophia_(
             maximize,
             grad_scale,
             found_inf,
+            master_params,
+            sr_seeds,
         )
 
 
@@ -228,8 +292,14 @@ def sophia_update_hessian_(
     beta2: float,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
 ) -> None:
-    """Sophia's curvature EMA: :func:`fusedopt.reference.sophia_update_hessian_` in Triton."""
+    """Sophia's curvature EMA: :func:`fusedopt.reference.sophia_update_hessian_` in Triton.
+
+    The hessians may be stored in another dtype than the grads (Sophia's state dtype); the math
+    runs in the grads' compute dtype. ``master_params`` and ``sr_seeds`` are accepted, as the
+    reference accepts them, and not used (the op has no such arguments)."""
     with torch.no_grad():
         torch.ops.fusedopt_triton.sophia_update_hessian_(
             hessians, grads, beta2, grad_scale, found_inf

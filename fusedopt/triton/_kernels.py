@@ -5,10 +5,21 @@ Note [pointer tables]
 One launch updates every tensor of a (device, dtype) group. Program ``pid`` reads its chunk
 ``(row, start)`` from ``chunks``, then the addresses of its tensors (int64) from row ``row`` of
 ``table`` and casts them to pointers. A row is ``[address of list 0, ..., address of list k-1,
-address of the step counter (ops with steps), numel]``; grads have their own table because they
-change every step while the rest changes only with the parameter set. Offsets are int64
-throughout (a chunk may start past 2^31 elements: PITFALLS "int32 indexing"). Empty tensors have
-a row (their step still counts) but no chunk.
+address of the SR seed (with sr_seeds), address of the step counter (ops with steps), numel]``:
+list 0 is the params, then the state lists, then the fp32 master copies (with master_params),
+so the step counter is column W-2 and the master / seed columns are passed as MASTER_COL /
+SEED_COL. Grads have their own table because they change every step while the rest changes
+only with the parameter set. Offsets are int64 throughout (a chunk may start past 2^31
+elements: PITFALLS "int32 indexing"). Empty tensors have a row (their step and seed still
+count) but no chunk.
+
+Note [kernel dtypes]
+PT is the params' (and grads') storage dtype, ST the state lists' (Note [mixed precision] in
+csrc/include/fusedopt/math.h: S == P, or float32 / bfloat16 for P != float64), CT the compute
+dtype (fp64 for fp64 params, else fp32), masters are float32. The param mode is compile-time:
+MASTER reads theta from the master and writes it to the master and (rounded to nearest) to the
+param; SR writes the param rounded stochastically with the noise of this tensor's advanced
+seed. Without either (and PT == ST) a kernel compiles to what it was before mixed precision.
 
 Note [scalars in fp64]
 Hyper-parameters arrive as fp64 kernel arguments (the interpreter hands Python floats through);
@@ -20,7 +31,9 @@ interpreter has no pow, and for the steps that matter the difference from pow is
 Note [exact rounding]
 Triton's fp32 ``/`` and ``sqrt`` are approximate on NVIDIA GPUs; div_rn and sqrt_rn round like
 torch. bf16 is loaded and stored through its bits (round to nearest even, NaN kept a quiet NaN,
-as c10::BFloat16): the interpreter's fp32->bf16 conversion truncates.
+as c10::BFloat16): the interpreter's fp32->bf16 conversion truncates. Stochastic rounding works
+on the bits too (sr_bf16_bits in math.h), with the hash in uint32 arithmetic, which wraps mod
+2^32 in both the compiler and the interpreter (numpy uint32 arrays).
 """
 
 from __future__ import annotations
@@ -78,6 +91,86 @@ def _store(ptr, offs, x, mask, ST: tl.constexpr):
 
 
 @triton.jit
+def _fmix32(h):
+    """murmur3's 32-bit finalizer (fmix32 in math.h), on uint32: products wrap mod 2^32."""
+    h = h ^ (h >> 16)
+    h = h * 0x85EBCA6B
+    h = h ^ (h >> 13)
+    h = h * 0xC2B2AE35
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _sr_key(table, row, W: tl.constexpr, SEED_COL: tl.constexpr, SR: tl.constexpr):
+    """sr_key(seed) of this row's (already advanced) SR seed, uint32; 0 without SR."""
+    if SR:
+        seed = tl.load(tl.load(table + row * W + SEED_COL).to(tl.pointer_type(tl.int64)))
+        hi = (seed >> 32).to(tl.uint32)  # bits 32..63, whatever the sign
+        return _fmix32(seed.to(tl.uint32) ^ _fmix32(hi + 0x9E3779B9))
+    else:
+        return tl.full((), 0, tl.uint32)
+
+
+@triton.jit
+def _store_sr(ptr, offs, x, mask, key):
+    """Store fp32 x as bf16 bits, rounded stochastically (sr_bf16_bits(x, sr_noise(key, j)) in
+    math.h, j = offs: the element's offset from the param's address)."""
+    jl = offs.to(tl.uint32)
+    jh = (offs >> 32).to(tl.uint32)
+    noise = _fmix32((jl * 0x9E3779B1) ^ key ^ (jh * 0x85EBCA77)) >> 16
+    u = x.to(tl.uint32, bitcast=True)
+    special = (u & 0x7F800000) == 0x7F800000  # inf and NaN: rounded to nearest
+    kept = tl.where((u & 0x007FFFFF) != 0, 0x7FC0, u >> 16)
+    bits = tl.where(special, kept, (u + noise) >> 16)
+    tl.store(ptr + offs, bits.to(tl.uint16), mask=mask)
+
+
+@triton.jit
+def _load_param(p_ptr, w_ptr, offs, mask, PT: tl.constexpr, CT: tl.constexpr, MASTER: tl.constexpr):
+    """theta in CT: from the fp32 master (w_ptr) with MASTER, else from the param."""
+    if MASTER:
+        return tl.load(w_ptr + offs, mask=mask)
+    else:
+        return _load(p_ptr, offs, mask, PT, CT)
+
+
+@triton.jit
+def _store_param(
+    p_ptr, w_ptr, offs, x, mask, key, PT: tl.constexpr, MASTER: tl.constexpr, SR: tl.constexpr
+):
+    """The new theta: to the master and rounded to nearest into the param (MASTER), rounded
+    stochastically into the bf16 param (SR), or rounded to nearest into the param."""
+    if MASTER:
+        tl.store(w_ptr + offs, x, mask=mask)
+        _store(p_ptr, offs, x, mask, PT)
+    elif SR:
+        _store_sr(p_ptr, offs, x, mask, key)
+    else:
+        _store(p_ptr, offs, x, mask, PT)
+
+
+@triton.jit
+def _param_ptrs(
+    table,
+    row,
+    W: tl.constexpr,
+    PT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SEED_COL: tl.constexpr,
+    SR: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """(param pointer, master pointer (the param's without MASTER), SR key) of a row."""
+    p_ptr = _ptr(table, row, W, 0, PT, ALIGNED)
+    if MASTER:
+        w_ptr = _ptr(table, row, W, MASTER_COL, tl.float32, ALIGNED)
+    else:
+        w_ptr = p_ptr
+    return p_ptr, w_ptr, _sr_key(table, row, W, SEED_COL, SR)
+
+
+@triton.jit
 def _chunk(
     chunks,
     table,
@@ -124,25 +217,32 @@ def _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
-# step counters
+# step counters and SR seeds
 
 
 @triton.jit
 def _increment_steps_kernel(
-    table,  # int64 [n, W]: the step counter's address is column W-2
+    table,  # int64 [n, W]
     n,  # rows in table
     found_inf_ptr,  # GradScaler's found_inf (read when HAS_FOUND_INF)
     W: tl.constexpr,  # table width
+    STEP_COL: tl.constexpr,  # column of the step counters' addresses, -1: none
     STEP_T: tl.constexpr,  # dtype of the step counters (float32 or float64)
+    SEED_COL: tl.constexpr,  # column of the SR seeds' addresses (int64), -1: none
     HAS_FOUND_INF: tl.constexpr,
-    BLOCK: tl.constexpr,  # counters per program
+    BLOCK: tl.constexpr,  # rows per program
 ):
+    """+1 on every step counter and every SR seed (before the update kernel reads them)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if HAS_FOUND_INF:
         n = tl.where(tl.load(found_inf_ptr) != 0, 0, n)
     mask = rows < n
-    ptrs = tl.load(table + rows * W + (W - 2), mask=mask).to(tl.pointer_type(STEP_T))
-    tl.store(ptrs, tl.load(ptrs, mask=mask) + 1, mask=mask)
+    if STEP_COL >= 0:
+        ptrs = tl.load(table + rows * W + STEP_COL, mask=mask).to(tl.pointer_type(STEP_T))
+        tl.store(ptrs, tl.load(ptrs, mask=mask) + 1, mask=mask)
+    if SEED_COL >= 0:
+        seeds = tl.load(table + rows * W + SEED_COL, mask=mask).to(tl.pointer_type(tl.int64))
+        tl.store(seeds, tl.load(seeds, mask=mask) + 1, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,12 +252,14 @@ def _increment_steps_kernel(
 @triton.jit
 def _adam_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     m_ptr,
     v_ptr,
     vmax_ptr,
     offs,
     mask,
+    key,
     inv_scale,
     decay,
     wd,
@@ -168,8 +270,11 @@ def _adam_tile(
     eps,
     neg_step,
     bc2_sqrt,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    SR: tl.constexpr,
     DECOUPLED: tl.constexpr,
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
@@ -177,8 +282,8 @@ def _adam_tile(
     WEIGHT_DECAY: tl.constexpr,
     LERP_LOW: tl.constexpr,
 ):
-    p = _load(p_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
     if HAS_GRAD_SCALE:
@@ -208,14 +313,15 @@ def _adam_tile(
     else:
         denom = tl.sqrt(denom_src) / bc2_sqrt + eps
         p = p + neg_step * m / denom
-    _store(p_ptr, offs, p, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
     _store(v_ptr, offs, v, mask, ST)
 
 
 @triton.jit
 def _adam_kernel(
-    table,  # int64 [n, W]: addresses of param, exp_avg, exp_avg_sq[, max_exp_avg_sq], step; numel
+    table,  # int64 [n, W]: param, exp_avg, exp_avg_sq[, max_exp_avg_sq][, master][, seed], step,
+    # numel (Note [pointer tables])
     grads,  # int64 [n]: address of each grad
     chunks,  # int64 [programs, 2]: (table row, first element) of each program's chunk
     lr_ptr,  # the learning rate, a 0-d tensor on the device (LR_FROM_PTR)
@@ -228,8 +334,13 @@ def _adam_kernel(
     log2_beta2: tl.float64,
     weight_decay: tl.float64,
     eps: tl.float64,
-    ST: tl.constexpr,  # storage dtype
-    CT: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 storage
+    PT: tl.constexpr,  # param and grad storage dtype (Note [kernel dtypes])
+    ST: tl.constexpr,  # state storage dtype
+    CT: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 params
+    MASTER: tl.constexpr,  # fp32 master copies in column MASTER_COL
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,  # stochastic rounding with the seed in column SEED_COL
+    SEED_COL: tl.constexpr,
     STEP_T: tl.constexpr,  # step counter dtype
     W: tl.constexpr,  # table width
     DECOUPLED: tl.constexpr,  # AdamW: decay the param, not the grad
@@ -245,13 +356,13 @@ def _adam_kernel(
     BLOCK: tl.constexpr,  # elements per tile
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
     m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
     v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    vmax_ptr = p_ptr
+    vmax_ptr = m_ptr
     if AMSGRAD:
         vmax_ptr = _ptr(table, row, W, 3, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
 
     step = _step(table, row, W, STEP_T)
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
@@ -276,12 +387,14 @@ def _adam_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         _adam_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
             vmax_ptr,
             offs,
             None,
+            key,
             inv_scale,
             decay,
             wd,
@@ -292,8 +405,11 @@ def _adam_kernel(
             e,
             neg_step,
             bc2_sqrt,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             DECOUPLED,
             AMSGRAD,
             MAXIMIZE,
@@ -305,12 +421,14 @@ def _adam_kernel(
         offs = tail + tl.arange(0, BLOCK)
         _adam_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
             vmax_ptr,
             offs,
             offs < end,
+            key,
             inv_scale,
             decay,
             wd,
@@ -321,8 +439,11 @@ def _adam_kernel(
             e,
             neg_step,
             bc2_sqrt,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             DECOUPLED,
             AMSGRAD,
             MAXIMIZE,
@@ -339,17 +460,22 @@ def _adam_kernel(
 @triton.jit
 def _sgd_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     buf_ptr,
     offs,
     mask,
+    key,
     inv_scale,
     neg_lr,
     wd,
     momentum,
     omd,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    SR: tl.constexpr,
     MOMENTUM: tl.constexpr,
     FIRST: tl.constexpr,
     NESTEROV: tl.constexpr,
@@ -357,8 +483,8 @@ def _sgd_tile(
     HAS_GRAD_SCALE: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,
 ):
-    p = _load(p_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -377,12 +503,12 @@ def _sgd_tile(
         else:
             g = buf
     p = p + neg_lr * g
-    _store(p_ptr, offs, p, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
 
 
 @triton.jit
 def _sgd_kernel(
-    table,  # int64 [n, W]: addresses of param[, momentum_buffer]; numel
+    table,  # int64 [n, W]: param[, momentum_buffer][, master][, seed], numel
     grads,  # int64 [n]: address of each grad
     chunks,  # int64 [programs, 2]: (table row, first element)
     lr_ptr,  # 0-d learning rate tensor (LR_FROM_PTR)
@@ -392,8 +518,13 @@ def _sgd_kernel(
     momentum: tl.float64,
     dampening: tl.float64,
     weight_decay: tl.float64,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
     W: tl.constexpr,
     MOMENTUM: tl.constexpr,  # momentum buffers exist (momentum != 0)
     FIRST: tl.constexpr,  # the buffers are created by this step
@@ -408,11 +539,11 @@ def _sgd_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
-    buf_ptr = p_ptr
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    buf_ptr = g_ptr  # (unused without momentum)
     if MOMENTUM:
         buf_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     neg_lr = (-lr).to(CT)
@@ -426,17 +557,22 @@ def _sgd_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         _sgd_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             buf_ptr,
             offs,
             None,
+            key,
             inv_scale,
             neg_lr,
             wd,
             mom,
             omd,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MOMENTUM,
             FIRST,
             NESTEROV,
@@ -448,17 +584,22 @@ def _sgd_kernel(
         offs = tail + tl.arange(0, BLOCK)
         _sgd_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             buf_ptr,
             offs,
             offs < end,
+            key,
             inv_scale,
             neg_lr,
             wd,
             mom,
             omd,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MOMENTUM,
             FIRST,
             NESTEROV,
@@ -475,10 +616,12 @@ def _sgd_kernel(
 @triton.jit
 def _lion_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     m_ptr,
     offs,
     mask,
+    key,
     inv_scale,
     neg_lr,
     decay,
@@ -486,13 +629,16 @@ def _lion_tile(
     omb1,
     beta2,
     omb2,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    SR: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
 ):
-    p = _load(p_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
@@ -502,13 +648,13 @@ def _lion_tile(
     c = m * beta1 + omb1 * g
     p = p + neg_lr * _sign(c)
     m = m * beta2 + omb2 * g
-    _store(p_ptr, offs, p, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
 
 
 @triton.jit
 def _lion_kernel(
-    table,  # int64 [n, W]: addresses of param, exp_avg, step; numel
+    table,  # int64 [n, W]: param, exp_avg[, master][, seed], step; numel
     grads,  # int64 [n]: address of each grad
     chunks,  # int64 [programs, 2]: (table row, first element)
     lr_ptr,  # (LR_FROM_PTR)
@@ -518,8 +664,13 @@ def _lion_kernel(
     beta1: tl.float64,
     beta2: tl.float64,
     weight_decay: tl.float64,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
     W: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     LR_FROM_PTR: tl.constexpr,
@@ -530,9 +681,9 @@ def _lion_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
     m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     neg_lr = (-lr).to(CT)
@@ -550,10 +701,12 @@ def _lion_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         _lion_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             offs,
             None,
+            key,
             inv_scale,
             neg_lr,
             decay,
@@ -561,8 +714,11 @@ def _lion_kernel(
             omb1,
             b2,
             omb2,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MAXIMIZE,
             HAS_GRAD_SCALE,
         )
@@ -570,10 +726,12 @@ def _lion_kernel(
         offs = tail + tl.arange(0, BLOCK)
         _lion_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             offs,
             offs < end,
+            key,
             inv_scale,
             neg_lr,
             decay,
@@ -581,8 +739,11 @@ def _lion_kernel(
             omb1,
             b2,
             omb2,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MAXIMIZE,
             HAS_GRAD_SCALE,
         )
@@ -595,11 +756,13 @@ def _lion_kernel(
 @triton.jit
 def _sophia_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     m_ptr,
     h_ptr,
     offs,
     mask,
+    key,
     inv_scale,
     neg_lr,
     decay,
@@ -607,13 +770,16 @@ def _sophia_tile(
     omb1,
     rho_bs,
     eps,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    SR: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
 ):
-    p = _load(p_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     h = _load(h_ptr, offs, mask, ST, CT)
     if HAS_GRAD_SCALE:
@@ -628,13 +794,13 @@ def _sophia_tile(
         ratio = tl.abs(m) / (rho_bs * h + eps)
     ratio = tl.where(ratio > 1.0, 1.0, ratio)  # lets NaN through, as torch.clamp
     p = p + neg_lr * _sign(m) * ratio
-    _store(p_ptr, offs, p, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
 
 
 @triton.jit
 def _sophia_kernel(
-    table,  # int64 [n, W]: addresses of param, exp_avg, hessian (read only), step; numel
+    table,  # int64 [n, W]: param, exp_avg, hessian (read only)[, master][, seed], step; numel
     grads,  # int64 [n]: address of each grad
     chunks,  # int64 [programs, 2]: (table row, first element)
     lr_ptr,  # (LR_FROM_PTR)
@@ -645,8 +811,13 @@ def _sophia_kernel(
     rho_bs: tl.float64,  # rho * bs
     weight_decay: tl.float64,
     eps: tl.float64,  # the authors' 1e-15
-    ST: tl.constexpr,
+    PT: tl.constexpr,
+    ST: tl.constexpr,  # exp_avgs and hessians
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
     W: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     LR_FROM_PTR: tl.constexpr,
@@ -657,10 +828,10 @@ def _sophia_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
     m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
     h_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     neg_lr = (-lr).to(CT)
@@ -677,11 +848,13 @@ def _sophia_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         _sophia_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             h_ptr,
             offs,
             None,
+            key,
             inv_scale,
             neg_lr,
             decay,
@@ -689,8 +862,11 @@ def _sophia_kernel(
             omb1,
             rb,
             e,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MAXIMIZE,
             HAS_GRAD_SCALE,
         )
@@ -698,11 +874,13 @@ def _sophia_kernel(
         offs = tail + tl.arange(0, BLOCK)
         _sophia_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             h_ptr,
             offs,
             offs < end,
+            key,
             inv_scale,
             neg_lr,
             decay,
@@ -710,8 +888,11 @@ def _sophia_kernel(
             omb1,
             rb,
             e,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             MAXIMIZE,
             HAS_GRAD_SCALE,
         )
@@ -726,12 +907,13 @@ def _sophia_hessian_tile(
     inv_scale,
     beta2,
     omb2,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
 ):
     h = _load(h_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     h = h * beta2 + omb2 * g * g
@@ -746,8 +928,9 @@ def _sophia_hessian_kernel(
     grad_scale_ptr,  # (HAS_GRAD_SCALE)
     found_inf_ptr,  # (HAS_FOUND_INF)
     beta2: tl.float64,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
+    PT: tl.constexpr,  # the grads' dtype (the params')
+    ST: tl.constexpr,  # the hessians' dtype (Sophia's state dtype)
+    CT: tl.constexpr,  # the grads' compute dtype
     W: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
@@ -757,7 +940,7 @@ def _sophia_hessian_kernel(
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
     h_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
     inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b2 = tl.full((), beta2, tl.float64)
     omb2 = (1.0 - b2).to(CT)
@@ -766,20 +949,30 @@ def _sophia_hessian_kernel(
     n_full = (end - start) // BLOCK
     for t in range(0, n_full):
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _sophia_hessian_tile(h_ptr, g_ptr, offs, None, inv_scale, b2, omb2, ST, CT, HAS_GRAD_SCALE)
+        _sophia_hessian_tile(
+            h_ptr, g_ptr, offs, None, inv_scale, b2, omb2, PT, ST, CT, HAS_GRAD_SCALE
+        )
     for tail in range(start + n_full * BLOCK, end, BLOCK):
         offs = tail + tl.arange(0, BLOCK)
         _sophia_hessian_tile(
-            h_ptr, g_ptr, offs, offs < end, inv_scale, b2, omb2, ST, CT, HAS_GRAD_SCALE
+            h_ptr, g_ptr, offs, offs < end, inv_scale, b2, omb2, PT, ST, CT, HAS_GRAD_SCALE
         )
 
 
 # ---------------------------------------------------------------------------------------------
 # LAMB: the passes of Note [LAMB passes] (csrc/cpu/lamb.cpp), plus a small kernel between them
 # that turns the per-chunk partial sums into one -lr*r per tensor on the device, so nothing
-# waits on the host. EXACT (fp32/fp64 storage): pass 1 stores the moments and pass 2 reads them
-# back unchanged. Otherwise (fp16/bf16) pass 1 only reads and pass 2 recomputes the moments from
-# the same old values, so that u is the fp32 u of the unrounded moments in both passes.
+# waits on the host. EXACT (states stored in the compute dtype: fp32 states for fp32/fp16/bf16
+# params, fp64 for fp64): pass 1 stores the moments and pass 2 reads them back unchanged.
+# Otherwise (fp16/bf16 states) pass 1 only reads and pass 2 recomputes the moments from the
+# same old values, so that u is the fp32 u of the unrounded moments in both passes.
+#
+# Note [LAMB phases]
+# phase 0 runs the passes in one call. Phase 1 (steps +1; norms pass; sums) writes each param's
+# (sum p^2, sum u^2) into sq_sums instead of the trust ratio, and (EXACT) the moments; phase 2
+# (seeds +1; ratio from sqrt(sq_sums); apply pass) does not touch the steps. Split or not, the
+# sums are added in the same order: phase 1 then phase 2 gives phase 0's bits. (Phase 2 relies
+# on phase 1 having run in this backend: EXACT reads the moments phase 1 stored.)
 
 
 @triton.jit
@@ -860,6 +1053,7 @@ def _lamb_scalars(
 @triton.jit
 def _lamb_norms_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     m_ptr,
     v_ptr,
@@ -868,15 +1062,17 @@ def _lamb_norms_tile(
     sc,
     acc_pp,
     acc_uu,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
     EXACT: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,
 ):
-    p = _load(p_ptr, offs, mask, ST, CT)
-    g = _load(g_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
     inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
@@ -911,7 +1107,7 @@ def _lamb_norms_tile(
 
 @triton.jit
 def _lamb_norms_kernel(
-    table,  # int64 [n, W]: addresses of param, exp_avg, exp_avg_sq, step; numel
+    table,  # int64 [n, W]: param, exp_avg, exp_avg_sq[, master][, seed], step; numel
     grads,  # int64 [n]: address of each grad
     chunks,  # int64 [programs, 2]: (table row, first element)
     partials,  # fp64 [programs, 2]: out, this chunk's sums of p^2 and u^2
@@ -923,11 +1119,14 @@ def _lamb_norms_kernel(
     log2_beta2: tl.float64,
     weight_decay: tl.float64,
     eps: tl.float64,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
     STEP_T: tl.constexpr,
     W: tl.constexpr,
-    EXACT: tl.constexpr,  # storage dtype == compute dtype: store the moments in this pass
+    EXACT: tl.constexpr,  # state dtype == compute dtype: store the moments in this pass
     BIAS_CORRECTION: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0
@@ -938,10 +1137,10 @@ def _lamb_norms_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    p_ptr, w_ptr, _ = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, 0, False, ALIGNED)
     m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
     v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
     sc = _lamb_scalars(
         table,
         row,
@@ -966,6 +1165,7 @@ def _lamb_norms_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         acc_pp, acc_uu = _lamb_norms_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
@@ -974,8 +1174,10 @@ def _lamb_norms_kernel(
             sc,
             acc_pp,
             acc_uu,
+            PT,
             ST,
             CT,
+            MASTER,
             EXACT,
             MAXIMIZE,
             HAS_GRAD_SCALE,
@@ -985,6 +1187,7 @@ def _lamb_norms_kernel(
         offs = tail + tl.arange(0, BLOCK)
         acc_pp, acc_uu = _lamb_norms_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
@@ -993,8 +1196,10 @@ def _lamb_norms_kernel(
             sc,
             acc_pp,
             acc_uu,
+            PT,
             ST,
             CT,
+            MASTER,
             EXACT,
             MAXIMIZE,
             HAS_GRAD_SCALE,
@@ -1008,15 +1213,19 @@ def _lamb_norms_kernel(
 @triton.jit
 def _lamb_ratio_kernel(
     ranges,  # int64 [n, 2]: (first chunk, number of chunks) of each param
-    partials,  # fp64 [programs, 2]: from _lamb_norms_kernel
-    neg_steps,  # fp64 [n]: out, -lr * trust ratio of each param
+    partials,  # fp64 [programs, 2]: from _lamb_norms_kernel (PHASE 0 and 1)
+    neg_steps,  # fp64 [n]: out, -lr * trust ratio of each param (PHASE 0 and 2)
     norms_ptr,  # (||p||, ||u||) of each param (WANT_NORMS)
     norms_stride0,
     norms_stride1,
+    sq_ptr,  # fp64 (sum p^2, sum u^2) of each param: out (PHASE 1), in (PHASE 2)
+    sq_stride0,
+    sq_stride1,
     lr_ptr,  # (LR_FROM_PTR)
-    found_inf_ptr,  # (HAS_FOUND_INF): the norms are not written on a skipped step
+    found_inf_ptr,  # (HAS_FOUND_INF): nothing is written on a skipped step
     lr_value: tl.float64,
     trust_clip: tl.float64,  # (HAS_CLIP)
+    PHASE: tl.constexpr,  # Note [LAMB phases]
     LR_FROM_PTR: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     WANT_NORMS: tl.constexpr,
@@ -1024,53 +1233,67 @@ def _lamb_ratio_kernel(
     BLOCK: tl.constexpr,  # partials summed per iteration
 ):
     i = tl.program_id(0).to(tl.int64)
-    first = tl.load(ranges + 2 * i)
-    count = tl.load(ranges + 2 * i + 1)
-    pp = tl.zeros((BLOCK,), tl.float64)
-    uu = tl.zeros((BLOCK,), tl.float64)
-    for c in range(0, count, BLOCK):
-        k = c + tl.arange(0, BLOCK)
-        mask = k < count
-        pp += tl.load(partials + 2 * (first + k), mask=mask, other=0.0)
-        uu += tl.load(partials + 2 * (first + k) + 1, mask=mask, other=0.0)
-    p_norm = tl.sqrt(tl.sum(pp, axis=0))
-    u_norm = tl.sqrt(tl.sum(uu, axis=0))
-    ok = (p_norm > 0.0) & (u_norm > 0.0)
-    ratio = tl.where(ok, p_norm / tl.where(ok, u_norm, 1.0), 1.0)
-    if HAS_CLIP:
-        clip = tl.full((), trust_clip, tl.float64)
-        ratio = tl.where(clip < ratio, clip, ratio)  # std::min: a NaN ratio stays NaN
-    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    tl.store(neg_steps + i, -(lr * ratio))
-    if WANT_NORMS:
-        if HAS_FOUND_INF:
-            write = tl.load(found_inf_ptr) == 0
+    if HAS_FOUND_INF:
+        write = tl.load(found_inf_ptr) == 0
+    else:
+        write = tl.full((), 1, tl.int1)
+    if PHASE == 2:
+        sum_pp = tl.load(sq_ptr + i * sq_stride0).to(tl.float64)
+        sum_uu = tl.load(sq_ptr + i * sq_stride0 + sq_stride1).to(tl.float64)
+    else:
+        first = tl.load(ranges + 2 * i)
+        count = tl.load(ranges + 2 * i + 1)
+        pp = tl.zeros((BLOCK,), tl.float64)
+        uu = tl.zeros((BLOCK,), tl.float64)
+        for c in range(0, count, BLOCK):
+            k = c + tl.arange(0, BLOCK)
+            mask = k < count
+            pp += tl.load(partials + 2 * (first + k), mask=mask, other=0.0)
+            uu += tl.load(partials + 2 * (first + k) + 1, mask=mask, other=0.0)
+        sum_pp = tl.sum(pp, axis=0)
+        sum_uu = tl.sum(uu, axis=0)
+    if PHASE == 1:
+        tl.store(sq_ptr + i * sq_stride0, sum_pp, mask=write)
+        tl.store(sq_ptr + i * sq_stride0 + sq_stride1, sum_uu, mask=write)
+    else:
+        p_norm = tl.sqrt(sum_pp)
+        u_norm = tl.sqrt(sum_uu)
+        ok = (p_norm > 0.0) & (u_norm > 0.0)
+        ratio = tl.where(ok, p_norm / tl.where(ok, u_norm, 1.0), 1.0)
+        if HAS_CLIP:
+            clip = tl.full((), trust_clip, tl.float64)
+            ratio = tl.where(clip < ratio, clip, ratio)  # std::min: a NaN ratio stays NaN
+        lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+        tl.store(neg_steps + i, -(lr * ratio))
+        if WANT_NORMS:
             tl.store(norms_ptr + i * norms_stride0, p_norm, mask=write)
             tl.store(norms_ptr + i * norms_stride0 + norms_stride1, u_norm, mask=write)
-        else:
-            tl.store(norms_ptr + i * norms_stride0, p_norm)
-            tl.store(norms_ptr + i * norms_stride0 + norms_stride1, u_norm)
 
 
 @triton.jit
 def _lamb_apply_tile(
     p_ptr,
+    w_ptr,
     g_ptr,
     m_ptr,
     v_ptr,
     offs,
     mask,
+    key,
     sc,
     neg_step,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    SR: tl.constexpr,
     EXACT: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,
 ):
     inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
-    p = _load(p_ptr, offs, mask, ST, CT)
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
     if EXACT:  # the moments pass 1 stored; u from them, as pass 1 computed it
@@ -1081,7 +1304,7 @@ def _lamb_apply_tile(
         if WEIGHT_DECAY:
             u = u + wd * p
     else:  # the old moments: recompute the new ones and u exactly as pass 1 did
-        g = _load(g_ptr, offs, mask, ST, CT)
+        g = _load(g_ptr, offs, mask, PT, CT)
         m, v, u = _lamb_u(
             p,
             g,
@@ -1103,7 +1326,7 @@ def _lamb_apply_tile(
         _store(m_ptr, offs, m, mask, ST)
         _store(v_ptr, offs, v, mask, ST)
     p = p + neg_step * u
-    _store(p_ptr, offs, p, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
 
 
 @triton.jit
@@ -1120,8 +1343,13 @@ def _lamb_apply_kernel(
     log2_beta2: tl.float64,
     weight_decay: tl.float64,
     eps: tl.float64,
+    PT: tl.constexpr,
     ST: tl.constexpr,
     CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
     STEP_T: tl.constexpr,
     W: tl.constexpr,
     EXACT: tl.constexpr,
@@ -1135,10 +1363,10 @@ def _lamb_apply_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
     m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
     v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
     sc = _lamb_scalars(
         table,
         row,
@@ -1161,15 +1389,20 @@ def _lamb_apply_kernel(
         offs = start + t * BLOCK + tl.arange(0, BLOCK)
         _lamb_apply_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
             offs,
             None,
+            key,
             sc,
             neg_step,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             EXACT,
             MAXIMIZE,
             HAS_GRAD_SCALE,
@@ -1179,15 +1412,20 @@ def _lamb_apply_kernel(
         offs = tail + tl.arange(0, BLOCK)
         _lamb_apply_tile(
             p_ptr,
+            w_ptr,
             g_ptr,
             m_ptr,
             v_ptr,
             offs,
             offs < end,
+            key,
             sc,
             neg_step,
+            PT,
             ST,
             CT,
+            MASTER,
+            SR,
             EXACT,
             MAXIMIZE,
             HAS_GRAD_SCALE,

@@ -2,9 +2,11 @@
 
 Note [table cache]
 A call's tables (Note [pointer tables] in _kernels.py) are built once and reused while the
-tensors are the same. The cache key is, for every tensor of every list the kernel writes or reads
-except the grads, its (address, strides, numel), and each step counter's (address, dtype): exactly
-what the table encodes, so a table can only be reused for tensors it describes correctly. Adding
+tensors are the same. The cache key is the op, the names of its lists (which lists a call has:
+amsgrad's max_exp_avg_sqs, master_params, sr_seeds), and for every tensor of every list the kernel
+writes or reads except the grads its (address, dtype, strides, numel), and each step counter's
+and SR seed's (address, dtype[, numel]): exactly what the table encodes and what was validated
+when it was built, so a table can only be reused for tensors it describes correctly. Adding
 a param group or loading a state_dict brings new state tensors, ``p.data = ...`` gives the param
 new storage: each changes the key and the table is rebuilt (and the new tensors validated).
 Checking the key costs about half a microsecond per tensor per step, far less than a launch.
@@ -16,8 +18,18 @@ Note [staging]
 Elementwise updates only need element j of every list to belong to element j of the param
 (Note [any layout] in csrc/cpu/multi_tensor.h). A param that is not dense is staged in a
 contiguous buffer; any other tensor whose layout differs from the param's (or the staged
-param's) is staged in a buffer with that layout. Staged tensors are copied in before the launch
-and the ones the kernel writes copied back after it. The buffers live in the cache entry.
+param's) is staged in a buffer with that layout (and its own dtype). Staged tensors are copied in
+before the launch and the ones the kernel writes copied back after it. The buffers live in the
+cache entry. The element index of stochastic rounding's noise (Note [mixed precision] in
+csrc/include/fusedopt/math.h) is the offset in the param as the kernel sees it: its memory
+order for a dense param, row-major for a staged one, as fusedopt.reference.memory_index.
+
+Note [mixed dtypes]
+A table row holds the param's list, the state lists and the fp32 master copies (the last list,
+when given); the SR seeds and step counters are extra columns. Each list has one dtype: the
+params' P (grads too), the states' S (the first state tensor's; S == P, or float32 / bfloat16
+for P != float64), float32 for masters. These are checked when the table is built, with the
+mixed-precision rules of fusedopt.reference._common.check_mixed, before anything is written.
 """
 
 from __future__ import annotations
@@ -105,7 +117,8 @@ class Entry:
     """The tables of one set of tensors (Note [table cache])."""
 
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # the params' (and grads')
+    state_dtype: torch.dtype  # the state lists' (the params' if there are none)
     n: int
     table: Tensor  # int64 [n, W] on the device
     width: int
@@ -114,6 +127,9 @@ class Entry:
     ranges: Tensor  # int64 [n, 2] on the device
     aligned: bool  # every address in table is 16-byte aligned
     step_type: tl.dtype | None
+    master_col: int  # the master_params column, or -1 (Note [mixed dtypes])
+    seed_col: int  # the SR seeds' column, or -1
+    step_col: int  # the step counters' column (W - 2), or -1
     ref_strides: list[tuple[int, ...] | None]  # layout grads must have to be used in place
     numels: list[int]
     staged: list[tuple[int, int, Tensor]]  # (list, index, buffer)
@@ -157,11 +173,16 @@ def _upload(t: Tensor, device: torch.device) -> Tensor:
 
 
 def _sig(t: Tensor) -> tuple:
-    return (t.data_ptr(), t.stride(), t.numel())
+    return (t.data_ptr(), t.dtype, t.stride(), t.numel())
 
 
 def _fail(op: str, msg: str) -> None:
     raise RuntimeError(f"{op}: {msg}")
+
+
+def state_dtype_ok(param: torch.dtype, state: torch.dtype) -> bool:
+    """The supported (param, state) dtype pairs (Note [mixed dtypes])."""
+    return state == param or (param != torch.float64 and state in (torch.float32, torch.bfloat16))
 
 
 def _validate(
@@ -169,8 +190,11 @@ def _validate(
     names: tuple[str, ...],
     lists: list[list[Tensor]],
     steps: list[Tensor] | None,
-) -> tuple[torch.device, torch.dtype]:
-    """The checks of the compiled ops (csrc/cpu/multi_tensor.cpp), before anything is written."""
+    master: bool,
+    seeds: list[Tensor] | None,
+) -> tuple[torch.device, torch.dtype, torch.dtype]:
+    """The checks of the compiled ops (csrc/cpu/multi_tensor.cpp, csrc/cpu/mixed.cpp), before
+    anything is written. Returns (device, param dtype, state dtype)."""
     params = lists[0]
     n = len(params)
     for name, lst in zip(names, lists):
@@ -178,9 +202,35 @@ def _validate(
             _fail(op, f"expected {name} to have {n} tensors (one per param), got {len(lst)}")
     if steps is not None and len(steps) != n:
         _fail(op, f"expected state_steps to have {n} tensors (one per param), got {len(steps)}")
+    if seeds is not None and len(seeds) != n:
+        _fail(op, f"expected sr_seeds to have {n} tensors (one per param), got {len(seeds)}")
+    if master and seeds is not None:
+        _fail(op, "master_params and sr_seeds are exclusive")
     device, dtype = params[0].device, params[0].dtype
     if dtype not in ST:
         _fail(op, f"{names[0]} must be float16, bfloat16, float32 or float64, got {dtype}")
+    states = lists[1 : len(lists) - 1 if master else len(lists)]
+    state_names = names[1 : len(names) - 1 if master else len(names)]
+    state_dtype = states[0][0].dtype if states else dtype
+    for name, lst in zip(state_names, states):
+        for i, t in enumerate(lst):
+            if t.dtype != state_dtype:
+                _fail(
+                    op,
+                    f"{name}[{i}] has dtype {t.dtype} but the first state tensor has dtype "
+                    f"{state_dtype} (all state tensors of a call share one dtype)",
+                )
+    if not state_dtype_ok(dtype, state_dtype):
+        _fail(
+            op,
+            f"state dtype {state_dtype} is not supported with param dtype {dtype} (supported: "
+            "the params' dtype, or float32 / bfloat16 for float32, float16 and bfloat16 params)",
+        )
+    if master and dtype not in (torch.float16, torch.bfloat16):
+        _fail(op, f"master_params need float16 or bfloat16 params; params[0] is {dtype}")
+    if seeds is not None and dtype != torch.bfloat16:
+        _fail(op, f"stochastic rounding (sr_seeds) needs bfloat16 params; params[0] is {dtype}")
+    expected = [dtype] + [state_dtype] * len(states) + ([torch.float32] if master else [])
     for i, p in enumerate(params):
         if p.device != device or p.dtype != dtype:
             _fail(
@@ -188,8 +238,8 @@ def _validate(
                 f"all {names[0]} of one call must share a device and dtype: {names[0]}[{i}] is "
                 f"{p.dtype} on {p.device}, {names[0]}[0] is {dtype} on {device}",
             )
-        for name, lst in zip(names, lists):
-            _check_like(op, name, i, lst[i], p)
+        for name, lst, want in zip(names, lists, expected):
+            _check_like(op, name, i, lst[i], p, want)
     if device.type == "cpu" and not interpreting():
         _fail(op, "Triton kernels need GPU tensors (set TRITON_INTERPRET=1 to run on the CPU)")
     if steps is not None:
@@ -204,16 +254,32 @@ def _validate(
                     f"state_steps must all be float32 or all float64, state_steps[{i}] is "
                     f"{s.dtype}",
                 )
-    return device, dtype
+    if seeds is not None:
+        for i, s in enumerate(seeds):
+            if s.dtype != torch.int64 or s.numel() != 1:
+                _fail(
+                    op,
+                    f"sr_seeds[{i}] must be a one-element int64 tensor, got {s.dtype} with "
+                    f"{s.numel()} elements",
+                )
+            if s.device != device:
+                _fail(op, f"sr_seeds[{i}] is on {s.device}, expected {device}")
+    return device, dtype, state_dtype
 
 
-def _check_like(op: str, name: str, i: int, t: Tensor, p: Tensor) -> None:
+def _check_like(
+    op: str, name: str, i: int, t: Tensor, p: Tensor, dtype: torch.dtype | None = None
+) -> None:
+    """t goes with param p: strided, on its device, of its shape, of ``dtype`` (default: p's)."""
     if t.layout != torch.strided:
         _fail(op, f"{name}[{i}] is sparse; fused optimizers do not support sparse tensors")
     if t.device != p.device:
         _fail(op, f"{name}[{i}] is on {t.device}, but its param is on {p.device}")
-    if t.dtype != p.dtype:
-        _fail(op, f"{name}[{i}] has dtype {t.dtype} but its param has dtype {p.dtype}")
+    if dtype is None or dtype == p.dtype:
+        if t.dtype != p.dtype:
+            _fail(op, f"{name}[{i}] has dtype {t.dtype} but its param has dtype {p.dtype}")
+    elif t.dtype != dtype:
+        _fail(op, f"{name}[{i}] has dtype {t.dtype}, expected {dtype}")
     if t.shape != p.shape:
         _fail(op, f"{name}[{i}] has shape {list(t.shape)} but its param has shape {list(p.shape)}")
 
@@ -223,31 +289,42 @@ def prepare(
     names: tuple[str, ...],
     lists: list[list[Tensor]],
     steps: list[Tensor] | None = None,
+    *,
+    master: bool = False,
+    seeds: list[Tensor] | None = None,
 ) -> Entry | None:
-    """The (cached) tables for ``lists`` (lists[0] the params) and ``steps``; None if empty."""
+    """The (cached) tables for ``lists`` and ``steps``; None if there are no params.
+
+    lists[0] is the params, then the state lists, then (``master``) the fp32 master copies;
+    ``seeds`` the SR seeds (Note [mixed dtypes]).
+    """
     if not lists[0]:
         for name, lst in zip(names, lists):
             if lst:
                 _fail(op, f"expected {name} to have 0 tensors (one per param), got {len(lst)}")
         if steps:
             _fail(op, f"expected state_steps to have 0 tensors (one per param), got {len(steps)}")
+        if seeds:
+            _fail(op, f"expected sr_seeds to have 0 tensors (one per param), got {len(seeds)}")
         return None
     try:
         key = (
             op,
+            names,
             CHUNK,
             tuple(len(lst) for lst in lists),
             tuple(_sig(t) for lst in lists for t in lst),
             None if steps is None else tuple((s.data_ptr(), s.dtype) for s in steps),
+            None if seeds is None else tuple((s.data_ptr(), s.dtype, s.numel()) for s in seeds),
         )
     except RuntimeError:  # e.g. a sparse tensor has no strides: say so properly
-        _validate(op, names, lists, steps)
+        _validate(op, names, lists, steps, master, seeds)
         raise
     entry = _cache.get(key)
     if entry is not None:
         _cache.move_to_end(key)
         return entry
-    entry = _build(op, names, lists, steps)
+    entry = _build(op, names, lists, steps, master, seeds)
     _cache[key] = entry
     if len(_cache) > MAX_ENTRIES:
         _cache.popitem(last=False)
@@ -255,9 +332,14 @@ def prepare(
 
 
 def _build(
-    op: str, names: tuple[str, ...], lists: list[list[Tensor]], steps: list[Tensor] | None
+    op: str,
+    names: tuple[str, ...],
+    lists: list[list[Tensor]],
+    steps: list[Tensor] | None,
+    master: bool,
+    seeds: list[Tensor] | None,
 ) -> Entry:
-    device, dtype = _validate(op, names, lists, steps)
+    device, dtype, state_dtype = _validate(op, names, lists, steps, master, seeds)
     assert CHUNK % 16 == 0, "chunk starts must keep 16-element alignment (ALIGNED)"
     stats["builds"] += 1
     params = lists[0]
@@ -281,9 +363,11 @@ def _build(
             for k in range(1, len(lists)):
                 t = lists[k][i]
                 if not _dense_with(t, ref.stride()):
-                    t = torch.empty_like(ref)  # a dense ref's layout is kept
+                    t = torch.empty_like(ref, dtype=t.dtype)  # a dense ref's layout is kept
                     staged.append((k, i, t))
                 row[k] = t.data_ptr()
+        if seeds is not None:
+            row.append(seeds[i].data_ptr())
         if steps is not None:
             row.append(steps[i].data_ptr())
         row.append(numel)
@@ -298,6 +382,7 @@ def _build(
     return Entry(
         device=device,
         dtype=dtype,
+        state_dtype=state_dtype,
         n=len(params),
         table=_upload(torch.tensor(rows, dtype=torch.int64), device),
         width=width,
@@ -306,6 +391,9 @@ def _build(
         ranges=_upload(ranges, device),
         aligned=all(a % 16 == 0 for a in addresses),
         step_type=step_type,
+        master_col=len(lists) - 1 if master else -1,
+        seed_col=len(lists) if seeds is not None else -1,
+        step_col=width - 2 if steps is not None else -1,
         ref_strides=ref_strides,
         numels=numels,
         staged=staged,
@@ -313,20 +401,29 @@ def _build(
     )
 
 
-def grad_table(op: str, entry: Entry, params: list[Tensor], grads: list[Tensor]) -> Tensor:
+def grad_table(
+    op: str,
+    entry: Entry,
+    params: list[Tensor],
+    grads: list[Tensor],
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """The grads' address table (cached while the grads are the same tensors).
 
     New grads (every backward pass, unless the allocator hands out the same addresses) are
-    checked here: a grad with its param's dtype, device, numel and (dense) layout is used in
-    place; any other grad is checked in full (shape included) and staged.
+    checked here: a grad of ``dtype`` (default: the params'), the param's device, numel and
+    (dense) layout is used in place; any other grad is checked in full (shape included) and
+    staged.
     """
+    if dtype is None:
+        dtype = entry.dtype
     if len(grads) != len(params):
         _fail(op, f"expected grads to have {len(params)} tensors (one per param), got {len(grads)}")
     try:
         sig = tuple(_sig(g) for g in grads)
     except RuntimeError:
         for i, (p, g) in enumerate(zip(params, grads)):
-            _check_like(op, "grads", i, g, p)
+            _check_like(op, "grads", i, g, p, dtype)
         raise
     if sig == entry.grad_sig and entry.grad_table is not None:
         return entry.grad_table
@@ -338,20 +435,20 @@ def grad_table(op: str, entry: Entry, params: list[Tensor], grads: list[Tensor])
     for i, g in enumerate(grads):
         strides = entry.ref_strides[i]
         in_place = (
-            g.dtype == entry.dtype
+            g.dtype == dtype
             and g.get_device() == device_index
             and g.numel() == entry.numels[i]
             and (strides is None or _dense_with(g, strides))
         )
-        if not in_place:
-            _check_like(op, "grads", i, g, params[i])  # raises unless only the layout differs
+        if not in_place:  # raises unless only the layout differs
+            _check_like(op, "grads", i, g, params[i], dtype)
         if strides is None:  # an empty param: no pointer
             addresses.append(0)
             continue
         if not in_place:
             buf = old.get(i)
-            if buf is None:
-                buf = torch.empty_strided(g.shape, strides, dtype=entry.dtype, device=entry.device)
+            if buf is None or buf.dtype != dtype:
+                buf = torch.empty_strided(g.shape, strides, dtype=dtype, device=entry.device)
             staged.append((i, buf))
             g = buf
         addresses.append(g.data_ptr())
