@@ -37,6 +37,18 @@ OPTIMIZERS = {
 }
 STEPS = 4
 
+# The compiled backends under test: the CPU kernels, and the Triton kernels where they run
+# (under TRITON_INTERPRET=1 on a machine without a GPU: tests/conftest.py).
+KERNELS = [
+    "cpu",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            not fusedopt.backends()["triton"].available, reason="Triton backend unavailable"
+        ),
+    ),
+]
+
 
 def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
     """One param per helpers._CASES row (odd sizes, transposed, sliced, frozen, empty)."""
@@ -70,14 +82,17 @@ def _step(opt, params, grads, dtype) -> None:  # noqa: ANN001
 # -- master weights ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_master_weights_follow_the_fp32_trajectory_exactly(name: str, dtype: torch.dtype) -> None:
+def test_master_weights_follow_the_fp32_trajectory_exactly(
+    name: str, dtype: torch.dtype, backend: str
+) -> None:
     cls, kw = OPTIMIZERS[name]
     half = _params(dtype)
     full = [p.detach().float().requires_grad_() for p in half]  # the same starting values
-    ours = cls(half, master_weights=True, **kw)
-    ref = cls(full, **kw)
+    ours = cls(half, master_weights=True, backend=backend, **kw)
+    ref = cls(full, backend=backend, **kw)
     for step in range(STEPS):
         grads = [None if g is None else g.to(dtype) for g in _grads(half, step)]
         _step(ours, half, grads, dtype)
@@ -141,12 +156,13 @@ def test_bf16_master_weights_track_the_fp32_model() -> None:
 # -- stochastic rounding ----------------------------------------------------------------------
 
 
-def test_stochastic_rounding_noise_is_the_reference_bit_for_bit() -> None:
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_stochastic_rounding_noise_is_the_reference_bit_for_bit(kernels: str) -> None:
     """SGD with lr 1 on bf16 values computes p - g exactly in fp32 on both backends, so the
     bf16 results differ only if the rounding noise does: keys, seeds, element indices
     (transposed and sliced params included), over several steps."""
     runs = {}
-    for backend in ("cpu", "reference"):
+    for backend in (kernels, "reference"):
         torch.manual_seed(7)  # the seeds are drawn from torch's generator: same on both
         params = _params(torch.bfloat16)
         opt = fusedopt.SGD(params, lr=1.0, stochastic_rounding=True, backend=backend)
@@ -156,7 +172,7 @@ def test_stochastic_rounding_noise_is_the_reference_bit_for_bit() -> None:
             _step(opt, params, grads, torch.bfloat16)
             trace.append([p.detach().clone() for p in params])
         runs[backend] = (trace, [opt.state[p].get("sr_seed") for p in params])
-    (ta, sa), (tb, sb) = runs["cpu"], runs["reference"]
+    (ta, sa), (tb, sb) = runs[kernels], runs["reference"]
     moved = 0
     for step, (a, b) in enumerate(zip(ta, tb)):
         for i, (x, y) in enumerate(zip(a, b)):
@@ -168,20 +184,21 @@ def test_stochastic_rounding_noise_is_the_reference_bit_for_bit() -> None:
     ]
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["fp32_state", "bf16_state"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_stochastic_rounding_matches_the_reference(name: str, state_dtype) -> None:  # noqa: ANN001
+def test_stochastic_rounding_matches_the_reference(name: str, state_dtype, kernels: str) -> None:  # noqa: ANN001
     """Every optimizer: the same noise as the reference; the fp32 update before rounding may
     differ in its last bit (operation order), which can move a rounding by one bf16 ulp, rarely."""
     cls, kw = OPTIMIZERS[name]
     runs = {}
-    for backend in ("cpu", "reference"):
+    for backend in (kernels, "reference"):
         torch.manual_seed(7)
         params = _params(torch.bfloat16)
         opt = cls(params, stochastic_rounding=True, state_dtype=state_dtype, backend=backend, **kw)
         _step(opt, params, _grads(params, 0), torch.bfloat16)
         runs[backend] = (opt, params)
-    (oa, pa), (ob, pb) = runs["cpu"], runs["reference"]
+    (oa, pa), (ob, pb) = runs[kernels], runs["reference"]
     differ = total = 0
     for i, (p, q) in enumerate(zip(pa, pb)):
         x, y = p.detach().double(), q.detach().double()
@@ -265,14 +282,15 @@ def test_stochastic_rounding_is_reproducible_and_seeded() -> None:
     ],
     ids=["fp32_bf16", "bf16_fp32", "fp16_fp32", "fp16_bf16"],
 )
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype) -> None:  # noqa: ANN001
+def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend: str) -> None:  # noqa: ANN001
     """One step at a time from the same state (re-synced): params within the fp32 tolerance
     (plus a storage ulp), moments within one ulp of their dtype."""
     cls, kw = OPTIMIZERS[name]
     ours_p = _params(pdtype)
     ref_p = clone_params(ours_p)
-    ours = cls(ours_p, state_dtype=sdtype, **kw)
+    ours = cls(ours_p, state_dtype=sdtype, backend=backend, **kw)
     ref = cls(ref_p, state_dtype=sdtype, backend="reference", **kw)
     tol = TOL_VS_TORCH[torch.float32]
     # Lion and Sophia step by sign(c) (Lion) or sign(m) (Sophia): where that quantity is within
@@ -481,7 +499,7 @@ def test_op_rejects_bad_mixed_arguments_before_writing(case: str, match: str, ba
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", [*KERNELS, "reference"])
 def test_found_inf_changes_nothing_in_mixed_modes(backend: str) -> None:
     for mkw in ({"master_weights": True}, {"stochastic_rounding": True}):
         p = torch.randn(100, dtype=torch.bfloat16, requires_grad=True)
