@@ -36,6 +36,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         pytest.param(optimizers.lamb_bytes, torch.float32, 40, id="lamb-fp32"),
         # unscale + clip + AdamW (Note [train loop]): needed, then what each row moves
         pytest.param(optimizers.train_loop_bytes, torch.float32, 32, id="train-loop-fp32"),
+        # bf16 params with fp32 master weights and moments, and torch's copy recipe
+        pytest.param(optimizers.master_weights_bytes, torch.bfloat16, 28, id="master-bf16"),
+        pytest.param(
+            optimizers.master_weights_torch_moved, torch.bfloat16, 40, id="master-torch-bf16"
+        ),
         pytest.param(optimizers.train_loop_bytes, torch.bfloat16, 16, id="train-loop-bf16"),
         pytest.param(optimizers.train_loop_fusedopt_moved, torch.float32, 40, id="loop-fusedopt"),
         pytest.param(optimizers.train_loop_torch_fused_moved, torch.float32, 48, id="loop-fused"),
@@ -55,7 +60,7 @@ def test_optimizer_table():
     assert not any(s.estimate for s in optimizers.OPTIMIZERS)  # every model is exact today
     names = [s.name for s in optimizers.available()]
     assert {"AdamW", "SGD", "train-loop"} <= set(names)
-    assert all(hasattr(fusedopt, n) for n in names if n != "train-loop")
+    assert all(hasattr(fusedopt, n) for n in names if n not in ("train-loop", "AdamW-master"))
     impls = optimizers.implementations(specs["AdamW"])
     assert list(impls)[1:] == ["torch-forloop", "torch-foreach", "torch-fused"]
     loop = specs["train-loop"]
@@ -256,7 +261,8 @@ def test_quick_run_csv(quick_run):
     loop = [r for r in rows if r["optimizer"] == "train-loop"]
     assert {r["impl"] for r in loop} == {"fusedopt", "torch-fused", "torch-foreach"}
     assert {(r["workload"], float(r["bytes_per_param"])) for r in loop} == {("gpt", 32.0)}
-    assert {float(r["bytes_per_param"]) for r in rows if r["dtype"] == "bf16"} == {14.0}
+    bf16 = {(r["optimizer"], float(r["bytes_per_param"])) for r in rows if r["dtype"] == "bf16"}
+    assert bf16 == {("AdamW", 14.0), ("AdamW-master", 28.0)}
     fused = [r for r in rows if r["impl"] == "torch-fused"]
     assert fused and all(float(r["ratio_to_torch_fused"]) == pytest.approx(1.0) for r in fused)
 
