@@ -29,10 +29,14 @@ std::string compiled_archs();  // csrc/cuda/info.cu
 namespace fusedopt::cuda {
 void bind_host(py::module_& m);  // csrc/cuda/bindings.cpp: _C.planner, _C.sim
 }
+namespace fusedopt {
+void bind_plan(py::module_& m);  // csrc/plan.cpp: _C.StepPlan
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedopt compiled kernels (ops are under torch.ops.fusedopt)";
   fusedopt::cuda::bind_host(m);
+  fusedopt::bind_plan(m);
   m.def(
       "cpu_capability", [] { return std::string(isa_name(fusedopt::cpu::current_isa())); },
       "The SIMD level the CPU kernels use now.");

@@ -15,8 +15,10 @@ import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import _ops, reference
 from ._ext import _C, LOAD_ERROR
@@ -149,3 +151,12 @@ def kernel(backend: str, op: str) -> Callable[..., None]:
 
         return getattr(triton_backend, op)
     return getattr(reference, op)
+
+
+def step_plan(
+    lists: list[list[Tensor]], masters: list[Tensor] | None, seeds: list[Tensor] | None
+) -> Any:
+    """A C++ StepPlan holding a step's lists (Note [C++ step plans] in csrc/plan.cpp), or None
+    when the compiled extension has none (an older build)."""
+    cls = getattr(_C, "StepPlan", None) if _C is not None else None
+    return None if cls is None else cls(lists, masters, seeds)

@@ -73,12 +73,7 @@ class _ClosedForm(LRScheduler):
     ``base`` at step ``t`` (Note [device schedules])."""
 
     def __init__(self, optimizer: Optimizer, last_epoch: int, device: bool) -> None:
-        name = type(self).__name__
-        if device and not all(isinstance(g["lr"], Tensor) for g in optimizer.param_groups):
-            raise ValueError(
-                f"{name}(device=True) needs Tensor learning rates "
-                "(construct the optimizer with lr=torch.tensor(...))"
-            )
+        self._check_device(optimizer, device)
         self.device = device
         self._count: Tensor | None = None
         self._bases: list[float] | None = None  # read once (a sync) on the first step
@@ -86,6 +81,14 @@ class _ClosedForm(LRScheduler):
             lr0 = optimizer.param_groups[0]["lr"]
             self._count = torch.full((), float(last_epoch), dtype=torch.float64, device=lr0.device)
         super().__init__(optimizer, last_epoch)
+
+    @classmethod
+    def _check_device(cls, optimizer: Optimizer, device: bool) -> None:
+        if device and not all(isinstance(g["lr"], Tensor) for g in optimizer.param_groups):
+            raise ValueError(
+                f"{cls.__name__}(device=True) needs Tensor learning rates "
+                "(construct the optimizer with lr=torch.tensor(...))"
+            )
 
     def _host(self, t: float, base: float) -> float:
         raise NotImplementedError
@@ -258,6 +261,7 @@ class Cyclical(_ClosedForm):
         self.step_ratio = step_size_up / self.total_size
         self.mode = mode
         self.gamma = gamma
+        self._check_device(optimizer, device)  # before the groups' lrs change
         if last_epoch == -1:  # as CyclicLR: the groups start at base_lr
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], Tensor):
@@ -345,6 +349,7 @@ class OneCycle(_ClosedForm):
             ]
         else:
             self.phases = [(up, initial, max_lr), (total_steps - 1.0, max_lr, low)]
+        self._check_device(optimizer, device)  # before the groups' lrs change
         if last_epoch == -1:  # as OneCycleLR: the groups start at max_lr / div_factor
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], Tensor):
@@ -373,6 +378,9 @@ class OneCycle(_ClosedForm):
         raise AssertionError("unreachable")
 
     def _tensor(self, t: Tensor, base: float) -> Tensor:
+        # Host mode (and torch) raise past total_steps; a device count cannot raise without a
+        # sync, so the lr stays at its value for total_steps there.
+        t = t.clamp(max=float(self.total_steps))
         # The phases from the last to the first, each taking over where t is in it.
         start_steps = [0.0] + [p[0] for p in self.phases[:-1]]
         out = None

@@ -141,3 +141,57 @@ def test_many_tiny_tensors_match_the_reference(threads):
             torch.testing.assert_close(p, r, rtol=1.3e-6, atol=1e-6)
     finally:
         torch.set_num_threads(old)
+
+
+def test_step_bumps_version_counters_so_autograd_sees_the_change() -> None:
+    """Note [version counters] in csrc/autograd.cpp: a param saved for backward and then
+    stepped makes backward raise, as with torch.optim, instead of computing wrong grads."""
+    for backend in [b for b in ("cpu", "reference") if fusedopt.backends()[b].available]:
+        p = torch.randn(5, requires_grad=True)
+        opt = fusedopt.AdamW([p], lr=0.1, backend=backend)
+        p.grad = torch.ones_like(p)
+        v = p._version
+        opt.step()
+        assert p._version > v
+        assert opt.state[p]["exp_avg"]._version > 0
+        loss = (p * p).sum()  # saves p
+        p.grad = torch.ones_like(p)
+        opt.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+@pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Lion", "LAMB", "Sophia"])
+def test_step_plan_path_equals_the_op_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Note [C++ step plans]: a step through the C++ StepPlan (eager) and one through
+    torch.ops.fusedopt (what torch.compile traces) are the same call: identical bits."""
+    from fusedopt import _dispatch
+
+    kw = {"lr": 0.01}
+    if name in ("Adam", "AdamW"):
+        kw["amsgrad"] = True
+    if name == "SGD":
+        kw["momentum"] = 0.9
+    runs = []
+    for use_plan in (True, False):
+        if not use_plan:
+            monkeypatch.setattr(_dispatch, "step_plan", lambda *a: None)
+        torch.manual_seed(0)
+        params = [torch.randn(s, requires_grad=True) for s in [(33, 7), (5,), (0,), (4096,)]]
+        opt = getattr(fusedopt, name)(params, **kw)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            if name == "Sophia":
+                opt.update_hessian()
+            opt.step()
+        assert all(
+            (b.cplan is not None) == use_plan for pl in opt._plans.values() for b in pl.buckets
+        )
+        runs.append(
+            [p.detach().clone() for p in params]
+            + [v for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
+        )
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -7,6 +7,13 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
                   const std::optional<at::TensorList>& sr_seeds, c10::Device device) {
   Mixed mx;
   const size_t n = params.size();
+  const bool master = given(master_params);
+  const bool sr = given(sr_seeds);
+  TORCH_CHECK(!(master && sr), op, ": master_params and sr_seeds are exclusive");
+  TORCH_CHECK(!master || master_params->size() == n, op, ": expected master_params to have ", n,
+              " tensors (one per param), got ", master_params->size());
+  TORCH_CHECK(!sr || sr_seeds->size() == n, op, ": expected sr_seeds to have ", n,
+              " tensors (one per param), got ", sr_seeds->size());
   if (n == 0) return mx;
   mx.param = params[0].scalar_type();
   mx.state = mx.param;
@@ -26,19 +33,12 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
   TORCH_CHECK(state_ok, op, ": state dtype ", mx.state, " is not supported with param dtype ",
               mx.param, " (supported: the params' dtype, or float32 / bfloat16 for float32, ",
               "float16 and bfloat16 params)");
-  const bool master = given(master_params);
-  const bool sr = given(sr_seeds);
-  TORCH_CHECK(!(master && sr), op, ": master_params and sr_seeds are exclusive");
   if (master) {
-    TORCH_CHECK(master_params->size() == n, op, ": expected master_params to have ", n,
-                " tensors (one per param), got ", master_params->size());
     TORCH_CHECK(mx.param == at::kHalf || mx.param == at::kBFloat16, op,
                 ": master_params need float16 or bfloat16 params; params[0] is ", mx.param);
     mx.mode = kMaster;
   }
   if (sr) {
-    TORCH_CHECK(sr_seeds->size() == n, op, ": expected sr_seeds to have ", n,
-                " tensors (one per param), got ", sr_seeds->size());
     TORCH_CHECK(mx.param == at::kBFloat16, op,
                 ": stochastic rounding (sr_seeds) needs bfloat16 params; params[0] is ", mx.param);
     for (size_t i = 0; i < n; ++i) {
@@ -50,6 +50,8 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
     }
     mx.mode = kStochastic;
   }
+  // Throws here, before anything is written, if the kernels lack the combination.
+  dispatch_mixed(mx, []<typename P, typename S, int M>() {});
   return mx;
 }
 

@@ -43,7 +43,8 @@ inline bool given(const std::optional<at::TensorList>& l) { return l.has_value()
 // Advances every seed by one (CPU tensors) and returns the noise key of each param.
 std::vector<uint32_t> advance_sr_seeds(at::TensorList sr_seeds);
 
-// Calls f.template operator()<param_t, state_t, MODE>() for the combination in `mx`.
+// Calls f.template operator()<param_t, state_t, MODE>() for the combination in `mx`; every
+// combination check_mixed accepts is here (check_mixed makes sure, before any write).
 template <class F>
 void dispatch_mixed(const Mixed& mx, F&& f) {
   using at::BFloat16;
@@ -61,6 +62,7 @@ void dispatch_mixed(const Mixed& mx, F&& f) {
   FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kFloat, float, kPlain)
   FUSEDOPT_MIXED_CASE(kHalf, Half, kFloat, float, kPlain)
   FUSEDOPT_MIXED_CASE(kHalf, Half, kBFloat16, BFloat16, kPlain)
+  FUSEDOPT_MIXED_CASE(kHalf, Half, kHalf, Half, kMaster)
   FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kFloat, float, kMaster)
   FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kMaster)
   FUSEDOPT_MIXED_CASE(kHalf, Half, kFloat, float, kMaster)

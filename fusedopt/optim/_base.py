@@ -30,6 +30,7 @@ class _Bucket:
 
     __slots__ = (
         "backend",
+        "cplan",
         "device",
         "fresh",
         "idx",
@@ -56,6 +57,7 @@ class _Bucket:
         # rounding seeds (stochastic_rounding), one per param; None when the mode is off.
         self.masters: list[Tensor] | None = None
         self.seeds: list[Tensor] | None = None
+        self.cplan: Any = None  # the C++ StepPlan (Note [C++ step plans] in csrc/plan.cpp)
 
     def select(self, idx: list[int]) -> tuple[list[Tensor] | None, list[Tensor] | None]:
         """(masters, seeds) of the bucket's params ``idx``."""
@@ -136,15 +138,34 @@ def _check_mixed_options(
         )
 
 
+def _new_seed(p: Tensor, mesh: Any) -> Tensor:
+    """A stochastic-rounding seed for p (Note [mixed-precision options]), drawn from torch's
+    default generator, so torch.manual_seed makes a run reproducible. Every rank holding a
+    replica of a param must round it the same way: for DTensor params the seed is broadcast over
+    the mesh (all shards and replicas share it); for plain params under DDP, seed torch
+    identically on every rank (as DDP's identical initialisation usually does already)."""
+    device = p.device if mesh is None else _local(p).device
+    seed = torch.randint(0, 2**62, (), dtype=torch.int64).to(device)
+    if mesh is not None:
+        for d in range(mesh.ndim):
+            group = mesh.get_group(d)
+            torch.distributed.broadcast(
+                seed, src=torch.distributed.get_global_rank(group, 0), group=group
+            )
+    return seed
+
+
 def _sync_masters(params: list[Tensor], masters: list[Tensor]) -> None:
     """Note [stale master weights]
     The fp32 master is the param's value only while nothing else writes the param: a model
-    checkpoint loaded after the optimizer's, ``p.data`` edits (followed by invalidate_plans),
-    or a checkpoint that went through torch.optim (which keeps our ``master_param`` but never
-    updates it) leave masters that no longer round to their params. Whenever a plan is built,
-    every element whose master does not round to the param takes the param's value, so the
-    param wins; elements that do round to it keep the master's extra bits. One elementwise
-    pass, no host sync, only when plans are (re)built.
+    checkpoint loaded into the params, ``p.data`` edits, or an optimizer checkpoint that went
+    through torch.optim (which keeps our ``master_param`` but never updates it) leave masters
+    that no longer round to their params. Whenever a plan is built (the first step, and after
+    ``load_state_dict``, ``add_param_group`` or ``invalidate_plans()``), every element whose
+    master does not round to the param takes the param's value, so the param wins; elements
+    that do round to it keep the master's extra bits. One elementwise pass, no host sync. Params
+    written by hand between steps need ``opt.invalidate_plans()`` (as do replaced state tensors),
+    else the next step continues from the masters.
     """
     for p, m in zip(params, masters):
         m.copy_(torch.where(m.to(p.dtype) == p, m, p.to(m.dtype)))
@@ -260,8 +281,39 @@ class FusedOptimizer(Optimizer):
         lr: Tensor,
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
-    ) -> None:
+    ) -> bool | None:
+        """Runs the bucket's kernel. Returns True to keep ``b.fresh`` for the next step (SGD,
+        Note [skipped first SGD step])."""
         raise NotImplementedError
+
+    def _call(
+        self,
+        fn: Callable[..., None],
+        b: _Bucket,
+        lists: list[list[Tensor]],
+        grads: list[Tensor],
+        scalars: tuple[Any, ...],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        """Runs ``fn(params, grads, *other lists, *scalars, grad_scale, found_inf, masters,
+        seeds)``: through the bucket's C++ StepPlan in eager mode on the compiled backends
+        (Note [C++ step plans] in csrc/plan.cpp: only the grads cross from Python), else ``fn``
+        itself (torch.compile traces the op; the Triton and reference backends are Python)."""
+        plan = self._step_plan(b, lists)
+        if plan is not None:
+            getattr(plan, self._op)(grads, *scalars, grad_scale, found_inf)
+            return
+        fn(lists[0], grads, *lists[1:], *scalars, grad_scale, found_inf, b.masters, b.seeds)
+
+    @staticmethod
+    def _step_plan(b: _Bucket, lists: list[list[Tensor]]) -> Any:
+        """The bucket's C++ StepPlan over ``lists`` (the op's lists but the grads), or None."""
+        if b.backend not in ("cpu", "cuda") or torch.compiler.is_compiling():
+            return None
+        if b.cplan is None:
+            b.cplan = _dispatch.step_plan(lists, b.masters, b.seeds)
+        return b.cplan
 
     # -- the step -----------------------------------------------------------------------------
     def _zero_step(self, p: Tensor) -> Tensor:
@@ -305,14 +357,6 @@ class FusedOptimizer(Optimizer):
         keys = self._state_keys(group)
         stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
         buckets: dict[tuple[Any, ...], _Bucket] = {}
-        if self.stochastic_rounding:  # checked before any state is created
-            for i, p in enumerate(group["params"]):
-                if grads[i] is not None and p.dtype == torch.float16:
-                    raise ValueError(
-                        f"fusedopt.{type(self).__name__}: stochastic_rounding rounds to "
-                        f"bfloat16, but parameter {i} is {p.dtype}; use master_weights=True "
-                        "for float16 params"
-                    )
         for i, p in enumerate(group["params"]):
             g = grads[i]
             if g is None:
@@ -364,11 +408,8 @@ class FusedOptimizer(Optimizer):
                 else:
                     seed = state.get("sr_seed")
                     if seed is None:
-                        # Drawn from torch's default generator: torch.manual_seed makes a run
-                        # reproducible; the kernel advances it every step.
-                        seed = state["sr_seed"] = torch.randint(0, 2**62, (), dtype=torch.int64).to(
-                            p.device if mesh is None else _local(p).device
-                        )
+                        # The kernel advances it every step.
+                        seed = state["sr_seed"] = _new_seed(p, mesh)
                     b.seeds.append(seed)  # type: ignore[union-attr]
             if stateless:
                 continue
@@ -421,6 +462,15 @@ class FusedOptimizer(Optimizer):
         Every group is planned (and so validated) before any group is updated: a step that
         raises changes nothing.
         """
+        if self.stochastic_rounding:  # every group, before any state is created
+            for group in self.param_groups:
+                for i, p in enumerate(group["params"]):
+                    if p.grad is not None and p.dtype == torch.float16:
+                        raise ValueError(
+                            f"fusedopt.{type(self).__name__}: stochastic_rounding rounds to "
+                            f"bfloat16, but parameter {i} is {p.dtype}; use "
+                            "master_weights=True for float16 params"
+                        )
         work = []
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
@@ -479,12 +529,13 @@ class FusedOptimizer(Optimizer):
                 if lr.device.type != "cpu" and lr.device != b.device:
                     lr = lr.to(b.device, non_blocking=True)
             try:
-                self._launch(fn, group, b, bgrads, lr, gs, fi)
+                keep_fresh = self._launch(fn, group, b, bgrads, lr, gs, fi)
             except RuntimeError:
                 if any(g.is_sparse for g in bgrads):
                     raise RuntimeError(self._sparse_error) from None
                 raise
-            b.fresh = None
+            if not keep_fresh:
+                b.fresh = None
         return loss
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -601,7 +652,7 @@ class FusedOptimizer(Optimizer):
                 if key in ("step", "sr_seed"):
                     if value.numel() != 1:
                         raise ValueError(
-                            f"loaded state for parameter {pid}: 'step' must have "
+                            f"loaded state for parameter {pid}: {key!r} must have "
                             f"one element, got shape {tuple(value.shape)}"
                         )
                 elif value.shape != p.shape:

@@ -135,13 +135,8 @@ class Adam(FusedOptimizer):
     ) -> None:
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
-        fn(
-            b.params,
-            grads,
-            b.states[0],
-            b.states[1],
-            b.states[2] if amsgrad else [],
-            b.steps,
+        lists = [b.params, b.states[0], b.states[1], b.states[2] if amsgrad else [], b.steps]
+        scalars = (
             lr,
             float(beta1),
             float(beta2),
@@ -150,11 +145,8 @@ class Adam(FusedOptimizer):
             amsgrad,
             group["maximize"],
             group["decoupled_weight_decay"],
-            grad_scale,
-            found_inf,
-            b.masters,
-            b.seeds,
         )
+        self._call(fn, b, lists, grads, scalars, grad_scale, found_inf)
 
 
 class AdamW(Adam):

@@ -157,7 +157,11 @@ class LAMB(FusedOptimizer):
             b.seeds,
         )
         if b.mesh_dims is None or not b.mesh_dims[1]:
-            fn(*args)
+            plan = self._step_plan(b, [b.params, b.states[0], b.states[1], b.steps])
+            if plan is not None:  # the same call, only the grads cross from Python
+                plan.lamb_(grads, *args[5:13], grad_scale, found_inf)
+            else:
+                fn(*args)
             return
         # Note [sharded LAMB]: a param sharded across ranks (FSDP2) has its trust ratio from
         # norms of the whole param: phase 1 returns each shard's sums of squares, which are

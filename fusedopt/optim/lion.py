@@ -100,18 +100,5 @@ class Lion(FusedOptimizer):
         found_inf: Tensor | None,
     ) -> None:
         beta1, beta2 = group["betas"]
-        fn(
-            b.params,
-            grads,
-            b.states[0],
-            b.steps,
-            lr,
-            float(beta1),
-            float(beta2),
-            float(group["weight_decay"]),
-            group["maximize"],
-            grad_scale,
-            found_inf,
-            b.masters,
-            b.seeds,
-        )
+        scalars = (lr, float(beta1), float(beta2), float(group["weight_decay"]), group["maximize"])
+        self._call(fn, b, [b.params, b.states[0], b.steps], grads, scalars, grad_scale, found_inf)

@@ -108,7 +108,8 @@ class SGD(FusedOptimizer):
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.
-        state["momentum_buffer"] = self._zeros_state(p, group, empty=True)
+        # Zeros, not empty_like as torch's fused SGD: see Note [skipped first SGD step].
+        state["momentum_buffer"] = self._zeros_state(p, group)
 
     def _launch(
         self,
@@ -119,7 +120,16 @@ class SGD(FusedOptimizer):
         lr: Tensor,
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
-    ) -> None:
+    ) -> bool:
+        """Note [skipped first SGD step]
+        The step that creates momentum buffers sets them to the grad (is_first_step). If
+        GradScaler skips that step (found_inf), the buffers must stay "not yet created": torch's
+        fused SGD leaves them as empty_like garbage that the next step then reads. Here they are
+        zeros, and the step keeps them fresh (returns True) when it knows it was skipped. It
+        knows for free when found_inf is on the CPU; on a GPU it reads found_inf (one sync, on
+        this first step only) when dampening != 0, and otherwise need not know: with dampening 0,
+        updating a zero buffer (momentum * 0 + grad) is the first step's buffer = grad.
+        """
         args = (
             float(group["momentum"]),
             float(group["dampening"]),
@@ -129,8 +139,9 @@ class SGD(FusedOptimizer):
         )
         bufs = b.states[0] if b.states else []
         if b.fresh is None or not bufs:
-            fn(b.params, grads, bufs, lr, *args, False, grad_scale, found_inf, b.masters, b.seeds)
-            return
+            scalars = (lr, *args, False)
+            self._call(fn, b, [b.params, bufs], grads, scalars, grad_scale, found_inf)
+            return False
         # The step that creates some buffers: those take the grad, the others update.
         for first in (False, True):
             sel = [i for i, f in enumerate(b.fresh) if f == first]
@@ -146,3 +157,8 @@ class SGD(FusedOptimizer):
                     found_inf,
                     *b.select(sel),
                 )
+        if found_inf is None:
+            return False
+        if found_inf.device.type != "cpu" and float(group["dampening"]) == 0.0:
+            return False  # zero buffers make a skipped first step harmless
+        return bool(found_inf)

@@ -167,20 +167,13 @@ class Sophia(FusedOptimizer):
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
     ) -> None:
-        fn(
-            b.params,
-            grads,
-            b.states[0],
-            b.states[1],
-            b.steps,
+        scalars = (
             lr,
             float(group["betas"][0]),
             float(group["rho"]),
             float(self._bs),
             float(group["weight_decay"]),
             group["maximize"],
-            grad_scale,
-            found_inf,
-            b.masters,
-            b.seeds,
         )
+        lists = [b.params, b.states[0], b.states[1], b.steps]
+        self._call(fn, b, lists, grads, scalars, grad_scale, found_inf)

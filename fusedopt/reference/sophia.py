@@ -80,8 +80,6 @@ def sophia_update_hessian_(
     beta2: float,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     r"""Sophia's curvature EMA, :math:`h \leftarrow \beta_2 h + (1-\beta_2)\, g \odot g`, on the
     grads of whatever backward pass the caller ran (the Gauss-Newton-Bartlett estimator's, in

@@ -292,14 +292,11 @@ def sophia_update_hessian_(
     beta2: float,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
 ) -> None:
     """Sophia's curvature EMA: :func:`fusedopt.reference.sophia_update_hessian_` in Triton.
 
     The hessians may be stored in another dtype than the grads (Sophia's state dtype); the math
-    runs in the grads' compute dtype. ``master_params`` and ``sr_seeds`` are accepted, as the
-    reference accepts them, and not used (the op has no such arguments)."""
+    runs in the grads' compute dtype."""
     with torch.no_grad():
         torch.ops.fusedopt_triton.sophia_update_hessian_(
             hessians, grads, beta2, grad_scale, found_inf
