@@ -8,6 +8,10 @@
    launch tables and block bodies -- the code the GPU runs -- executed on the CPU for every
    simulated block and thread, on tensors with odd sizes and misaligned starts, compared with
    the CPU kernels and with torch.optim.
+3. Mixed precision on the simulation (Note [mixed precision on the GPU] in csrc/cuda/functors.h):
+   every op and every (param dtype, state dtype, master / stochastic rounding) combination
+   against fusedopt.reference over several steps; stochastic rounding bit for bit; found_inf;
+   LAMB's phases.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import _dispatch
+from fusedopt import _dispatch, reference
 from fusedopt._ext import _C
-from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, Tol, assert_close_ulp, run_parity
+from fusedopt.reference._common import sr_key, sr_round_bf16
+from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
 
@@ -115,7 +120,7 @@ def test_first_block_offsets_a_plan():
 
 def test_tables_fit_the_kernel_argument_space():
     for arg_bytes in (SMALL, LARGE):
-        for depth in range(1, 6):
+        for depth in range(1, P.MAX_DEPTH + 1):
             slots, blocks = P.table_capacity(depth, arg_bytes)
             assert slots >= 40 and blocks == P.MAX_GRID_BLOCKS
             assert P.table_bytes(depth, arg_bytes) + P.FUNCTOR_ARG_BYTES <= arg_bytes
@@ -198,6 +203,13 @@ def _steps(n, dtype=torch.float32):
     return [torch.tensor(float(3 + i % 4), dtype=dtype) for i in range(n)]
 
 
+def _mixed(kw, first, idx):
+    """The trailing master_params / sr_seeds arguments (None: not used), at positions first and
+    first + 1; the given ones are written by the op."""
+    args = (kw.get("master_params"), kw.get("sr_seeds"))
+    return args, idx + [first + k for k, a in enumerate(args) if a is not None]
+
+
 # Op argument builders: (args, indices of the arguments the op writes).
 def _adam(t, dtype, sizes, kw):
     ams = kw.get("amsgrad", False)
@@ -219,7 +231,8 @@ def _adam(t, dtype, sizes, kw):
         kw.get("grad_scale"),
         kw.get("found_inf"),
     )
-    return args, [0, 2, 3, 4, 5]
+    extra, idx = _mixed(kw, len(args), [0, 2, 3, 4, 5])
+    return args + extra, idx
 
 
 def _sgd(t, dtype, sizes, kw):
@@ -238,7 +251,8 @@ def _sgd(t, dtype, sizes, kw):
         kw.get("grad_scale"),
         kw.get("found_inf"),
     )
-    return args, [0, 2]
+    extra, idx = _mixed(kw, len(args), [0, 2])
+    return args + extra, idx
 
 
 def _lion(t, dtype, sizes, kw):
@@ -255,7 +269,8 @@ def _lion(t, dtype, sizes, kw):
         kw.get("grad_scale"),
         kw.get("found_inf"),
     )
-    return args, [0, 2, 3]
+    extra, idx = _mixed(kw, len(args), [0, 2, 3])
+    return args + extra, idx
 
 
 def _lamb(t, dtype, sizes, kw):
@@ -277,7 +292,11 @@ def _lamb(t, dtype, sizes, kw):
         kw.get("grad_scale"),
         kw.get("found_inf"),
     )
-    return args, [0, 2, 3, 4, 13]
+    extra, idx = _mixed(kw, len(args), [0, 2, 3, 4, 13])
+    sq_sums = kw.get("sq_sums")
+    if sq_sums is not None:
+        idx = idx + [len(args) + 3]
+    return args + extra + (kw.get("phase", 0), sq_sums), idx
 
 
 def _sophia(t, dtype, sizes, kw):
@@ -296,11 +315,13 @@ def _sophia(t, dtype, sizes, kw):
         kw.get("grad_scale"),
         kw.get("found_inf"),
     )
-    return args, [0, 2, 4]
+    extra, idx = _mixed(kw, len(args), [0, 2, 4])
+    return args + extra, idx
 
 
 def _hessian(t, dtype, sizes, kw):
-    return (t(0, True), t(1), 0.99, kw.get("grad_scale"), kw.get("found_inf")), [0]
+    # the hessians are a state (list 3: the state dtype), the grads the params' dtype
+    return (t(3, True), t(1), 0.99, kw.get("grad_scale"), kw.get("found_inf")), [0]
 
 
 BUILDERS = {
@@ -333,16 +354,38 @@ OP_CASES = [
 OP_IDS = [f"{op.rstrip('_')}-{i}" for i, (op, _) in enumerate(OP_CASES)]
 
 
-def build(op, kw, dtype, layout="mixed", sizes=SIZES, seed=0):
+# Seeds whose increments cross the 32-bit halves of sr_key, and wrap around.
+SR_SEEDS = [0, 2**32 - 1, -1, 12345, 2**40 + 7, -(2**63), 2**63 - 1]
+
+
+def build(op, kw, dtype, layout="mixed", sizes=SIZES, seed=0, state_dtype=None, mode="plain"):
+    """The op's arguments: params and grads of `dtype`, states of `state_dtype` (default
+    `dtype`); mode "master" adds fp32 master copies of the params (at their own offsets),
+    "sr" one int64 seed per param (0-d and 1-element tensors)."""
     gen = torch.Generator().manual_seed(seed)
     n = len(sizes)
     cache = {}
 
     def t(lst, positive=False):
         if lst not in cache:
-            cache[lst] = _tensors(sizes, dtype, _offsets(layout, n, lst), gen, positive)
+            dt = dtype if lst < 2 else (state_dtype or dtype)  # params, grads; then states
+            cache[lst] = _tensors(sizes, dt, _offsets(layout, n, lst), gen, positive)
         return cache[lst]
 
+    kw = dict(kw)
+    if mode == "master":
+        masters = []
+        for p, off in zip(t(0), _offsets(layout, n, 5)):
+            buf = torch.zeros(p.numel() + off + 3, dtype=torch.float32)
+            masters.append(buf[off : off + p.numel()].view(p.shape).copy_(p))
+        kw["master_params"] = masters
+    elif mode == "sr":
+        kw["sr_seeds"] = [
+            torch.tensor(SR_SEEDS[i % len(SR_SEEDS)], dtype=torch.int64).reshape(
+                () if i % 2 else (1,)
+            )
+            for i in range(n)
+        ]
     return BUILDERS[op](t, dtype, sizes, kw)
 
 
@@ -354,21 +397,14 @@ def written(args, idx):
     return out
 
 
-def assert_matches(actual, expected, dtype, what, lamb_norms=False):
+def assert_matches(actual, expected, dtype, what):
     """Element by element, each tensor with its own dtype's tolerance (step counters and LAMB's
-    float32 norms are not in the params' dtype).
-
-    LAMB's norms (the last tensor when lamb_norms) come from the moments as stored: with fp16/bf16
-    storage, a moment whose fp32 value differs by an ulp between two compilations (FMA
-    contraction) may round to the neighbouring storage value, which moves ||u|| of a small
-    tensor by up to about two storage ulps (relative)."""
+    float32 norms are not in the params' dtype). LAMB's norms are those of u computed from the
+    moments in fp32, before they are rounded to storage, on every backend (as the reference)."""
     assert len(actual) == len(expected)
     for k, (a, e) in enumerate(zip(actual, expected)):
         assert a.dtype == e.dtype and a.shape == e.shape, f"{what}[{k}]"
-        tol = TOL_VS_TORCH[a.dtype]
-        if lamb_norms and k == len(actual) - 1 and dtype in (torch.bfloat16, torch.float16):
-            tol = Tol(2 * torch.finfo(dtype).eps, 0.0, "norms of moments rounded to storage")
-        assert_close_ulp(a, e, tol, f"{what}[{k}] ({DTYPE_IDS[dtype]})")
+        assert_close_ulp(a, e, TOL_VS_TORCH[a.dtype], f"{what}[{k}] ({DTYPE_IDS[dtype]})")
 
 
 def cpu_vs_sim(op, kw, dtype, layout="mixed", sizes=SIZES):
@@ -385,7 +421,7 @@ def cpu_vs_sim(op, kw, dtype, layout="mixed", sizes=SIZES):
 def test_simulated_kernels_match_cpu_kernels(sim, op, kw, dtype, config):
     sim.configure(**config)
     ours, cpu = cpu_vs_sim(op, kw, dtype)
-    assert_matches(ours, cpu, dtype, f"{op} {kw}", lamb_norms=op == "lamb_")
+    assert_matches(ours, cpu, dtype, f"{op} {kw}")
     stats = sim.stats()
     assert 0 < stats["vector_blocks"] < stats["blocks"]  # mixed layouts: both paths ran
 
@@ -425,11 +461,25 @@ def test_vector_path_only_when_aligned(sim, layout, vector, dtype):
     assert st["blocks"] > 0 and st["vector_blocks"] == (st["blocks"] if vector else 0)
 
 
+# (param dtype, state dtype, param mode) for found_inf: plain, and each way of writing a param.
+FOUND_INF_STORAGE = [
+    pytest.param(torch.float32, None, "plain", id="fp32"),
+    pytest.param(torch.bfloat16, torch.float32, "master", id="bf16-master"),
+    pytest.param(torch.bfloat16, torch.bfloat16, "sr", id="bf16-sr"),
+    pytest.param(torch.float32, torch.bfloat16, "plain", id="fp32-bf16states"),
+]
+
+
+@pytest.mark.parametrize("dtype,state_dtype,mode", FOUND_INF_STORAGE)
 @pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
 @pytest.mark.parametrize("op", list(BUILDERS))
-def test_found_inf_changes_nothing(sim, op, by_pointer):
+def test_found_inf_changes_nothing(sim, op, by_pointer, dtype, state_dtype, mode):
+    """Params, states, step counters, masters and seeds all keep their bits."""
+    if op == "sophia_update_hessian_" and mode != "plain":
+        pytest.skip("no params")
     sim.configure(chunk_size=16, threads=4, max_blocks=4, scalars_by_pointer=by_pointer)
-    args, idx = build(op, {"found_inf": torch.tensor([1.0])}, torch.float32)
+    kw = {"found_inf": torch.tensor([1.0])}
+    args, idx = build(op, kw, dtype, state_dtype=state_dtype, mode=mode)
     before = written(args, idx)
     getattr(SIM, op)(*args)
     for x, y in zip(written(args, idx), before):
@@ -544,6 +594,8 @@ def cpu_backend_simulated(monkeypatch, sim):
     monkeypatch.setattr(
         _dispatch, "kernel", lambda b, op: _sim_kernel(op) if b == "cpu" else real(b, op)
     )
+    # Steps must go through kernel(), not the C++ StepPlan (which calls the real CPU op).
+    monkeypatch.setattr(_dispatch, "step_plan", lambda *a: None)
     return sim
 
 
@@ -609,3 +661,368 @@ def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
         b.step()
         for p, q in zip(ps, qs):
             torch.testing.assert_close(p, q, rtol=1.3e-6, atol=1e-6)
+
+
+# -- 3. mixed precision on the simulated kernels -------------------------------------------------
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+# Every (param dtype, state dtype, param mode) beside the four plain ones (cpu::dispatch_mixed).
+MIXED = [
+    pytest.param(BF16, FP32, "master", id="bf16-master"),
+    pytest.param(BF16, BF16, "master", id="bf16-master-bf16states"),
+    pytest.param(FP16, FP32, "master", id="fp16-master"),
+    pytest.param(FP16, BF16, "master", id="fp16-master-bf16states"),
+    pytest.param(BF16, BF16, "sr", id="bf16-sr"),
+    pytest.param(BF16, FP32, "sr", id="bf16-sr-fp32states"),
+    pytest.param(FP32, BF16, "plain", id="fp32-bf16states"),
+    pytest.param(BF16, FP32, "plain", id="bf16-fp32states"),
+    pytest.param(FP16, FP32, "plain", id="fp16-fp32states"),
+    pytest.param(FP16, BF16, "plain", id="fp16-bf16states"),
+]
+UPDATE_CASES = [c for c in OP_CASES if c[0] != "sophia_update_hessian_"]
+UPDATE_IDS = [i for i, c in zip(OP_IDS, OP_CASES) if c[0] != "sophia_update_hessian_"]
+
+
+def arg_index(op, name):
+    """Position of the argument `name` in the op's schema (the builders' positional order)."""
+    return [a.name for a in getattr(torch.ops.fusedopt, op).default._schema.arguments].index(name)
+
+
+def assert_mixed_matches(actual, expected, what, sign_flips=False):
+    """Our outputs against the reference's, computed from the same inputs.
+
+    Step counters and seeds: equal. fp32/fp64: TOL_VS_TORCH (the fp32 math differs from torch's
+    by FMA contraction and the order of a few operations). fp16/bf16 (params, states): the same
+    rounding of an fp32 value a few fp32 ulps away (or, where the math cancels, as much apart as
+    TOL_VS_TORCH's atol allows), so at most one storage ulp apart beyond that, and equal but
+    where that value is within those ulps of a rounding boundary: at most 1% of the elements (a
+    wrong index, key or rounding mode changes about a third of them). sign_flips (Lion): a few
+    elements may step the other way where c is 0 on one side and a rounding error on the other
+    (Note in fusedopt/math.h lion_element; coarse fp16/bf16 inputs cancel exactly now and then)."""
+    assert len(actual) == len(expected)
+    mismatched = far = total = 0
+    atol = TOL_VS_TORCH[FP32].atol
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        name = f"{what}[{k}]"
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+        if a.dtype == torch.int64 or a.dim() == 0:
+            assert torch.equal(a, e), f"{name}: {a} != {e}"
+        elif a.dtype in (BF16, FP16):
+            diff = (a.double() - e.double()).abs()
+            bad = ~(diff <= ulp(e, a.dtype) + atol) & ~(a.isnan() & e.isnan())
+            if not sign_flips:
+                assert not bad.any(), f"{name}: {int(bad.sum())} elements more than an ulp apart"
+            far += int(bad.sum())
+            mismatched += int((a != e).sum())
+            total += a.numel()
+        elif sign_flips:
+            tol = TOL_VS_TORCH[a.dtype]
+            far += int((~((a - e).abs() <= tol.atol + tol.rtol * e.abs())).sum())
+        else:
+            assert_close_ulp(a, e, TOL_VS_TORCH[a.dtype], name)
+    assert mismatched <= 1 + total // 100, f"{what}: {mismatched}/{total} rounded differently"
+    assert far <= 1 + total // 1000, f"{what}: {far}/{total} more than an ulp apart"
+
+
+def live(args, idx):
+    """The written tensors themselves (to re-sync them)."""
+    out = []
+    for i in idx:
+        out += args[i] if isinstance(args[i], list) else [args[i]]
+    return out
+
+
+def resync(ours, theirs, idx, step):
+    """Ours takes the reference's values (Note [re-sync after every step] in helpers.py) and both
+    get new grads: each step is judged from the same state."""
+    with torch.no_grad():
+        for x, y in zip(live(ours, idx), live(theirs, idx)):
+            x.copy_(y)
+        gen = torch.Generator().manual_seed(1000 + step)
+        for x, y in zip(ours[1], theirs[1]):
+            g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            x.copy_(g)
+            y.copy_(g)
+
+
+@pytest.mark.parametrize("dtype,state_dtype,mode", MIXED)
+@pytest.mark.parametrize("op,kw", OP_CASES, ids=OP_IDS)
+def test_mixed_precision_matches_reference(sim, op, kw, dtype, state_dtype, mode):
+    """Three steps of every op mode in every mixed combination, on tensors spanning many blocks
+    and launches (an empty one among them), vector and scalar paths, against the reference."""
+    if op == "sophia_update_hessian_" and mode != "plain":
+        pytest.skip("no params")
+    sim.configure(chunk_size=16, threads=4, max_slots=3, max_blocks=5)
+    ours, idx = build(op, kw, dtype, state_dtype=state_dtype, mode=mode)
+    theirs, _ = build(op, kw, dtype, state_dtype=state_dtype, mode=mode)
+    for step in range(3):
+        getattr(SIM, op)(*ours)
+        getattr(reference, op)(*theirs)
+        flips = op == "lion_"
+        assert_mixed_matches(written(ours, idx), written(theirs, idx), f"{op} {step}", flips)
+        resync(ours, theirs, idx, step)
+    st = sim.stats()
+    assert 0 < st["vector_blocks"] < st["blocks"]  # both paths, with arrays of mixed widths
+    if mode == "sr":  # the seeds advanced once per step
+        seeds = ours[arg_index(op, "sr_seeds")]
+        assert [int(s) for s in seeds] == [
+            (SR_SEEDS[i % len(SR_SEEDS)] + 3 + 2**63) % 2**64 - 2**63 for i in range(len(seeds))
+        ]
+
+
+@pytest.mark.parametrize("state_dtype", [FP32, BF16], ids=["fp32states", "bf16states"])
+@pytest.mark.parametrize("op,kw", UPDATE_CASES, ids=UPDATE_IDS)
+def test_stochastic_rounding_bits(sim, op, kw, state_dtype):
+    """Bit for bit: the stochastically rounded param is sr_round_bf16 (the reference's) of the
+    fp32 theta that the same kernel body computes with a master copy, whose param is that theta
+    rounded to nearest; states and step counters are the same in both modes. Chunks of 64 on 8
+    threads: the noise counter is the element's index in its tensor across chunks and packs."""
+    sim.configure(chunk_size=64, threads=8, max_slots=4)
+    sizes = [1000, 0, 37, 3, 129, 2048, 1]
+    sr, idx = build(op, kw, BF16, sizes=sizes, state_dtype=state_dtype, mode="sr")
+    ms, _ = build(op, kw, BF16, sizes=sizes, state_dtype=state_dtype, mode="master")
+    seeds = [int(s) for s in sr[arg_index(op, "sr_seeds")]]
+    getattr(SIM, op)(*sr)
+    getattr(SIM, op)(*ms)
+    masters = ms[arg_index(op, "master_params")]
+    for i, (p_sr, p_ms, m) in enumerate(zip(sr[0], ms[0], masters)):
+        assert torch.equal(p_ms, m.to(BF16)), f"param {i}: master rounding"
+        key = sr_key((seeds[i] + 1) % 2**64)
+        expect = sr_round_bf16(m, key, p_sr)
+        assert torch.equal(p_sr.view(torch.int16), expect.view(torch.int16)), f"param {i}"
+        changed = p_sr.float() != m  # theta not representable: rounded up or down
+        if changed.sum() > 100:  # both ways, about as often as the low bits say
+            up = (p_sr.float().abs() > m.abs())[changed].double().mean()
+            assert 0.3 < up < 0.7, f"param {i}: rounded up {up:.2f} of the time"
+    rest = [i for i in idx if i not in (0, arg_index(op, "sr_seeds"))]
+    for x, y in zip(written(sr, rest), written(ms, rest)):
+        assert torch.equal(x, y)
+
+
+def _exact_sgd_args(dtype, mode, seed):
+    """SGD without momentum or decay, lr a power of two and grads in the params' dtype: theta -
+    lr*g has one rounding in fp32 whoever computes it (FMA or not), so the stored bits must be
+    the reference's exactly. Params: a 0-d one, a transposed one (dense, not row-major: the noise
+    counter is the memory index), a non-dense one (staged: row-major), one spanning chunks, an
+    empty one, and misaligned slices."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    params = [r(), r(9, 17).t(), r(20, 20)[:, ::2], r(5000), r(0), r(40)[1:34], r(77)]
+    grads = [r(*p.shape) for p in params]
+    kw = {}
+    if mode == "master":
+        kw["master_params"] = [p.float().clone() for p in params]
+    else:
+        kw["sr_seeds"] = [torch.tensor([s]) for s in (3, -1, 2**32, 7, 0, 2**63 - 1, 99)]
+    lr = torch.tensor(2.0**-4)
+    args = (params, grads, [], lr, 0.0, 0.0, 0.0, False, False, False, None, None)
+    return args + (kw.get("master_params"), kw.get("sr_seeds"))
+
+
+@pytest.mark.parametrize(
+    "dtype,mode",
+    [(BF16, "sr"), (BF16, "master"), (FP16, "master")],
+    ids=["bf16-sr", "bf16-master", "fp16-master"],
+)
+def test_exact_updates_equal_the_reference_bits(sim, dtype, mode):
+    sim.configure(chunk_size=256, threads=16)
+    ours = _exact_sgd_args(dtype, mode, 0)
+    theirs = _exact_sgd_args(dtype, mode, 0)
+    for step in range(3):
+        SIM.sgd_(*ours)
+        reference.sgd_(*theirs)
+        for k in (0, 12, 13):
+            for i, (x, y) in enumerate(zip(ours[k] or [], theirs[k] or [])):
+                assert torch.equal(x, y), f"step {step}: argument {k}[{i}]"
+                assert x.stride() == y.stride()
+        assert any(
+            not torch.equal(x, y) for x, y in zip(ours[0], _exact_sgd_args(dtype, mode, 0)[0])
+        )
+
+
+# LAMB's phases: each way the passes split (pass 1 storing the moments or not), and each param
+# mode.
+LAMB_STORAGE = [
+    pytest.param(FP32, FP32, "plain", id="fp32"),
+    pytest.param(BF16, BF16, "plain", id="bf16"),
+    pytest.param(FP32, BF16, "plain", id="fp32-bf16states"),
+    pytest.param(BF16, FP32, "master", id="bf16-master"),
+    pytest.param(FP16, BF16, "master", id="fp16-master-bf16states"),
+    pytest.param(BF16, BF16, "sr", id="bf16-sr"),
+    pytest.param(BF16, FP32, "sr", id="bf16-sr-fp32states"),
+]
+
+
+def _lamb(dtype, state_dtype, mode, **kw):
+    kw = dict({"weight_decay": 0.1, "trust_clip": 2.0}, **kw)
+    return build("lamb_", kw, dtype, state_dtype=state_dtype, mode=mode)
+
+
+def _with_phase(args, phase):
+    k = arg_index("lamb_", "phase")
+    return args[:k] + (phase,) + args[k + 1 :]
+
+
+@pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
+@pytest.mark.parametrize("dtype,state_dtype,mode", LAMB_STORAGE)
+def test_lamb_phase_1_then_2_equals_phase_0(sim, dtype, state_dtype, mode, by_pointer):
+    """Phase 1 increments the steps and writes the sums of squares (the reference's, up to the
+    order of the fp64 sums), and no param, master, seed or norm; phase 2 with the same arguments
+    then writes what phase 0 writes, bit for bit, and what the reference's phases write."""
+    sim.configure(
+        chunk_size=16, threads=4, max_slots=3, max_blocks=5, scalars_by_pointer=by_pointer
+    )
+    n = len(SIZES)
+    whole, idx = _lamb(dtype, state_dtype, mode)
+    split, _ = _lamb(dtype, state_dtype, mode, phase=1, sq_sums=torch.full((n, 2), -1.0).double())
+    ref, _ = _lamb(dtype, state_dtype, mode, phase=1, sq_sums=torch.full((n, 2), -1.0).double())
+    SIM.lamb_(*whole)
+    before = {k: written(split, [k]) for k in idx}
+    SIM.lamb_(*split)
+    reference.lamb_(*ref)
+    steps, norms = arg_index("lamb_", "state_steps"), arg_index("lamb_", "tensor_norms")
+    for k in idx:
+        if k == steps:
+            assert [float(x) for x in split[k]] == [float(x) + 1 for x in before[k]]
+        elif k in (2, 3) and state_dtype == FP32:
+            pass  # the moments may be stored already (in fp32 they are not rounded)
+        else:  # params, masters, seeds, norms; moments that storing would round
+            assert all(torch.equal(x, y) for x, y in zip(written(split, [k]), before[k])), k
+    sq = arg_index("lamb_", "sq_sums")
+    torch.testing.assert_close(split[sq], ref[sq], rtol=1e-5, atol=0)
+    assert all(float(split[sq][i].abs().sum()) == 0.0 for i in range(n) if SIZES[i] == 0)
+    split, ref = _with_phase(split, 2), _with_phase(ref, 2)
+    SIM.lamb_(*split)
+    reference.lamb_(*ref)
+    for k, (x, y) in enumerate(zip(written(split, idx), written(whole, idx))):
+        assert torch.equal(x, y), f"written[{k}]"
+    assert_mixed_matches(written(split, idx), written(ref, idx), "lamb phase 2")
+    assert not torch.equal(split[norms], torch.full((n, 2), -1.0))
+
+
+@pytest.mark.parametrize("dtype,state_dtype,mode", LAMB_STORAGE[:4])
+def test_lamb_phase_2_takes_the_norms_from_sq_sums(sim, dtype, state_dtype, mode):
+    """The all-reduced sums (here: p's scaled by 9, u's by 1/4, as if other ranks held more of
+    the tensors) make the norms and trust ratios of phase 2, as in the reference."""
+    sim.configure(chunk_size=32, threads=4)
+    n = len(SIZES)
+    kw = {"phase": 1, "sq_sums": torch.zeros(n, 2).double(), "trust_clip": None}
+    ours, idx = _lamb(dtype, state_dtype, mode, **kw)
+    theirs, _ = _lamb(dtype, state_dtype, mode, **kw)
+    plain, _ = _lamb(dtype, state_dtype, mode, trust_clip=None)
+    SIM.lamb_(*ours)
+    sq, steps = arg_index("lamb_", "sq_sums"), arg_index("lamb_", "state_steps")
+    reduced = ours[sq] * torch.tensor([9.0, 0.25], dtype=torch.float64)
+    for x in (ours, theirs):
+        x[sq].copy_(reduced)
+    for t, s in zip(theirs[steps], ours[steps]):
+        t.copy_(s)  # as phase 1 left them
+    ours, theirs = _with_phase(ours, 2), _with_phase(theirs, 2)
+    SIM.lamb_(*ours)
+    reference.lamb_(*theirs)
+    assert_mixed_matches(written(ours, idx), written(theirs, idx), "lamb phase 2")
+    norms = ours[arg_index("lamb_", "tensor_norms")]
+    assert torch.equal(norms, reduced.sqrt().float())
+    SIM.lamb_(*plain)  # phase 0: other trust ratios, other params
+    big = [i for i, size in enumerate(SIZES) if size > 100]
+    assert all(not torch.equal(ours[0][i], plain[0][i]) for i in big)
+
+
+def test_lamb_phase_arguments_are_checked(sim):
+    n = len(SIZES)
+    for kw, match in [
+        ({"phase": 3}, "phase must be 0, 1 or 2"),
+        ({"phase": 1}, r"phase 1 needs sq_sums of shape \(12, 2\)"),
+        ({"phase": 2, "sq_sums": torch.zeros(n, 3).double()}, "needs sq_sums of shape"),
+        ({"phase": 1, "sq_sums": torch.zeros(n, 2)}, "sq_sums must be float64"),
+    ]:
+        args, idx = build("lamb_", kw, torch.float32)
+        before = written(args, idx)
+        with pytest.raises(RuntimeError, match=match):
+            SIM.lamb_(*args)
+        for x, y in zip(written(args, idx), before):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
+@pytest.mark.parametrize("phase", [1, 2])
+def test_lamb_phases_and_found_inf(sim, phase, by_pointer):
+    sim.configure(chunk_size=16, threads=4, scalars_by_pointer=by_pointer)
+    n = len(SIZES)
+    sums = torch.rand(n, 2, generator=torch.Generator().manual_seed(0)).double()
+    kw = {"phase": phase, "sq_sums": sums, "found_inf": torch.tensor([1.0])}
+    args, idx = build("lamb_", kw, BF16, state_dtype=FP32, mode="sr")
+    before = written(args, idx)
+    SIM.lamb_(*args)
+    for x, y in zip(written(args, idx), before):
+        assert torch.equal(x, y)
+
+
+def test_hessians_in_their_own_dtype(sim):
+    """sophia_update_hessian_ with bf16 hessians of fp32 grads (and the reverse), as Sophia keeps
+    them with bf16 states; an unsupported pair is refused before anything is written."""
+    sim.configure(chunk_size=16, threads=4)
+    for p_dt, s_dt in [(FP32, BF16), (BF16, FP32), (FP16, FP32)]:
+        ours, idx = build("sophia_update_hessian_", {}, p_dt, state_dtype=s_dt)
+        theirs, _ = build("sophia_update_hessian_", {}, p_dt, state_dtype=s_dt)
+        SIM.sophia_update_hessian_(*ours)
+        reference.sophia_update_hessian_(*theirs)
+        assert ours[0][-3].dtype == s_dt and ours[1][-3].dtype == p_dt
+        assert_mixed_matches(written(ours, idx), written(theirs, idx), f"{p_dt} {s_dt}")
+    args, idx = build("sophia_update_hessian_", {}, torch.float64, state_dtype=FP32)
+    with pytest.raises(RuntimeError, match="state dtype Float is not supported"):
+        SIM.sophia_update_hessian_(*args)
+
+
+def _bad_mixed(op):
+    """(kwargs of build, expected message): mixed-precision arguments the ops refuse."""
+    n = len(SIZES)
+    bf = build(op, {}, BF16)[0]
+    return [
+        ({"dtype": FP32, "mode": "master"}, "master_params need float16 or bfloat16 params"),
+        ({"dtype": FP16, "mode": "sr"}, "stochastic rounding .* needs bfloat16 params"),
+        ({"dtype": torch.float64, "state_dtype": FP32}, "state dtype Float is not supported"),
+        (
+            {
+                "dtype": BF16,
+                "kw": {
+                    "master_params": [p.float() for p in bf[0]],
+                    "sr_seeds": [torch.tensor(0)] * n,
+                },
+            },
+            "exclusive",
+        ),
+        ({"dtype": BF16, "kw": {"sr_seeds": [torch.tensor(0.0)] * n}}, "one-element int64"),
+        ({"dtype": BF16, "kw": {"master_params": [p.double() for p in bf[0]]}}, "expected Float"),
+        (
+            {"dtype": BF16, "kw": {"master_params": [p.float() for p in bf[0]][:-1]}},
+            "expected master_params to have 12 tensors",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("op", [o for o in BUILDERS if o != "sophia_update_hessian_"])
+def test_mixed_arguments_are_checked(sim, op):
+    for spec, match in _bad_mixed(op):
+        args, idx = build(
+            op,
+            spec.get("kw", {}),
+            spec["dtype"],
+            state_dtype=spec.get("state_dtype"),
+            mode=spec.get("mode", "plain"),
+        )
+        before = written(args, idx)
+        with pytest.raises(RuntimeError, match=match):
+            getattr(SIM, op)(*args)
+        for x, y in zip(written(args, idx), before):
+            assert torch.equal(x, y)
+    # one state list in another dtype than the first
+    args, idx = build(op, {}, FP32, state_dtype=BF16)
+    if op in ("adam_", "lamb_", "sophia_"):
+        k = 3
+        args[k][5] = args[k][5].float()
+        with pytest.raises(RuntimeError, match=r"\[5\] has dtype Float, expected BFloat16"):
+            getattr(SIM, op)(*args)

@@ -84,7 +84,8 @@ int table_bytes(int depth, int arg_bytes) {
     case 3: return table_bytes_for<3>(arg_bytes);
     case 4: return table_bytes_for<4>(arg_bytes);
     case 5: return table_bytes_for<5>(arg_bytes);
-    default: throw py::value_error("depth must be 1 to 5");
+    case 6: return table_bytes_for<6>(arg_bytes);
+    default: throw py::value_error("depth must be 1 to 6");
   }
 }
 
@@ -99,6 +100,7 @@ void bind_host(py::module_& m) {
   p.attr("ARG_BYTES_LARGE") = kArgBytesLarge;
   p.attr("FUNCTOR_ARG_BYTES") = kFunctorArgBytes;
   p.attr("MAX_GRID_BLOCKS") = kMaxGridBlocks;
+  p.attr("MAX_DEPTH") = kMaxDepth;
   p.def(
       "plan_launches",
       [](const std::vector<int64_t>& numels, int64_t chunk_size, int max_slots, int max_blocks,

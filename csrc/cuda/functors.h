@@ -1,7 +1,8 @@
 // Thin per-optimizer functors for the multi-tensor block body (block.h): which arrays to load
 // and store, the per-block constants, and one call into the shared math (fusedopt/math.h) per
 // element. Modes are template parameters; the dispatchers at the bottom turn the op's flags
-// into them once per call, for whichever runner (GPU or host simulation) instantiates them.
+// and dtypes into them once per call, for whichever runner (GPU or host simulation)
+// instantiates them.
 //
 // The per-block constants mirror the CPU kernels' per-call ones, computed the same way in
 // double (csrc/cpu/<op>.cpp); tests/test_cuda_planner.py compares the two backends.
@@ -9,28 +10,141 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "block.h"
 #include "fusedopt/math.h"
+#include "jobs.h"
 #include "params.h"
 
 namespace fusedopt::cuda {
+
+// Note [mixed precision on the GPU]
+// The semantics are Note [mixed precision] in fusedopt/math.h. An update functor is
+// instantiated for a Storage<param_t, state_t, MODE>; its arrays are the param and the grad
+// (param_t), the states (state_t) and, with kMaster, the fp32 master last. With kStochastic the
+// slot carries one more pointer, the param's int64 seed: the prologue turns it into this step's
+// noise key, sr_key(seed + 1), and the launch that stores the step increments advances it
+// afterwards, unless found_inf is set (Note [step counters on the device] in block.h): no host
+// sync, and a CUDA graph replays it. The block body loads each array in its own type into
+// opmath_t (the params') and rounds each to nearest on store, except the param of kStochastic:
+// sr_bf16_bits with the element's index in its tensor as the noise counter (in the staged
+// contiguous copy of a non-dense param: row-major), the bits fusedopt.reference computes.
+//
+// Instantiations. The four plain combinations (params and states in one dtype, no master, no
+// seed: Storage::kFull) keep every mode flag a template parameter, so their kernels are what they
+// were before mixed precision. The ten others keep as template parameters only the flags that
+// change which arrays are read or written (Adam's amsgrad, SGD's momentum and first step, LAMB's
+// passes); the others (maximize, decoupled decay, nesterov) are kDyn: read from Params, a branch
+// that is uniform across the launch, free in a memory-bound kernel. That makes 202 kernels over
+// all ops (108 without mixed precision), where templating every flag of every combination would
+// make about 365.
+
+template <typename P, typename S, int MODE>
+struct Storage {
+  using param_t = P;
+  using state_t = S;
+  using opmath_t = at::opmath_type<P>;
+  static constexpr int kMode = MODE;
+  static constexpr bool kFull = std::is_same_v<P, S> && MODE == kPlain;
+};
+
+// A mode flag left to run time: with_flag<kDyn> branches on the value from Params, with_flag<0>
+// and with_flag<1> are the template's.
+constexpr int kDyn = 2;
+
+template <int FLAG, class Fn>
+C10_HOST_DEVICE FUSEDOPT_INLINE void with_flag(int32_t value, Fn&& fn) {
+  if constexpr (FLAG == kDyn) {
+    if (value) {
+      fn(std::true_type{});
+    } else {
+      fn(std::false_type{});
+    }
+  } else {
+    fn(std::bool_constant<FLAG != 0>{});
+  }
+}
+
+// The arrays of an update: param, grad (param_t), NSTATES states (state_t), then the master.
+template <class M, int NSTATES, class... States>
+struct UpdateArrays : UpdateArrays<M, NSTATES - 1, States..., typename M::state_t> {};
+
+template <class M, class... States>
+struct UpdateArrays<M, 0, States...> {
+  using P = typename M::param_t;
+  using type = std::conditional_t<M::kMode == kMaster, ArrayTypes<P, P, States..., float>,
+                                  ArrayTypes<P, P, States...>>;
+};
+
+// Which arrays of an update are loaded and stored: theta from the param or the master, the grad
+// if READ_GRAD, the states of the bit masks STATE_READ and STATE_WRITE (bit k: state k), and the
+// param (with its master, or stochastically rounded) if WRITE_PARAM.
+template <class M, int NSTATES, unsigned STATE_READ, unsigned STATE_WRITE, bool READ_GRAD,
+          bool WRITE_PARAM>
+struct UpdateLayout {
+  using opmath_t = typename M::opmath_t;
+  using Arrays = typename UpdateArrays<M, NSTATES>::type;
+  static constexpr bool kHasMaster = M::kMode == kMaster;
+  static constexpr int kArrays = Arrays::size;
+  static constexpr int kTheta = kHasMaster ? kArrays - 1 : 0;  // where theta is loaded from
+  static constexpr bool kSeeded = M::kMode == kStochastic && WRITE_PARAM;
+  static constexpr int kSrArray = kSeeded ? 0 : -1;
+  static constexpr int kDepth = kArrays + (kSeeded ? 1 : 0);
+  static constexpr unsigned kThetaBit = 1u << kTheta;
+  static constexpr unsigned kRead = kThetaBit | (READ_GRAD ? 2u : 0u) | (STATE_READ << 2);
+  static constexpr unsigned kWrite = (WRITE_PARAM ? 1u | kThetaBit : 0u) | (STATE_WRITE << 2);
+
+  // After the math updated theta in x[kTheta]: the param is stored from it too.
+  C10_HOST_DEVICE FUSEDOPT_INLINE static void publish_theta(opmath_t* x) {
+    if constexpr (kHasMaster) x[0] = x[kTheta];
+  }
+};
+
+// The functor interface's layout members (block.h), from a layout.
+#define FUSEDOPT_LAYOUT(...)                        \
+  using Layout = __VA_ARGS__;                       \
+  using opmath_t = typename Layout::opmath_t;       \
+  using Arrays = typename Layout::Arrays;           \
+  static constexpr int kArrays = Layout::kArrays;   \
+  static constexpr int kDepth = Layout::kDepth;     \
+  static constexpr bool kSeeded = Layout::kSeeded;  \
+  static constexpr int kSrArray = Layout::kSrArray; \
+  static constexpr unsigned kRead = Layout::kRead;  \
+  static constexpr unsigned kWrite = Layout::kWrite;
+
+// A block's constants and its stochastic-rounding key (kSeeded functors; 0 otherwise).
+template <class Scalars>
+struct Keyed {
+  Scalars sc;
+  uint32_t key;
+};
+
+template <class Layout, class Scalars>
+C10_HOST_DEVICE inline Keyed<Scalars> keyed(const Scalars& sc, const SlotInfo& slot) {
+  Keyed<Scalars> st;
+  st.sc = sc;
+  st.key = 0;
+  if constexpr (Layout::kSeeded) st.key = next_sr_key(slot.seed);
+  return st;
+}
 
 struct NoState {
   int unused;
 };
 
-template <typename scalar_t_, bool DECOUPLED, bool AMSGRAD, bool MAXIMIZE>
+template <class M, int DECOUPLED, bool AMSGRAD, int MAXIMIZE>
 struct AdamFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+  // p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]
+  FUSEDOPT_LAYOUT(
+      UpdateLayout<M, AMSGRAD ? 3 : 2, AMSGRAD ? 0x7u : 0x3u, AMSGRAD ? 0x7u : 0x3u, true, true>)
   using Params = AdamParams;
-  using State = AdamScalars<opmath_t>;
-  static constexpr int kDepth = AMSGRAD ? 5 : 4;  // p, g, exp_avg, exp_avg_sq, max
-  static constexpr unsigned kRead = AMSGRAD ? 0x1F : 0xF;
-  static constexpr unsigned kWrite = AMSGRAD ? 0x1D : 0xD;  // all but g
+  using State = Keyed<AdamScalars<opmath_t>>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
@@ -38,110 +152,132 @@ struct AdamFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    return make_adam_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay,
-                                       next_step(slot.step, slot.flags), 1.0 / p.grad_scale.get());
+    return keyed<Layout>(
+        make_adam_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay,
+                                    next_step(slot.step, slot.flags), 1.0 / p.grad_scale.get()),
+        slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
-    if constexpr (AMSGRAD) {
-      adam_element<DECOUPLED, true, MAXIMIZE>(x[0], x[1], x[2], x[3], x[4], s);
-    } else {
-      opmath_t unused = opmath_t(0);
-      adam_element<DECOUPLED, false, MAXIMIZE>(x[0], x[1], x[2], x[3], unused, s);
-    }
+    opmath_t& theta = x[Layout::kTheta];
+    with_flag<DECOUPLED>(p.decoupled, [&](auto dec) {
+      with_flag<MAXIMIZE>(p.maximize, [&](auto max) {
+        constexpr bool D = decltype(dec)::value;
+        constexpr bool X = decltype(max)::value;
+        if constexpr (AMSGRAD) {
+          adam_element<D, true, X>(theta, x[1], x[2], x[3], x[4], s.sc);
+        } else {
+          opmath_t unused = opmath_t(0);
+          adam_element<D, false, X>(theta, x[1], x[2], x[3], unused, s.sc);
+        }
+      });
+    });
+    Layout::publish_theta(x);
   }
 };
 
-template <typename scalar_t_, bool MOMENTUM, bool FIRST, bool NESTEROV, bool MAXIMIZE>
+template <class M, bool MOMENTUM, bool FIRST, int NESTEROV, int MAXIMIZE>
 struct SgdFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+  // p, g[, momentum_buffer][, master]. A buffer created this step is written, never read (it
+  // may be uninitialised memory).
+  FUSEDOPT_LAYOUT(UpdateLayout<M, MOMENTUM ? 1 : 0, (MOMENTUM && !FIRST) ? 0x1u : 0x0u,
+                               MOMENTUM ? 0x1u : 0x0u, true, true>)
   using Params = SgdParams;
-  using State = SgdScalars<opmath_t>;
-  static constexpr int kDepth = MOMENTUM ? 3 : 2;  // p, g, momentum_buffer
-  // A buffer created this step is written, never read (it may be uninitialised memory).
-  static constexpr unsigned kRead = (MOMENTUM && !FIRST) ? 0x7 : 0x3;
-  static constexpr unsigned kWrite = MOMENTUM ? 0x5 : 0x1;
+  using State = Keyed<SgdScalars<opmath_t>>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
 
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
-  C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    return make_sgd_scalars<opmath_t>(p.lr.get(), p.momentum, p.dampening, p.weight_decay,
-                                      1.0 / p.grad_scale.get());
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(make_sgd_scalars<opmath_t>(p.lr.get(), p.momentum, p.dampening,
+                                                    p.weight_decay, 1.0 / p.grad_scale.get()),
+                         slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
-    if constexpr (MOMENTUM) {
-      sgd_element<true, FIRST, NESTEROV, MAXIMIZE>(x[0], x[1], x[2], s);
-    } else {
-      opmath_t unused = opmath_t(0);
-      sgd_element<false, false, false, MAXIMIZE>(x[0], x[1], unused, s);
-    }
+    opmath_t& theta = x[Layout::kTheta];
+    with_flag<NESTEROV>(p.nesterov, [&](auto nesterov) {
+      with_flag<MAXIMIZE>(p.maximize, [&](auto max) {
+        constexpr bool X = decltype(max)::value;
+        if constexpr (MOMENTUM) {
+          sgd_element<true, FIRST, decltype(nesterov)::value, X>(theta, x[1], x[2], s.sc);
+        } else {
+          opmath_t unused = opmath_t(0);
+          sgd_element<false, false, false, X>(theta, x[1], unused, s.sc);
+        }
+      });
+    });
+    Layout::publish_theta(x);
   }
 };
 
-template <typename scalar_t_, bool MAXIMIZE>
+template <class M, int MAXIMIZE>
 struct LionFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+  FUSEDOPT_LAYOUT(UpdateLayout<M, 1, 0x1u, 0x1u, true, true>)  // p, g, exp_avg[, master]
   using Params = LionParams;
-  using State = LionScalars<opmath_t>;
-  static constexpr int kDepth = 3;  // p, g, exp_avg
-  static constexpr unsigned kRead = 0x7;
-  static constexpr unsigned kWrite = 0x5;
+  using State = Keyed<LionScalars<opmath_t>>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
 
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
-  C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    return make_lion_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.weight_decay,
-                                       1.0 / p.grad_scale.get());
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(make_lion_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.weight_decay,
+                                                     1.0 / p.grad_scale.get()),
+                         slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
-    lion_element<MAXIMIZE>(x[0], x[1], x[2], s);
+    with_flag<MAXIMIZE>(p.maximize, [&](auto max) {
+      lion_element<decltype(max)::value>(x[Layout::kTheta], x[1], x[2], s.sc);
+    });
+    Layout::publish_theta(x);
   }
 };
 
-template <typename scalar_t_, bool MAXIMIZE>
+template <class M, int MAXIMIZE>
 struct SophiaFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+  // p, g, exp_avg, hessian (read only)[, master]
+  FUSEDOPT_LAYOUT(UpdateLayout<M, 2, 0x3u, 0x1u, true, true>)
   using Params = SophiaParams;
-  using State = SophiaScalars<opmath_t>;
-  static constexpr int kDepth = 4;  // p, g, exp_avg, hessian
-  static constexpr unsigned kRead = 0xF;
-  static constexpr unsigned kWrite = 0x5;
+  using State = Keyed<SophiaScalars<opmath_t>>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
 
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
-  C10_HOST_DEVICE State prologue(const SlotInfo&) const {
-    return make_sophia_scalars<opmath_t>(p.lr.get(), p.beta1, p.rho, p.bs, p.weight_decay,
-                                         1.0 / p.grad_scale.get());
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(make_sophia_scalars<opmath_t>(p.lr.get(), p.beta1, p.rho, p.bs,
+                                                       p.weight_decay, 1.0 / p.grad_scale.get()),
+                         slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
-    sophia_element<MAXIMIZE>(x[0], x[1], x[2], x[3], s);
+    with_flag<MAXIMIZE>(p.maximize, [&](auto max) {
+      sophia_element<decltype(max)::value>(x[Layout::kTheta], x[1], x[2], x[3], s.sc);
+    });
+    Layout::publish_theta(x);
   }
 };
 
-template <typename scalar_t_>
+// Sophia's curvature EMA: hessians in the state dtype, grads in the params', math in the
+// params' opmath (M::kMode is kPlain).
+template <class M>
 struct SophiaHessianFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
-  using Params = SophiaHessianParams;
-  using State = SophiaHessianScalars<opmath_t>;
-  static constexpr int kDepth = 2;  // hessian, g
+  using opmath_t = typename M::opmath_t;
+  using Arrays = ArrayTypes<typename M::state_t, typename M::param_t>;  // hessian, g
+  static constexpr int kArrays = 2;
+  static constexpr int kDepth = 2;
+  static constexpr bool kSeeded = false;
+  static constexpr int kSrArray = -1;
   static constexpr unsigned kRead = 0x3;
   static constexpr unsigned kWrite = 0x1;
+  using Params = SophiaHessianParams;
+  using State = SophiaHessianScalars<opmath_t>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
@@ -161,10 +297,23 @@ struct SophiaHessianFunctor {
   }
 };
 
+// ---- LAMB -------------------------------------------------------------------------------------
+// Two passes (Note [LAMB passes] in csrc/cpu/lamb.cpp), both computing u from the moments in
+// opmath precision, as fusedopt.reference does:
+//   pass 1 (LambNormsFunctor): per tensor, the sums of theta^2 and u^2; the last block of each
+//     tensor stores their roots in norms (phase 0), or the sums themselves (phase 1: the caller
+//     reduces them across ranks, and phase 2 is handed their roots).
+//   pass 2 (LambApplyFunctor): theta = theta - lr * r * u, r from norms (per block, in double).
+// Where the states are in opmath_t (fp32 states, fp32/fp64 params) pass 1 stores the moments,
+// exactly, and pass 2 reads them back; otherwise storing would round them, so pass 1 only reads
+// and pass 2 recomputes the moments from the same old values and stores them. Phase 2 of a
+// call whose phase 1 ran (with the same arguments) thus finds the moments as it expects.
+
 template <typename opmath_t>
 C10_HOST_DEVICE inline LambScalars<opmath_t> lamb_scalars(const LambParams& p,
                                                           const SlotInfo& slot) {
-  const double step = next_step(slot.step, slot.flags);
+  const double step =
+      p.steps_done ? stored_step(slot.step, slot.flags) : next_step(slot.step, slot.flags);
   LambScalars<opmath_t> s;
   s.beta1 = static_cast<opmath_t>(p.beta1);
   s.one_minus_beta1 = static_cast<opmath_t>(1.0 - p.beta1);
@@ -180,18 +329,30 @@ C10_HOST_DEVICE inline LambScalars<opmath_t> lamb_scalars(const LambParams& p,
   return s;
 }
 
-// LAMB pass 1 (Note [LAMB passes] in csrc/cpu/lamb.cpp): moments, and per tensor the sums of
-// p^2 and u^2, with u from the moments as stored; the last block of each tensor turns them
-// into -lr * trust ratio for pass 2.
-template <typename scalar_t_, bool MAXIMIZE>
-struct LambMomentsFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+// -lr * trust ratio of param `index`, in double, as csrc/cpu/lamb.cpp and the reference.
+C10_HOST_DEVICE inline double lamb_neg_step(const LambParams& p, int32_t index) {
+  const double p_norm = p.norms[2 * index];
+  const double u_norm = p.norms[2 * index + 1];
+  double r = (p_norm > 0.0 && u_norm > 0.0) ? p_norm / u_norm : 1.0;
+  if (p.has_trust_clip) r = p.trust_clip < r ? p.trust_clip : r;  // std::min(r, clip)
+  return -(p.lr.get() * r);
+}
+
+// Whether pass 1 stores the moments (storing them in opmath_t does not round them).
+template <class M>
+constexpr bool kLambStoreInPass1 = std::is_same_v<typename M::state_t, typename M::opmath_t>;
+
+// Pass 1 writes no param: a stochastically rounded job runs the plain pass 1.
+template <class M>
+using LambPass1Storage =
+    Storage<typename M::param_t, typename M::state_t, M::kMode == kStochastic ? kPlain : M::kMode>;
+
+template <class M, int MAXIMIZE, bool STORE>
+struct LambNormsFunctor {
+  // p, g, exp_avg, exp_avg_sq[, master]
+  FUSEDOPT_LAYOUT(UpdateLayout<M, 2, 0x3u, STORE ? 0x3u : 0x0u, true, false>)
   using Params = LambParams;
   using State = LambScalars<opmath_t>;
-  static constexpr int kDepth = 4;  // p, g, exp_avg, exp_avg_sq
-  static constexpr unsigned kRead = 0xF;
-  static constexpr unsigned kWrite = 0xC;
   static constexpr int kReduce = 2;
   static constexpr bool kFinish = true;
   Params p;
@@ -204,71 +365,75 @@ struct LambMomentsFunctor {
   C10_HOST_DEVICE unsigned long long* counters() const { return p.counters; }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double* acc) const {
-    lamb_moments<MAXIMIZE>(x[1], x[2], x[3], s);
-    const opmath_t m = static_cast<opmath_t>(static_cast<scalar_t>(x[2]));
-    const opmath_t v = static_cast<opmath_t>(static_cast<scalar_t>(x[3]));
-    const opmath_t u = lamb_direction(x[0], m, v, s);
-    acc[0] += static_cast<double>(x[0]) * static_cast<double>(x[0]);
+    with_flag<MAXIMIZE>(p.maximize,
+                        [&](auto max) { lamb_moments<decltype(max)::value>(x[1], x[2], x[3], s); });
+    const opmath_t theta = x[Layout::kTheta];
+    const opmath_t u = lamb_direction(theta, x[2], x[3], s);
+    acc[0] += static_cast<double>(theta) * static_cast<double>(theta);
     acc[1] += static_cast<double>(u) * static_cast<double>(u);
   }
 
-  // As csrc/cpu/lamb.cpp turns the sums into the step, in double.
   C10_HOST_DEVICE void finish(int32_t index, const double* sums) const {
-    const double p_norm = std::sqrt(sums[0]);
-    const double u_norm = std::sqrt(sums[1]);
-    double r = (p_norm > 0.0 && u_norm > 0.0) ? p_norm / u_norm : 1.0;
-    if (p.has_trust_clip) r = p.trust_clip < r ? p.trust_clip : r;  // std::min(r, clip)
-    p.neg_steps[index] = -(p.lr.get() * r);
-    p.norms[2 * index] = p_norm;
-    p.norms[2 * index + 1] = u_norm;
+    if (p.finish_sums) {
+      p.norms[2 * index] = sums[0];
+      p.norms[2 * index + 1] = sums[1];
+    } else {
+      p.norms[2 * index] = std::sqrt(sums[0]);
+      p.norms[2 * index + 1] = std::sqrt(sums[1]);
+    }
   }
 };
 
 template <typename opmath_t>
-struct LambApplyState {
+struct LambApplyScalars {
   LambScalars<opmath_t> s;
   opmath_t neg_step;
 };
 
-// LAMB pass 2: u recomputed from p and the stored moments, p -= lr * r * u.
-template <typename scalar_t_>
+template <class M, int MAXIMIZE, bool STORED>
 struct LambApplyFunctor {
-  using scalar_t = scalar_t_;
-  using opmath_t = at::opmath_type<scalar_t>;
+  // p, g (read unless STORED), exp_avg, exp_avg_sq (written unless STORED)[, master]
+  FUSEDOPT_LAYOUT(UpdateLayout<M, 2, 0x3u, STORED ? 0x0u : 0x3u, !STORED, true>)
   using Params = LambParams;
-  using State = LambApplyState<opmath_t>;
-  static constexpr int kDepth = 4;  // p, g (not read), exp_avg, exp_avg_sq
-  static constexpr unsigned kRead = 0xD;
-  static constexpr unsigned kWrite = 0x1;
+  using State = Keyed<LambApplyScalars<opmath_t>>;
   static constexpr int kReduce = 0;
   static constexpr bool kFinish = false;
   Params p;
 
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    State s;
-    s.s = lamb_scalars<opmath_t>(p, slot);
-    s.neg_step = static_cast<opmath_t>(p.neg_steps[slot.index]);
-    return s;
+    LambApplyScalars<opmath_t> sc;
+    sc.s = lamb_scalars<opmath_t>(p, slot);
+    sc.neg_step = static_cast<opmath_t>(lamb_neg_step(p, slot.index));
+    return keyed<Layout>(sc, slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
-    const opmath_t u = lamb_direction(x[0], x[2], x[3], s.s);
-    lamb_apply(x[0], u, s.neg_step);
+    if constexpr (!STORED) {
+      with_flag<MAXIMIZE>(p.maximize, [&](auto max) {
+        lamb_moments<decltype(max)::value>(x[1], x[2], x[3], s.sc.s);
+      });
+    }
+    opmath_t& theta = x[Layout::kTheta];
+    lamb_apply(theta, lamb_direction(theta, x[2], x[3], s.sc.s), s.sc.neg_step);
+    Layout::publish_theta(x);
   }
 };
 
 // Sum of squares in fp64 of values widened as the CPU kernel widens them (through float for
 // fp16/bf16, csrc/cpu/norm.cpp).
-template <typename scalar_t_>
+template <typename scalar_t>
 struct SumSqFunctor {
-  using scalar_t = scalar_t_;
   using opmath_t = at::opmath_type<scalar_t>;
-  using Params = SumSqParams;
-  using State = NoState;
+  using Arrays = ArrayTypes<scalar_t>;
+  static constexpr int kArrays = 1;
   static constexpr int kDepth = 1;
+  static constexpr bool kSeeded = false;
+  static constexpr int kSrArray = -1;
   static constexpr unsigned kRead = 0x1;
   static constexpr unsigned kWrite = 0x0;
+  using Params = SumSqParams;
+  using State = NoState;
   static constexpr int kReduce = 1;
   static constexpr bool kFinish = false;
   Params p;
@@ -285,92 +450,176 @@ struct SumSqFunctor {
   }
 };
 
-// ---- dispatch: run-time flags to template parameters, once per call ---------------------------
+// ---- dispatch: run-time flags and dtypes to template parameters, once per call ----------------
 // Runner::run<F>(job, params) launches (or simulates) F over every launch of job.plan.
 
-#define FUSEDOPT_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+// Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: the 15 of
+// cpu::dispatch_mixed (csrc/cpu/mixed.h), which cpu::check_mixed admits.
+template <class Fn>
+void dispatch_storage(const Job& job, const char* name, Fn&& fn) {
+  using at::BFloat16;
+  using at::Half;
+#define FUSEDOPT_STORAGE_CASE(P, PT, S, ST, MODE)                           \
+  if (job.dtype == at::P && job.state_dtype == at::S && job.mode == MODE) { \
+    return fn(Storage<PT, ST, MODE>{});                                     \
+  }
+  FUSEDOPT_STORAGE_CASE(kFloat, float, kFloat, float, kPlain)
+  FUSEDOPT_STORAGE_CASE(kDouble, double, kDouble, double, kPlain)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kHalf, Half, kPlain)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kPlain)
+  FUSEDOPT_STORAGE_CASE(kFloat, float, kBFloat16, BFloat16, kPlain)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kPlain)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kFloat, float, kPlain)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kBFloat16, BFloat16, kPlain)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kHalf, Half, kMaster)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kMaster)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kMaster)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kFloat, float, kMaster)
+  FUSEDOPT_STORAGE_CASE(kHalf, Half, kBFloat16, BFloat16, kMaster)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kStochastic)
+  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kStochastic)
+#undef FUSEDOPT_STORAGE_CASE
+  TORCH_CHECK(false, name, ": unsupported dtype combination (params ", job.dtype, ", states ",
+              job.state_dtype, ", param mode ", job.mode, ")");
+}
 
-template <class Runner, class Job>
-void dispatch_adam(Runner& r, const Job& job, const AdamParams& p, bool decoupled, bool amsgrad,
+template <class Runner>
+void dispatch_adam(Runner& r, const Job& job, AdamParams p, bool decoupled, bool amsgrad,
                    bool maximize) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_adam_cuda", [&] {
-    const int mode = (decoupled ? 4 : 0) | (amsgrad ? 2 : 0) | (maximize ? 1 : 0);
-    switch (mode) {
-      case 0: return r.template run<AdamFunctor<scalar_t, false, false, false>>(job, p);
-      case 1: return r.template run<AdamFunctor<scalar_t, false, false, true>>(job, p);
-      case 2: return r.template run<AdamFunctor<scalar_t, false, true, false>>(job, p);
-      case 3: return r.template run<AdamFunctor<scalar_t, false, true, true>>(job, p);
-      case 4: return r.template run<AdamFunctor<scalar_t, true, false, false>>(job, p);
-      case 5: return r.template run<AdamFunctor<scalar_t, true, false, true>>(job, p);
-      case 6: return r.template run<AdamFunctor<scalar_t, true, true, false>>(job, p);
-      default: return r.template run<AdamFunctor<scalar_t, true, true, true>>(job, p);
-    }
-  });
-}
-
-template <class Runner, class Job>
-void dispatch_sgd(Runner& r, const Job& job, const SgdParams& p, bool momentum, bool first,
-                  bool nesterov, bool maximize) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_sgd_cuda", [&] {
-    if (!momentum) {
-      return maximize ? r.template run<SgdFunctor<scalar_t, false, false, false, true>>(job, p)
-                      : r.template run<SgdFunctor<scalar_t, false, false, false, false>>(job, p);
-    }
-    const int mode = (first ? 4 : 0) | (nesterov ? 2 : 0) | (maximize ? 1 : 0);
-    switch (mode) {
-      case 0: return r.template run<SgdFunctor<scalar_t, true, false, false, false>>(job, p);
-      case 1: return r.template run<SgdFunctor<scalar_t, true, false, false, true>>(job, p);
-      case 2: return r.template run<SgdFunctor<scalar_t, true, false, true, false>>(job, p);
-      case 3: return r.template run<SgdFunctor<scalar_t, true, false, true, true>>(job, p);
-      case 4: return r.template run<SgdFunctor<scalar_t, true, true, false, false>>(job, p);
-      case 5: return r.template run<SgdFunctor<scalar_t, true, true, false, true>>(job, p);
-      case 6: return r.template run<SgdFunctor<scalar_t, true, true, true, false>>(job, p);
-      default: return r.template run<SgdFunctor<scalar_t, true, true, true, true>>(job, p);
-    }
-  });
-}
-
-template <class Runner, class Job>
-void dispatch_lion(Runner& r, const Job& job, const LionParams& p, bool maximize) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_lion_cuda", [&] {
-    return maximize ? r.template run<LionFunctor<scalar_t, true>>(job, p)
-                    : r.template run<LionFunctor<scalar_t, false>>(job, p);
-  });
-}
-
-template <class Runner, class Job>
-void dispatch_sophia(Runner& r, const Job& job, const SophiaParams& p, bool maximize) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_sophia_cuda", [&] {
-    return maximize ? r.template run<SophiaFunctor<scalar_t, true>>(job, p)
-                    : r.template run<SophiaFunctor<scalar_t, false>>(job, p);
-  });
-}
-
-template <class Runner, class Job>
-void dispatch_sophia_hessian(Runner& r, const Job& job, const SophiaHessianParams& p) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_sophia_hessian_cuda", [&] {
-    return r.template run<SophiaHessianFunctor<scalar_t>>(job, p);
-  });
-}
-
-// Both LAMB passes: the second launch sequence starts after the first has finished (one stream).
-template <class Runner, class Job>
-void dispatch_lamb(Runner& r, const Job& job, const LambParams& p, bool maximize) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_lamb_cuda", [&] {
-    if (maximize) {
-      r.template run<LambMomentsFunctor<scalar_t, true>>(job, p);
+  p.decoupled = decoupled;
+  p.maximize = maximize;
+  dispatch_storage(job, "fusedopt_adam_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    if constexpr (M::kFull) {
+      const int mode = (decoupled ? 4 : 0) | (amsgrad ? 2 : 0) | (maximize ? 1 : 0);
+      switch (mode) {
+        case 0: return r.template run<AdamFunctor<M, 0, false, 0>>(job, p);
+        case 1: return r.template run<AdamFunctor<M, 0, false, 1>>(job, p);
+        case 2: return r.template run<AdamFunctor<M, 0, true, 0>>(job, p);
+        case 3: return r.template run<AdamFunctor<M, 0, true, 1>>(job, p);
+        case 4: return r.template run<AdamFunctor<M, 1, false, 0>>(job, p);
+        case 5: return r.template run<AdamFunctor<M, 1, false, 1>>(job, p);
+        case 6: return r.template run<AdamFunctor<M, 1, true, 0>>(job, p);
+        default: return r.template run<AdamFunctor<M, 1, true, 1>>(job, p);
+      }
     } else {
-      r.template run<LambMomentsFunctor<scalar_t, false>>(job, p);
+      return amsgrad ? r.template run<AdamFunctor<M, kDyn, true, kDyn>>(job, p)
+                     : r.template run<AdamFunctor<M, kDyn, false, kDyn>>(job, p);
     }
-    r.template run<LambApplyFunctor<scalar_t>>(job, p);
   });
 }
 
-template <class Runner, class Job>
+template <class Runner>
+void dispatch_sgd(Runner& r, const Job& job, SgdParams p, bool momentum, bool first, bool nesterov,
+                  bool maximize) {
+  p.nesterov = nesterov;
+  p.maximize = maximize;
+  dispatch_storage(job, "fusedopt_sgd_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    if constexpr (M::kFull) {
+      if (!momentum) {
+        return maximize ? r.template run<SgdFunctor<M, false, false, 0, 1>>(job, p)
+                        : r.template run<SgdFunctor<M, false, false, 0, 0>>(job, p);
+      }
+      const int mode = (first ? 4 : 0) | (nesterov ? 2 : 0) | (maximize ? 1 : 0);
+      switch (mode) {
+        case 0: return r.template run<SgdFunctor<M, true, false, 0, 0>>(job, p);
+        case 1: return r.template run<SgdFunctor<M, true, false, 0, 1>>(job, p);
+        case 2: return r.template run<SgdFunctor<M, true, false, 1, 0>>(job, p);
+        case 3: return r.template run<SgdFunctor<M, true, false, 1, 1>>(job, p);
+        case 4: return r.template run<SgdFunctor<M, true, true, 0, 0>>(job, p);
+        case 5: return r.template run<SgdFunctor<M, true, true, 0, 1>>(job, p);
+        case 6: return r.template run<SgdFunctor<M, true, true, 1, 0>>(job, p);
+        default: return r.template run<SgdFunctor<M, true, true, 1, 1>>(job, p);
+      }
+    } else {
+      if (!momentum) return r.template run<SgdFunctor<M, false, false, 0, kDyn>>(job, p);
+      return first ? r.template run<SgdFunctor<M, true, true, kDyn, kDyn>>(job, p)
+                   : r.template run<SgdFunctor<M, true, false, kDyn, kDyn>>(job, p);
+    }
+  });
+}
+
+template <class Runner>
+void dispatch_lion(Runner& r, const Job& job, LionParams p, bool maximize) {
+  p.maximize = maximize;
+  dispatch_storage(job, "fusedopt_lion_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    if constexpr (M::kFull) {
+      return maximize ? r.template run<LionFunctor<M, 1>>(job, p)
+                      : r.template run<LionFunctor<M, 0>>(job, p);
+    } else {
+      return r.template run<LionFunctor<M, kDyn>>(job, p);
+    }
+  });
+}
+
+template <class Runner>
+void dispatch_sophia(Runner& r, const Job& job, SophiaParams p, bool maximize) {
+  p.maximize = maximize;
+  dispatch_storage(job, "fusedopt_sophia_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    if constexpr (M::kFull) {
+      return maximize ? r.template run<SophiaFunctor<M, 1>>(job, p)
+                      : r.template run<SophiaFunctor<M, 0>>(job, p);
+    } else {
+      return r.template run<SophiaFunctor<M, kDyn>>(job, p);
+    }
+  });
+}
+
+template <class Runner>
+void dispatch_sophia_hessian(Runner& r, const Job& job, const SophiaHessianParams& p) {
+  dispatch_storage(job, "fusedopt_sophia_hessian_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    if constexpr (M::kMode == kPlain) {
+      return r.template run<SophiaHessianFunctor<M>>(job, p);
+    } else {
+      TORCH_CHECK(false, "fusedopt.sophia_update_hessian_: no param mode");
+    }
+  });
+}
+
+// LAMB's passes (1, 2 or both: `passes` bits); the second launch sequence starts after the first
+// has finished (one stream).
+template <class Runner>
+void dispatch_lamb(Runner& r, const Job& job, LambParams p, bool maximize, int passes) {
+  p.maximize = maximize;
+  dispatch_storage(job, "fusedopt_lamb_cuda", [&](auto storage) {
+    using M = decltype(storage);
+    using M1 = LambPass1Storage<M>;
+    constexpr bool kStore = kLambStoreInPass1<M>;
+    if (passes & 1) {
+      if constexpr (M1::kFull) {
+        if (maximize) {
+          r.template run<LambNormsFunctor<M1, 1, kStore>>(job, p);
+        } else {
+          r.template run<LambNormsFunctor<M1, 0, kStore>>(job, p);
+        }
+      } else {
+        r.template run<LambNormsFunctor<M1, kDyn, kStore>>(job, p);
+      }
+    }
+    if (passes & 2) {
+      if constexpr (kStore) {
+        r.template run<LambApplyFunctor<M, 0, true>>(job, p);  // maximize is in the moments
+      } else if constexpr (M::kFull) {
+        if (maximize) {
+          r.template run<LambApplyFunctor<M, 1, false>>(job, p);
+        } else {
+          r.template run<LambApplyFunctor<M, 0, false>>(job, p);
+        }
+      } else {
+        r.template run<LambApplyFunctor<M, kDyn, false>>(job, p);
+      }
+    }
+  });
+}
+
+template <class Runner>
 void dispatch_sum_sq(Runner& r, const Job& job, const SumSqParams& p) {
-  FUSEDOPT_DISPATCH_FLOATING(job.dtype, "fusedopt_sum_sq_cuda",
-                             [&] { return r.template run<SumSqFunctor<scalar_t>>(job, p); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "fusedopt_sum_sq_cuda",
+                                  [&] { return r.template run<SumSqFunctor<scalar_t>>(job, p); });
 }
 
 }  // namespace fusedopt::cuda

@@ -3,9 +3,11 @@
 // backends (static member functions of B):
 //   GpuBackend (register.cpp)  the kernels in this folder, on the params' CUDA device
 //   SimBackend (sim.cpp)       the same block bodies run on the host over CPU tensors, for tests
-// Semantics are the CPU kernels' (csrc/cpu/*.cpp): everything is validated before anything is
-// written; found_inf set => nothing changes, step counters included; grads are multiplied by
-// 1/grad_scale; the step counters are incremented by the op; any layout, through staging.
+// Semantics are the CPU kernels' (csrc/cpu/*.cpp) and fusedopt.reference's: everything is
+// validated before anything is written; found_inf set => nothing changes, step counters and
+// seeds included; grads are multiplied by 1/grad_scale; the step counters are incremented and
+// the stochastic-rounding seeds advanced by the op, on the device; any layout, through staging;
+// mixed precision (Note [mixed precision] in fusedopt/math.h) with cpu::check_mixed's checks.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,6 +20,7 @@
 #include <optional>
 #include <vector>
 
+#include "../cpu/mixed.h"
 #include "../cpu/multi_tensor.h"
 #include "jobs.h"
 
@@ -25,6 +28,10 @@ namespace fusedopt::cuda {
 
 using cpu::ListSpec;
 using cpu::MultiTensor;
+
+static_assert(int{kPlain} == int{cpu::kPlain} && int{kMaster} == int{cpu::kMaster} &&
+                  int{kStochastic} == int{cpu::kStochastic},
+              "jobs.h's ParamMode mirrors cpu::ParamMode");
 
 // Note [scalars on the device]: a CPU scalar by value, one on the params' device by pointer.
 inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* what,
@@ -90,7 +97,7 @@ inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10:
     TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, op,
                 ": state_steps[", i, "] must be float32 or float64, got ", s.scalar_type());
     out.ptrs.push_back(s.data_ptr());
-    out.is_double.push_back(s.scalar_type() == at::kDouble);
+    out.kinds.push_back(s.scalar_type() == at::kDouble ? kCounterDouble : kCounterFloat);
   }
   return out;
 }
@@ -100,23 +107,74 @@ inline c10::Device op_device(at::TensorList params, const at::Tensor& fallback) 
   return params.empty() ? fallback.device() : params[0].device();
 }
 
-// Plans the non-empty params of `mt` (whose `depth` lists are the kernel's arrays).
-inline Job make_job(const MultiTensor& mt, int depth, const StepList* steps, c10::ScalarType dtype,
-                    c10::Device device, const ExecConfig& cfg, int64_t first_block = 0) {
+// An update op's mixed-precision arguments, checked (cpu::check_mixed, before anything is
+// written): the state lists' dtype, the master list appended to `lists` (kMaster), the seeds'
+// pointers (kStochastic).
+struct MixedArgs {
+  cpu::Mixed mx;
+  std::vector<void*> seeds;  // per param: its seed's data, for the slot and the increment
+};
+
+inline MixedArgs check_mixed_args(const char* op, at::TensorList params,
+                                  const std::vector<at::TensorList>& states,
+                                  const std::optional<at::TensorList>& master_params,
+                                  const std::optional<at::TensorList>& sr_seeds,
+                                  c10::Device device) {
+  MixedArgs a;
+  a.mx = cpu::check_mixed(op, params, states, master_params, sr_seeds, device);
+  if (a.mx.mode == kStochastic) {
+    for (const at::Tensor& s : *sr_seeds) a.seeds.push_back(s.data_ptr());
+  }
+  return a;
+}
+
+// The fp32 master list, last of the op's lists (kMaster).
+inline void add_master_list(std::vector<ListSpec>& lists, const MixedArgs& a,
+                            const std::optional<at::TensorList>& master_params) {
+  if (a.mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
+}
+
+// The counters incremented after the update: `steps` (may be null), then the seeds.
+inline StepList counters(const StepList* steps, const MixedArgs* a) {
+  StepList out;
+  if (steps != nullptr) out = *steps;
+  if (a != nullptr) {
+    for (void* s : a->seeds) {
+      out.ptrs.push_back(s);
+      out.kinds.push_back(kCounterInt64);
+    }
+  }
+  return out;
+}
+
+// Plans the non-empty params of `mt` (whose `arrays` lists are the kernel's arrays); a seed
+// pointer, if any, follows them in each slot.
+inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
+                    const MixedArgs* mixed, c10::ScalarType dtype, c10::Device device,
+                    const ExecConfig& cfg, int64_t first_block = 0) {
   Job job;
   job.dtype = dtype;
+  job.state_dtype = dtype;
+  if (mixed != nullptr) {
+    job.state_dtype = mixed->mx.state;
+    job.mode = mixed->mx.mode;
+  }
   job.device = device.is_cuda() ? device.index() : -1;
   job.arg_bytes = cfg.arg_bytes;
+  const bool seeded = mixed != nullptr && !mixed->seeds.empty();
+  const int depth = arrays + (seeded ? 1 : 0);
+  TORCH_CHECK(depth <= kMaxDepth, "fusedopt: too many arrays per parameter");
   std::vector<int64_t> numels;
   for (const cpu::FlatTuple& t : mt.tuples()) {
     TensorRef r{};
-    for (int d = 0; d < depth; ++d) r.ptr[d] = t.ptr[d];
+    for (int d = 0; d < arrays; ++d) r.ptr[d] = t.ptr[d];
+    if (seeded) r.ptr[arrays] = mixed->seeds[t.index];
     r.numel = t.numel;
     r.index = static_cast<int32_t>(t.index);
-    r.flags = vector_aligned(r.ptr, depth) ? kVectorOk : 0;
+    r.flags = vector_aligned(r.ptr, arrays) ? kVectorOk : 0;
     if (steps != nullptr) {
       r.step = steps->ptrs[t.index];
-      if (steps->is_double[t.index]) r.flags |= kStepDouble;
+      if (steps->kinds[t.index] == kCounterDouble) r.flags |= kStepDouble;
     }
     job.tensors.push_back(r);
     numels.push_back(t.numel);
@@ -128,20 +186,28 @@ inline Job make_job(const MultiTensor& mt, int depth, const StepList* steps, c10
   return job;
 }
 
+using OptionalTensorList = std::optional<at::TensorList>;
+
 template <class B>
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
            const at::Tensor& lr, double beta1, double beta2, double weight_decay, double eps,
            bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& grad_scale,
-           const std::optional<at::Tensor>& found_inf) {
+           const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
+           const OptionalTensorList& sr_seeds) {
   constexpr const char* op = "fusedopt.adam_";
   const c10::Device device = op_device(params, lr);
+  std::vector<at::TensorList> states = {exp_avgs, exp_avg_sqs};
+  if (amsgrad) states.push_back(max_exp_avg_sqs);
+  const MixedArgs mixed = check_mixed_args(op, params, states, master_params, sr_seeds, device);
+  const at::ScalarType st = mixed.mx.state;
   std::vector<ListSpec> lists = {{params, "params", true},
                                  {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true},
-                                 {exp_avg_sqs, "exp_avg_sqs", true}};
-  if (amsgrad) lists.push_back({max_exp_avg_sqs, "max_exp_avg_sqs", true});
-  const int depth = static_cast<int>(lists.size());
+                                 {exp_avgs, "exp_avgs", true, st},
+                                 {exp_avg_sqs, "exp_avg_sqs", true, st}};
+  if (amsgrad) lists.push_back({max_exp_avg_sqs, "max_exp_avg_sqs", true, st});
+  add_master_list(lists, mixed, master_params);
+  const int arrays = static_cast<int>(lists.size());
   const StepList steps = check_steps(op, state_steps, params.size(), device);
   const ExecConfig cfg = B::config(device);
   AdamParams p{lr_arg(lr, op, device, cfg),
@@ -153,9 +219,9 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                eps};
   MultiTensor mt(op, std::move(lists), device);
   if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, depth, &steps, params[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
   B::adam(job, p, decoupled, amsgrad, maximize);
-  B::increment_steps(device, cfg, steps, p.found_inf);
+  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
   mt.copy_back();
 }
 
@@ -163,17 +229,20 @@ template <class B>
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
           const at::Tensor& lr, double momentum, double dampening, double weight_decay,
           bool nesterov, bool maximize, bool is_first_step,
-          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+          const OptionalTensorList& master_params, const OptionalTensorList& sr_seeds) {
   constexpr const char* op = "fusedopt.sgd_";
   const c10::Device device = op_device(params, lr);
   const bool use_momentum = momentum != 0.0;
-  std::vector<ListSpec> lists = {{params, "params", true}, {grads, "grads", false}};
-  if (use_momentum) {
-    lists.push_back({momentum_buffers, "momentum_buffers", true});
-  } else {
+  if (!use_momentum) {
     TORCH_CHECK(momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
   }
-  const int depth = static_cast<int>(lists.size());
+  const MixedArgs mixed =
+      check_mixed_args(op, params, {momentum_buffers}, master_params, sr_seeds, device);
+  std::vector<ListSpec> lists = {{params, "params", true}, {grads, "grads", false}};
+  if (use_momentum) lists.push_back({momentum_buffers, "momentum_buffers", true, mixed.mx.state});
+  add_master_list(lists, mixed, master_params);
+  const int arrays = static_cast<int>(lists.size());
   const ExecConfig cfg = B::config(device);
   SgdParams p{lr_arg(lr, op, device, cfg),
               grad_scale_arg(grad_scale, op, device, cfg),
@@ -183,8 +252,9 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
               weight_decay};
   MultiTensor mt(op, std::move(lists), device);
   if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, depth, nullptr, params[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, arrays, nullptr, &mixed, params[0].scalar_type(), device, cfg);
   B::sgd(job, p, use_momentum, is_first_step, nesterov, maximize);
+  B::increment_steps(device, cfg, counters(nullptr, &mixed), p.found_inf);
   mt.copy_back();
 }
 
@@ -192,9 +262,16 @@ template <class B>
 void lion_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
            double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
-           const std::optional<at::Tensor>& found_inf) {
+           const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
+           const OptionalTensorList& sr_seeds) {
   constexpr const char* op = "fusedopt.lion_";
   const c10::Device device = op_device(params, lr);
+  const MixedArgs mixed = check_mixed_args(op, params, {exp_avgs}, master_params, sr_seeds, device);
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true, mixed.mx.state}};
+  add_master_list(lists, mixed, master_params);
+  const int arrays = static_cast<int>(lists.size());
   const StepList steps = check_steps(op, state_steps, params.size(), device);
   const ExecConfig cfg = B::config(device);
   LionParams p{lr_arg(lr, op, device, cfg),
@@ -203,13 +280,11 @@ void lion_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                beta1,
                beta2,
                weight_decay};
-  MultiTensor mt(op,
-                 {{params, "params", true}, {grads, "grads", false}, {exp_avgs, "exp_avgs", true}},
-                 device);
+  MultiTensor mt(op, std::move(lists), device);
   if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, 3, &steps, params[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
   B::lion(job, p, maximize);
-  B::increment_steps(device, cfg, steps, p.found_inf);
+  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
   mt.copy_back();
 }
 
@@ -218,9 +293,18 @@ void sophia_(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
              at::TensorList hessians, at::TensorList state_steps, const at::Tensor& lr,
              double beta1, double rho, double bs, double weight_decay, bool maximize,
              const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf) {
+             const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
+             const OptionalTensorList& sr_seeds) {
   constexpr const char* op = "fusedopt.sophia_";
   const c10::Device device = op_device(params, lr);
+  const MixedArgs mixed =
+      check_mixed_args(op, params, {exp_avgs, hessians}, master_params, sr_seeds, device);
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true, mixed.mx.state},
+                                 {hessians, "hessians", false, mixed.mx.state}};
+  add_master_list(lists, mixed, master_params);
+  const int arrays = static_cast<int>(lists.size());
   const StepList steps = check_steps(op, state_steps, params.size(), device);
   const ExecConfig cfg = B::config(device);
   SophiaParams p{lr_arg(lr, op, device, cfg),
@@ -230,19 +314,16 @@ void sophia_(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
                  rho,
                  bs,
                  weight_decay};
-  MultiTensor mt(op,
-                 {{params, "params", true},
-                  {grads, "grads", false},
-                  {exp_avgs, "exp_avgs", true},
-                  {hessians, "hessians", false}},
-                 device);
+  MultiTensor mt(op, std::move(lists), device);
   if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, 4, &steps, params[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
   B::sophia(job, p, maximize);
-  B::increment_steps(device, cfg, steps, p.found_inf);
+  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
   mt.copy_back();
 }
 
+// The hessians are Sophia's state (dtype S), the grads the params' (P): the math runs in P's
+// opmath, as in sophia_.
 template <class B>
 void sophia_update_hessian_(at::TensorList hessians, at::TensorList grads, double beta2,
                             const std::optional<at::Tensor>& grad_scale,
@@ -258,24 +339,38 @@ void sophia_update_hessian_(at::TensorList hessians, at::TensorList grads, doubl
   const ExecConfig cfg = B::config(device);
   SophiaHessianParams p{grad_scale_arg(grad_scale, op, device, cfg),
                         found_inf_arg(found_inf, op, device, cfg), beta2};
-  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false}}, device);
+  // The grads' dtype (P) and the hessians' (S) must be a supported pair (check_mixed, with the
+  // grads standing in for the params); MultiTensor checks every tensor against them.
+  std::optional<at::ScalarType> grad_dtype;
+  MixedArgs mixed;
+  if (!grads.empty() && grads[0].defined()) {
+    grad_dtype = grads[0].scalar_type();
+    mixed = check_mixed_args(op, grads, {hessians}, std::nullopt, std::nullopt, device);
+  }
+  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false, grad_dtype}}, device);
   if (skipped_on_host(p.found_inf)) return;
-  const Job job = make_job(mt, 2, nullptr, hessians[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, 2, nullptr, &mixed, grads[0].scalar_type(), device, cfg);
   B::sophia_hessian(job, p);
   mt.copy_back();
 }
 
+// phase (Note in csrc/ops.cpp): 0 both passes; 1 the norms pass, the step increments and the
+// sums of squares into sq_sums; 2 the update pass with the norms sqrt(sq_sums), and the seeds.
 template <class B>
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr,
            double beta1, double beta2, double weight_decay, double eps, bool bias_correction,
            std::optional<double> trust_clip, bool maximize,
            const std::optional<at::Tensor>& tensor_norms,
-           const std::optional<at::Tensor>& grad_scale,
-           const std::optional<at::Tensor>& found_inf) {
+           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+           const OptionalTensorList& master_params, const OptionalTensorList& sr_seeds,
+           int64_t phase, const std::optional<at::Tensor>& sq_sums) {
   constexpr const char* op = "fusedopt.lamb_";
   const c10::Device device = op_device(params, lr);
   const size_t n = params.size();
+  TORCH_CHECK(phase >= 0 && phase <= 2, op, ": phase must be 0, 1 or 2, got ", phase);
+  const MixedArgs mixed =
+      check_mixed_args(op, params, {exp_avgs, exp_avg_sqs}, master_params, sr_seeds, device);
   const StepList steps = check_steps(op, state_steps, n, device);
   const ExecConfig cfg = B::config(device);
   LambParams p{};
@@ -289,6 +384,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   p.bias_correction = bias_correction;
   p.has_trust_clip = trust_clip.has_value();
   p.trust_clip = trust_clip.value_or(0.0);
+  p.steps_done = phase == 2;
+  p.finish_sums = phase == 1;
   const bool want_norms = tensor_norms.has_value() && tensor_norms->defined();
   if (want_norms) {
     const at::Tensor& t = *tensor_norms;
@@ -297,34 +394,57 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 op, ": tensor_norms must be a floating-point tensor on ", device, " of shape (", n,
                 ", 2), got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
   }
-  MultiTensor mt(op,
-                 {{params, "params", true},
-                  {grads, "grads", false},
-                  {exp_avgs, "exp_avgs", true},
-                  {exp_avg_sqs, "exp_avg_sqs", true}},
-                 device);
+  if (phase != 0) {
+    const bool ok = sq_sums.has_value() && sq_sums->defined();
+    TORCH_CHECK(ok && sq_sums->dim() == 2 && sq_sums->size(0) == static_cast<int64_t>(n) &&
+                    sq_sums->size(1) == 2,
+                op, ": phase ", phase, " needs sq_sums of shape (", n, ", 2)");
+    TORCH_CHECK(sq_sums->scalar_type() == at::kDouble && sq_sums->device() == device, op,
+                ": sq_sums must be float64 on ", device, ", got ", sq_sums->scalar_type(), " on ",
+                sq_sums->device());
+  }
+  const at::ScalarType st = mixed.mx.state;
+  std::vector<ListSpec> lists = {{params, "params", true},
+                                 {grads, "grads", false},
+                                 {exp_avgs, "exp_avgs", true, st},
+                                 {exp_avg_sqs, "exp_avg_sqs", true, st}};
+  add_master_list(lists, mixed, master_params);
+  const int arrays = static_cast<int>(lists.size());
+  MultiTensor mt(op, std::move(lists), device);
   if (skipped_on_host(p.found_inf) || n == 0) return;
-  const Job job = make_job(mt, 4, &steps, params[0].scalar_type(), device, cfg);
+  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
-  const at::Tensor partials = at::empty({job.plan.total_blocks * 2}, f64);
-  const at::Tensor counters =
-      at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).device(device));
-  const at::Tensor neg_steps = at::empty({static_cast<int64_t>(n)}, f64);
-  const at::Tensor norms = at::zeros({static_cast<int64_t>(n), 2}, f64);
-  p.partials = partials.data_ptr<double>();
-  p.counters = reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>());
-  p.neg_steps = neg_steps.data_ptr<double>();
+  // Phase 2 takes the norms from the (reduced) sums; the others compute them (rows of empty
+  // params stay 0).
+  const at::Tensor norms =
+      phase == 2 ? sq_sums->sqrt().contiguous() : at::zeros({static_cast<int64_t>(n), 2}, f64);
+  at::Tensor partials, arrivals;
+  if (phase != 2) {
+    partials = at::empty({job.plan.total_blocks * 2}, f64);
+    arrivals =
+        at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).device(device));
+    p.partials = partials.data_ptr<double>();
+    p.counters = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
+  }
   p.norms = norms.data_ptr<double>();
-  if (!job.tensors.empty()) B::lamb(job, p, maximize);
-  B::increment_steps(device, cfg, steps, p.found_inf);
+  const int passes = phase == 0 ? 3 : (phase == 1 ? 1 : 2);
+  if (!job.tensors.empty()) B::lamb(job, p, maximize, passes);
+  B::increment_steps(device, cfg,
+                     counters(phase == 2 ? nullptr : &steps, phase == 1 ? nullptr : &mixed),
+                     p.found_inf);
   mt.copy_back();
-  if (want_norms) {
-    // Rows of empty params stay 0, as on the CPU; a device found_inf keeps the old values.
+  // A device found_inf keeps the old values of the outputs written here.
+  auto store = [&](const at::Tensor& dst, const at::Tensor& values) {
     if (p.found_inf.ptr != nullptr) {
-      tensor_norms->copy_(at::where(found_inf->reshape({}).ne(0), *tensor_norms, norms));
+      dst.copy_(at::where(found_inf->reshape({}).ne(0), dst, values));
     } else {
-      tensor_norms->copy_(norms);
+      dst.copy_(values);
     }
+  };
+  if (phase == 1) {
+    store(*sq_sums, norms);  // the sums of squares, as finish_sums stored them
+  } else if (want_norms) {
+    store(*tensor_norms, norms);
   }
 }
 
@@ -353,7 +473,7 @@ at::Tensor sum_sq(at::TensorList tensors) {
   int64_t total = 0;
   for (size_t k = 0; k < groups.size(); ++k) {
     mts.emplace_back(op, std::vector<ListSpec>{{groups[k], "tensors", false}}, device);
-    jobs.push_back(make_job(mts.back(), 1, nullptr, dtypes[k], device, cfg, total));
+    jobs.push_back(make_job(mts.back(), 1, nullptr, nullptr, dtypes[k], device, cfg, total));
     total += jobs.back().plan.total_blocks;
   }
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);

@@ -13,19 +13,30 @@
 
 namespace fusedopt::cuda {
 
+// How the param is read and written (Note [mixed precision] in fusedopt/math.h); the values of
+// cpu::ParamMode (csrc/cpu/mixed.h), which the host glue checks.
+enum ParamMode : int {
+  kPlain = 0,       // read and written in its own dtype
+  kMaster = 1,      // theta read from the fp32 master, written to it and rounded into the param
+  kStochastic = 2,  // bf16 param written with stochastic rounding
+};
+
 // One (device, dtype) group of an op, planned.
 struct Job {
   LaunchPlan plan;
-  std::vector<TensorRef> tensors;  // the planner's tensor i is tensors[i]
-  c10::ScalarType dtype = c10::ScalarType::Float;
-  int device = -1;                 // CUDA device index (-1 in the simulation)
-  int arg_bytes = kArgBytesLarge;  // which table variant the launches use
+  std::vector<TensorRef> tensors;                  // the planner's tensor i is tensors[i]
+  c10::ScalarType dtype = c10::ScalarType::Float;  // the params' (sophia's hessian op: grads')
+  c10::ScalarType state_dtype = c10::ScalarType::Float;  // the state lists' (else `dtype`)
+  int mode = kPlain;                                     // ParamMode
+  int device = -1;                                       // CUDA device index (-1 in the simulation)
+  int arg_bytes = kArgBytesLarge;                        // which table variant the launches use
 };
 
-// The step counters of an op's params, incremented after its update.
+// The counters of an op's params incremented after its update: step counts and
+// stochastic-rounding seeds.
 struct StepList {
   std::vector<void*> ptrs;
-  std::vector<uint8_t> is_double;
+  std::vector<uint8_t> kinds;  // CounterKind
 };
 
 // How a backend wants its jobs planned.
@@ -44,7 +55,8 @@ void adam(const Job& job, const AdamParams& p, bool decoupled, bool amsgrad, boo
 void sgd(const Job& job, const SgdParams& p, bool momentum, bool first, bool nesterov,
          bool maximize);
 void lion(const Job& job, const LionParams& p, bool maximize);
-void lamb(const Job& job, const LambParams& p, bool maximize);
+// passes: 1 the norms (LAMB phase 1), 2 the update (phase 2), 3 both (phase 0).
+void lamb(const Job& job, const LambParams& p, bool maximize, int passes);
 void sophia(const Job& job, const SophiaParams& p, bool maximize);
 void sophia_hessian(const Job& job, const SophiaHessianParams& p);
 void sum_sq(const Job& job, const SumSqParams& p);

@@ -60,7 +60,7 @@ enum : uint8_t {
 
 // One parameter as the host glue hands it to a runner; the planner's tensor i is refs[i].
 struct TensorRef {
-  void* ptr[kMaxDepth];
+  void* ptr[kMaxDepth];  // its arrays (list order), then its seed if the op rounds stochastically
   int64_t numel;
   void* step;     // the parameter's step counter, or nullptr for ops without one
   int32_t index;  // position in the op's lists (per-tensor outputs, reduction counters)
@@ -96,7 +96,8 @@ constexpr bool tables_fit() {
          sizeof(TableFor<2, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
          sizeof(TableFor<3, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
          sizeof(TableFor<4, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<5, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES;
+         sizeof(TableFor<5, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
+         sizeof(TableFor<6, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES;
 }
 static_assert(tables_fit<kArgBytesSmall>() && tables_fit<kArgBytesLarge>(),
               "a launch table overflows the kernel-argument space");
@@ -159,13 +160,21 @@ C10_HOST_DEVICE inline BlockWork locate(const Table& t, int block) {
   return w;
 }
 
-// The step counters an op increments after its update (Note [step counters on the device]).
+// What a counter incremented after an update holds: a step count (float32 or float64) or a
+// stochastic-rounding seed (int64, Note [mixed precision on the GPU] in functors.h).
+enum CounterKind : uint8_t {
+  kCounterFloat = 0,
+  kCounterDouble = 1,
+  kCounterInt64 = 2,
+};
+
+// The counters an op increments after its update (Note [step counters on the device]).
 template <int ARG_BYTES>
 struct StepTable {
   static constexpr int kCapacity = (ARG_BYTES - 64) / 9;
   int32_t n;
   void* ptr[kCapacity];
-  uint8_t is_double[kCapacity];
+  uint8_t kind[kCapacity];  // CounterKind
 };
 static_assert(sizeof(StepTable<kArgBytesSmall>) + sizeof(ScalarArg) <= kArgBytesSmall &&
                   sizeof(StepTable<kArgBytesLarge>) + sizeof(ScalarArg) <= kArgBytesLarge,

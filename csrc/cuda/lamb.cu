@@ -4,9 +4,9 @@
 
 namespace fusedopt::cuda::gpu {
 
-void lamb(const Job& job, const LambParams& p, bool maximize) {
+void lamb(const Job& job, const LambParams& p, bool maximize, int passes) {
   GpuRunner r;
-  dispatch_lamb(r, job, p, maximize);
+  dispatch_lamb(r, job, p, maximize, passes);
 }
 
 }  // namespace fusedopt::cuda::gpu

@@ -45,8 +45,10 @@ constexpr int64_t kChunkSize = 16384;
 // Threads per block: 512 threads x 4 arrays x 16 B in flight per thread keeps a memory-bound
 // kernel at full occupancy on sm_80/sm_90 (2,048 threads/SM) without register pressure.
 constexpr int kBlockThreads = 512;
-// The most arrays one parameter contributes to a kernel (Adam with amsgrad: p, g, m, v, vmax).
-constexpr int kMaxDepth = 5;
+// The most pointers one parameter contributes to a kernel: Adam with amsgrad has five arrays
+// (p, g, m, v, vmax), plus the fp32 master copy or the stochastic-rounding seed (Note [mixed
+// precision on the GPU] in functors.h).
+constexpr int kMaxDepth = 6;
 // Vector loads and stores move this many bytes (ld.global.v4.u32).
 constexpr int kVectorBytes = 16;
 

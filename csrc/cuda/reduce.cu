@@ -42,7 +42,7 @@ void launch_increments(int device, const StepList& steps, const ScalarArg& found
     table.n = static_cast<int32_t>(end - begin);
     for (size_t i = begin; i < end; ++i) {
       table.ptr[i - begin] = steps.ptrs[i];
-      table.is_double[i - begin] = steps.is_double[i];
+      table.kind[i - begin] = steps.kinds[i];
     }
     const int threads = table.n < 256 ? 32 * ((table.n + 31) / 32) : 256;
     increment_steps_kernel<ARG_BYTES><<<1, threads, 0, stream>>>(table, found_inf);

@@ -28,8 +28,8 @@ struct GpuBackend {
   static void lion(const Job& job, const LionParams& p, bool maximize) {
     gpu::lion(job, p, maximize);
   }
-  static void lamb(const Job& job, const LambParams& p, bool maximize) {
-    gpu::lamb(job, p, maximize);
+  static void lamb(const Job& job, const LambParams& p, bool maximize, int passes) {
+    gpu::lamb(job, p, maximize, passes);
   }
   static void sophia(const Job& job, const SophiaParams& p, bool maximize) {
     gpu::sophia(job, p, maximize);

@@ -24,7 +24,7 @@ void increments(const StepList& steps, const ScalarArg& found_inf) {
     t.n = static_cast<int32_t>(end - begin);
     for (size_t i = begin; i < end; ++i) {
       t.ptr[i - begin] = steps.ptrs[i];
-      t.is_double[i - begin] = steps.is_double[i];
+      t.kind[i - begin] = steps.kinds[i];
     }
     HostThreads ex{32};
     increment_steps_block(t, found_inf, ex);

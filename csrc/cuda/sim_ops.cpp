@@ -8,9 +8,9 @@ void SimBackend::lion(const Job& job, const LionParams& p, bool maximize) {
   dispatch_lion(r, job, p, maximize);
 }
 
-void SimBackend::lamb(const Job& job, const LambParams& p, bool maximize) {
+void SimBackend::lamb(const Job& job, const LambParams& p, bool maximize, int passes) {
   SimRunner r;
-  dispatch_lamb(r, job, p, maximize);
+  dispatch_lamb(r, job, p, maximize, passes);
 }
 
 void SimBackend::sophia(const Job& job, const SophiaParams& p, bool maximize) {

@@ -57,7 +57,7 @@ struct SimBackend {
   static void sgd(const Job& job, const SgdParams& p, bool momentum, bool first, bool nesterov,
                   bool maximize);
   static void lion(const Job& job, const LionParams& p, bool maximize);
-  static void lamb(const Job& job, const LambParams& p, bool maximize);
+  static void lamb(const Job& job, const LambParams& p, bool maximize, int passes);
   static void sophia(const Job& job, const SophiaParams& p, bool maximize);
   static void sophia_hessian(const Job& job, const SophiaHessianParams& p);
   static void sum_sq(const Job& job, const SumSqParams& p);
