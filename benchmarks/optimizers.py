@@ -23,14 +23,15 @@ are scaled by it (``scaler.scale(grads)``: what ``scaler.scale(loss).backward()`
   torch-fused / torch-foreach (torch.optim.AdamW(fused=True) / (foreach=True)):
       scaler.unscale_(opt); clip_grad_norm_(params, 1.0); scaler.step(opt); scaler.update();
       sched.step()                    # torch.optim.lr_scheduler.LambdaLR, host-side lr
-  fusedopt (fusedopt.AdamW(lr=torch.tensor(...), max_grad_norm=1.0)):
+  fusedopt (fusedopt.AdamW(lr=torch.tensor(...), max_grad_norm=1.0), fusedopt.amp.GradScaler):
       scaler.step(opt); scaler.update(); sched.step()
                                       # fusedopt.schedules.WarmupCosine(device=True)
 fusedopt sets ``_step_supports_amp_scaling``, so GradScaler hands it grad_scale and found_inf and
 the update kernel unscales; the clip factor comes from one fused sum-of-squares reduction over
 the grads inside the step and rides into the update (Note [clipping inside the step] in
-fusedopt/optim/_base.py). Every row has its own GradScaler with torch's defaults, so every
-row pays GradScaler's own passes.
+fusedopt/optim/_base.py), and fusedopt.amp.GradScaler (torch's GradScaler, subclassed) takes
+its inf check from that same sum instead of its own pass over the grads (Note [inf check in the
+norm pass]). Every row has its own GradScaler with torch's defaults.
 
 The steps modify the grads in place (torch's unscale and clip), so before every step, untimed,
 ``TrainLoop.prepare`` copies the scaled grads back: every step, of every row, starts from the same
@@ -181,18 +182,15 @@ def train_loop_torch_fused_moved(dtype: torch.dtype) -> float:
 
 
 def train_loop_fusedopt_moved(dtype: torch.dtype) -> float:
-    """What fusedopt moves with AdamW(max_grad_norm=...):
-      scaler.step: an optimizer with _step_supports_amp_scaling still gets GradScaler's
-          _check_inf_per_device, which runs _amp_foreach_non_finite_check_and_unscale_ with
-          inv_scale 1.0: ATen's CPU kernel (a TensorIterator with the grad as input and output)
-          writes every value back, unchanged              (read g, write g)                (2)
-      opt.step: fusedopt's sum_sq over the grads (Note [clipping inside the step])
-                                                          (read g)                         (1)
-          then the AdamW kernel, unscaling and clipping g in registers                      (7)
-    10 arrays: 40 B/param in fp32. The check pass is GradScaler's, not needed by the work: the
-    norm pass finds non-finite grads too (train_loop_bytes).
+    """What fusedopt moves with AdamW(max_grad_norm=...) and fusedopt.amp.GradScaler:
+      scaler.step: the inf check is fusedopt's sum_sq over the grads (Note [inf check in the
+          norm pass]), kept for the clip                  (read g)                         (1)
+      opt.step: the AdamW kernel, unscaling and clipping g in registers                     (7)
+    8 arrays: 32 B/param in fp32, what the work needs (train_loop_bytes). With torch's
+    GradScaler instead, its _check_inf_per_device runs _amp_foreach_non_finite_check_and_unscale_
+    with inv_scale 1.0, which reads and writes every grad: 40 B/param.
     """
-    return 10 * _itemsize(dtype)
+    return 8 * _itemsize(dtype)
 
 
 def train_loop_torch_foreach_moved(dtype: torch.dtype) -> float:
@@ -303,12 +301,13 @@ class TrainLoop:
         opt: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         clip_norm: float | None,
+        scaler_cls: type = torch.amp.GradScaler,
     ) -> None:
         self.params = params
         self.opt = opt
         self.scheduler = scheduler
         self.clip_norm = clip_norm
-        self.scaler = torch.amp.GradScaler(params[0].device.type)
+        self.scaler = scaler_cls(params[0].device.type)
         # As backward() of scaler.scale(loss) would leave them: every grad times the scale (2^16).
         self.scaled_grads: list[Tensor] = self.scaler.scale([p.grad for p in params])
         self.prepare()
@@ -352,7 +351,7 @@ def _fusedopt_train_loop(ps: list[Tensor]) -> TrainLoop:
         backend=fusedopt_backend(),
     )
     sched = WarmupCosine(opt, SCHEDULE_WARMUP_STEPS, SCHEDULE_TOTAL_STEPS, device=True)
-    return TrainLoop(ps, opt, sched, clip_norm=None)
+    return TrainLoop(ps, opt, sched, clip_norm=None, scaler_cls=fusedopt.amp.GradScaler)
 
 
 def train_loop_rows(label: str) -> dict[str, Factory]:
@@ -387,7 +386,7 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
         train_loop_bytes,
         ("gpt",),
         rows=train_loop_rows,
-        requires=("AdamW", "schedules.WarmupCosine"),
+        requires=("AdamW", "schedules.WarmupCosine", "amp.GradScaler"),
         moved=TRAIN_LOOP_MOVED,
     ),
 )

@@ -8,7 +8,7 @@ PyTorch reference that is the specification. ``fusedopt.backends()`` says what r
 
 from __future__ import annotations
 
-from . import schedules
+from . import amp, schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
 from .clip import clip_grad_norm_
@@ -24,6 +24,7 @@ __all__ = [
     "Lion",
     "Sophia",
     "BackendInfo",
+    "amp",
     "backends",
     "clip_grad_norm_",
     "schedules",

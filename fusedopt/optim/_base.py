@@ -509,8 +509,11 @@ class FusedOptimizer(Optimizer):
             self.step_skipped.fill_(False)
         else:
             self.step_skipped.copy_(found_inf.to(self.step_skipped.device, non_blocking=True) != 0)
+        # The sum of squares fusedopt.amp.GradScaler had this optimizer take for its inf check
+        # (Note [inf check in the norm pass]): the same grads, read once for both.
+        cached = self.__dict__.pop("_cached_sum_sq", None)
         if self.max_grad_norm is not None and work:
-            grad_scale = self._clip(work, grad_scale)
+            grad_scale = self._clip(work, grad_scale, cached)
         for group, b, bgrads in work:
             lr = group["lr"]
             if not isinstance(lr, Tensor):
@@ -542,16 +545,27 @@ class FusedOptimizer(Optimizer):
         super().__init_subclass__(**kwargs)
         _lr_sched_marker(cls)
 
-    def _clip(self, work: list, grad_scale: Tensor | None) -> Tensor:
-        """Note [clipping inside the step]
-        The global L2 norm of all grads (fp64 sums of squares from one multi-tensor reduction
-        per bucket, no host sync), unscaled by the AMP scale, gives the factor
-        min(1, max_grad_norm / (norm + 1e-6)) that torch.nn.utils.clip_grad_norm_ would apply.
-        Instead of a pass that rewrites every grad, the factor rides into the update kernels
-        through their grad_scale argument: the kernels multiply each grad by 1/grad_scale, and
-        1/(scale/coef) in fp64 rounds to exactly the fp32 coef. Non-finite norms behave as in
-        clip_grad_norm_(error_if_nonfinite=False): an inf norm gives a zero factor, a NaN norm NaN.
+    def _amp_found_inf(self) -> dict[torch.device, Tensor]:
+        """Note [inf check in the norm pass]
+        For fusedopt.amp.GradScaler: GradScaler finds inf/NaN grads with a pass that reads and
+        writes every grad (it multiplies them by 1, 8 B per fp32 param) before the step.
+        Instead, this takes the fp64 sum of squares of all grads (one read, 4 B per fp32
+        param; all-reduced over shards), which is non-finite exactly when a grad is (the
+        squares of finite fp32/fp16/bf16 values cannot overflow fp64), and keeps it for the
+        step's max_grad_norm, which then needs no pass of its own. Returns GradScaler's
+        {device: found_inf} (float32, 1 where a grad is inf or NaN).
         """
+        work = self._plan_work()
+        if not work:
+            device = self.step_skipped.device
+            return {device: torch.zeros((), dtype=torch.float32, device=device)}
+        total = self._grad_sum_sq(work)
+        self._cached_sum_sq = total
+        return {total.device: (~torch.isfinite(total)).to(torch.float32)}
+
+    def _grad_sum_sq(self, work: list) -> Tensor:
+        """The fp64 sum of squares of every grad of ``work`` (all-reduced over the ranks
+        holding other shards of sharded params), without a host sync."""
         total: Tensor | None = None
         sharded: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
         for _, b, bgrads in work:
@@ -567,6 +581,20 @@ class FusedOptimizer(Optimizer):
                 torch.distributed.all_reduce(sq, group=mesh.get_group(d))
             total = sq if total is None else total + sq.to(total.device)
         assert total is not None
+        return total
+
+    def _clip(self, work: list, grad_scale: Tensor | None, total: Tensor | None = None) -> Tensor:
+        """Note [clipping inside the step]
+        The global L2 norm of all grads (fp64 sums of squares from one multi-tensor reduction
+        per bucket, no host sync), unscaled by the AMP scale, gives the factor
+        min(1, max_grad_norm / (norm + 1e-6)) that torch.nn.utils.clip_grad_norm_ would apply.
+        Instead of a pass that rewrites every grad, the factor rides into the update kernels
+        through their grad_scale argument: the kernels multiply each grad by 1/grad_scale, and
+        1/(scale/coef) in fp64 rounds to exactly the fp32 coef. Non-finite norms behave as in
+        clip_grad_norm_(error_if_nonfinite=False): an inf norm gives a zero factor, a NaN norm NaN.
+        """
+        if total is None:
+            total = self._grad_sum_sq(work)
         norm = total.sqrt()
         if grad_scale is not None:
             norm = norm / grad_scale.to(norm.device, torch.float64)
