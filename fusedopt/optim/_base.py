@@ -498,10 +498,15 @@ class FusedOptimizer(Optimizer):
         """
         # What the wrapper an LRScheduler would install records (see _lr_sched_marker).
         self._opt_called = True
+        # The sum of squares fusedopt.amp.GradScaler had this optimizer take for its inf check
+        # just before this step (Note [inf check in the norm pass]): the same grads, read once
+        # for both. Taken first, so that a step that raises leaves no stale sum behind.
+        cached = self.__dict__.pop("_cached_sum_sq", None)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+            cached = None  # new grads
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         work = self._plan_work()
@@ -509,9 +514,6 @@ class FusedOptimizer(Optimizer):
             self.step_skipped.fill_(False)
         else:
             self.step_skipped.copy_(found_inf.to(self.step_skipped.device, non_blocking=True) != 0)
-        # The sum of squares fusedopt.amp.GradScaler had this optimizer take for its inf check
-        # (Note [inf check in the norm pass]): the same grads, read once for both.
-        cached = self.__dict__.pop("_cached_sum_sq", None)
         if self.max_grad_norm is not None and work:
             grad_scale = self._clip(work, grad_scale, cached)
         for group, b, bgrads in work:
