@@ -51,6 +51,15 @@ class Adam(FusedOptimizer):
             after AMP unscaling) to this value inside the step, as
             ``torch.nn.utils.clip_grad_norm_`` would before it, without a separate pass; the
             norm is kept in ``optimizer.last_grad_norm`` (default: None, no clipping).
+        master_weights (bool, optional): keep an fp32 copy of each float16/bfloat16 param in
+            its state (``master_param``), update it and round it into the param in the same
+            pass (default: False). fp32/fp64 params need none.
+        stochastic_rounding (bool, optional): round the fp32 update into bfloat16 params
+            stochastically (unbiased), with a per-param seed in state (``sr_seed``); exclusive
+            with master_weights; float16 params raise (default: False).
+        state_dtype (torch.dtype, optional): the dtype of the moments: torch.float32 or
+            torch.bfloat16; None keeps the params' dtype, or float32 for half-precision params
+            with master_weights/stochastic_rounding (default: None). The math is fp32.
     """
 
     _op = "adam_"

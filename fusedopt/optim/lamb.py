@@ -57,6 +57,8 @@ class LAMB(FusedOptimizer):
         max_grad_norm (float, optional): scale the grads by
             :math:`\min(1, \text{max\_grad\_norm} / (\text{global norm} + 10^{-6}))` first
             (default: None, no clipping).
+        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
+            :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "lamb_"

@@ -45,6 +45,8 @@ class Lion(FusedOptimizer):
             (default: "auto"); see :func:`fusedopt.backends`.
         max_grad_norm (float, optional): clip the global grad norm inside the step, as in
             :class:`fusedopt.Adam` (default: None).
+        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
+            :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "lion_"

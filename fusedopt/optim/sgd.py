@@ -41,6 +41,8 @@ class SGD(FusedOptimizer):
             (default: "auto").
         max_grad_norm (float, optional): clip the global grad norm inside the step, as in
             :class:`fusedopt.Adam` (default: None).
+        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
+            :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "sgd_"

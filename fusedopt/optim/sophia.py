@@ -73,6 +73,8 @@ class Sophia(FusedOptimizer):
             (default: "auto"); see :func:`fusedopt.backends`.
         max_grad_norm (float, optional): clip the global grad norm inside :meth:`step` (not in
             :meth:`update_hessian`), as in :class:`fusedopt.Adam` (default: None).
+        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
+            :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "sophia_"
