@@ -45,7 +45,9 @@ KERNELS = [
     pytest.param(
         "triton",
         marks=pytest.mark.skipif(
-            not fusedopt.backends()["triton"].available, reason="Triton backend unavailable"
+            not fusedopt.backends()["triton"].available or torch.cuda.is_available(),
+            reason="Triton on CPU tensors needs the interpreter (no GPU): GPU runs are in "
+            "tests/test_triton.py",
         ),
     ),
 ]
@@ -463,6 +465,7 @@ def _adam_args(params, grads, m, v, steps) -> tuple:  # noqa: ANN001
         ("seed_fp16", "needs bfloat16 params"),
         ("seed_dtype", r"sr_seeds\[0\] must be a one-element int64 tensor"),
         ("both", "exclusive"),
+        ("seed_shared", r"sr_seeds\[1\] shares its memory with sr_seeds\[0\]"),
         ("state_fp16", "state dtype Half is not supported with param dtype Float"),
         ("state_mixed", r"exp_avg_sqs\[0\] has dtype Float, expected BFloat16"),
     ],
@@ -493,6 +496,8 @@ def test_op_rejects_bad_mixed_arguments_before_writing(case: str, match: str, ba
         seeds = [torch.tensor(1), torch.tensor(2)]
         if case == "seed_dtype":
             seeds[0] = torch.tensor(1.0)
+        if case == "seed_shared":
+            seeds[1] = seeds[0]
     before = [t.clone() for t in params + m + v + steps + (seeds or []) + (masters or [])]
     fn = _dispatch.kernel(backend, "adam_")
     if backend == "reference" and case in ("master_dtype",):

@@ -626,7 +626,6 @@ def _check_mixed_step(op, args, kwargs, ref_args, ref_kwargs, mode, what) -> Non
             _assert_sr_close(p.cpu(), q.cpu(), f"{what}: params[{i}]")
 
 
-@interp_only
 @pytest.mark.parametrize(
     "name,pdtype,sdtype,mode", MIXED_CONFIGS, ids=[c[0] for c in MIXED_CONFIGS]
 )
@@ -652,7 +651,6 @@ def test_mixed_matches_reference(op, name, pdtype, sdtype, mode):
         assert [int(s) for s in kwargs["sr_seeds"]] == [s + STEPS for s in SEEDS[: len(args[0])]]
 
 
-@interp_only
 @pytest.mark.parametrize("mode", ["master", "sr"])
 def test_sgd_without_momentum_mixed(mode):
     """No state lists at all: the table is params (+ masters), the state dtype the params'."""
@@ -664,7 +662,6 @@ def test_sgd_without_momentum_mixed(mode):
     _check_mixed_step("sgd_", args, kwargs, ref_args, ref_kwargs, mode, f"sgd {mode}")
 
 
-@interp_only
 @pytest.mark.parametrize("mode", ["master", "sr"])
 def test_lion_rounding_is_the_reference_bit_for_bit(mode):
     """Lion's update, theta*(1 - lr*wd) - lr*sign(c), is computed exactly alike in fp32 (the
@@ -682,7 +679,6 @@ def test_lion_rounding_is_the_reference_bit_for_bit(mode):
             assert _same_bits(w, x), f"master_params[{i}]"
 
 
-@interp_only
 @pytest.mark.parametrize("sdtype", [FP32, BF16], ids=["fp32states", "bf16states"])
 @pytest.mark.parametrize("op", UPDATE_OPS)
 def test_sr_rounds_the_fp32_update_bit_for_bit(op, sdtype):
@@ -758,7 +754,6 @@ def test_sr_is_unbiased_and_depends_on_the_seed():
     assert not torch.equal(outs[0], outs[1]), "the seed does not change the noise"
 
 
-@interp_only
 @pytest.mark.parametrize("hdtype", [FP32, BF16], ids=["fp32h", "bf16h"])
 @pytest.mark.parametrize("gdtype", [BF16, FP16, FP32], ids=["bf16g", "fp16g", "fp32g"])
 def test_sophia_hessian_in_its_own_dtype(gdtype, hdtype):
@@ -799,7 +794,6 @@ LAMB_PHASE_CONFIGS = [
 ]
 
 
-@interp_only
 @pytest.mark.parametrize(
     "name,pdtype,sdtype,mode", LAMB_PHASE_CONFIGS, ids=[c[0] for c in LAMB_PHASE_CONFIGS]
 )

@@ -1,5 +1,7 @@
 #include "mixed.h"
 
+#include <unordered_map>
+
 namespace fusedopt::cpu {
 
 Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::TensorList>& states,
@@ -47,6 +49,14 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
                   i, "] must be a one-element int64 tensor");
       TORCH_CHECK(s.device() == device, op, ": sr_seeds[", i, "] is on ", s.device(), ", expected ",
                   device);
+    }
+    // A seed shared by two params would be advanced twice, in an order (and on a GPU, a race)
+    // that differs between backends.
+    std::unordered_map<const void*, size_t> seen;
+    for (size_t i = 0; i < n; ++i) {
+      const auto [it, fresh] = seen.emplace((*sr_seeds)[i].data_ptr(), i);
+      TORCH_CHECK(fresh, op, ": sr_seeds[", i, "] shares its memory with sr_seeds[", it->second,
+                  "]: every param needs its own seed");
     }
     mx.mode = kStochastic;
   }

@@ -211,6 +211,14 @@ def check_mixed(
                     f"{op}: sr_seeds[{i}] must be a one-element int64 tensor, got {s.dtype} "
                     f"with {s.numel()} elements"
                 )
+        seen: dict[int, int] = {}
+        for i, s in enumerate(seeds):
+            ptr = s.data_ptr()
+            if ptr in seen:
+                raise RuntimeError(
+                    f"{op}: sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param needs its own seed"
+                )
+            seen[ptr] = i
     return (
         list(masters) if masters is not None else [None] * n,
         list(seeds) if seeds is not None else [None] * n,

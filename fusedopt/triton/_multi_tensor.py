@@ -264,6 +264,12 @@ def _validate(
                 )
             if s.device != device:
                 _fail(op, f"sr_seeds[{i}] is on {s.device}, expected {device}")
+        seen: dict[int, int] = {}
+        for i, s in enumerate(seeds):
+            ptr = s.data_ptr()
+            if ptr in seen:
+                _fail(op, f"sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param needs its own seed")
+            seen[ptr] = i
     return device, dtype, state_dtype
 
 
