@@ -216,7 +216,8 @@ def check_mixed(
             ptr = s.data_ptr()
             if ptr in seen:
                 raise RuntimeError(
-                    f"{op}: sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param needs its own seed"
+                    f"{op}: sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: "
+                    "every param needs its own seed"
                 )
             seen[ptr] = i
     return (

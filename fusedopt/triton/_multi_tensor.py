@@ -268,7 +268,11 @@ def _validate(
         for i, s in enumerate(seeds):
             ptr = s.data_ptr()
             if ptr in seen:
-                _fail(op, f"sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param needs its own seed")
+                _fail(
+                    op,
+                    f"sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param "
+                    "needs its own seed",
+                )
             seen[ptr] = i
     return device, dtype, state_dtype
 
