@@ -462,23 +462,29 @@ class FusedOptimizer(Optimizer):
         Every group is planned (and so validated) before any group is updated: a step that
         raises changes nothing.
         """
-        if self.stochastic_rounding:  # every group, before any state is created
-            for group in self.param_groups:
+        seen = []
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            missing = [i for i, g in enumerate(grads) if g is None]
+            plan = self._plans.get(gi)
+            stale = plan is None or plan.n != len(params) or plan.missing != missing
+            seen.append((group, grads, missing, stale))
+        if self.stochastic_rounding and any(stale for *_, stale in seen):
+            # Every group, before any plan creates state (or draws a seed).
+            for group, grads, _, _ in seen:
                 for i, p in enumerate(group["params"]):
-                    if p.grad is not None and p.dtype == torch.float16:
+                    if grads[i] is not None and p.dtype == torch.float16:
                         raise ValueError(
                             f"fusedopt.{type(self).__name__}: stochastic_rounding rounds to "
                             f"bfloat16, but parameter {i} is {p.dtype}; use "
                             "master_weights=True for float16 params"
                         )
         work = []
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            grads = [p.grad for p in params]
-            missing = [i for i, g in enumerate(grads) if g is None]
-            plan = self._plans.get(gi)
-            if plan is None or plan.n != len(params) or plan.missing != missing:
-                plan = self._plans[gi] = self._build_plan(group, grads, missing)
+        for gi, (group, grads, missing, stale) in enumerate(seen):
+            if stale:
+                self._plans[gi] = self._build_plan(group, grads, missing)
+            plan = self._plans[gi]
             if plan.dtensor:
                 grads = [None if g is None else _local(g) for g in grads]
             for b in plan.buckets:
