@@ -1285,7 +1285,8 @@ hp = dict(beta1=F64, beta2=F64, log2_beta1=F64, log2_beta2=F64, weight_decay=F64
 # (params, states, mode): the plain dtypes, then the mixed-precision combinations
 F32, BF16, F16, F64T = tl.float32, tl.bfloat16, tl.float16, tl.float64
 CASES = [(F32, F32, ""), (BF16, BF16, ""), (F64T, F64T, ""), (F32, BF16, ""),
-         (BF16, F32, "master"), (F16, BF16, "master"), (BF16, BF16, "sr"), (BF16, F32, "sr")]
+         (BF16, F32, ""), (F16, F32, ""), (BF16, F32, "master"), (F16, F32, "master"),
+         (F16, BF16, "master"), (BF16, BF16, "sr"), (BF16, F32, "sr")]
 for pt, st, mode in CASES:
     ct = F64T if pt == F64T else F32
     c = dict(PT=pt, ST=st, CT=ct, ALIGNED=True, CHUNK=65536, BLOCK=1024, HAS_GRAD_SCALE=True,
