@@ -16,12 +16,7 @@
 
 namespace fusedopt::cpu {
 
-// How the param is read and written.
-enum ParamMode : int {
-  kPlain = 0,       // read and written in its own dtype
-  kMaster = 1,      // read from the fp32 master; written to the master and rounded into the param
-  kStochastic = 2,  // bf16 param, written with stochastic rounding
-};
+// ParamMode (kPlain, kMaster, kStochastic) is fusedopt/math.h's, shared with the CUDA backend.
 
 struct Mixed {
   at::ScalarType param = at::kFloat;
@@ -47,28 +42,12 @@ std::vector<uint32_t> advance_sr_seeds(at::TensorList sr_seeds);
 // combination check_mixed accepts is here (check_mixed makes sure, before any write).
 template <class F>
 void dispatch_mixed(const Mixed& mx, F&& f) {
-  using at::BFloat16;
-  using at::Half;
 #define FUSEDOPT_MIXED_CASE(P, PT, S, ST, M)                    \
   if (mx.param == at::P && mx.state == at::S && mx.mode == M) { \
     f.template operator()<PT, ST, M>();                         \
     return;                                                     \
   }
-  FUSEDOPT_MIXED_CASE(kFloat, float, kFloat, float, kPlain)
-  FUSEDOPT_MIXED_CASE(kDouble, double, kDouble, double, kPlain)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kHalf, Half, kPlain)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_MIXED_CASE(kFloat, float, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kFloat, float, kPlain)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kFloat, float, kPlain)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kHalf, Half, kMaster)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kFloat, float, kMaster)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kMaster)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kFloat, float, kMaster)
-  FUSEDOPT_MIXED_CASE(kHalf, Half, kBFloat16, BFloat16, kMaster)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kFloat, float, kStochastic)
-  FUSEDOPT_MIXED_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kStochastic)
+  FUSEDOPT_FOR_EACH_MIXED(FUSEDOPT_MIXED_CASE)
 #undef FUSEDOPT_MIXED_CASE
   TORCH_CHECK(false, "fusedopt: unsupported dtype combination (params ", mx.param, ", states ",
               mx.state, ", mode ", mx.mode, ")");

@@ -453,31 +453,15 @@ struct SumSqFunctor {
 // ---- dispatch: run-time flags and dtypes to template parameters, once per call ----------------
 // Runner::run<F>(job, params) launches (or simulates) F over every launch of job.plan.
 
-// Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: the 15 of
-// cpu::dispatch_mixed (csrc/cpu/mixed.h), which cpu::check_mixed admits.
+// Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: one of
+// FUSEDOPT_FOR_EACH_MIXED (fusedopt/math.h), the list cpu::check_mixed admits.
 template <class Fn>
 void dispatch_storage(const Job& job, const char* name, Fn&& fn) {
-  using at::BFloat16;
-  using at::Half;
 #define FUSEDOPT_STORAGE_CASE(P, PT, S, ST, MODE)                           \
   if (job.dtype == at::P && job.state_dtype == at::S && job.mode == MODE) { \
     return fn(Storage<PT, ST, MODE>{});                                     \
   }
-  FUSEDOPT_STORAGE_CASE(kFloat, float, kFloat, float, kPlain)
-  FUSEDOPT_STORAGE_CASE(kDouble, double, kDouble, double, kPlain)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kHalf, Half, kPlain)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_STORAGE_CASE(kFloat, float, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kPlain)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kFloat, float, kPlain)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kBFloat16, BFloat16, kPlain)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kHalf, Half, kMaster)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kMaster)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kMaster)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kFloat, float, kMaster)
-  FUSEDOPT_STORAGE_CASE(kHalf, Half, kBFloat16, BFloat16, kMaster)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kFloat, float, kStochastic)
-  FUSEDOPT_STORAGE_CASE(kBFloat16, BFloat16, kBFloat16, BFloat16, kStochastic)
+  FUSEDOPT_FOR_EACH_MIXED(FUSEDOPT_STORAGE_CASE)
 #undef FUSEDOPT_STORAGE_CASE
   TORCH_CHECK(false, name, ": unsupported dtype combination (params ", job.dtype, ", states ",
               job.state_dtype, ", param mode ", job.mode, ")");

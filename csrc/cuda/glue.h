@@ -29,10 +29,6 @@ namespace fusedopt::cuda {
 using cpu::ListSpec;
 using cpu::MultiTensor;
 
-static_assert(int{kPlain} == int{cpu::kPlain} && int{kMaster} == int{cpu::kMaster} &&
-                  int{kStochastic} == int{cpu::kStochastic},
-              "jobs.h's ParamMode mirrors cpu::ParamMode");
-
 // Note [scalars on the device]: a CPU scalar by value, one on the params' device by pointer.
 inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* what,
                             c10::Device device, const ExecConfig& cfg) {

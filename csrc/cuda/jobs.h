@@ -8,18 +8,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "fusedopt/math.h"
 #include "launch_plan.h"
 #include "params.h"
 
 namespace fusedopt::cuda {
-
-// How the param is read and written (Note [mixed precision] in fusedopt/math.h); the values of
-// cpu::ParamMode (csrc/cpu/mixed.h), which the host glue checks.
-enum ParamMode : int {
-  kPlain = 0,       // read and written in its own dtype
-  kMaster = 1,      // theta read from the fp32 master, written to it and rounded into the param
-  kStochastic = 2,  // bf16 param written with stochastic rounding
-};
 
 // One (device, dtype) group of an op, planned.
 struct Job {
@@ -27,7 +20,7 @@ struct Job {
   std::vector<TensorRef> tensors;                  // the planner's tensor i is tensors[i]
   c10::ScalarType dtype = c10::ScalarType::Float;  // the params' (sophia's hessian op: grads')
   c10::ScalarType state_dtype = c10::ScalarType::Float;  // the state lists' (else `dtype`)
-  int mode = kPlain;                                     // ParamMode
+  int mode = kPlain;                                     // ParamMode (fusedopt/math.h)
   int device = -1;                                       // CUDA device index (-1 in the simulation)
   int arg_bytes = kArgBytesLarge;                        // which table variant the launches use
 };

@@ -302,6 +302,33 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void sophia_hessian_element(T& h, T g,
 //     on threads, blocks or backends: fusedopt.reference computes the same bits.
 // found_inf set => nothing changes, seeds included.
 
+// How the param is read and written.
+enum ParamMode : int {
+  kPlain = 0,       // read and written in its own dtype
+  kMaster = 1,      // read from the fp32 master; written to the master and rounded into the param
+  kStochastic = 2,  // bf16 param, written with stochastic rounding
+};
+
+// Every (param dtype, param type, state dtype, state type, ParamMode) the compiled kernels are
+// built for, listed once for the CPU dispatch (cpu/mixed.h) and the CUDA one (cuda/functors.h):
+// X(P, PT, S, ST, MODE) with P/S at::ScalarType names. cpu::check_mixed admits exactly these.
+#define FUSEDOPT_FOR_EACH_MIXED(X)                             \
+  X(kFloat, float, kFloat, float, kPlain)                      \
+  X(kDouble, double, kDouble, double, kPlain)                  \
+  X(kHalf, at::Half, kHalf, at::Half, kPlain)                  \
+  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kPlain)  \
+  X(kFloat, float, kBFloat16, at::BFloat16, kPlain)            \
+  X(kBFloat16, at::BFloat16, kFloat, float, kPlain)            \
+  X(kHalf, at::Half, kFloat, float, kPlain)                    \
+  X(kHalf, at::Half, kBFloat16, at::BFloat16, kPlain)          \
+  X(kHalf, at::Half, kHalf, at::Half, kMaster)                 \
+  X(kBFloat16, at::BFloat16, kFloat, float, kMaster)           \
+  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kMaster) \
+  X(kHalf, at::Half, kFloat, float, kMaster)                   \
+  X(kHalf, at::Half, kBFloat16, at::BFloat16, kMaster)         \
+  X(kBFloat16, at::BFloat16, kFloat, float, kStochastic)       \
+  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kStochastic)
+
 C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t float_bits(float x) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(x);
