@@ -504,18 +504,19 @@ class FusedOptimizer(Optimizer):
         """
         # What the wrapper an LRScheduler would install records (see _lr_sched_marker).
         self._opt_called = True
-        # The sum of squares fusedopt.amp.GradScaler had this optimizer take for its inf check
-        # just before this step (Note [inf check in the norm pass]): the same grads, read once
-        # for both. Taken first, so that a step that raises leaves no stale sum behind.
-        cached = self.__dict__.pop("_cached_sum_sq", None)
+        # The plan work and sum of squares fusedopt.amp.GradScaler had this optimizer take for
+        # its inf check just before this step (Note [inf check in the norm pass]): the same
+        # grads, planned and read once for both. Taken first, so that a step that raises
+        # leaves none behind.
+        amp = self.__dict__.pop("_amp_work", None)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            cached = None  # new grads
+            amp = None  # new grads
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        work = self._plan_work()
+        work, cached = amp if amp is not None else (self._plan_work(), None)
         if found_inf is None:
             self.step_skipped.fill_(False)
         else:
@@ -568,7 +569,7 @@ class FusedOptimizer(Optimizer):
             device = self.step_skipped.device
             return {device: torch.zeros((), dtype=torch.float32, device=device)}
         total = self._grad_sum_sq(work)
-        self._cached_sum_sq = total
+        self._amp_work = (work, total)
         return {total.device: (~torch.isfinite(total)).to(torch.float32)}
 
     def _grad_sum_sq(self, work: list) -> Tensor:
