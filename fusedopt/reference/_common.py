@@ -144,6 +144,12 @@ def store_param(param: Tensor, master: Tensor | None, seed: Tensor | None, p: Te
         param.copy_(p)
 
 
+def state_dtype_ok(param: torch.dtype, state: torch.dtype) -> bool:
+    """The supported (param dtype, state dtype) pairs: the same, or float32/bfloat16 state for
+    any param but float64 (FUSEDOPT_FOR_EACH_MIXED in csrc/include/fusedopt/math.h)."""
+    return state == param or (param != torch.float64 and state in (torch.float32, torch.bfloat16))
+
+
 def check_mixed(
     op: str,
     params: list[Tensor],
@@ -172,10 +178,7 @@ def check_mixed(
                 )
     if n and state_dtype is not None:
         pd = params[0].dtype
-        ok = state_dtype == pd or (
-            pd != torch.float64 and state_dtype in (torch.float32, torch.bfloat16)
-        )
-        if not ok:
+        if not state_dtype_ok(pd, state_dtype):
             raise RuntimeError(
                 f"{op}: state dtype {state_dtype} is not supported with param dtype {pd}"
             )

@@ -44,6 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..reference._common import state_dtype_ok
+
 # Elements per tile: a power of two that keeps each of the up to five streams of a tile in
 # registers at 4 warps (8 fp32 per thread and stream). Not measured on a GPU yet (no GPU was at
 # hand when this was written): the GPU check script should sweep it and record the result here.
@@ -178,11 +180,6 @@ def _sig(t: Tensor) -> tuple:
 
 def _fail(op: str, msg: str) -> None:
     raise RuntimeError(f"{op}: {msg}")
-
-
-def state_dtype_ok(param: torch.dtype, state: torch.dtype) -> bool:
-    """The supported (param, state) dtype pairs (Note [mixed dtypes])."""
-    return state == param or (param != torch.float64 and state in (torch.float32, torch.bfloat16))
 
 
 def _validate(
