@@ -147,7 +147,7 @@ fi
 
 # The per-test time limit: pytest-timeout if installed, else benchmarks/pytest_deadline.py.
 if $py -c "import pytest_timeout" 2>/dev/null; then
-  per_test=(-p pytest_timeout --timeout="$test_timeout")
+  per_test=(--timeout="$test_timeout")
 else
   per_test=(-p benchmarks.pytest_deadline --deadline="$test_timeout")
 fi
