@@ -8,6 +8,7 @@ Switches (environment variables):
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -55,6 +56,67 @@ def _want_cuda(torch) -> tuple[bool, int]:
     return True, 0
 
 
+# Without TORCH_CUDA_ARCH_LIST and without a visible GPU: one native image per major
+# architecture people use, since a cubin runs on every GPU of its major version with an equal or
+# higher minor one (sm_80's on the 8.6/8.7/8.9 parts, sm_100's on 10.3, sm_120's on 12.1):
+# Turing (T4), Ampere, Hopper, Blackwell data-centre and consumer parts; plus PTX of the newest,
+# which later GPUs compile at first use. The kernels are memory-bound: a minor-version-specific
+# image would buy nothing, and each image adds a compile pass to every .cu file.
+COMMON_ARCHS = ("7.5", "8.0", "9.0", "10.0", "12.0")
+
+
+def _nvcc_gpu_codes() -> set[str] | None:
+    """The real architectures the toolkit's nvcc can target ("sm_75", ...), or None."""
+    home = _cuda_home()
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    try:
+        out = subprocess.run(
+            [nvcc, "--list-gpu-code"], capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return None
+    return {line.strip() for line in out.stdout.splitlines() if line.strip().startswith("sm_")}
+
+
+def _default_arch_list(torch) -> str:
+    """TORCH_CUDA_ARCH_LIST when unset: the visible GPUs' architectures (torch's convention for
+    extensions), else COMMON_ARCHS as far as nvcc supports them; PTX of the highest."""
+    codes = _nvcc_gpu_codes()
+
+    def supported(arch: str) -> bool:
+        return codes is None or "sm_" + arch.replace(".", "") in codes
+
+    archs = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            arch = f"{major}.{minor}"
+            if supported(arch) and arch not in archs:
+                archs.append(arch)
+    if not archs:
+        archs = [a for a in COMMON_ARCHS if supported(a)] or list(COMMON_ARCHS)
+    archs.sort(key=lambda a: tuple(int(x) for x in a.split(".")))
+    return ";".join(archs) + "+PTX"
+
+
+def _arch_record() -> str:
+    """The images the build embeds, for fusedopt.backends() to tell whether a GPU has one
+    (csrc/cuda/info.cu): torch's -gencode flags for TORCH_CUDA_ARCH_LIST as one identifier,
+    e.g. sm75_sm80_sm90_ptx90 (nvcc splits -D values at commas, the shell at semicolons)."""
+    from torch.utils import cpp_extension
+
+    try:
+        flags = cpp_extension._get_cuda_arch_flags()
+    except Exception:  # a private helper: without it the record is empty, not the build broken
+        return "unknown"
+    images = []
+    for flag in flags:
+        m = re.search(r"arch=compute_(\w+),code=(sm|compute)_(\w+)", flag)
+        if m:
+            images.append(("sm" if m.group(2) == "sm" else "ptx") + m.group(3))
+    return "_".join(images) or "unknown"
+
+
 def _extensions():
     import torch
 
@@ -82,10 +144,16 @@ def _extensions():
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros.append(("FUSEDOPT_WITH_CUDA", None))
-        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        # --fmad=false: no contraction into fused multiply-adds, as -ffp-contract=off on the
+        # CPU, so that the device runs the same roundings in the same order as the CPU kernels
+        # and the host simulation: fp32 results equal bit for bit (tests/test_cuda.py), not a
+        # sign flip of Lion's update apart near zero. The kernels are memory-bound: the few
+        # extra FMUL/FADD do not show against memory time (benchmarks/gpu_bench.py reports each
+        # row against a copy of the same bytes).
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            # sm_80 (A100), sm_90 (H100/H200), plus PTX so newer GPUs JIT it.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(torch)
+        nvcc.append(f"-DFUSEDOPT_CUDA_IMAGES={_arch_record()}")
         ext = CUDAExtension
         args = {"cxx": cxx, "nvcc": nvcc}
     else:

@@ -1,20 +1,25 @@
-"""The GPU table of benchmarks/gpu_check.sh: one optimizer step of fusedopt's CUDA (and Triton)
-kernels against torch.optim's fused and foreach AdamW, in achieved bytes/s and as a fraction of
-the GPU's measured device-to-device copy bandwidth.
+"""The GPU benchmark of benchmarks/gpu_check.sh: one optimizer step of every fusedopt optimizer on
+its CUDA and Triton kernels, next to torch.optim's fused implementation where torch has one, in
+achieved GB/s and as a fraction of a device copy measured in the same run.
 
-    python -m benchmarks.gpu_bench                # the table (about a minute on an H200)
-    python -m benchmarks.gpu_bench --quick        # small sizes: a smoke test
-    python -m benchmarks.gpu_bench --list         # the rows it would run, without a GPU
+    python -m benchmarks.gpu_bench                  # the table (about two minutes on an H200)
+    python -m benchmarks.gpu_bench --quick          # small sizes: a smoke test
+    python -m benchmarks.gpu_bench --dry-run        # no GPU: every row once on the CPU (Triton
+                                                    # interpreted), no timings; same files
+    python -m benchmarks.gpu_bench --list           # the rows, without running anything
 
 Note [GPU timing]
-Each row steps its own params and state (grads are shared: no implementation writes them) and is
-timed with CUDA events around each of `repeats` steps after `warmup` untimed steps; the median is
-reported. Rows run one after another and free their memory before the next (the 1B-parameter
-fp32 rows need 12 GB each), and the copy bandwidth is measured right before the rows, on the
-same GPU: `dst.copy_(src)` over 2 GiB, counting 2 bytes moved per byte copied (read + write).
-A copy is the bandwidth an optimizer step can reach with every array streamed once: the ratio
-%copy is the scoreboard (issue 5's target: 90% for fp32 AdamW on one 1B-parameter tensor).
-Bytes models: benchmarks/optimizers.py (Note [bytes models]).
+Rows come in blocks: one workload, dtype and optimizer, with every implementation (each
+stepping its own params and state; the grads are shared, no implementation writes them) and a
+copy probe. After two untimed warm-up steps (Triton compiles there), each of `repeats` rounds
+times one call of every member of the block with CUDA events, in an order rotated every round,
+so that clock or thermal drift falls on all alike; the median over the rounds is reported. The
+probe is `dst.copy_(src)` over 1 GiB, counting 2 bytes moved per byte copied (read + write): a
+stream of reads and writes like a step's, so %copy is how close a step comes to what this GPU
+delivers to such a stream (issue 13's target: 85% for fp32 AdamW on `flat`). GB/s use the bytes
+models of benchmarks/optimizers.py (the bytes the work needs; bf16 rows keep bf16 state).
+The CUDA kernels are built with --fmad=false (setup.py): that their rows sit at the copy's
+bandwidth, beside torch's fused kernels (built with contraction), is the measure of its cost.
 """
 
 from __future__ import annotations
@@ -35,122 +40,219 @@ import torch
 
 import fusedopt
 
-from .optimizers import adamw_bytes, lion_bytes
+from .optimizers import adamw_bytes, lamb_bytes, lion_bytes, sgd_momentum_bytes, sophia_bytes
 from .workloads import gpt_shapes
 
-COPY_BYTES = 2 * 2**30
+RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
+COPY_BYTES = 2**30
+IMPLS = ("fusedopt-cuda", "fusedopt-triton", "torch-fused")
+
+
+@dataclass(frozen=True)
+class Opt:
+    name: str
+    kwargs: dict
+    bytes_per_param: Callable[[torch.dtype], float]
+    torch_fused: Callable[..., torch.optim.Optimizer] | None
+
+
+OPTIMIZERS = [
+    Opt(
+        "AdamW",
+        {"lr": 1e-3, "weight_decay": 0.1},
+        adamw_bytes,
+        lambda ps, **kw: torch.optim.AdamW(ps, fused=True, **kw),
+    ),
+    Opt(
+        "SGD",
+        {"lr": 1e-2, "momentum": 0.9},
+        sgd_momentum_bytes,
+        lambda ps, **kw: torch.optim.SGD(ps, fused=True, **kw),
+    ),
+    Opt("Lion", {"lr": 1e-4, "weight_decay": 0.1}, lion_bytes, None),
+    Opt("LAMB", {"lr": 1e-3, "weight_decay": 0.01}, lamb_bytes, None),
+    Opt("Sophia", {"lr": 1e-4, "weight_decay": 0.1}, sophia_bytes, None),
+    # The widest kernels (a fifth array), which the two-blocks-per-SM register bound makes
+    # spill (benchmarks/check_registers.py): whether that costs bandwidth shows here.
+    Opt(
+        "AdamW-amsgrad",
+        {"lr": 1e-3, "weight_decay": 0.1, "amsgrad": True},
+        lambda dtype: adamw_bytes(dtype) * 9 / 7,  # + read and write max_exp_avg_sq
+        lambda ps, **kw: torch.optim.AdamW(ps, fused=True, **kw),
+    ),
+]
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
     shapes: list[tuple[int, ...]]
-    dtype: torch.dtype
 
     @property
     def params(self) -> int:
-        return sum(_numel(s) for s in self.shapes)
+        n = 0
+        for s in self.shapes:
+            k = 1
+            for d in s:
+                k *= d
+            n += k
+        return n
 
 
-@dataclass(frozen=True)
-class Row:
-    workload: Workload
-    optimizer: str  # "AdamW" or "Lion"
-    impl: str  # "fusedopt-cuda", "fusedopt-triton", "torch-fused", "torch-foreach"
-    repeats: int
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def workloads(quick: bool) -> list[Workload]:
-    flat = 2**20 if quick else 1_000_000_000
-    gpt = gpt_shapes(n_layer=2, d_model=128, vocab=2048, ctx=256) if quick else gpt_shapes()
-    tiny = 100 if quick else 10_000
+def workloads(size: str) -> list[Workload]:
+    """size: "full" (the GPU table), "quick" (a smoke test on a GPU), "dry" (the CPU dry run)."""
+    if size == "full":
+        # flat: 256Mi fp32 params, 1 GiB per array, far beyond any L2; gpt: GPT-2 small (124M
+        # params, 148 tensors); tiny: per-tensor overhead.
+        return [
+            Workload("flat", [(2**28,)]),
+            Workload("gpt", gpt_shapes(n_layer=12, d_model=768, vocab=50304, ctx=1024)),
+            Workload("tiny", [(1024,)] * 2000),
+        ]
+    if size == "quick":
+        return [
+            Workload("flat", [(2**22,)]),
+            Workload("gpt", gpt_shapes(n_layer=2, d_model=128, vocab=2048, ctx=256)),
+            Workload("tiny", [(1024,)] * 200),
+        ]
     return [
-        Workload("flat-1B" if not quick else "flat-1M", [(flat,)], torch.float32),
-        Workload("gpt", gpt, torch.float32),
-        Workload(f"tiny-{tiny}", [(1024,)] * tiny, torch.float32),
-        Workload("flat-1B-bf16" if not quick else "flat-1M-bf16", [(flat,)], torch.bfloat16),
-        Workload("gpt-bf16", gpt, torch.bfloat16),
+        Workload("flat", [(4099,)]),
+        Workload("gpt", gpt_shapes(n_layer=1, d_model=16, vocab=64, ctx=16)),
+        Workload("tiny", [(64,)] * 20),
     ]
 
 
-def rows(quick: bool, impls: list[str]) -> list[Row]:
-    w = {x.name: x for x in workloads(quick)}
-    names = list(w)
-    reps = 5 if quick else 20
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Block:
+    workload: Workload
+    dtype: str
+    opt: Opt
+
+    def impls(self) -> list[str]:
+        return [i for i in IMPLS if i != "torch-fused" or self.opt.torch_fused is not None]
+
+
+def blocks(size: str) -> list[Block]:
+    """In order of importance: AdamW first (fp32 flat is the headline), then the others."""
     out = []
-    for name in names:
-        for impl in impls:
-            out.append(Row(w[name], "AdamW", impl, reps if "tiny" not in name else 2 * reps))
-    lion_impls = [i for i in impls if i.startswith("fusedopt")]
-    for name in (names[0], names[1]):  # Lion: fp32, one large tensor and the GPT list
-        for impl in lion_impls:
-            out.append(Row(w[name], "Lion", impl, reps))
+    for opt in OPTIMIZERS:
+        for dtype in DTYPES:
+            for w in workloads(size):
+                out.append(Block(w, dtype, opt))
     return out
 
 
-BYTES = {"AdamW": adamw_bytes, "Lion": lion_bytes}
+def make(impl: str, opt: Opt, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if impl == "torch-fused":
+        return opt.torch_fused(params, **opt.kwargs)
+    cls = getattr(fusedopt, opt.name.split("-")[0])
+    return cls(params, backend=impl.removeprefix("fusedopt-"), **opt.kwargs)
 
 
-def make_optimizer(row: Row, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if row.optimizer == "Lion":
-        backend = row.impl.removeprefix("fusedopt-")
-        return fusedopt.Lion(params, lr=1e-4, weight_decay=0.1, backend=backend)
-    kw = {"lr": 1e-3, "weight_decay": 0.1}
-    if row.impl.startswith("fusedopt-"):
-        return fusedopt.AdamW(params, backend=row.impl.removeprefix("fusedopt-"), **kw)
-    if row.impl == "torch-fused":
-        return torch.optim.AdamW(params, fused=True, **kw)
-    return torch.optim.AdamW(params, foreach=True, **kw)
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def copy_bandwidth(repeats: int = 20) -> float:
-    """Device-to-device copy, bytes read + written per second (Note [GPU timing])."""
-    src = torch.empty(COPY_BYTES // 4, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    times = _time(lambda: dst.copy_(src), warmup=3, repeats=repeats)
-    return 2 * COPY_BYTES / statistics.median(times)
-
-
-def _time(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    for s, e in zip(start, end):
-        s.record()
-        fn()
-        e.record()
+def time_calls(fns: dict[str, Callable[[], object]], repeats: int, timed: bool) -> dict:
+    """Seconds per call of each fn: `repeats` rounds, each calling every fn once, in an order
+    rotated every round (Note [GPU timing]); without `timed` (the dry run) each runs once."""
+    names = list(fns)
+    if not timed:
+        for n in names:
+            fns[n]()
+        return {n: [] for n in names}
+    times: dict[str, list] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fns[n]()
+            end.record()
+            times[n].append((start, end))
     torch.cuda.synchronize()
-    return [s.elapsed_time(e) / 1e3 for s, e in zip(start, end)]
+    return {n: [s.elapsed_time(e) / 1e3 for s, e in ts] for n, ts in times.items()}
 
 
-def run_row(row: Row, grads: list[torch.Tensor]) -> float:
-    """Median seconds per step."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    params = []
-    for g in grads:
-        p = torch.empty_like(g).normal_(0, 0.02, generator=gen).requires_grad_()
-        p.grad = g
-        params.append(p)
-    opt = make_optimizer(row, params)
-    times = _time(opt.step, warmup=3, repeats=row.repeats)
-    del opt, params
-    torch.cuda.empty_cache()
-    return statistics.median(times)
+def run_block(
+    block: Block, device: str, repeats: int, timed: bool, probe, available: dict[str, str]
+) -> list[dict]:
+    dtype = DTYPES[block.dtype]
+    gen = torch.Generator(device=device).manual_seed(0)
+    grads = [
+        torch.empty(s, device=device, dtype=dtype).normal_(0, 1e-2, generator=gen)
+        for s in block.workload.shapes
+    ]
+    rows, fns, opts = [], {}, {}
+    for impl in block.impls():
+        row = {"impl": impl, "status": "ok"}
+        rows.append(row)
+        if impl in available:
+            row["status"] = f"skipped: {available[impl]}"
+            continue
+        try:
+            params = []
+            for g in grads:
+                p = torch.empty_like(g).normal_(0, 0.02, generator=gen).requires_grad_()
+                p.grad = g
+                params.append(p)
+            o = make(impl, block.opt, params)
+            for _ in range(2 if timed else 1):  # warm-up: state, plans, Triton compiles
+                o.step()
+            _sync(device)
+            opts[impl] = (o, params)
+            fns[impl] = o.step
+        except Exception as e:  # noqa: BLE001 - a row's failure is a result, the rest still run
+            row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if probe is not None:
+        fns["copy"] = probe
+    try:
+        times = time_calls(fns, repeats, timed)
+    except Exception as e:  # noqa: BLE001
+        for row in rows:
+            if row["status"] == "ok":
+                row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        times = {}
+    copy_s = statistics.median(times["copy"]) if times.get("copy") else None
+    n = block.workload.params
+    bpp = block.opt.bytes_per_param(dtype)
+    for row in rows:
+        ts = times.get(row["impl"])
+        row.update(
+            workload=block.workload.name,
+            dtype=block.dtype,
+            optimizer=block.opt.name,
+            params=n,
+            tensors=len(block.workload.shapes),
+            bytes_per_param=bpp,
+        )
+        if row["status"] == "ok" and ts:
+            med = statistics.median(ts)
+            q = statistics.quantiles(ts, n=10) if len(ts) > 1 else [med] * 9
+            row.update(ms_median=med * 1e3, ms_p10=q[0] * 1e3, ms_p90=q[-1] * 1e3)
+            row["gb_per_s"] = n * bpp / med / 1e9
+            if copy_s:
+                copy_gbs = 2 * COPY_BYTES / copy_s / 1e9
+                row["copy_gb_per_s"] = copy_gbs
+                row["frac_copy"] = row["gb_per_s"] / copy_gbs
+    fused = next((r for r in rows if r["impl"] == "torch-fused" and "ms_median" in r), None)
+    for row in rows:
+        if fused and "ms_median" in row:
+            row["vs_torch_fused"] = fused["ms_median"] / row["ms_median"]
+    del opts, fns, grads
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 def _commit() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
         out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            ["git", "-C", str(Path(__file__).resolve().parent.parent), "describe", "--always"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -160,96 +262,114 @@ def _commit() -> str:
         return "unknown"
 
 
+COLUMNS = [
+    "timestamp", "git_commit", "device", "torch_version", "workload", "dtype", "optimizer",
+    "impl", "params", "tensors", "ms_median", "ms_p10", "ms_p90", "bytes_per_param", "gb_per_s",
+    "copy_gb_per_s", "frac_copy", "vs_torch_fused", "status",
+]  # fmt: skip
+
+
+def table(rows: list[dict], header: str) -> str:
+    """One line per block: each implementation's ms/step and fraction of the copy."""
+    lines = [header]
+    cols = "".join(f" {i.removeprefix('fusedopt-'):>18s}" for i in IMPLS)
+    lines.append(f"{'workload':8s} {'dtype':5s} {'optimizer':13s}{cols}   (ms/step  %copy)")
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        seen.setdefault((r["workload"], r["dtype"], r["optimizer"]), {})[r["impl"]] = r
+    for (w, d, o), by_impl in seen.items():
+        cells = []
+        for impl in IMPLS:
+            r = by_impl.get(impl)
+            if r is None:
+                cells.append(f" {'-':>18s}")
+            elif "ms_median" in r:
+                frac = f"{r['frac_copy']:6.1%}" if "frac_copy" in r else "     ?"
+                cells.append(f" {r['ms_median']:10.3f} {frac:>7s}")
+            else:
+                cells.append(f" {r['status'].split(':')[0]:>18s}")
+        lines.append(f"{w:8s} {d:5s} {o:13s}{''.join(cells)}")
+    errors = [r for r in rows if r["status"].startswith("error")]
+    for r in errors[:5]:
+        lines.append(f"  {r['workload']} {r['dtype']} {r['optimizer']} {r['impl']}: {r['status']}")
+    if len(errors) > 5:
+        lines.append(f"  ... {len(errors) - 5} more errors (CSV)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    ap.add_argument("--list", action="store_true", help="print the rows and exit (no GPU needed)")
-    ap.add_argument(
-        "--impls",
-        default="fusedopt-cuda,fusedopt-triton,torch-fused,torch-foreach",
-        help="comma-separated implementations (default: all available)",
-    )
-    ap.add_argument(
-        "--csv",
-        default=str(Path(__file__).resolve().parent / "results" / "gpu_bench.csv"),
-        help="append the rows here ('' for none)",
-    )
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    mode.add_argument("--dry-run", action="store_true", help="no GPU: CPU, no timings")
+    ap.add_argument("--list", action="store_true", help="print the blocks and exit")
+    ap.add_argument("--repeats", type=int, default=15, help="timed rounds per block")
+    ap.add_argument("--budget-s", type=float, default=0, help="start no block after this (0: none)")
+    ap.add_argument("--csv", default=str(RESULTS / "gpu_bench.csv"), help="write rows here")
+    ap.add_argument("--table", default="", help="also write the table to this file")
     args = ap.parse_args(argv)
-    impls = [i for i in args.impls.split(",") if i]
-    known = {"fusedopt-cuda", "fusedopt-triton", "torch-fused", "torch-foreach"}
-    if set(impls) - known:
-        ap.error(f"unknown implementations: {sorted(set(impls) - known)} (known: {sorted(known)})")
+    size = "dry" if args.dry_run else ("quick" if args.quick else "full")
+    if args.dry_run:  # before fusedopt.triton is first imported: its kernels are decorated then
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    todo = blocks(size)
     if args.list:
-        for r in rows(args.quick, impls):
-            w = r.workload
-            print(f"{w.name:14s} {w.params:>13,d} params {len(w.shapes):>6d} tensors "
-                  f"{r.optimizer:6s} {r.impl}")  # fmt: skip
+        for b in todo:
+            print(f"{b.workload.name:6s} {b.workload.params:>12,d} params "
+                  f"{len(b.workload.shapes):>5d} tensors {b.dtype} {b.opt.name:7s} "
+                  f"{', '.join(b.impls())}")  # fmt: skip
         return 0
-    if not torch.cuda.is_available():
-        print("gpu_bench: no CUDA GPU is visible; nothing to measure", file=sys.stderr)
-        return 0
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_bench: no CUDA GPU is visible (--dry-run runs without one)", file=sys.stderr)
+        return 2
+    device = "cpu" if args.dry_run else "cuda"
     backends = fusedopt.backends()
-    for impl in list(impls):
-        if impl.startswith("fusedopt-") and not backends[impl.removeprefix("fusedopt-")].available:
-            why = backends[impl.removeprefix("fusedopt-")].reason
-            print(f"gpu_bench: skipping {impl}: {why}", file=sys.stderr)
-            impls.remove(impl)
+    unavailable = {}
+    for impl in IMPLS:
+        if impl.startswith("fusedopt-"):
+            info = backends[impl.removeprefix("fusedopt-")]
+            if not info.available:
+                unavailable[impl] = info.reason
+    probe = None
+    if not args.dry_run:
+        src = torch.empty(COPY_BYTES // 4, device="cuda").normal_()
+        dst = torch.empty_like(src)
+        probe = lambda: dst.copy_(src)  # noqa: E731
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run: no timings)"
+    header = (f"# {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), fusedopt "
+              f"{_commit()}; ms/step and % of a device copy measured alongside (Note [GPU timing])")  # fmt: skip
     t0 = time.time()
-    name = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
-    torch.cuda.empty_cache()
-    print(f"# {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"fusedopt {_commit()}; device-to-device copy: {bw / 1e9:.0f} GB/s")  # fmt: skip
-    results: dict[tuple[str, str, str], float] = {}
-    table = []
-    for row in rows(args.quick, impls):
-        w = row.workload
-        gen = torch.Generator(device="cuda").manual_seed(1)
-        grads = [torch.empty(s, device="cuda", dtype=w.dtype).normal_(0, 1e-2, generator=gen)
-                 for s in w.shapes]  # fmt: skip
-        secs = run_row(row, grads)
-        del grads
-        results[(w.name, row.optimizer, row.impl)] = secs
-        table.append((row, secs))
-        print(f"  {w.name} {row.optimizer} {row.impl}: {secs * 1e3:.3f} ms", file=sys.stderr)
-    header = (f"{'workload':14s} {'dtype':5s} {'optimizer':9s} {'impl':16s} {'params':>13s} "
-              f"{'tensors':>7s} {'ms/step':>9s} {'GB/s':>7s} {'%copy':>6s} {'vs fused':>8s} "
-              f"{'vs foreach':>10s}")  # fmt: skip
-    print(header)
-    print("-" * len(header))
-    csv_rows = []
-    for row, secs in table:
-        w = row.workload
-        dtype = "bf16" if w.dtype == torch.bfloat16 else "fp32"
-        gbs = w.params * BYTES[row.optimizer](w.dtype) / secs / 1e9
-        fused = results.get((w.name, "AdamW", "torch-fused"))
-        foreach = results.get((w.name, "AdamW", "torch-foreach"))
-        vs_fused = f"{fused / secs:.2f}x" if fused and row.optimizer == "AdamW" else "-"
-        vs_foreach = f"{foreach / secs:.2f}x" if foreach and row.optimizer == "AdamW" else "-"
-        print(f"{w.name:14s} {dtype:5s} {row.optimizer:9s} {row.impl:16s} {w.params:>13,d} "
-              f"{len(w.shapes):>7d} {secs * 1e3:>9.3f} {gbs:>7.0f} {gbs * 1e9 / bw:>6.1%} "
-              f"{vs_fused:>8s} {vs_foreach:>10s}")  # fmt: skip
-        csv_rows.append({
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _commit(), "gpu": name, "torch_version": torch.__version__,
-            "workload": w.name, "dtype": dtype, "optimizer": row.optimizer, "impl": row.impl,
-            "params": w.params, "tensors": len(w.shapes), "ms_median": secs * 1e3,
-            "bytes_per_param": BYTES[row.optimizer](w.dtype), "gb_per_s": gbs,
-            "copy_gb_per_s": bw / 1e9, "frac_copy": gbs * 1e9 / bw,
-            "ratio_to_torch_fused": fused / secs if fused and row.optimizer == "AdamW" else "",
-        })  # fmt: skip
-    print(f"# {time.time() - t0:.0f} s; GB/s from the bytes model (AdamW 28 B/param fp32, "
-          "14 B bf16; Lion 20 B fp32); vs fused/foreach: torch.optim.AdamW's time / this row's")  # fmt: skip
-    if args.csv and not args.quick:
+    rows: list[dict] = []
+    for b in todo:
+        if args.budget_s and time.time() - t0 > args.budget_s:
+            for impl in b.impls():
+                rows.append({"workload": b.workload.name, "dtype": b.dtype,
+                             "optimizer": b.opt.name, "impl": impl,
+                             "status": "not run: out of time"})  # fmt: skip
+            continue
+        got = run_block(b, device, args.repeats, not args.dry_run, probe, unavailable)
+        for r in got:
+            ms = f"{r['ms_median']:.3f} ms" if "ms_median" in r else r["status"]
+            print(f"  {b.workload.name} {b.dtype} {b.opt.name} {r['impl']}: {ms}", file=sys.stderr)
+        rows += got
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for r in rows:
+        r.update(
+            timestamp=stamp, git_commit=_commit(), device=name, torch_version=torch.__version__
+        )
+    text = table(rows, header) + f"\n# {time.time() - t0:.0f} s"
+    print(text)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(text + "\n")
+    if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(csv_rows)
-    return 0
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    failed = [r for r in rows if r["status"].startswith("error")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

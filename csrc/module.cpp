@@ -1,8 +1,10 @@
 // fusedopt._C: importing it loads the op registrations (TORCH_LIBRARY in this library) and
 // exposes host utilities for tests and `fusedopt.backends()`.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
+#include <tuple>
 
 #include "cpu/isa.h"
 
@@ -24,7 +26,9 @@ Isa parse_isa(const std::string& name) {
 #ifdef FUSEDOPT_WITH_CUDA
 namespace fusedopt::cuda {
 std::string compiled_archs();  // csrc/cuda/info.cu
-}
+std::string compiled_images();
+std::tuple<std::string, int, int> kernel_image(int device);
+}  // namespace fusedopt::cuda
 #endif
 namespace fusedopt::cuda {
 void bind_host(py::module_& m);  // csrc/cuda/bindings.cpp: _C.planner, _C.sim
@@ -55,6 +59,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FUSEDOPT_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("cuda_archs", [] { return fusedopt::cuda::compiled_archs(); });
+  m.def(
+      "cuda_images", [] { return fusedopt::cuda::compiled_images(); },
+      "The embedded images as setup.py recorded them, e.g. 'sm80_sm90_ptx90', or 'unknown'.");
+  m.def("cuda_kernel_image", &fusedopt::cuda::kernel_image, py::arg("device"),
+        "(error, binary version, PTX version) of the kernels on that GPU, from the CUDA runtime; "
+        "error is '' when they can run.");
   m.attr("cuda_skip_code") = 0;
 #else
   m.attr("with_cuda") = false;
@@ -62,5 +72,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // 3 no CUDA toolkit found.
   m.attr("cuda_skip_code") = FUSEDOPT_CUDA_SKIP_CODE;
   m.def("cuda_archs", [] { return std::string(); });
+  m.def("cuda_images", [] { return std::string(); });
 #endif
 }

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,64 @@ def _cpu_info() -> BackendInfo:
     )
 
 
+def parse_images(record: str) -> list[tuple[str, int, int, str]] | None:
+    """The images of a build record ("sm75_sm80_sm90_ptx90", csrc/cuda/info.cu) as
+    (kind, major, minor, suffix) tuples, kind "sm" (native code) or "ptx"; None if unknown."""
+    out = []
+    for token in record.split("_") if record and record != "unknown" else []:
+        m = re.fullmatch(r"(sm|ptx)(\d+)(\d)([a-z]?)", token)
+        if m is None:
+            return None
+        out.append((m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)))
+    return out or None
+
+
+def image_for(capability: tuple[int, int], images: list[tuple[str, int, int, str]]) -> str | None:
+    """The image a GPU of this compute capability runs ("sm_80", "compute_90 (JIT)"), or None.
+
+    Native code runs on its major version at an equal or higher minor (sm_80 on 8.6); an "a"
+    (architecture-specific) image only on its exact version. PTX is compiled by the driver for
+    any GPU at or above its version (an "a" PTX only for its own)."""
+    major, minor = capability
+    for kind, ma, mi, suffix in images:
+        if kind == "sm" and ma == major and (mi == minor if suffix == "a" else mi <= minor):
+            return f"sm_{ma}{mi}{suffix}"
+    for kind, ma, mi, suffix in images:
+        if kind == "ptx" and ((ma, mi) == capability if suffix == "a" else (ma, mi) <= capability):
+            return f"compute_{ma}{mi}{suffix} (JIT)"
+    return None
+
+
+def _images_text(images: list[tuple[str, int, int, str]] | None) -> str:
+    if images is None:
+        return "unknown architectures"
+    return ", ".join(f"{'sm' if k == 'sm' else 'compute'}_{a}{b}{s}" for k, a, b, s in images)
+
+
+def _device_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _compiled_images() -> list[tuple[str, int, int, str]] | None:
+    return parse_images(_C.cuda_images()) if _C is not None and _C.with_cuda else None
+
+
+def _gpu_problem(index: int) -> str | None:
+    """Why the compiled CUDA kernels cannot run on GPU `index`, or None if they can (or if the
+    build did not record its images: then nothing is known to be missing)."""
+    images = _compiled_images()
+    if images is None:
+        return None
+    cap = _device_capability(index)
+    if image_for(cap, images) is not None:
+        return None
+    name = torch.cuda.get_device_name(index)
+    return (
+        f"GPU {index} ({name}, sm_{cap[0]}{cap[1]}) has no kernel image in this build "
+        f"({_images_text(images)}); rebuild with TORCH_CUDA_ARCH_LIST={cap[0]}.{cap[1]}"
+    )
+
+
 def _cuda_info() -> BackendInfo:
     if _C is None:
         return BackendInfo(
@@ -70,9 +130,12 @@ def _cuda_info() -> BackendInfo:
         return BackendInfo(
             "cuda", False, f"built for {_C.cuda_archs()}, but no CUDA GPU is visible"
         )
-    return BackendInfo(
-        "cuda", True, f"compiled CUDA kernels ({_C.cuda_archs()}) on {torch.cuda.get_device_name()}"
-    )
+    problems = [p for p in map(_gpu_problem, range(torch.cuda.device_count())) if p is not None]
+    if len(problems) == torch.cuda.device_count():
+        return BackendInfo("cuda", False, "; ".join(problems))
+    images = _images_text(_compiled_images()) if _C.cuda_images() != "unknown" else _C.cuda_archs()
+    reason = f"compiled CUDA kernels ({images}) on {torch.cuda.get_device_name()}"
+    return BackendInfo("cuda", True, "; ".join([reason, *problems]))
 
 
 def _triton_info() -> BackendInfo:
@@ -124,13 +187,52 @@ def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for tensors on ``device``."""
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, ("reference",)):
+            if name == "cuda" and _no_image_on(device):
+                _warn_no_image(_index(device))
+                continue
             if name == "reference" or _available(name):
                 return name
     if backend == "cpu" and device.type != "cpu":
         raise RuntimeError(f"fusedopt backend 'cpu' cannot update tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise RuntimeError(f"fusedopt backend 'cuda' cannot update tensors on {device}")
+    if backend == "cuda" and _no_image_on(device):
+        raise RuntimeError(f"fusedopt backend 'cuda' cannot run here: {_NO_IMAGE[_index(device)]}")
     return backend
+
+
+# GPU index -> why this build's CUDA kernels cannot run there (only GPUs that were asked about).
+_NO_IMAGE: dict[int, str | None] = {}
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _no_image_on(device: torch.device) -> bool:
+    """True when fusedopt._C has CUDA kernels but none that this GPU can run: checked once per
+    GPU, before any step, so that "auto" moves on (with a warning: the build missed this GPU)
+    instead of a launch failing in the middle of a step."""
+    if not (_C is not None and _C.with_cuda and torch.cuda.is_available()):
+        return False
+    index = _index(device)
+    if index not in _NO_IMAGE:
+        _NO_IMAGE[index] = _gpu_problem(index)
+    return _NO_IMAGE[index] is not None
+
+
+_WARNED: set[int] = set()
+
+
+def _warn_no_image(index: int) -> None:
+    if index not in _WARNED:
+        _WARNED.add(index)
+        warnings.warn(
+            f"fusedopt: the CUDA kernels cannot run on GPU {index}: {_NO_IMAGE[index]}. "
+            "backend='auto' uses the next available backend (triton, else reference) there.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 _AVAILABLE: dict[str, bool] = {}

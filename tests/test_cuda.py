@@ -8,12 +8,16 @@
 - found_inf/grad_scale from torch.amp.GradScaler, read on the device;
 - a step captured in a CUDA graph and replayed == eager steps;
 - mixed precision (master copies, stochastic rounding, states in their own dtype, LAMB's phases)
-  against fusedopt.reference, stochastic rounding bit for bit, seeds advanced on the device.
+  against fusedopt.reference, stochastic rounding bit for bit, seeds advanced on the device;
+- what the simulation cannot catch: reductions repeated 20 times give the same bits, a step on a
+  non-default stream and on a second GPU, the runtime's view of the kernel images.
 
 Without a GPU the same block bodies, planner and glue are tested by tests/test_cuda_planner.py.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -23,6 +27,7 @@ from test_cuda_planner import (
     MIXED,
     OP_CASES,
     OP_IDS,
+    OPTIMIZERS,
     _exact_sgd_args,
     _lamb,
     _with_phase,
@@ -30,6 +35,7 @@ from test_cuda_planner import (
     assert_matches,
     assert_mixed_matches,
     build,
+    cpu_equals_other,
     resync,
     written,
 )
@@ -37,6 +43,7 @@ from test_parity import CONFIGS
 
 import fusedopt
 from fusedopt import reference
+from fusedopt._dispatch import image_for, parse_images
 from fusedopt._ext import _C
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity
 
@@ -95,7 +102,8 @@ def test_cuda_kernels_match_cpu_kernels(op, kw, dtype, scalars):
     getattr(torch.ops.fusedopt, op)(*a)
     getattr(torch.ops.fusedopt, op)(*b)
     ours = [x.cpu() for x in written(b, idx)]
-    assert_matches(ours, written(a, idx), dtype, f"{op} {kw}")
+    ulps = 1 if dtype == torch.float64 else 0  # Note [CPU and CUDA bits]
+    assert_matches(ours, written(a, idx), dtype, f"{op} {kw}", op, ulps)
 
 
 @pytest.mark.parametrize("op", list(BUILDERS))
@@ -126,48 +134,12 @@ def test_sum_sq_mixed_dtypes():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=0)
 
 
-OPTIMIZERS = [
-    pytest.param(fusedopt.AdamW, {"lr": 1e-2, "weight_decay": 0.1}, id="adamw"),
-    pytest.param(fusedopt.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}, id="sgd"),
-    pytest.param(fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.1}, id="lion"),
-    pytest.param(fusedopt.LAMB, {"lr": 1e-2, "max_grad_norm": 1.0}, id="lamb"),
-    pytest.param(fusedopt.Sophia, {"lr": 1e-3, "weight_decay": 0.1}, id="sophia"),
-]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cls,kwargs", OPTIMIZERS)
 def test_optimizers_cpu_equals_cuda(cls, kwargs, dtype):
-    """Every optimizer, both backends, same grads; re-synced to the CPU after every step."""
-    torch.manual_seed(0)
-    shapes = [(1,), (17,), (40007,), (), (33, 31), (0,)]
-    cpu = [torch.randn(s, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
-    gpu = [p.detach().cuda().requires_grad_() for p in cpu]
-    a = cls(cpu, backend="cpu", **kwargs)
-    b = cls(gpu, backend="cuda", **kwargs)
-    for t in range(4):
-        for p, q in zip(cpu, gpu):
-            p.grad = torch.randn(p.shape, dtype=torch.float64).to(dtype)
-            q.grad = p.grad.cuda()
-        if cls is fusedopt.Sophia and t % 2:
-            a.update_hessian()
-            b.update_hessian()
-        a.step()
-        b.step()
-        for p, q in zip(cpu, gpu):
-            assert_close_ulp(q.detach().cpu(), p.detach(), TOL_VS_TORCH[dtype], f"step {t}")
-            for k, v in a.state[p].items():
-                if not torch.is_tensor(v):
-                    continue
-                w = b.state[q][k]
-                assert w.device == q.device, k  # state, `step` included, on the GPU
-                assert_close_ulp(w.cpu(), v, TOL_VS_TORCH[v.dtype], f"step {t} {k}")
-        with torch.no_grad():
-            for p, q in zip(cpu, gpu):
-                q.copy_(p)
-                for k, v in a.state[p].items():
-                    if torch.is_tensor(v):
-                        b.state[q][k].copy_(v)
+    """Every optimizer, both backends, same grads, re-synced after every step: equal bits
+    (Note [CPU and CUDA bits] in tests/test_cuda_planner.py)."""
+    cpu_equals_other(cls, kwargs, dtype, "cuda", "cuda")
 
 
 # -- more than 2^31 elements --------------------------------------------------------------------
@@ -391,3 +363,87 @@ def test_cuda_graph_replay_advances_seeds(op):
     start = build(op, kw, torch.bfloat16, state_dtype=torch.float32, mode="sr")[0]
     first = start[arg_index(op, "sr_seeds")]
     assert [int(s) for s in seeds] == [(int(s) + 4 + 2**63) % 2**64 - 2**63 for s in first]
+
+
+# -- what the simulation cannot catch -----------------------------------------------------------
+def test_reductions_repeat_bit_for_bit():
+    """LAMB (per-tensor norms finished by whichever block arrives last, the clip norm's sum_sq)
+    run 20 times from the same state: the same bits every time, whatever order the blocks ran."""
+    torch.manual_seed(0)
+    shapes = [(1_000_003,), (4097, 33), (17,), (0,), (300_000,)]
+    start = [torch.randn(s, device="cuda") for s in shapes]
+    grads = [torch.randn(s, device="cuda") for s in shapes]
+    sums = [torch.ops.fusedopt.sum_sq(grads) for _ in range(20)]
+    assert all(torch.equal(s, sums[0]) for s in sums)
+    runs = []
+    for _ in range(20):
+        ps = [p.clone().requires_grad_() for p in start]
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt = fusedopt.LAMB(ps, lr=1e-2, weight_decay=0.01, max_grad_norm=1.0, backend="cuda")
+        opt.step()
+        opt.step()
+        flat = [p.detach().flatten() for p in ps]
+        flat += [opt.state[p][k].flatten() for p in ps for k in ("exp_avg", "exp_avg_sq")]
+        runs.append(torch.cat([*flat, opt.last_grad_norm.reshape(1)]))
+    for k, r in enumerate(runs[1:], 1):
+        assert torch.equal(r, runs[0]), f"run {k} differs from run 0"
+
+
+@pytest.mark.parametrize("cls,kwargs", OPTIMIZERS)
+def test_step_on_a_side_stream(cls, kwargs):
+    """A step on a non-default stream runs there: it waits for the grads that stream writes
+    behind a 50 ms sleep (a launch on another stream would read the old grads)."""
+    torch.manual_seed(0)
+    shapes = [(100_003,), (17, 3), (0,)]
+    ps = [torch.randn(s, device="cuda", requires_grad=True) for s in shapes]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    new = [torch.randn(s, device="cuda") for s in shapes]
+    for p, q, g in zip(ps, qs, new):
+        p.grad = torch.zeros_like(p)
+        q.grad = g.clone()
+    on_side = cls(ps, backend="cuda", **kwargs)
+    expected = cls(qs, backend="cuda", **kwargs)
+    expected.step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # about 50 ms of GPU clock cycles
+        for p, g in zip(ps, new):
+            p.grad.copy_(g)
+        on_side.step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
+        for k, v in on_side.state[p].items():
+            if torch.is_tensor(v):
+                assert torch.equal(v, expected.state[q][k]), k
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason=f"needs two GPUs ({torch.cuda.device_count()} visible): a step on cuda:1 while "
+    "cuda:0 is the current device",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cls,kwargs", OPTIMIZERS)
+def test_step_on_the_second_gpu(cls, kwargs, dtype):
+    """Params, state, step counters and reductions on cuda:1 with cuda:0 current: the launches,
+    device scalars and arrival counters use the params' GPU (equal bits to the CPU kernels)."""
+    with torch.cuda.device(0):
+        cpu_equals_other(cls, kwargs, dtype, "cuda", "cuda:1")
+
+
+def test_kernel_image_check_agrees_with_the_runtime():
+    """fusedopt.backends()' reading of the build record (which image a GPU runs) against what
+    the CUDA runtime loads: a native image reports its own version, a JIT-compiled PTX the GPU's."""
+    images = parse_images(_C.cuda_images())
+    assert images is not None, f"setup.py recorded no images: {_C.cuda_images()!r}"
+    for i in range(torch.cuda.device_count()):
+        cap = torch.cuda.get_device_capability(i)
+        chosen = image_for(cap, images)
+        error, binary, ptx = _C.cuda_kernel_image(i)
+        assert chosen is not None and error == "", (i, cap, chosen, error)
+        native = int(re.sub(r"\D", "", chosen)) if "JIT" not in chosen else cap[0] * 10 + cap[1]
+        assert binary == native, (i, cap, chosen, binary, ptx)

@@ -45,6 +45,12 @@ constexpr int64_t kChunkSize = 16384;
 // Threads per block: 512 threads x 4 arrays x 16 B in flight per thread keeps a memory-bound
 // kernel at full occupancy on sm_80/sm_90 (2,048 threads/SM) without register pressure.
 constexpr int kBlockThreads = 512;
+// Resident blocks per SM the plan counts on (the waves above), given to the compiler as
+// __launch_bounds__(kBlockThreads, kMinBlocksPerSm) (runner.cuh): it keeps every kernel within
+// 65,536 / (512 x 2) = 64 registers per thread. Unbounded, the widest instantiations (bf16
+// params with an fp32 master and AMSGrad: 8 elements of 6 arrays per vector step; fp64 Adam)
+// took up to 83, so one block per SM. benchmarks/check_registers.py checks the built library.
+constexpr int kMinBlocksPerSm = 2;
 // The most pointers one parameter contributes to a kernel: Adam with amsgrad has five arrays
 // (p, g, m, v, vmax), plus the fp32 master copy or the stochastic-rounding seed (Note [mixed
 // precision on the GPU] in functors.h).

@@ -49,9 +49,9 @@ struct DeviceThreads {
 };
 
 // __grid_constant__: the table stays in the kernel-parameter space, indexed there, rather than
-// being copied to local memory.
+// being copied to local memory. kMinBlocksPerSm: see launch_plan.h.
 template <class F, class Table>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     multi_tensor_kernel(const __grid_constant__ Table table, const __grid_constant__ F f) {
   constexpr int W = F::kReduce > 0 ? F::kReduce : 1;
   __shared__ typename F::State state;
