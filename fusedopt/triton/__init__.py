@@ -72,7 +72,12 @@ for _name, _schema in _SCHEMAS.items():
         f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutated(_schema), schema=_schema
     )
     if _name == "sum_sq":
-        _op.register_fake(lambda tensors: torch.empty((), dtype=torch.float64))
+        # on the first tensor's device, as the op (CPU for no tensors)
+        _op.register_fake(
+            lambda tensors: torch.empty(
+                (), dtype=torch.float64, device=tensors[0].device if tensors else "cpu"
+            )
+        )
     else:
         _op.register_fake(lambda *args, **kwargs: None)
 del _name, _schema, _op
