@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference._common import state_dtype_ok
+from ..reference._common import check_unshared, state_dtype_ok
 
 # Elements per tile: a power of two that keeps each of the up to five streams of a tile in
 # registers at 4 warps (8 fp32 per thread and stream). Not measured on a GPU yet (no GPU was at
@@ -261,16 +261,9 @@ def _validate(
                 )
             if s.device != device:
                 _fail(op, f"sr_seeds[{i}] is on {s.device}, expected {device}")
-        seen: dict[int, int] = {}
-        for i, s in enumerate(seeds):
-            ptr = s.data_ptr()
-            if ptr in seen:
-                _fail(
-                    op,
-                    f"sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param "
-                    "needs its own seed",
-                )
-            seen[ptr] = i
+        check_unshared(op, "sr_seeds", seeds, "seed")
+    if steps is not None:
+        check_unshared(op, "state_steps", steps, "step counter")
     return device, dtype, state_dtype
 
 
