@@ -38,27 +38,32 @@ OPTIMIZERS = {
 }
 STEPS = 4
 
-# The compiled backends under test: the CPU kernels, and the Triton kernels where they run
-# (under TRITON_INTERPRET=1 on a machine without a GPU: tests/conftest.py).
+# The compiled backends under test and where their tensors live: the CPU kernels, and the
+# Triton kernels on the GPU, or without one on CPU tensors under TRITON_INTERPRET=1
+# (tests/conftest.py).
 KERNELS = [
-    "cpu",
+    pytest.param("cpu", "cpu", id="cpu"),
     pytest.param(
         "triton",
-        marks=pytest.mark.skipif(
-            not fusedopt.backends()["triton"].available or torch.cuda.is_available(),
-            reason="Triton on CPU tensors needs the interpreter (no GPU): GPU runs are in "
-            "tests/test_triton.py",
-        ),
+        "cuda" if torch.cuda.is_available() else "cpu",
+        id="triton",
+        marks=[
+            pytest.mark.triton,
+            pytest.mark.skipif(
+                not fusedopt.backends()["triton"].available,
+                reason=fusedopt.backends()["triton"].reason,
+            ),
+        ],
     ),
 ]
 
 
-def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+def _params(dtype: torch.dtype, seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
     """One param per helpers._CASES row (odd sizes, transposed, sliced, frozen, empty)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for make, _ in _CASES:
-        p = make(lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(dtype))
+        p = make(lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype))
         out.append(p.requires_grad_())
     return out
 
@@ -76,7 +81,7 @@ def _grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor | None]:
 
 def _step(opt, params, grads, dtype) -> None:  # noqa: ANN001
     for p, g in zip(params, grads):
-        p.grad = None if g is None else g.to(dtype)
+        p.grad = None if g is None else g.to(p.device, dtype)
     if isinstance(opt, fusedopt.Sophia):
         opt.update_hessian()
     opt.step()
@@ -85,14 +90,14 @@ def _step(opt, params, grads, dtype) -> None:  # noqa: ANN001
 # -- master weights ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_master_weights_follow_the_fp32_trajectory_exactly(
-    name: str, dtype: torch.dtype, backend: str
+    name: str, dtype: torch.dtype, backend: str, device: str
 ) -> None:
     cls, kw = OPTIMIZERS[name]
-    half = _params(dtype)
+    half = _params(dtype, device=device)
     full = [p.detach().float().requires_grad_() for p in half]  # the same starting values
     ours = cls(half, master_weights=True, backend=backend, **kw)
     ref = cls(full, backend=backend, **kw)
@@ -159,15 +164,15 @@ def test_bf16_master_weights_track_the_fp32_model() -> None:
 # -- stochastic rounding ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
-def test_stochastic_rounding_noise_is_the_reference_bit_for_bit(kernels: str) -> None:
+@pytest.mark.parametrize("kernels,device", KERNELS)
+def test_stochastic_rounding_noise_is_the_reference_bit_for_bit(kernels: str, device: str) -> None:
     """SGD with lr 1 on bf16 values computes p - g exactly in fp32 on both backends, so the
     bf16 results differ only if the rounding noise does: keys, seeds, element indices
     (transposed and sliced params included), over several steps."""
     runs = {}
     for backend in (kernels, "reference"):
         torch.manual_seed(7)  # the seeds are drawn from torch's generator: same on both
-        params = _params(torch.bfloat16)
+        params = _params(torch.bfloat16, device=device)
         opt = fusedopt.SGD(params, lr=1.0, stochastic_rounding=True, backend=backend)
         trace = []
         for step in range(STEPS):
@@ -187,17 +192,17 @@ def test_stochastic_rounding_noise_is_the_reference_bit_for_bit(kernels: str) ->
     ]
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("kernels,device", KERNELS)
 @pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["fp32_state", "bf16_state"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_stochastic_rounding_matches_the_reference(name: str, state_dtype, kernels: str) -> None:  # noqa: ANN001
+def test_stochastic_rounding_matches_the_reference(name: str, state_dtype, kernels, device) -> None:  # noqa: ANN001
     """Every optimizer: the same noise as the reference; the fp32 update before rounding may
     differ in its last bit (operation order), which can move a rounding by one bf16 ulp, rarely."""
     cls, kw = OPTIMIZERS[name]
     runs = {}
     for backend in (kernels, "reference"):
         torch.manual_seed(7)
-        params = _params(torch.bfloat16)
+        params = _params(torch.bfloat16, device=device)
         opt = cls(params, stochastic_rounding=True, state_dtype=state_dtype, backend=backend, **kw)
         _step(opt, params, _grads(params, 0), torch.bfloat16)
         runs[backend] = (opt, params)
@@ -289,13 +294,13 @@ def test_stochastic_rounding_is_reproducible_and_seeded() -> None:
     ],
     ids=["fp32_bf16", "bf16_fp32", "fp16_fp32", "fp16_bf16"],
 )
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend: str) -> None:  # noqa: ANN001
+def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend, device) -> None:  # noqa: ANN001
     """One step at a time from the same state (re-synced): params within the fp32 tolerance
     (plus a storage ulp), moments within one ulp of their dtype."""
     cls, kw = OPTIMIZERS[name]
-    ours_p = _params(pdtype)
+    ours_p = _params(pdtype, device=device)
     ref_p = clone_params(ours_p)
     ours = cls(ours_p, state_dtype=sdtype, backend=backend, **kw)
     ref = cls(ref_p, state_dtype=sdtype, backend="reference", **kw)
@@ -512,10 +517,12 @@ def test_op_rejects_bad_mixed_arguments_before_writing(case: str, match: str, ba
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("backend", [*KERNELS, "reference"])
-def test_found_inf_changes_nothing_in_mixed_modes(backend: str) -> None:
+@pytest.mark.parametrize(
+    "backend,device", [*KERNELS, pytest.param("reference", "cpu", id="reference")]
+)
+def test_found_inf_changes_nothing_in_mixed_modes(backend: str, device: str) -> None:
     for mkw in ({"master_weights": True}, {"stochastic_rounding": True}):
-        p = torch.randn(100, dtype=torch.bfloat16, requires_grad=True)
+        p = torch.randn(100, dtype=torch.bfloat16, device=device, requires_grad=True)
         opt = fusedopt.AdamW([p], lr=0.1, backend=backend, **mkw)
         p.grad = torch.ones_like(p)
         opt.step()

@@ -1,12 +1,15 @@
 """The Triton backend: parity with torch.optim and the reference, the CPU backend, the pointer-table
 cache, launch counts, AMP flags, bf16 rounding, mixed precision (state dtypes, master copies,
-stochastic rounding, LAMB's phases), opcheck and torch.compile.
+stochastic rounding, LAMB's phases), aligned and misaligned tensors, CUDA graphs, opcheck and
+torch.compile.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set for
-this module only: Note [interpreter mode]). The interpreter costs milliseconds per tile, so the
-matrix is smaller than the CPU backend's (3 steps, each dtype and each mode flag at least once)
-on the same awkward parameter set (helpers.make_params). With a GPU, the interpreter tests are
-skipped and the CUDA tests (Triton on CUDA tensors against the CPU backend) run instead.
+With a GPU every test runs on CUDA tensors (DEVICE); without one, on CPU tensors in Triton's
+interpreter (TRITON_INTERPRET=1, set for this module only: Note [interpreter mode]), and the
+tests that need a GPU (CUDA graphs, streams, a second GPU, repeatability) are skipped. The
+interpreter costs milliseconds per tile, so the matrix is smaller than the CPU backend's
+(3 steps, each dtype and each mode flag at least once) on the same awkward parameter set
+(helpers.make_params); it runs at the interpreter's tile size and, for test_matches_reference,
+at the GPU's.
 
 Note [interpreter mode]
 @triton.jit picks interpreter or compiler when it decorates a kernel, from TRITON_INTERPRET.
@@ -19,11 +22,13 @@ re-decorates them on the next call (_launch._k).
 from __future__ import annotations
 
 import copy
+import gc
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+import weakref
 from typing import Any
 
 import pytest
@@ -106,6 +111,9 @@ pytestmark = pytest.mark.triton
 interp_only = pytest.mark.skipif(
     GPU, reason="CPU tensors in the interpreter: with a GPU, see the CUDA tests"
 )
+# Where the kernels run: CUDA tensors with a GPU, else CPU tensors in the interpreter.
+on_device = pytest.mark.parametrize("device", [DEVICE])
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (none here)")
 needs_cpu = pytest.mark.skipif(
     not fusedopt.backends()["cpu"].available, reason="compiled CPU kernels unavailable"
 )
@@ -197,18 +205,19 @@ def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(kwargs, lr=float(lr)) if isinstance(lr, torch.Tensor) else kwargs
 
 
-@interp_only
+@on_device
 @pytest.mark.parametrize(
     "name,ours,theirs,kwargs,dtype",
     [pytest.param(*c, id=f"{c[0]}-{DTYPE_IDS[c[4]]}") for c in TORCH_CONFIGS],
 )
-def test_matches_torch_forloop(name, ours, theirs, kwargs, dtype):
+def test_matches_torch_forloop(name, ours, theirs, kwargs, dtype, device):
     run_parity(
         lambda ps: ours(ps, backend="triton", **kwargs),
         lambda ps: theirs(ps, foreach=False, **_plain(kwargs)),
         dtype,
         steps=STEPS,
         make_ref64=lambda ps: ours(ps, backend="reference", **kwargs),
+        device=device,
     )
 
 
@@ -270,12 +279,15 @@ REF_CONFIGS = [
 ]
 
 
-@interp_only
+@on_device
 @pytest.mark.parametrize(
     "name,cls,kwargs,step_kwargs,dtype",
     [pytest.param(*c, id=f"{c[0]}-{DTYPE_IDS[c[4]]}") for c in REF_CONFIGS],
 )
-def test_matches_reference(name, cls, kwargs, step_kwargs, dtype):
+def test_matches_reference(name, cls, kwargs, step_kwargs, dtype, device, monkeypatch):
+    """At the GPU's tile size in the interpreter too (test_matches_torch_forloop keeps the
+    interpreter's): tile tails and several tiles per program on the 40001-element param."""
+    monkeypatch.setattr(mt, "INTERPRET_BLOCK", mt.BLOCK)
     run_parity(
         lambda ps: cls(ps, backend="triton", **kwargs),
         lambda ps: cls(ps, backend="reference", **kwargs),
@@ -283,6 +295,7 @@ def test_matches_reference(name, cls, kwargs, step_kwargs, dtype):
         steps=STEPS,
         step_kwargs=step_kwargs,
         make_ref64=lambda ps: cls(ps, backend="reference", **kwargs),
+        device=device,
     )
 
 
@@ -356,6 +369,7 @@ def _op_args(
     state_dtype: torch.dtype | None = None,
     mode: str = "",
     sliced: bool = False,
+    misaligned: str = "",
 ) -> tuple[list, dict]:
     """(args, kwargs) of a direct call; the last param is transposed (staged for its grad).
 
@@ -363,6 +377,8 @@ def _op_args(
     Sophia's hessians) in ``state_dtype`` (default: the params'); ``mode`` "master" adds fp32
     master_params and fills the params with NaN (they must never be read), "sr" adds sr_seeds.
     ``sliced`` adds a param that is not dense (staged: row-major element indices).
+    ``misaligned`` puts tensors at odd element offsets of larger buffers (_at_odd_offset):
+    "params" the params, "grads" the grads, "all" every tensor of every list.
     """
     p = _tensors(SHAPES, dtype, device)
     p[-1] = p[-1].t()
@@ -377,6 +393,13 @@ def _op_args(
 
     m = [state(x) for x in p]
     v = [state(x, positive=True) for x in p]
+
+    def odd(lst, k, which=("all",)):  # the list `k` of the call, moved if `misaligned` says so
+        if misaligned not in which:
+            return lst
+        return [_at_odd_offset(t, i + k) for i, t in enumerate(lst)]
+
+    p, g, m, v = odd(p, 0, ("all", "params")), odd(g, 1, ("all", "grads")), odd(m, 2), odd(v, 3)
     steps = [torch.tensor(float(i + 1), device=device) for i in range(len(p))]
     lr = torch.tensor(1e-2, device=device)
     kwargs: dict[str, Any] = {}
@@ -389,7 +412,7 @@ def _op_args(
                 )
             )
             x.fill_(float("nan"))
-        kwargs["master_params"] = masters
+        kwargs["master_params"] = odd(masters, 4)
     elif mode == "sr":
         kwargs["sr_seeds"] = [
             torch.tensor([SEEDS[i % len(SEEDS)]], dtype=torch.int64, device=device)
@@ -398,7 +421,7 @@ def _op_args(
     else:
         assert mode == "", mode
     if op == "adam_":
-        vmax = [state(x, positive=True) for x in p]
+        vmax = odd([state(x, positive=True) for x in p], 5)
         return [p, g, m, v, vmax, steps, lr, 0.9, 0.999, 0.1, 1e-8, True, True, False], kwargs
     if op == "sgd_":
         return [p, g, m, lr, 0.9, 0.1, 0.01, True, False, False], kwargs
@@ -419,6 +442,17 @@ def _op_args(
 
 
 OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_"]
+
+
+def _at_odd_offset(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t (values, shape, strides) at the odd element offset 2 (k % 3) + 1 of a larger buffer: not
+    16-byte aligned whatever the dtype (the CUDA simulation's misaligned layouts). A tensor that
+    is not dense is returned as it is (it is staged in an aligned buffer)."""
+    if not mt._is_dense(t):
+        return t
+    off = 2 * (k % 3) + 1
+    buf = torch.zeros(off + t.numel() + 3, dtype=t.dtype, device=t.device)
+    return buf.as_strided(t.shape, t.stride(), off).copy_(t)
 
 
 def _clone_args(args, kwargs):
@@ -735,16 +769,16 @@ def test_sr_store_matches_the_reference_primitives(seed, base):
     assert torch.isinf(y[9:11]).all(), "the largest finite values did not round up to inf"
 
 
-@interp_only
-def test_sr_is_unbiased_and_depends_on_the_seed():
+@on_device
+def test_sr_is_unbiased_and_depends_on_the_seed(device):
     """theta = 1 + 2^-9 lies a quarter of the way from 1 to the next bf16 (1 + 2^-7): about a
     quarter of the elements round up, and another seed picks other ones."""
     n = 4096
     outs = []
     for seed in (5, 6):
-        p = [torch.ones(n, dtype=BF16)]
-        g = [torch.full((n,), -(2.0**-9), dtype=BF16)]
-        seeds = [torch.tensor([seed])]
+        p = [torch.ones(n, dtype=BF16, device=device)]
+        g = [torch.full((n,), -(2.0**-9), dtype=BF16, device=device)]
+        seeds = [torch.tensor([seed], device=device)]
         ft.sgd_(p, g, [], 1.0, 0.0, 0.0, 0.0, False, False, False, sr_seeds=seeds)
         assert seeds[0].item() == seed + 1
         up = p[0] == 1 + 2.0**-7
@@ -1069,8 +1103,8 @@ def test_one_launch_for_many_tensors(monkeypatch):
         assert_close_ulp(p.detach().cpu(), q.detach(), TOL_VS_TORCH[torch.float32], "param")
 
 
-@interp_only
-def test_many_chunks_and_tiles(monkeypatch):
+@on_device
+def test_many_chunks_and_tiles(monkeypatch, device):
     """Tensors spanning several programs and several full tiles each, with partial last ones."""
     monkeypatch.setattr(mt, "CHUNK", 4096)
     monkeypatch.setattr(mt, "INTERPRET_BLOCK", 1024)
@@ -1080,9 +1114,84 @@ def test_many_chunks_and_tiles(monkeypatch):
         lambda ps: torch.optim.AdamW(ps, foreach=False, **kwargs),
         torch.float32,
         steps=2,
+        device=device,
     )
-    x = [torch.randn(10001), torch.randn(4096), torch.randn(3)]
+    x = [torch.randn(n, device=device) for n in (10001, 4096, 3)]
     torch.testing.assert_close(ft.sum_sq(x), reference.sum_sq(x), rtol=1e-13, atol=0)
+
+
+# -- alignment: the kernels' ALIGNED variant (16-byte vector accesses) and the other --------
+class _Recording(_Counting):
+    """Also records the ALIGNED argument of every launch."""
+
+    def __init__(self, kernel):
+        super().__init__(kernel)
+        self.aligned: list[bool] = []
+
+    def __getitem__(self, grid):
+        launch = super().__getitem__(grid)
+
+        def run(*args, **kwargs):
+            self.aligned.append(kwargs["ALIGNED"])
+            return launch(*args, **kwargs)
+
+        return run
+
+
+ALIGNED_KERNELS = ["_adam_kernel", "_sgd_kernel", "_lion_kernel", "_sophia_kernel",
+                   "_sophia_hessian_kernel", "_lamb_norms_kernel", "_lamb_apply_kernel",
+                   "_sum_sq_kernel"]  # fmt: skip
+
+
+def _record_aligned(monkeypatch) -> list[_Recording]:
+    recs = [_Recording(getattr(_kernels, k)) for k in ALIGNED_KERNELS]
+    for k, r in zip(ALIGNED_KERNELS, recs):
+        monkeypatch.setattr(_kernels, k, r)
+    return recs
+
+
+# (op, param dtype, state dtype, mode, misaligned): every op aligned and not (all its tensors,
+# or only the grads), the mixed-precision lists (masters, seeds), every element size
+ALIGN_CASES = (
+    [(op, FP32, FP32, "", m) for op in OPS for m in ("", "all", "grads")]
+    + [(op, BF16, FP32, "master", "all") for op in UPDATE_OPS]
+    + [(op, BF16, BF16, "sr", "params") for op in UPDATE_OPS]
+    + [("adam_", FP64, FP64, "", "all"), ("sgd_", FP16, FP16, "", "params"),
+       ("lamb_", BF16, BF16, "", "grads"), ("lion_", FP16, FP32, "", "all")]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "op,pdtype,sdtype,mode,misaligned",
+    ALIGN_CASES,
+    ids=[f"{c[0]}-{DTYPE_IDS[c[1]]}-{c[3] or 'plain'}-{c[4] or 'aligned'}" for c in ALIGN_CASES],
+)
+def test_alignment_variant_and_result(op, pdtype, sdtype, mode, misaligned, monkeypatch):
+    """The host picks the ALIGNED kernels only when every address of the call is 16-byte
+    aligned (params, states, masters, grads), and both variants compute the reference's step:
+    tensors at odd element offsets, as in the CUDA simulation's tests."""
+    recs = _record_aligned(monkeypatch)
+    args, kwargs = _op_args(op, pdtype, state_dtype=sdtype, mode=mode, misaligned=misaligned)
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    _refill_grads([args, ref_args], pdtype)
+    getattr(ft, op)(*args, **kwargs)
+    getattr(reference, op)(*ref_args, **ref_kwargs)
+    _check_mixed_step(op, args, kwargs, ref_args, ref_kwargs, mode, f"{op} {misaligned}")
+    flags = [a for r in recs for a in r.aligned]
+    assert flags and all(f == (not misaligned) for f in flags), flags
+
+
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+def test_sum_sq_alignment(misaligned, monkeypatch):
+    recs = _record_aligned(monkeypatch)
+    x = _tensors([(70001,), (), (33, 31), (3,)], torch.float32, DEVICE)
+    if misaligned:
+        x = [_at_odd_offset(t, i) for i, t in enumerate(x)]
+    got = ft.sum_sq(x)
+    torch.testing.assert_close(
+        got.cpu(), reference.sum_sq([t.cpu() for t in x]), rtol=1e-13, atol=0
+    )
+    assert recs[-1].aligned == [not misaligned]
 
 
 def test_chunk_table_is_64_bit():
@@ -1189,6 +1298,254 @@ def test_direct_calls_with_new_tensors_of_the_same_shapes():
         assert torch.equal(x, y), "the first call's tensors were touched by the second"
     for x, y in zip(_flat(args_b, {}), _flat(ref_b, {})):
         assert_close_ulp(x.cpu(), y, TOL_VS_TORCH[torch.float32], "second call")
+
+
+# -- CUDA graphs (Note [CUDA graphs] in fusedopt/triton/_multi_tensor.py) -----------------------
+# Without a GPU the capture is simulated: mt.capturing says a capture is under way, and the
+# entry bookkeeping (what is kept, what is copied when) is checked; the CUDA test below captures
+# and replays for real.
+@pytest.fixture
+def fresh_cache():
+    """An empty table cache before and after (captured entries are never evicted)."""
+    mt.clear_cache()
+    yield
+    mt.clear_cache()
+
+
+def _last_entry() -> mt.Entry:
+    """The entry of the latest prepare() call (inserted or moved last)."""
+    return next(reversed(mt._cache.values()))
+
+
+def _entry_tensors(e: mt.Entry) -> list[torch.Tensor]:
+    out = [e.table, e.chunks, e.ranges, *e.scratch.values(), *(b for _, _, b in e.staged)]
+    if e.grad_table is not None:
+        out += [e.grad_table, *(b for _, b in e.grad_staged)]
+    return out
+
+
+def test_captured_entries_are_never_evicted(monkeypatch, fresh_cache):
+    monkeypatch.setattr(mt, "MAX_ENTRIES", 2)
+    capture = [True]
+    monkeypatch.setattr(mt, "capturing", lambda device: capture[0])
+    captured = []
+    for op in ("adam_", "lamb_"):  # lamb_: scratch tensors too
+        args, kwargs = _op_args(op, sliced=True)  # staged param and grads
+        getattr(ft, op)(*args, **kwargs)
+        captured.append(_last_entry())
+    ft.sum_sq(_tensors([(5,), (3, 2)], torch.float32, DEVICE))
+    captured.append(_last_entry())
+    assert all(e.captured for e in captured)
+    assert all(e.staged and e.grad_staged for e in captured[:2]), "no staging buffers to keep"
+    alive = [weakref.ref(t) for e in captured for t in _entry_tensors(e)]
+    capture[0] = False
+    others = []
+    for _ in range(4):
+        args, kwargs = _op_args("lion_")
+        ft.lion_(*args, **kwargs)
+        others.append(weakref.ref(_last_entry().table))
+    del args, kwargs
+    gc.collect()
+    assert all(any(c is e for e in mt._cache.values()) for c in captured)
+    assert all(r() is not None for r in alive), "a captured entry's tensor was freed"
+    assert [r() is None for r in others] == [True, True, False, False], "LRU of the others"
+
+
+def test_captured_grad_tables_are_kept_when_grads_change(monkeypatch, fresh_cache):
+    capture = [True]
+    monkeypatch.setattr(mt, "capturing", lambda device: capture[0])
+    args, kwargs = _op_args("adam_")  # the transposed param's grad is staged
+    ft.adam_(*args, **kwargs)
+    e = _last_entry()
+    old = [weakref.ref(e.grad_table)] + [weakref.ref(b) for _, b in e.grad_staged]
+    assert len(old) == 2
+    capture[0] = False
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    for step in range(2):  # new grads (new addresses), outside the capture
+        args[1] = [g.clone() for g in args[1]]
+        ref_args[1] = [g.clone() for g in args[1]]
+        ft.adam_(*args, **kwargs)
+        reference.adam_(*ref_args, **ref_kwargs)
+        _check_mixed_step("adam_", args, kwargs, ref_args, ref_kwargs, "", f"step {step + 2}")
+        if step == 0:
+            assert e.grad_table is not old[0]()
+            uncaptured = weakref.ref(e.grad_table)
+    gc.collect()
+    assert all(r() is not None for r in old), "the captured grad table or its buffers were freed"
+    assert uncaptured() is None, "a grad table never captured was kept"
+
+
+def _scramble(entry: mt.Entry) -> None:
+    """What the device holds of tables built during a capture before the graph runs: here every
+    row is the first one (addresses that stay valid, results that are wrong)."""
+    for _, dev in entry.pending:
+        dev.copy_(dev[:1].clone().expand_as(dev))
+
+
+def test_tables_built_during_a_capture_are_copied_before_use(monkeypatch, fresh_cache):
+    """Their copy to the device runs only when the graph does: a later capture copies them again
+    into its own graph, the first call outside a capture copies them itself."""
+    capture = [True]
+    monkeypatch.setattr(mt, "capturing", lambda device: capture[0])
+    args, kwargs = _op_args("lamb_")
+    ref_args, ref_kwargs = _clone_args(args, kwargs)
+    for step, (in_capture, pending_after) in enumerate([(True, 4), (True, 4), (False, 0)]):
+        capture[0] = in_capture
+        _refill_grads([args, ref_args], torch.float32)
+        ft.lamb_(*args, **kwargs)
+        reference.lamb_(*ref_args, **ref_kwargs)
+        e = _last_entry()
+        _check_mixed_step("lamb_", args, kwargs, ref_args, ref_kwargs, "", f"step {step + 1}")
+        assert len(e.pending) == pending_after  # table, chunks, ranges, grad table
+        if step == 0:
+            copies = list(e.pending)
+        _scramble(e)
+    for host, dev in copies:
+        assert torch.equal(dev.cpu(), host), "not copied outside the capture"
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_graph_capture_replay_and_eviction(monkeypatch, fresh_cache):
+    """Ops captured in a CUDA graph, then run once eagerly (tables built during the capture are
+    copied then) and replayed after their cache entries would have been evicted (other calls,
+    memory churn), against the reference step by step: plain, master, stochastic rounding,
+    misaligned tensors, LAMB's scratch, sum_sq."""
+    monkeypatch.setattr(mt, "MAX_ENTRIES", 2)
+    cases = [
+        ("adam_", FP32, FP32, "", ""),
+        ("lamb_", BF16, FP32, "master", "all"),
+        ("sgd_", BF16, BF16, "sr", "grads"),
+    ]
+
+    def sq_inputs():
+        return _tensors([(70001,), (33, 31)], torch.float32, DEVICE)
+
+    # warm-up on the same layouts: Triton compiles each kernel variant outside the capture
+    for op, pdtype, sdtype, mode, misaligned in cases:
+        a, k = _op_args(op, pdtype, state_dtype=sdtype, mode=mode, misaligned=misaligned)
+        getattr(ft, op)(*a, **k)
+    ft.sum_sq(sq_inputs())
+    calls = []
+    for op, pdtype, sdtype, mode, misaligned in cases:
+        a, k = _op_args(op, pdtype, state_dtype=sdtype, mode=mode, misaligned=misaligned)
+        calls.append((op, pdtype, mode, a, k, *_clone_args(a, k)))
+    sq_in = sq_inputs()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for op, _, _, a, k, _, _ in calls:
+            getattr(ft, op)(*a, **k)
+        sq_out = ft.sum_sq(sq_in)
+    entries = [e for e in mt._cache.values() if e.captured]
+    assert len(entries) == len(calls) + 1
+    for _ in range(4):  # evicts every entry that is not captured
+        a, k = _op_args("lion_")
+        ft.lion_(*a, **k)
+    junk = [torch.full((n,), float("nan"), device=DEVICE) for n in (1 << 8, 1 << 12, 1 << 20)]
+    assert all(any(c is e for e in mt._cache.values()) for c in entries)
+    for step in range(4):
+        for _, pdtype, _, a, _, ra, _ in calls:
+            _refill_grads([a, ra], pdtype)
+        with torch.no_grad():
+            for x in sq_in:
+                x.normal_()
+        if step == 0:
+            for op, _, _, a, k, _, _ in calls:
+                getattr(ft, op)(*a, **k)
+            sq = ft.sum_sq(sq_in)
+        else:
+            graph.replay()
+            sq = sq_out
+        torch.cuda.synchronize()
+        for op, _, mode, a, k, ra, rk in calls:
+            getattr(reference, op)(*ra, **rk)
+            _check_mixed_step(op, a, k, ra, rk, mode, f"{op} step {step + 1}")
+            with torch.no_grad():  # re-sync in place: the graph keeps the addresses
+                for x, y in zip(_flat(a, k), _flat(ra, rk)):
+                    x.copy_(y)
+                if mode == "master":
+                    for p, q in zip(a[0], ra[0]):
+                        p.fill_(float("nan"))
+                        q.fill_(float("nan"))
+        want = reference.sum_sq([x.cpu() for x in sq_in])
+        torch.testing.assert_close(sq.cpu(), want, rtol=1e-13, atol=0)
+    del junk
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_lamb_and_sum_sq_repeat_bit_for_bit(dtype):
+    """20 runs from the same inputs give the same bits: LAMB's norms and sum_sq reduce across
+    programs (a 300001-element param spans 5) in a fixed order, without atomics."""
+    shapes = [(300001,), (70001,), (1000, 33), (), (0,)]
+    p = _tensors(shapes, dtype, DEVICE)
+    g = _tensors(shapes, dtype, DEVICE)
+    m = _tensors(shapes, dtype, DEVICE)
+    v = _tensors(shapes, dtype, DEVICE, positive=True)
+    steps = [torch.tensor(3.0, device=DEVICE) for _ in shapes]
+    norms = torch.zeros(len(shapes), 2, dtype=FP64, device=DEVICE)
+    lists = [p, m, v, steps, [norms]]
+    start = [[t.clone() for t in lst] for lst in lists]
+    runs = []
+    for _ in range(20):
+        with torch.no_grad():
+            for lst, init in zip(lists, start):
+                for t, t0 in zip(lst, init):
+                    t.copy_(t0)
+        ft.lamb_(p, g, m, v, steps, torch.tensor(1e-2, device=DEVICE), 0.9, 0.999, 0.01, 1e-6,
+                 True, 0.9, False, tensor_norms=norms)  # fmt: skip
+        runs.append([_bits(t).clone() for lst in lists for t in lst] + [_bits(ft.sum_sq(p + g))])
+    for i, run in enumerate(runs[1:], 2):
+        for j, (a, b) in enumerate(zip(run, runs[0])):
+            assert torch.equal(a, b), f"run {i}, tensor {j} differs from run 1"
+
+
+def _steps_match_reference(device: str, stream: torch.cuda.Stream | None) -> None:
+    """AdamW and LAMB with max_grad_norm (sum_sq in the step) on `device`, each step enqueued on
+    `stream` after it waits for the grads' producer, against the reference on the CPU."""
+    for cls, kw in [(fusedopt.AdamW, {"lr": 1e-2, "weight_decay": 0.1}),
+                    (fusedopt.LAMB, {"lr": 1e-2, "max_grad_norm": 1.0})]:  # fmt: skip
+        params = make_params(torch.float32)
+        ours_p = [_like_on(p, device) for p in params]
+        ref_p = clone_params(params)
+        ours = cls(ours_p, backend="triton", **kw)
+        ref = cls(ref_p, backend="reference", **kw)
+        for step in range(3):
+            g = fresh_grads(params)
+            set_grads(ref_p, g)
+            set_grads(ours_p, [None if x is None else _like_on(x, device) for x in g])
+            if stream is None:
+                ours.step()
+            else:
+                stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(stream):
+                    ours.step()
+                torch.cuda.current_stream(device).wait_stream(stream)
+            ref.step()
+            for (what, x), (_, y) in zip(state_tensors(ours, ours_p), state_tensors(ref, ref_p)):
+                assert_close_ulp(x.cpu(), y, TOL_VS_TORCH[torch.float32], f"step {step + 1} {what}")
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_step_on_a_side_stream():
+    _steps_match_reference("cuda", torch.cuda.Stream())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason=f"needs two GPUs, found {torch.cuda.device_count()}",
+)
+def test_step_on_the_second_gpu():
+    """Params on cuda:1 while cuda:0 is the current device: tables, launches and the stream are
+    those of the params' device."""
+    assert torch.cuda.current_device() == 0
+    _steps_match_reference("cuda:1", None)
+    _steps_match_reference("cuda:1", torch.cuda.Stream("cuda:1"))
+    assert torch.cuda.current_device() == 0
 
 
 # -- bf16 rounding ------------------------------------------------------------------------------

@@ -30,8 +30,14 @@ inline double scalar_value(const at::Tensor& t, const char* what) {
   return t.item<double>();
 }
 
-// The per-parameter `step` counters: 0-d float tensors on the CPU, as torch.optim keeps them.
+// The per-parameter `step` counters: 0-d float tensors on the CPU, as torch.optim keeps them,
+// one per param (check_unshared).
 void check_steps(const char* op, at::TensorList steps, size_t n);
+// Rejects two entries of `tensors` (one-element tensors, one per param: step counters, SR seeds)
+// at the same address: "<name>[b] shares its memory with <name>[a]: every param needs its own
+// <what>". Such an entry would be incremented once per param that names it, in an order that
+// differs between backends (and on a GPU, by racing threads).
+void check_unshared(const char* op, const char* name, at::TensorList tensors, const char* what);
 // Adds one to every counter and returns the new values (read and written through raw pointers:
 // an ATen call per counter would cost more than the whole update of a small tensor).
 std::vector<double> increment_steps(at::TensorList steps);

@@ -1,8 +1,8 @@
 #include "mixed.h"
 
-#include <algorithm>
-#include <utility>
 #include <vector>
+
+#include "common.h"
 
 namespace fusedopt::cpu {
 
@@ -52,20 +52,7 @@ Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::T
       TORCH_CHECK(s.device() == device, op, ": sr_seeds[", i, "] is on ", s.device(), ", expected ",
                   device);
     }
-    // A seed shared by two params would be advanced twice, in an order (and on a GPU, a race)
-    // that differs between backends.
-    // (Sorted pointers: a hash map cost ~100 ns per seed, a visible part of a small step.)
-    std::vector<std::pair<const void*, size_t>> ptrs(n);
-    for (size_t i = 0; i < n; ++i) ptrs[i] = {(*sr_seeds)[i].data_ptr(), i};
-    std::sort(ptrs.begin(), ptrs.end());
-    for (size_t k = 1; k < n; ++k) {
-      if (ptrs[k].first == ptrs[k - 1].first) {
-        const size_t a = std::min(ptrs[k].second, ptrs[k - 1].second);
-        const size_t b = std::max(ptrs[k].second, ptrs[k - 1].second);
-        TORCH_CHECK(false, op, ": sr_seeds[", b, "] shares its memory with sr_seeds[", a,
-                    "]: every param needs its own seed");
-      }
-    }
+    check_unshared(op, "sr_seeds", *sr_seeds, "seed");
     mx.mode = kStochastic;
   }
   // Throws here, before anything is written, if the kernels lack the combination.

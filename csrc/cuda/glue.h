@@ -20,6 +20,7 @@
 #include <optional>
 #include <vector>
 
+#include "../cpu/common.h"
 #include "../cpu/mixed.h"
 #include "../cpu/multi_tensor.h"
 #include "jobs.h"
@@ -79,7 +80,7 @@ inline bool skipped_on_host(const ScalarArg& found_inf) {
 }
 
 // Step counters: one-element float32/float64 tensors on the params' device (torch's fused and
-// capturable layout; fusedopt.optim keeps them there: _base.py _zero_step).
+// capturable layout; fusedopt.optim keeps them there: _base.py _zero_step), one per param.
 inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10::Device device) {
   TORCH_CHECK(steps.size() == n, op, ": expected state_steps to have ", n,
               " tensors (one per param), got ", steps.size());
@@ -95,6 +96,7 @@ inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10:
     out.ptrs.push_back(s.data_ptr());
     out.kinds.push_back(s.scalar_type() == at::kDouble ? kCounterDouble : kCounterFloat);
   }
+  cpu::check_unshared(op, "state_steps", steps, "step counter");
   return out;
 }
 

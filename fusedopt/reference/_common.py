@@ -214,19 +214,36 @@ def check_mixed(
                     f"{op}: sr_seeds[{i}] must be a one-element int64 tensor, got {s.dtype} "
                     f"with {s.numel()} elements"
                 )
-        seen: dict[int, int] = {}
-        for i, s in enumerate(seeds):
-            ptr = s.data_ptr()
-            if ptr in seen:
-                raise RuntimeError(
-                    f"{op}: sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: "
-                    "every param needs its own seed"
-                )
-            seen[ptr] = i
+        check_unshared(op, "sr_seeds", seeds, "seed")
     return (
         list(masters) if masters is not None else [None] * n,
         list(seeds) if seeds is not None else [None] * n,
     )
+
+
+def check_unshared(op: str, name: str, tensors: list[Tensor], what: str) -> None:
+    """No two entries of ``tensors`` (step counters, SR seeds: one per param) at one address: such
+    an entry would be incremented once per param that names it, in an order that differs between
+    backends (and on a GPU, by racing threads)."""
+    seen: dict[int, int] = {}
+    for i, t in enumerate(tensors):
+        ptr = t.data_ptr()
+        if ptr in seen:
+            raise RuntimeError(
+                f"{op}: {name}[{i}] shares its memory with {name}[{seen[ptr]}]: every param "
+                f"needs its own {what}"
+            )
+        seen[ptr] = i
+
+
+def check_steps(op: str, params: list[Tensor], state_steps: list[Tensor]) -> None:
+    """One step counter per param, each its own (check_unshared)."""
+    if len(state_steps) != len(params):
+        raise RuntimeError(
+            f"{op}: expected state_steps to have {len(params)} tensors (one per param), "
+            f"got {len(state_steps)}"
+        )
+    check_unshared(op, "state_steps", state_steps, "step counter")
 
 
 def advance_seeds(seeds: list[Tensor | None]) -> None:

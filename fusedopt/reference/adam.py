@@ -7,6 +7,7 @@ from torch import Tensor
 from ._common import (
     advance_seeds,
     check_mixed,
+    check_steps,
     inv_scale,
     load_param,
     opmath_dtype,
@@ -56,6 +57,7 @@ def adam_(
     if amsgrad:
         states["max_exp_avg_sqs"] = max_exp_avg_sqs
     masters, seeds = check_mixed("fusedopt.adam_", params, master_params, sr_seeds, **states)
+    check_steps("fusedopt.adam_", params, state_steps)
     if skip_step(found_inf):
         return
     advance_seeds(seeds)

@@ -7,6 +7,7 @@ from ._common import (
     advance_seeds,
     check_like_params,
     check_mixed,
+    check_steps,
     inv_scale,
     load_param,
     opmath_dtype,
@@ -74,6 +75,7 @@ def lamb_(
         exp_avgs=exp_avgs,
         exp_avg_sqs=exp_avg_sqs,
     )
+    check_steps("fusedopt.lamb_", params, state_steps)
     if phase not in (0, 1, 2):
         raise RuntimeError(f"fusedopt.lamb_: phase must be 0, 1 or 2, got {phase}")
     if phase and (sq_sums is None or tuple(sq_sums.shape) != (len(params), 2)):

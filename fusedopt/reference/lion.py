@@ -6,6 +6,7 @@ from ._common import (
     advance_seeds,
     check_like_params,
     check_mixed,
+    check_steps,
     inv_scale,
     load_param,
     opmath_dtype,
@@ -46,6 +47,7 @@ def lion_(
     masters, seeds = check_mixed(
         "fusedopt.lion_", params, master_params, sr_seeds, exp_avgs=exp_avgs
     )
+    check_steps("fusedopt.lion_", params, state_steps)
     if skip_step(found_inf):
         return
     advance_seeds(seeds)

@@ -6,6 +6,7 @@ from ._common import (
     advance_seeds,
     check_like_params,
     check_mixed,
+    check_steps,
     inv_scale,
     load_param,
     opmath_dtype,
@@ -52,6 +53,7 @@ def sophia_(
     masters, seeds = check_mixed(
         "fusedopt.sophia_", params, master_params, sr_seeds, exp_avgs=exp_avgs, hessians=hessians
     )
+    check_steps("fusedopt.sophia_", params, state_steps)
     if skip_step(found_inf):
         return
     advance_seeds(seeds)

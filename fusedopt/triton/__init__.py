@@ -16,6 +16,9 @@ at execution time, outside the traced graph.
 
 GPU tensors need a GPU Triton supports; CPU tensors run in Triton's interpreter when
 ``TRITON_INTERPRET=1`` (slow: for tests).
+
+The ops may be captured in CUDA graphs: the device tables a graph reads are kept until
+:func:`clear_cache` (Note [CUDA graphs] in ``_multi_tensor.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import _launch
+from ._multi_tensor import clear_cache
 
 _NS = "fusedopt_triton"
 
@@ -72,7 +76,12 @@ for _name, _schema in _SCHEMAS.items():
         f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutated(_schema), schema=_schema
     )
     if _name == "sum_sq":
-        _op.register_fake(lambda tensors: torch.empty((), dtype=torch.float64))
+        # on the first tensor's device, as the op (CPU for no tensors)
+        _op.register_fake(
+            lambda tensors: torch.empty(
+                (), dtype=torch.float64, device=tensors[0].device if tensors else "cpu"
+            )
+        )
     else:
         _op.register_fake(lambda *args, **kwargs: None)
 del _name, _schema, _op
@@ -312,6 +321,7 @@ def sum_sq(tensors: list[Tensor]) -> Tensor:
 
 __all__ = [
     "adam_",
+    "clear_cache",
     "lamb_",
     "lion_",
     "sgd_",

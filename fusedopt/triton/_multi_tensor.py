@@ -24,6 +24,17 @@ cache entry. The element index of stochastic rounding's noise (Note [mixed preci
 csrc/include/fusedopt/math.h) is the offset in the param as the kernel sees it: its memory
 order for a dense param, row-major for a staged one, as fusedopt.reference.memory_index.
 
+Note [CUDA graphs]
+A graph captured around a call keeps the raw addresses of that call's tables, staging buffers and
+scratch tensors, and reads them at every replay. So an entry created or used during a capture is
+marked ``captured`` and is never evicted (the LRU limit counts the other entries only), and a
+grad table (with its staging buffers) used during a capture is kept alive when later grads
+replace it. Only clear_cache() drops them: call it once no graph that ran these ops will be
+replayed again. A table built during a capture is copied to the device from pageable memory
+(allocating pinned memory is not allowed while a stream captures; the pageable host table is
+kept with the entry, since every replay copies it again), and that copy only runs when the graph
+does: the first call outside a capture (prepare) copies every such table itself.
+
 Note [mixed dtypes]
 A table row holds the param's list, the state lists and the fp32 master copies (the last list,
 when given); the SR seeds and step counters are extra columns. Each list has one dtype: the
@@ -44,7 +55,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference._common import state_dtype_ok
+from ..reference._common import check_unshared, state_dtype_ok
 
 # Elements per tile: a power of two that keeps each of the up to five streams of a tile in
 # registers at 4 warps (8 fp32 per thread and stream). Not measured on a GPU yet (no GPU was at
@@ -141,6 +152,12 @@ class Entry:
     grad_staged: list[tuple[int, Tensor]] = field(default_factory=list)
     grads_aligned: bool = True
     scratch: dict[str, Tensor] = field(default_factory=dict)
+    # Note [CUDA graphs]
+    captured: bool = False  # created or used during a capture: never evicted
+    capture: bool = False  # the current call is being captured (set by prepare)
+    grad_captured: bool = False  # grad_table was used during a capture
+    kept: list = field(default_factory=list)  # what a captured graph may still read
+    pending: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (host, device) copies
 
     def stage_in(self, lists: list[list[Tensor]], grads: list[Tensor] | None) -> None:
         for k, i, buf in self.staged:
@@ -159,14 +176,29 @@ _cache: OrderedDict[tuple, Entry] = OrderedDict()
 
 
 def clear_cache() -> None:
-    """Drop every cached table (and staging buffer)."""
+    """Drop every cached table (and staging buffer), those of CUDA graph captures too: only once
+    no captured graph that ran these ops will be replayed (Note [CUDA graphs])."""
     _cache.clear()
 
 
-def _upload(t: Tensor, device: torch.device) -> Tensor:
+def capturing(device: torch.device) -> bool:
+    """Whether the current stream of ``device`` is capturing a CUDA graph."""
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
+def _upload(t: Tensor, device: torch.device, pending: list | None = None) -> Tensor:
     """A host-built table on the device, without a host sync: a copy from pageable memory would
     wait for the stream (CUDA's rules for pageable transfers), one from pinned memory doesn't
-    (and torch's pinned-memory cache keeps the buffer until the copy is done)."""
+    (and torch's pinned-memory cache keeps the buffer until the copy is done). During a capture
+    (``pending`` given), from pageable memory, and (host, device) is added to ``pending``
+    (Note [CUDA graphs])."""
+    if pending is not None:
+        dev = t.to(device, non_blocking=True, copy=True)
+        pending.append((t, dev))
+        return dev
     if device.type == "cpu":
         return t
     if device.type == "cuda":
@@ -261,16 +293,9 @@ def _validate(
                 )
             if s.device != device:
                 _fail(op, f"sr_seeds[{i}] is on {s.device}, expected {device}")
-        seen: dict[int, int] = {}
-        for i, s in enumerate(seeds):
-            ptr = s.data_ptr()
-            if ptr in seen:
-                _fail(
-                    op,
-                    f"sr_seeds[{i}] shares its memory with sr_seeds[{seen[ptr]}]: every param "
-                    "needs its own seed",
-                )
-            seen[ptr] = i
+        check_unshared(op, "sr_seeds", seeds, "seed")
+    if steps is not None:
+        check_unshared(op, "state_steps", steps, "step counter")
     return device, dtype, state_dtype
 
 
@@ -327,15 +352,32 @@ def prepare(
     except RuntimeError:  # e.g. a sparse tensor has no strides: say so properly
         _validate(op, names, lists, steps, master, seeds)
         raise
+    capture = capturing(lists[0][0].device)
     entry = _cache.get(key)
-    if entry is not None:
+    if entry is None:
+        entry = _build(op, names, lists, steps, master, seeds, capture)
+        entry.captured = capture
+        _cache[key] = entry
+        _evict()
+    else:
         _cache.move_to_end(key)
-        return entry
-    entry = _build(op, names, lists, steps, master, seeds)
-    _cache[key] = entry
-    if len(_cache) > MAX_ENTRIES:
-        _cache.popitem(last=False)
+        entry.captured |= capture
+        # Note [CUDA graphs]: tables built during a capture are filled when a graph replays;
+        # this call (or the graph it is captured into) fills them itself
+        for host, dev in entry.pending:
+            dev.copy_(host, non_blocking=True)
+        if not capture:
+            entry.pending.clear()
+    entry.capture = capture
     return entry
+
+
+def _evict() -> None:
+    """Drops the least recently used entries beyond MAX_ENTRIES, never a captured one (Note
+    [CUDA graphs])."""
+    free = [k for k, e in _cache.items() if not e.captured]
+    for k in free[: max(len(free) - MAX_ENTRIES, 0)]:
+        del _cache[k]
 
 
 def _build(
@@ -345,6 +387,7 @@ def _build(
     steps: list[Tensor] | None,
     master: bool,
     seeds: list[Tensor] | None,
+    capture: bool,
 ) -> Entry:
     device, dtype, state_dtype = _validate(op, names, lists, steps, master, seeds)
     assert CHUNK % 16 == 0, "chunk starts must keep 16-element alignment (ALIGNED)"
@@ -386,16 +429,17 @@ def _build(
         step_type = tl.float64 if steps[0].dtype == torch.float64 else tl.float32
     else:
         step_type = None
+    pending: list[tuple[Tensor, Tensor]] | None = [] if capture else None
     return Entry(
         device=device,
         dtype=dtype,
         state_dtype=state_dtype,
         n=len(params),
-        table=_upload(torch.tensor(rows, dtype=torch.int64), device),
+        table=_upload(torch.tensor(rows, dtype=torch.int64), device, pending),
         width=width,
-        chunks=_upload(chunks, device),
+        chunks=_upload(chunks, device, pending),
         programs=chunks.shape[0],
-        ranges=_upload(ranges, device),
+        ranges=_upload(ranges, device, pending),
         aligned=all(a % 16 == 0 for a in addresses),
         step_type=step_type,
         master_col=len(lists) - 1 if master else -1,
@@ -405,6 +449,8 @@ def _build(
         numels=numels,
         staged=staged,
         chunk=CHUNK,
+        kept=[host for host, _ in pending or ()],
+        pending=pending or [],
     )
 
 
@@ -433,10 +479,15 @@ def grad_table(
             _check_like(op, "grads", i, g, p, dtype)
         raise
     if sig == entry.grad_sig and entry.grad_table is not None:
+        entry.grad_captured |= entry.capture
         return entry.grad_table
     stats["grad_builds"] += 1
     device_index = entry.device.index if entry.device.type == "cuda" else -1
-    old = dict(entry.grad_staged)
+    if entry.grad_captured:  # a graph may still read them (Note [CUDA graphs])
+        entry.kept.append((entry.grad_table, entry.grad_staged))
+        old = {}
+    else:
+        old = dict(entry.grad_staged)
     staged = []
     addresses = []
     for i, g in enumerate(grads):
@@ -461,7 +512,11 @@ def grad_table(
         addresses.append(g.data_ptr())
     entry.grad_staged = staged
     entry.grads_aligned = all(a % 16 == 0 for a in addresses)
-    entry.grad_table = _upload(torch.tensor(addresses, dtype=torch.int64), entry.device)
+    host = torch.tensor(addresses, dtype=torch.int64)
+    entry.grad_table = _upload(host, entry.device, entry.pending if entry.capture else None)
+    if entry.capture:
+        entry.kept.append(host)
+    entry.grad_captured = entry.capture
     entry.grad_sig = sig
     return entry.grad_table
 
