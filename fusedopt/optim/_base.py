@@ -619,10 +619,9 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load torch.optim's state_dict layout (from fusedopt or torch.optim).
 
-        Before anything changes, every state tensor is checked against its parameter's shape:
-        a mismatch raises ValueError (torch's fused kernels would read out of bounds).
+        Before anything changes, the state is checked (Note [damaged checkpoints]).
         """
-        self._check_state_shapes(state_dict)
+        self._check_loaded_state(state_dict)
         # torch casts every floating-point state tensor to its param's dtype (and an int64
         # seed too, for a floating-point param): keep the originals to restore their dtypes.
         saved = {
@@ -656,12 +655,13 @@ class FusedOptimizer(Optimizer):
             if pid not in saved or p not in self.state:
                 continue
             pstate = self.state[p]
+            keys = self._state_keys(group)  # other keys stay as torch.optim loads them
             for k, v in saved[pid].items():
                 if k == "master_param":
                     want = torch.float32
                 elif k == "sr_seed":
                     want = torch.int64
-                elif v.is_floating_point() and p.is_floating_point():
+                elif k in keys and v.is_floating_point() and p.is_floating_point():
                     want = self._state_dtype(group, p)
                 else:
                     continue
@@ -669,21 +669,49 @@ class FusedOptimizer(Optimizer):
                 if torch.is_tensor(cur) and cur.dtype != want:
                     pstate[k] = v.to(device=p.device, dtype=want, copy=True)
 
-    def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The keys a loaded param state must have unless it is empty: torch.optim refuses (at
+        its next step) a state that lacks one, where a fused step would silently start the
+        missing moment from zeros. Subclasses drop the keys that may be missing."""
+        keys = self._state_keys(group)
+        return (*keys, "step") if self._has_step else keys
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
+        """Note [damaged checkpoints]
+        Before anything changes, each param's loaded state must have every key this optimizer
+        needs (KeyError, as torch.optim raises at its next step), a ``step`` that is a finite
+        count >= 0 (ValueError: a negative one makes the bias corrections divide by zero), and
+        state tensors shaped like the param (ValueError: the kernels would read out of
+        bounds). Keys fusedopt does not use (another optimizer's) are not checked: they are
+        kept as they are, as torch.optim keeps them.
+        """
         saved_groups = state_dict.get("param_groups", [])
         groups = self.param_groups
         if len(saved_groups) != len(groups):
             return  # torch's own check raises its ValueError
-        id_to_param: dict[Any, Tensor] = {}
+        owner: dict[Any, tuple[Tensor, dict[str, Any]]] = {}
         for g, sg in zip(groups, saved_groups):
             if len(g["params"]) != len(sg["params"]):
                 return
-            id_to_param.update(zip(sg["params"], g["params"]))
+            merged = {**self.defaults, **sg}
+            owner.update((pid, (p, merged)) for pid, p in zip(sg["params"], g["params"]))
+        where = f"fusedopt.{type(self).__name__}: loaded state for parameter"
         for pid, pstate in state_dict.get("state", {}).items():
-            p = id_to_param.get(pid)
-            if p is None or not isinstance(pstate, dict):
+            if pid not in owner or not isinstance(pstate, dict):
                 continue
+            p, group = owner[pid]
+            if pstate:
+                for key in self._required_state_keys(group):
+                    if pstate.get(key) is None:
+                        raise KeyError(
+                            f"{where} {pid} has no {key!r} (it has "
+                            f"{', '.join(map(repr, pstate))}): the checkpoint is damaged or "
+                            "from another optimizer; nothing was loaded"
+                        )
+            shaped = {*self._state_keys(group), "master_param"}
             for key, value in pstate.items():
+                if key == "step":
+                    self._check_loaded_step(where, pid, value)
                 if not torch.is_tensor(value):
                     continue
                 if key in ("step", "sr_seed"):
@@ -692,11 +720,23 @@ class FusedOptimizer(Optimizer):
                             f"loaded state for parameter {pid}: {key!r} must have "
                             f"one element, got shape {tuple(value.shape)}"
                         )
-                elif value.shape != p.shape:
+                elif key in shaped and value.shape != p.shape:
                     raise ValueError(
                         f"loaded state for parameter {pid}: {key!r} has shape "
                         f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}"
                     )
+
+    @staticmethod
+    def _check_loaded_step(where: str, pid: Any, step: Any) -> None:
+        if torch.is_tensor(step):
+            if step.numel() != 1 or step.device.type == "meta":
+                return  # the shape check says so; a meta tensor has no value yet
+            step = step.item()
+        if not isinstance(step, (int, float)) or not 0 <= step < float("inf"):
+            raise ValueError(
+                f"{where} {pid}: 'step' is {step!r}, but a step count must be a finite number "
+                ">= 0; nothing was loaded"
+            )
 
 
 def _lr_sched_marker(cls: type) -> None:

@@ -88,6 +88,9 @@ class Lion(FusedOptimizer):
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg",)
 
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg",)  # lion-pytorch's and timm's checkpoints have no step
+
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["exp_avg"] = self._zeros_state(p, group)
 

@@ -108,6 +108,9 @@ class SGD(FusedOptimizer):
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ()  # a missing momentum_buffer starts from the grad, as in torch.optim.SGD
+
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.
         # Zeros, not empty_like as torch's fused SGD: see Note [skipped first SGD step].
