@@ -184,9 +184,6 @@ class FusedOptimizer(Optimizer):
     _op: str = ""
     _sparse_error: str = ""
     _has_step: bool = True  # keeps a per-param 'step' counter in state
-    # torch.amp.GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself
-    # (Note [found_inf and grad_scale] in csrc/cpu/common.h).
-    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -197,6 +194,7 @@ class FusedOptimizer(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         _dispatch.require(backend)
         if max_grad_norm is not None and not max_grad_norm > 0.0:
@@ -209,6 +207,7 @@ class FusedOptimizer(Optimizer):
         self.master_weights = master_weights
         self.stochastic_rounding = stochastic_rounding
         self.state_dtype = state_dtype
+        self.fused_amp = bool(fused_amp)
         self.backend = backend
         self.max_grad_norm = max_grad_norm
         self._plans: dict[int, _Plan] = {}
@@ -221,6 +220,20 @@ class FusedOptimizer(Optimizer):
         #: 0-d float32 tensor: the global grad norm (after unscaling) of the last step, when
         #: max_grad_norm is set; None otherwise.
         self.last_grad_norm: Tensor | None = None
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # type: ignore[override]
+        """Note [fused AMP]
+        The flag torch.amp.GradScaler reads: when set, it hands the step its scale and inf flag
+        (``grad_scale``, ``found_inf``) instead of unscaling the grads itself, and calls
+        ``step()`` on every step (the kernel turns an inf step into a no-op, Note [found_inf
+        and grad_scale] in csrc/cpu/common.h). Frameworks written for torch.optim's default
+        optimizers read it too: Lightning refuses gradient clipping under mixed precision for
+        any optimizer with it, and accelerate (so the HF Trainer, for its lr schedule) takes a
+        ``step()`` call as a step that was not skipped. ``fused_amp=False`` clears it, so that
+        GradScaler unscales and skips exactly as for torch.optim.AdamW.
+        """
+        return self.fused_amp
 
     # -- plan bookkeeping ---------------------------------------------------------------------
     def invalidate_plans(self) -> None:
@@ -247,6 +260,7 @@ class FusedOptimizer(Optimizer):
         state["master_weights"] = self.master_weights
         state["stochastic_rounding"] = self.stochastic_rounding
         state["state_dtype"] = self.state_dtype
+        state["fused_amp"] = self.fused_amp
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -256,6 +270,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("fused_amp", True)
         self.__dict__.setdefault("last_grad_norm", None)
         if "step_skipped" not in self.__dict__:
             self.step_skipped = torch.zeros((), dtype=torch.bool)

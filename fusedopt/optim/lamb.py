@@ -59,6 +59,8 @@ class LAMB(FusedOptimizer):
             (default: None, no clipping).
         master_weights, stochastic_rounding, state_dtype: mixed precision, as in
             :class:`fusedopt.Adam` (README "Mixed precision").
+        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
+            (default: True).
     """
 
     _op = "lamb_"
@@ -80,6 +82,7 @@ class LAMB(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         check_lr(lr)
         if not eps >= 0.0:
@@ -106,6 +109,7 @@ class LAMB(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:
