@@ -64,7 +64,8 @@ class Adam(FusedOptimizer):
             and inf flag, the grads are unscaled inside the kernel and an inf/NaN step changes
             nothing (``optimizer.step_skipped``), as with torch's ``fused=True``. False:
             GradScaler unscales the grads itself and does not call ``step()`` on an inf/NaN
-            step, as with torch.optim's default optimizers; what Lightning's gradient clipping
+            step (so ``step_skipped`` stays False), as with torch.optim's default optimizers;
+            what Lightning's gradient clipping
             under mixed precision and accelerate's ``step_was_skipped`` (the HF Trainer's lr
             schedule) expect (default: True; README "Training frameworks").
     """
