@@ -174,7 +174,9 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 setup(
-    packages=find_packages(include=["fusedopt", "fusedopt.*"]) + ["fusedopt.benchmarks"],
+    # fusedopt.benchmarks is the top-level benchmarks/ folder (fusedopt/benchmarks/__init__.py
+    # is only the source tree's pointer to it and is not installed).
+    packages=find_packages(include=["fusedopt", "fusedopt.*"]),
     package_dir={"fusedopt.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -32,11 +32,20 @@ __all__ = [
 ]
 
 if _LOAD_ERROR is not None:
+    import os
     import warnings
 
+    _fix = "Reinstall with `pip install --no-build-isolation .` against this torch."
+    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.py")):
+        # Imported from a source checkout: Python run in the repository root finds the tree's
+        # fusedopt/ before an installed one, so a non-editable install does not help here.
+        _fix = (
+            "This is the source tree's fusedopt/: build it in place with "
+            "`pip install --no-build-isolation -e .` (or run from another folder)."
+        )
     warnings.warn(
         f"fusedopt: compiled kernels unavailable ({_LOAD_ERROR}); using the reference backend. "
-        "Reinstall with `pip install --no-build-isolation .` against this torch.",
+        + _fix,
         RuntimeWarning,
         stacklevel=2,
     )

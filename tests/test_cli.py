@@ -212,6 +212,19 @@ def test_out_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "not a directory" in capsys.readouterr().err
 
 
+@_needs("sklearn")
+def test_demo_without_matplotlib(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not importable
+    argv = ["--quick", *SMALL, "--optimizers", "sgd", "--no-torch", "--out", str(tmp_path)]
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\nSGD " in out  # the table
+    assert "plot skipped (no matplotlib): pip install matplotlib" in out
+    assert not (tmp_path / "demo.png").exists()
+
+
 # -- race -------------------------------------------------------------------------------------
 @plots
 def test_race_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,6 +235,19 @@ def test_race_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Rosenbrock" in out and "500 steps" in out and "steps to f<0.001" in out
     for r in race.RACERS:
         assert (f"\n{r.label} " in out) == hasattr(fusedopt, r.cls)
+
+
+def test_race_without_matplotlib(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["--quick", "--optimizers", "adam", "--out", str(tmp_path)]
+    assert race.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\nAdam " in out and "plot skipped (no matplotlib): pip install matplotlib" in out
+    assert not (tmp_path / "race.png").exists()
+    assert race.main([*argv, "--gif"]) == 1  # asked for explicitly: refused before the run
+    assert "--gif needs matplotlib" in capsys.readouterr().err
 
 
 @plots

@@ -169,3 +169,192 @@ def test_pickle_roundtrip_keeps_backend():
     opt = fusedopt.AdamW([p], backend="reference")
     opt2 = pickle.loads(pickle.dumps(opt))
     assert opt2.backend == "reference"
+
+
+# -- damaged checkpoints (Note [damaged checkpoints]) ---------------------------------------------
+# Every optimizer with the options that change its state keys; torch.optim's twin where it has one.
+OPTIMIZERS = [
+    pytest.param(fusedopt.AdamW, {}, torch.optim.AdamW, id="adamw"),
+    pytest.param(fusedopt.Adam, {"amsgrad": True}, torch.optim.Adam, id="adam-amsgrad"),
+    pytest.param(fusedopt.SGD, {"lr": 0.1, "momentum": 0.9}, torch.optim.SGD, id="sgd-momentum"),
+    pytest.param(fusedopt.Lion, {}, None, id="lion"),
+    pytest.param(fusedopt.LAMB, {}, None, id="lamb"),
+    pytest.param(fusedopt.Sophia, {}, None, id="sophia"),
+]
+MIXED = [
+    pytest.param({}, torch.float32, id="fp32"),
+    pytest.param({"master_weights": True}, torch.bfloat16, id="bf16-master"),
+    pytest.param({"stochastic_rounding": True}, torch.bfloat16, id="bf16-sr"),
+]
+
+
+def _trained(cls, kwargs, dtype=torch.float32, steps=2):
+    params = [torch.randn(64, dtype=dtype, requires_grad=True), torch.randn(4, 3, dtype=dtype)]
+    params[1].requires_grad_(True)
+    opt = cls(params, **kwargs)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return params, opt
+
+
+def _snapshot(opt, params):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def _assert_unchanged(opt, params, snap):
+    values, sd = snap
+    for p, v in zip(params, values):
+        assert torch.equal(p, v)
+    after = opt.state_dict()
+    assert after["param_groups"] == sd["param_groups"]
+    assert after["state"].keys() == sd["state"].keys()
+    for pid, pstate in sd["state"].items():
+        assert after["state"][pid].keys() == pstate.keys()
+        for k, v in pstate.items():
+            assert torch.equal(after["state"][pid][k], v), (pid, k)
+
+
+@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+@pytest.mark.parametrize("mixed,dtype", MIXED)
+def test_state_missing_a_key_is_refused_naming_it(cls, kwargs, twin, mixed, dtype):
+    params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
+    snap = _snapshot(opt, params)
+    required = [k for k in snap[1]["state"][1] if k not in ("master_param", "sr_seed")]
+    if cls is fusedopt.SGD:
+        required = []  # a missing momentum_buffer starts from the grad, as in torch
+    elif cls is fusedopt.Lion:
+        required = ["exp_avg"]  # lion-pytorch's and timm's checkpoints have no step
+    for key in required:
+        bad = copy.deepcopy(snap[1])
+        del bad["state"][1][key]
+        with pytest.raises(KeyError, match=rf"parameter 1 has no '{key}'"):
+            opt.load_state_dict(bad)
+        _assert_unchanged(opt, params, snap)
+    if twin is not None and dtype == torch.float32:
+        # torch.optim refuses the same damaged state too (at load or at its next step).
+        for key in required:
+            tparams = [p.detach().clone().requires_grad_(True) for p in params]
+            topt = twin(tparams, **kwargs)
+            bad = copy.deepcopy(snap[1])
+            del bad["state"][1][key]
+            with pytest.raises(KeyError, match=key):
+                topt.load_state_dict(bad)
+                for p in tparams:
+                    p.grad = torch.randn_like(p)
+                topt.step()
+
+
+@pytest.mark.parametrize("cls,kwargs,twin", [p for p in OPTIMIZERS if p.id != "sgd-momentum"])
+@pytest.mark.parametrize("step", [-3.0, -1e-3, float("nan"), float("inf")])
+@pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "float"])
+def test_bad_step_is_refused_at_load(cls, kwargs, twin, step, as_tensor):
+    params, opt = _trained(cls, kwargs)
+    snap = _snapshot(opt, params)
+    bad = copy.deepcopy(snap[1])
+    bad["state"][0]["step"] = torch.tensor(step) if as_tensor else step
+    with pytest.raises(ValueError, match=r"parameter 0: 'step' is .*must be a finite number >= 0"):
+        opt.load_state_dict(bad)
+    _assert_unchanged(opt, params, snap)
+
+
+@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+@pytest.mark.parametrize("mixed,dtype", MIXED)
+def test_unknown_state_key_of_another_shape_is_kept_untouched(cls, kwargs, twin, mixed, dtype):
+    params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
+    sd = opt.state_dict()
+    foo = torch.arange(3, dtype=torch.float32)
+    with_foo = copy.deepcopy(sd)
+    with_foo["state"][0]["foo"] = foo.clone()
+    grads = [torch.randn_like(p) for p in params]
+
+    def resume(state_dict):
+        ps = [p.detach().clone().requires_grad_(True) for p in params]
+        o = cls(ps, **kwargs, **mixed)
+        o.load_state_dict(state_dict)
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        o.step()
+        return ps, o
+
+    ps, o = resume(with_foo)
+    ref, _ = resume(sd)
+    for a, b in zip(ps, ref):  # the extra key changes nothing
+        assert torch.equal(a, b)
+    kept = o.state[ps[0]]["foo"]
+    want = foo.to(dtype)  # what torch.optim's load_state_dict makes of it: the param's dtype
+    assert torch.equal(kept, want) and kept.dtype == want.dtype
+    assert torch.equal(o.state_dict()["state"][0]["foo"], want)
+    if twin is not None and dtype == torch.float32:
+        tps = [p.detach().clone().requires_grad_(True) for p in params]
+        topt = twin(tps, **kwargs)
+        topt.load_state_dict(with_foo)
+        assert torch.equal(topt.state[tps[0]]["foo"], kept)
+
+
+@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+def test_mixed_precision_keys_of_wrong_shape_are_refused(cls, kwargs, twin):
+    params, opt = _trained(cls, {**kwargs, "master_weights": True}, torch.bfloat16)
+    snap = _snapshot(opt, params)
+    bad = copy.deepcopy(snap[1])
+    bad["state"][1]["master_param"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"'master_param' has shape \(3,\), but the parameter"):
+        opt.load_state_dict(bad)
+    _assert_unchanged(opt, params, snap)
+
+    params, opt = _trained(cls, {**kwargs, "stochastic_rounding": True}, torch.bfloat16)
+    snap = _snapshot(opt, params)
+    bad = copy.deepcopy(snap[1])
+    bad["state"][1]["sr_seed"] = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"'sr_seed' must have one element, got shape \(2,\)"):
+        opt.load_state_dict(bad)
+    _assert_unchanged(opt, params, snap)
+
+
+@pytest.mark.parametrize("mixed", [{"master_weights": True}, {"stochastic_rounding": True}])
+@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+def test_missing_mixed_precision_keys_are_made_again(cls, kwargs, twin, mixed):
+    # A checkpoint that went through torch.optim, or from a run without the option, has no
+    # master or seed: they are made from the params, as for a fresh state.
+    params, opt = _trained(cls, {**kwargs, **mixed}, torch.bfloat16)
+    sd = copy.deepcopy(opt.state_dict())
+    key = "master_param" if "master_weights" in mixed else "sr_seed"
+    for pstate in sd["state"].values():
+        del pstate[key]
+    opt.load_state_dict(sd)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p in params:
+        assert key in opt.state[p]
+        if key == "master_param":
+            assert opt.state[p][key].to(torch.bfloat16).equal(p)
+
+
+def test_timm_lamb_group_step_is_taken_when_the_state_has_none():
+    params, opt = _trained(fusedopt.LAMB, {"lr": 1e-2}, steps=5)
+    grads = [torch.randn_like(p) for p in params]
+    timm_like = copy.deepcopy(opt.state_dict())  # timm's Lamb: the count in the group
+    for pstate in timm_like["state"].values():
+        del pstate["step"]
+    timm_like["param_groups"][0]["step"] = 5
+    given = copy.deepcopy(timm_like)
+
+    ps = [p.detach().clone().requires_grad_(True) for p in params]
+    resumed = fusedopt.LAMB(ps, lr=1e-2)
+    resumed.load_state_dict(timm_like)
+    assert timm_like["param_groups"] == given["param_groups"]  # the caller's dict is unchanged
+    assert timm_like["state"][0].keys() == given["state"][0].keys()
+    assert "step" not in resumed.param_groups[0]
+    for p, q, g in zip(params, ps, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    resumed.step()
+    for p, q in zip(params, ps):  # bias corrections at step 6, not 1
+        assert torch.equal(p, q)
+        assert resumed.state[q]["step"].item() == 6
+
+    del timm_like["param_groups"][0]["step"]  # no count anywhere: refused
+    with pytest.raises(KeyError, match="parameter 0 has no 'step'"):
+        fusedopt.LAMB([p.detach().clone() for p in params]).load_state_dict(timm_like)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -96,14 +97,21 @@ def out_dir(path: str) -> Path:
     return p
 
 
+PLOT_HINT = "pip install matplotlib (or pip install 'fusedopt[demo]')"
+
+
+def have_matplotlib() -> bool:
+    """Whether plots can be drawn. Without matplotlib a command still prints its table (its
+    main output) and says which plot it skipped, instead of failing after the run."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def pyplot() -> ModuleType:
     """matplotlib.pyplot on the non-interactive Agg backend (plots are written to files)."""
     try:
         import matplotlib
     except ImportError:
-        raise CLIError(
-            "plots need matplotlib: pip install matplotlib (or pip install 'fusedopt[demo]')"
-        ) from None
+        raise CLIError(f"plots need matplotlib: {PLOT_HINT}") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

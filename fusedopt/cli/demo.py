@@ -25,10 +25,12 @@ import fusedopt
 
 from .._dispatch import BACKEND_NAMES
 from ._common import (
+    PLOT_HINT,
     CLIError,
     Progress,
     check_backend,
     choose,
+    have_matplotlib,
     optimizer_class,
     out_dir,
     positive_int,
@@ -745,7 +747,9 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
 
             g.runs.append(train(g.recipe, g.is_torch, data, args, seed, tick))
     png = out / "demo.png"
-    plot(groups, data, args, png)
+    drawn = have_matplotlib()
+    if drawn:
+        plot(groups, data, args, png)
     print(report(groups, data, args, skipped))
-    print(f"\nwrote {png}")
+    print(f"\nwrote {png}" if drawn else f"\nplot skipped (no matplotlib): {PLOT_HINT}")
     return 0

@@ -18,10 +18,12 @@ from torch import Tensor
 
 from .._dispatch import BACKEND_NAMES
 from ._common import (
+    PLOT_HINT,
     CLIError,
     Progress,
     check_backend,
     choose,
+    have_matplotlib,
     optimizer_class,
     out_dir,
     positive_float,
@@ -431,6 +433,8 @@ def main(argv: list[str]) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.gif and not have_matplotlib():
+        raise CLIError(f"--gif needs matplotlib: {PLOT_HINT}")  # asked for: refuse before the run
     out = out_dir(args.out)
     land = LANDSCAPES[args.function]
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
@@ -484,6 +488,9 @@ def _main(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped: {', '.join(skipped)} (not in this version of fusedopt)")
     png = out / "race.png"
+    if not have_matplotlib():
+        print(f"\nplot skipped (no matplotlib): {PLOT_HINT}")
+        return 0
     plot(traces, land, steps, args.tol, png)
     print(f"\nwrote {png}")
     if args.gif:

@@ -184,9 +184,6 @@ class FusedOptimizer(Optimizer):
     _op: str = ""
     _sparse_error: str = ""
     _has_step: bool = True  # keeps a per-param 'step' counter in state
-    # torch.amp.GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself
-    # (Note [found_inf and grad_scale] in csrc/cpu/common.h).
-    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -197,6 +194,7 @@ class FusedOptimizer(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         _dispatch.require(backend)
         if max_grad_norm is not None and not max_grad_norm > 0.0:
@@ -209,6 +207,7 @@ class FusedOptimizer(Optimizer):
         self.master_weights = master_weights
         self.stochastic_rounding = stochastic_rounding
         self.state_dtype = state_dtype
+        self.fused_amp = bool(fused_amp)
         self.backend = backend
         self.max_grad_norm = max_grad_norm
         self._plans: dict[int, _Plan] = {}
@@ -221,6 +220,20 @@ class FusedOptimizer(Optimizer):
         #: 0-d float32 tensor: the global grad norm (after unscaling) of the last step, when
         #: max_grad_norm is set; None otherwise.
         self.last_grad_norm: Tensor | None = None
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # type: ignore[override]
+        """Note [fused AMP]
+        The flag torch.amp.GradScaler reads: when set, it hands the step its scale and inf flag
+        (``grad_scale``, ``found_inf``) instead of unscaling the grads itself, and calls
+        ``step()`` on every step (the kernel turns an inf step into a no-op, Note [found_inf
+        and grad_scale] in csrc/cpu/common.h). Frameworks written for torch.optim's default
+        optimizers read it too: Lightning refuses gradient clipping under mixed precision for
+        any optimizer with it, and accelerate (so the HF Trainer, for its lr schedule) takes a
+        ``step()`` call as a step that was not skipped. ``fused_amp=False`` clears it, so that
+        GradScaler unscales and skips exactly as for torch.optim.AdamW.
+        """
+        return self.fused_amp
 
     # -- plan bookkeeping ---------------------------------------------------------------------
     def invalidate_plans(self) -> None:
@@ -247,6 +260,7 @@ class FusedOptimizer(Optimizer):
         state["master_weights"] = self.master_weights
         state["stochastic_rounding"] = self.stochastic_rounding
         state["state_dtype"] = self.state_dtype
+        state["fused_amp"] = self.fused_amp
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -256,6 +270,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("fused_amp", True)
         self.__dict__.setdefault("last_grad_norm", None)
         if "step_skipped" not in self.__dict__:
             self.step_skipped = torch.zeros((), dtype=torch.bool)
@@ -619,10 +634,9 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load torch.optim's state_dict layout (from fusedopt or torch.optim).
 
-        Before anything changes, every state tensor is checked against its parameter's shape:
-        a mismatch raises ValueError (torch's fused kernels would read out of bounds).
+        Before anything changes, the state is checked (Note [damaged checkpoints]).
         """
-        self._check_state_shapes(state_dict)
+        self._check_loaded_state(state_dict)
         # torch casts every floating-point state tensor to its param's dtype (and an int64
         # seed too, for a floating-point param): keep the originals to restore their dtypes.
         saved = {
@@ -656,12 +670,13 @@ class FusedOptimizer(Optimizer):
             if pid not in saved or p not in self.state:
                 continue
             pstate = self.state[p]
+            keys = self._state_keys(group)  # other keys stay as torch.optim loads them
             for k, v in saved[pid].items():
                 if k == "master_param":
                     want = torch.float32
                 elif k == "sr_seed":
                     want = torch.int64
-                elif v.is_floating_point() and p.is_floating_point():
+                elif k in keys and v.is_floating_point() and p.is_floating_point():
                     want = self._state_dtype(group, p)
                 else:
                     continue
@@ -669,21 +684,49 @@ class FusedOptimizer(Optimizer):
                 if torch.is_tensor(cur) and cur.dtype != want:
                     pstate[k] = v.to(device=p.device, dtype=want, copy=True)
 
-    def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The keys a loaded param state must have unless it is empty: torch.optim refuses (at
+        its next step) a state that lacks one, where a fused step would silently start the
+        missing moment from zeros. Subclasses drop the keys that may be missing."""
+        keys = self._state_keys(group)
+        return (*keys, "step") if self._has_step else keys
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
+        """Note [damaged checkpoints]
+        Before anything changes, each param's loaded state must have every key this optimizer
+        needs (KeyError, as torch.optim raises at its next step), a ``step`` that is a finite
+        count >= 0 (ValueError: a negative one makes the bias corrections divide by zero), and
+        state tensors shaped like the param (ValueError: the kernels would read out of
+        bounds). Keys fusedopt does not use (another optimizer's) are not checked: they are
+        kept as they are, as torch.optim keeps them.
+        """
         saved_groups = state_dict.get("param_groups", [])
         groups = self.param_groups
         if len(saved_groups) != len(groups):
             return  # torch's own check raises its ValueError
-        id_to_param: dict[Any, Tensor] = {}
+        owner: dict[Any, tuple[Tensor, dict[str, Any]]] = {}
         for g, sg in zip(groups, saved_groups):
             if len(g["params"]) != len(sg["params"]):
                 return
-            id_to_param.update(zip(sg["params"], g["params"]))
+            merged = {**self.defaults, **sg}
+            owner.update((pid, (p, merged)) for pid, p in zip(sg["params"], g["params"]))
+        where = f"fusedopt.{type(self).__name__}: loaded state for parameter"
         for pid, pstate in state_dict.get("state", {}).items():
-            p = id_to_param.get(pid)
-            if p is None or not isinstance(pstate, dict):
+            if pid not in owner or not isinstance(pstate, dict):
                 continue
+            p, group = owner[pid]
+            if pstate:
+                for key in self._required_state_keys(group):
+                    if pstate.get(key) is None:
+                        raise KeyError(
+                            f"{where} {pid} has no {key!r} (it has "
+                            f"{', '.join(map(repr, pstate))}): the checkpoint is damaged or "
+                            "from another optimizer; nothing was loaded"
+                        )
+            shaped = {*self._state_keys(group), "master_param"}
             for key, value in pstate.items():
+                if key == "step":
+                    self._check_loaded_step(where, pid, value)
                 if not torch.is_tensor(value):
                     continue
                 if key in ("step", "sr_seed"):
@@ -692,11 +735,23 @@ class FusedOptimizer(Optimizer):
                             f"loaded state for parameter {pid}: {key!r} must have "
                             f"one element, got shape {tuple(value.shape)}"
                         )
-                elif value.shape != p.shape:
+                elif key in shaped and value.shape != p.shape:
                     raise ValueError(
                         f"loaded state for parameter {pid}: {key!r} has shape "
                         f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}"
                     )
+
+    @staticmethod
+    def _check_loaded_step(where: str, pid: Any, step: Any) -> None:
+        if torch.is_tensor(step):
+            if step.numel() != 1 or step.device.type == "meta":
+                return  # the shape check says so; a meta tensor has no value yet
+            step = step.item()
+        if not isinstance(step, (int, float)) or not 0 <= step < float("inf"):
+            raise ValueError(
+                f"{where} {pid}: 'step' is {step!r}, but a step count must be a finite number "
+                ">= 0; nothing was loaded"
+            )
 
 
 def _lr_sched_marker(cls: type) -> None:

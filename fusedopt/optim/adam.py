@@ -60,6 +60,14 @@ class Adam(FusedOptimizer):
         state_dtype (torch.dtype, optional): the dtype of the moments: torch.float32 or
             torch.bfloat16; None keeps the params' dtype, or float32 for half-precision params
             with master_weights/stochastic_rounding (default: None). The math is fp32.
+        fused_amp (bool, optional): True: ``torch.amp.GradScaler`` hands the step its scale
+            and inf flag, the grads are unscaled inside the kernel and an inf/NaN step changes
+            nothing (``optimizer.step_skipped``), as with torch's ``fused=True``. False:
+            GradScaler unscales the grads itself and does not call ``step()`` on an inf/NaN
+            step (so ``step_skipped`` stays False), as with torch.optim's default optimizers;
+            what Lightning's gradient clipping
+            under mixed precision and accelerate's ``step_was_skipped`` (the HF Trainer's lr
+            schedule) expect (default: True; README "Training frameworks").
     """
 
     _op = "adam_"
@@ -85,6 +93,7 @@ class Adam(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         betas = check_adam_args(
             lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
@@ -110,6 +119,7 @@ class Adam(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:
@@ -187,6 +197,7 @@ class AdamW(Adam):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -206,6 +217,7 @@ class AdamW(Adam):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:

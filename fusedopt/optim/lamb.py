@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import ParamsT
+from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from ._base import FusedOptimizer, _Bucket
 from ._validate import check_betas, check_lr
@@ -59,6 +59,8 @@ class LAMB(FusedOptimizer):
             (default: None, no clipping).
         master_weights, stochastic_rounding, state_dtype: mixed precision, as in
             :class:`fusedopt.Adam` (README "Mixed precision").
+        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
+            (default: True).
     """
 
     _op = "lamb_"
@@ -80,6 +82,7 @@ class LAMB(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         check_lr(lr)
         if not eps >= 0.0:
@@ -106,6 +109,7 @@ class LAMB(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:
@@ -117,6 +121,27 @@ class LAMB(FusedOptimizer):
             if isinstance(clip, bool):
                 group["trust_clip"] = 1.0 if clip else None
             group.setdefault("trust_clip", None)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load torch.optim's state_dict layout, or timm's Lamb's, which keeps the step count
+        in each param group (``param_groups[i]["step"]``) instead of each param's state: a
+        state without its own ``step`` takes its group's, and the group key is dropped (the
+        state's count is the one that advances). The state_dict passed in is not changed."""
+        groups = state_dict.get("param_groups", [])
+        if any(isinstance(g, dict) and "step" in g for g in groups):
+            state = dict(state_dict.get("state", {}))
+            new_groups = []
+            for g in groups:
+                g = dict(g)
+                step = g.pop("step", None)
+                for pid in g["params"] if step is not None else ():
+                    s = state.get(pid)
+                    if isinstance(s, dict) and s and "step" not in s:
+                        step_t = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                        state[pid] = {**s, "step": step_t}
+                new_groups.append(g)
+            state_dict = {**state_dict, "state": state, "param_groups": new_groups}
+        super().load_state_dict(state_dict)
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

@@ -47,6 +47,8 @@ class Lion(FusedOptimizer):
             :class:`fusedopt.Adam` (default: None).
         master_weights, stochastic_rounding, state_dtype: mixed precision, as in
             :class:`fusedopt.Adam` (README "Mixed precision").
+        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
+            (default: True).
     """
 
     _op = "lion_"
@@ -65,6 +67,7 @@ class Lion(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
@@ -79,6 +82,7 @@ class Lion(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:
@@ -87,6 +91,9 @@ class Lion(FusedOptimizer):
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg",)
+
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg",)  # lion-pytorch's and timm's checkpoints have no step
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["exp_avg"] = self._zeros_state(p, group)

@@ -43,6 +43,8 @@ class SGD(FusedOptimizer):
             :class:`fusedopt.Adam` (default: None).
         master_weights, stochastic_rounding, state_dtype: mixed precision, as in
             :class:`fusedopt.Adam` (README "Mixed precision").
+        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
+            (default: True).
     """
 
     _op = "sgd_"
@@ -67,6 +69,7 @@ class SGD(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         check_lr(lr)
         if momentum < 0.0:
@@ -95,6 +98,7 @@ class SGD(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     def _setstate_groups(self) -> None:
@@ -107,6 +111,9 @@ class SGD(FusedOptimizer):
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ()  # a missing momentum_buffer starts from the grad, as in torch.optim.SGD
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.

@@ -75,6 +75,8 @@ class Sophia(FusedOptimizer):
             :meth:`update_hessian`), as in :class:`fusedopt.Adam` (default: None).
         master_weights, stochastic_rounding, state_dtype: mixed precision, as in
             :class:`fusedopt.Adam` (README "Mixed precision").
+        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
+            (default: True).
     """
 
     _op = "sophia_"
@@ -95,6 +97,7 @@ class Sophia(FusedOptimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        fused_amp: bool = True,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
@@ -117,6 +120,7 @@ class Sophia(FusedOptimizer):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            fused_amp=fused_amp,
         )
 
     @torch.no_grad()
