@@ -229,7 +229,9 @@ def _layout(values: torch.Tensor, layout: str, gen: torch.Generator) -> torch.Te
     return values.clone()
 
 
-def _grad(kind: str, shape, dtype, layout: str, gen: torch.Generator) -> torch.Tensor | None:  # noqa: ANN001
+def _grad(
+    kind: str, shape: torch.Size, dtype: torch.dtype, layout: str, gen: torch.Generator
+) -> torch.Tensor | None:
     if kind == "none":
         return None
     g = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -314,8 +316,12 @@ def _run(case: dict) -> None:
             for ps in (ours_p, judge_p):
                 for p, g in zip(ps, grads):
                     p.grad = g
+            # Stochastic-rounding seeds are drawn from torch's generator when a plan is built
+            # (by update_hessian or step): the same for both.
             if hess:
+                torch.manual_seed(step)
                 ours.update_hessian()
+                torch.manual_seed(step)
                 judge.update_hessian()
             if case["amp"] is not None:
                 scale = torch.tensor(1024.0)
@@ -325,8 +331,6 @@ def _run(case: dict) -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # e.g. SGD's all-None-grads note
-                    # Stochastic-rounding seeds are drawn from torch's generator when a plan is
-                    # built: the same for both.
                     torch.manual_seed(step)
                     ours.step()
                     torch.manual_seed(step)
