@@ -48,8 +48,8 @@ C10_HOST_DEVICE FUSEDOPT_INLINE T lerp_(T self, T end, T weight) {
 // 1 - lr*wd even rounds to 1. fusedopt.reference.lr_arith is the definition.
 enum LrDtype : int32_t { kLrDouble, kLrFloat, kLrHalf, kLrBFloat16 };
 
-// The operand of an lr op as the op's math type holds it. Products and quotients of two such
-// operands, computed in double and rounded to float, are the correctly rounded fp32 results.
+// The operand of an lr op as the op's math type holds it. Sums, products and quotients of two
+// such operands, computed in double and rounded to float, are the correctly rounded fp32 results.
 C10_HOST_DEVICE inline double lr_operand(double x, int32_t dt) {
   return dt == kLrDouble ? x : static_cast<double>(static_cast<float>(x));
 }
