@@ -167,8 +167,9 @@ WRONG_LR = [
 def test_checker_catches_a_1pct_lr_error(ours, theirs, kwargs, monkeypatch):
     """In fp32 at lr 1e-3, an lr 1% too large must be flagged by most elements of the big param
     at every step, not by a lucky few. An element's error is 1% of its step, lr*|update|; the
-    bound is 1.3e-6 (|p| + |result| + |step|): elements whose update is under a quarter of |p|
-    (about 15% for randn grads) may pass, all others must be flagged."""
+    bound is 1.3e-6 (|p| + |result| + |step|): elements whose update is under about a quarter of
+    |p| may pass (15-26% of them with randn grads, the most with SGD's dampened momentum), all
+    others must be flagged."""
     fractions = flagged_fractions(
         monkeypatch,
         helpers,
@@ -183,4 +184,4 @@ def test_checker_catches_a_1pct_lr_error(ours, theirs, kwargs, monkeypatch):
     )
     for t in range(1, 4):
         what = f"step {t} param[6]"  # make_params' 40001-element param
-        assert fractions.get(what, 0.0) >= 0.75, (what, fractions.get(what))
+        assert fractions.get(what, 0.0) >= 2 / 3, (what, fractions.get(what))
