@@ -38,7 +38,7 @@ AdamScalars<T> adam_scalars(const AdamHyper& h, double t) {
   s.one_minus_beta2 = T(1.0 - h.beta2);
   s.eps = T(h.eps);
   s.weight_decay = T(h.weight_decay);
-  s.decay_factor = T(1.0 - h.lr * h.weight_decay);
+  s.decay_factor = T(1.0 - h.lr * h.weight_decay);  // a float lr: fp64 (kLrDouble)
   s.neg_step_size = T(-(h.lr / bc1));
   s.bias_correction2_sqrt = T(std::sqrt(bc2));
   s.inv_grad_scale = T(1.0 / h.grad_scale);
@@ -275,5 +275,31 @@ void edge_cases() {
 
 FO_TEST(edge_cases_float) { edge_cases<float>(); }
 FO_TEST(edge_cases_double) { edge_cases<double>(); }
+
+// Note [Tensor lr arithmetic]: the lr-derived scalars as torch computes them on a 0-d lr tensor.
+FO_TEST(tensor_lr_arithmetic) {
+  using fusedopt::lr_decay_factor;
+  const float lr = 1.2345e-3f;
+  // fp32: (1 - lr*wd) with wd cast to fp32 and each result rounded to fp32.
+  const float wd = 0.3f;
+  const float want = 1.0f - lr * wd;
+  FO_CHECK(lr_decay_factor(lr, fusedopt::kLrFloat, 0.3) == double(want), "fp32");
+  // fp64 (a float lr): plain double arithmetic.
+  FO_CHECK(lr_decay_factor(1.2345e-3, fusedopt::kLrDouble, 0.3) == 1.0 - 1.2345e-3 * 0.3, "fp64");
+  // bf16: 1 - 3.7e-4 is closer to 1 than to the next bf16 below it (1 - 2^-9).
+  const double bf = float(c10::BFloat16(lr));
+  FO_CHECK(lr_decay_factor(bf, fusedopt::kLrBFloat16, 0.3) == 1.0, "bf16");
+  // fp16: 1 - 3.7e-4 rounds to the nearest fp16, 1 - 2^-11.
+  const double h = float(c10::Half(lr));
+  const float prod = float(c10::Half(float(h) * wd));
+  FO_CHECK(lr_decay_factor(h, fusedopt::kLrHalf, 0.3) == double(float(c10::Half(1.0f - prod))),
+           "fp16");
+  FO_CHECK(lr_decay_factor(h, fusedopt::kLrHalf, 0.3) == 1.0 - std::ldexp(1.0, -11), "fp16");
+  // lr / bc1 in fp32: the quotient of the fp32 operands, rounded once.
+  const double bc1 = 1.0 - 0.9;
+  FO_CHECK(fusedopt::lr_store(lr / fusedopt::lr_operand(bc1, fusedopt::kLrFloat),
+                              fusedopt::kLrFloat) == double(lr / float(bc1)),
+           "lr/bc1");
+}
 
 }  // namespace

@@ -3,6 +3,7 @@
 // checked block by block through fill_table() and locate(), the functions the kernels use.
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cuda/kernel_table.h"
@@ -99,9 +100,19 @@ FO_TEST(tables_fit_and_capacities) {
 }
 
 FO_TEST(rejects_bad_arguments) {
-  FO_CHECK_THROWS(plan_launches({10}, 24, {4, 4}));
-  FO_CHECK_THROWS(plan_launches({10}, 16, {0, 4}));
-  FO_CHECK_THROWS(plan_launches({-1}, 16, {4, 4}));
+  // Each case must fail for its own reason: a check that any exception passes would also pass
+  // if, say, a bad capacity threw for the chunk size.
+  const auto rejects = [](auto&& call, const std::string& needle) {
+    const std::string msg = FO_CHECK_THROWS(call());
+    FO_CHECK(msg.find(needle) != std::string::npos, "message does not say '", needle, "': ", msg);
+  };
+  rejects([] { plan_launches({10}, 24, {4, 4}); },
+          "chunk_size must be a positive multiple of 16 below 2^30, got 24");
+  rejects([] { plan_launches({10}, 0, {4, 4}); }, "positive multiple of 16 below 2^30, got 0");
+  rejects([] { plan_launches({10}, int64_t{1} << 31, {4, 4}); }, "got 2147483648");
+  rejects([] { plan_launches({10}, 16, {0, 4}); }, "bad launch capacity: 0 slots, 4 blocks");
+  rejects([] { plan_launches({10}, 16, {4, 0}); }, "bad launch capacity: 4 slots, 0 blocks");
+  rejects([] { plan_launches({3, -1}, 16, {4, 4}); }, "negative numel");
 }
 
 }  // namespace

@@ -52,23 +52,42 @@ def test_same_training_as_torchs_grad_scaler_without_writing_the_grads(clip) -> 
     assert ours[4] == 0  # our scaler never writes the grads
 
 
-def test_unscale_then_step_and_torch_optimizers_are_torchs_path() -> None:
+def _unscale_clip_step(scaler_cls, opt_cls, unscale: bool) -> tuple:  # noqa: ANN001
+    """Two steps (an inf on the second) with an explicit unscale_ and clip, or without."""
     model = _model()
-    opt = fusedopt.AdamW(model.parameters(), lr=0.01)
-    scaler = fusedopt.amp.GradScaler("cpu", init_scale=2.0**8)
-    scaler.scale(model(torch.randn(2, 8)).sum()).backward()
-    scaler.unscale_(opt)  # the user clips by hand: grads are unscaled by torch's pass
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    scaler.step(opt)
-    scaler.update()
-    assert not bool(opt.step_skipped)
-    tmodel = _model()
-    topt = torch.optim.AdamW(tmodel.parameters(), lr=0.01)
-    scaler = fusedopt.amp.GradScaler("cpu")
-    scaler.scale(tmodel(torch.randn(2, 8)).sum()).backward()
-    scaler.step(topt)
-    scaler.update()
-    assert topt.state  # stepped through torch's unscale-and-step path
+    opt = opt_cls(model.parameters(), lr=0.01)
+    scaler = scaler_cls("cpu", init_scale=2.0**8)
+    for step in range(3):
+        opt.zero_grad()
+        x = torch.randn(2, 8, generator=torch.Generator().manual_seed(step))
+        scaler.scale(model(x).sum()).backward()
+        if step == 1:
+            next(model.parameters()).grad[0, 0] = float("inf")
+        if unscale:
+            scaler.unscale_(opt)  # the user clips by hand: grads are unscaled by torch's pass
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    return model, opt, scaler
+
+
+@pytest.mark.parametrize("unscale", [True, False], ids=["unscale_clip", "plain"])
+def test_unscale_then_step_and_torch_optimizers_are_torchs_path(unscale) -> None:  # noqa: ANN001
+    """After unscale_, and for torch's own optimizers, fusedopt.amp.GradScaler takes
+    torch.amp.GradScaler's path: the same scale, the same skipped step, the same numbers."""
+    ours = _unscale_clip_step(fusedopt.amp.GradScaler, fusedopt.AdamW, unscale)
+    tor = _unscale_clip_step(fusedopt.amp.GradScaler, torch.optim.AdamW, unscale)
+    ref = _unscale_clip_step(torch.amp.GradScaler, torch.optim.AdamW, unscale)
+    assert ours[2].state_dict() == tor[2].state_dict() == ref[2].state_dict()
+    for p, q, r in zip(ours[0].parameters(), tor[0].parameters(), ref[0].parameters()):
+        # torch.optim with either scaler: bit for bit; fusedopt: within an fp32 ulp or two
+        # of torch's update (test_parity's tolerance).
+        assert torch.equal(q, r)
+        for k, v in ref[1].state[r].items():
+            assert torch.equal(tor[1].state[q][k], v), k
+            torch.testing.assert_close(ours[1].state[p][k], v, rtol=1.3e-6, atol=1e-7)
+        torch.testing.assert_close(p, r, rtol=1.3e-6, atol=1e-7)
+    assert ours[1].state[next(ours[0].parameters())]["step"].item() == 2  # the inf step skipped
 
 
 def test_inf_check_reads_the_grads_once_with_clipping(monkeypatch: pytest.MonkeyPatch) -> None:

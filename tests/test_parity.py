@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fusedopt
-from helpers import DTYPE_IDS, DTYPES, cpu_levels, run_parity
+import helpers
+from helpers import DTYPE_IDS, DTYPES, cpu_levels, flagged_fractions, run_parity
 
 BACKENDS = [
     pytest.param(
@@ -144,3 +145,43 @@ def test_checker_catches_a_wrong_update(dtype, base, wrong):
             steps=2,
             make_ref64=lambda ps: fusedopt.AdamW(ps, backend="reference", **kwargs),
         )
+
+
+WRONG_LR = [
+    pytest.param(fusedopt.AdamW, torch.optim.AdamW, {"weight_decay": 0.1}, id="adamw"),
+    pytest.param(fusedopt.Adam, torch.optim.Adam, {"weight_decay": 0.1}, id="adam-l2"),
+    pytest.param(
+        fusedopt.SGD, torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.1}, id="sgd-momentum"
+    ),
+    pytest.param(
+        fusedopt.SGD,
+        torch.optim.SGD,
+        {"momentum": 0.9, "nesterov": True, "maximize": True},
+        id="sgd-nesterov",
+    ),
+    pytest.param(fusedopt.SGD, torch.optim.SGD, {"dampening": 0.5, "momentum": 0.5}, id="sgd-damp"),
+]
+
+
+@pytest.mark.parametrize("ours,theirs,kwargs", WRONG_LR)
+def test_checker_catches_a_1pct_lr_error(ours, theirs, kwargs, monkeypatch):
+    """In fp32 at lr 1e-3, an lr 1% too large must be flagged by most elements of the big param
+    at every step, not by a lucky few. An element's error is 1% of its step, lr*|update|; the
+    bound is 1.3e-6 (|p| + |result| + |step|): elements whose update is under about a quarter of
+    |p| may pass (15-26% of them with randn grads, the most with SGD's dampened momentum), all
+    others must be flagged."""
+    fractions = flagged_fractions(
+        monkeypatch,
+        helpers,
+        "assert_close_ulp",
+        r"(\d+)/(\d+) elements differ",
+        lambda: run_parity(
+            lambda ps: ours(ps, lr=1.01e-3, **kwargs),
+            lambda ps: theirs(ps, lr=1e-3, foreach=False, **kwargs),
+            torch.float32,
+            steps=3,
+        ),
+    )
+    for t in range(1, 4):
+        what = f"step {t} param[6]"  # make_params' 40001-element param
+        assert fractions.get(what, 0.0) >= 2 / 3, (what, fractions.get(what))

@@ -1644,15 +1644,17 @@ F32, BF16, F16, F64T = tl.float32, tl.bfloat16, tl.float16, tl.float64
 CASES = [(F32, F32, ""), (BF16, BF16, ""), (F64T, F64T, ""), (F32, BF16, ""),
          (BF16, F32, ""), (F16, F32, ""), (BF16, F32, "master"), (F16, F32, "master"),
          (F16, BF16, "master"), (BF16, BF16, "sr"), (BF16, F32, "sr")]
-for pt, st, mode in CASES:
+LR_TYPES = [F32, BF16, F16, F64T]  # the Tensor lr's dtype (Note [Tensor lr arithmetic])
+for i, (pt, st, mode) in enumerate(CASES):
     ct = F64T if pt == F64T else F32
+    lrt = dict(LR_T=LR_TYPES[i % len(LR_TYPES)])
     c = dict(PT=pt, ST=st, CT=ct, ALIGNED=True, CHUNK=65536, BLOCK=1024, HAS_GRAD_SCALE=True,
              HAS_FOUND_INF=True)
     master = dict(MASTER=mode == "master", MASTER_COL=4 if mode == "master" else 0)
     sr = dict(SR=mode == "sr", SEED_COL=4 if mode == "sr" else 0)
     lr = dict(LR_FROM_PTR=True)
     adam_w = 7 if mode else 6
-    v4 = build(K._adam_kernel, dict(upd, **hp), dict(c, **lr, **master, **sr, STEP_T=F32,
+    v4 = build(K._adam_kernel, dict(upd, **hp), dict(c, **lr, **lrt, **master, **sr, STEP_T=F32,
                W=adam_w, DECOUPLED=True, AMSGRAD=True, MAXIMIZE=True, WEIGHT_DECAY=True,
                LERP_LOW=True))
     # 5 streams (4 with a master copy: the param is not read) of 16-byte vectors
@@ -1663,11 +1665,11 @@ for pt, st, mode in CASES:
           dict(c, **lr, **m2, **s2, W=4 if mode else 3, MOMENTUM=True, FIRST=False,
                NESTEROV=True, MAXIMIZE=True, WEIGHT_DECAY=True))
     build(K._lion_kernel, dict(upd, beta1=F64, beta2=F64, weight_decay=F64),
-          dict(c, **lr, **m2, **s2, W=5 if mode else 4, MAXIMIZE=True))
+          dict(c, **lr, **lrt, **m2, **s2, W=5 if mode else 4, MAXIMIZE=True))
     m3 = dict(MASTER=mode == "master", MASTER_COL=3 if mode == "master" else 0)
     s3 = dict(SR=mode == "sr", SEED_COL=3 if mode == "sr" else 0)
     build(K._sophia_kernel, dict(upd, beta1=F64, rho_bs=F64, weight_decay=F64, eps=F64),
-          dict(c, **lr, **m3, **s3, W=6 if mode else 5, MAXIMIZE=True))
+          dict(c, **lr, **lrt, **m3, **s3, W=6 if mode else 5, MAXIMIZE=True))
     build(K._sophia_hessian_kernel, dict(table=P64, grads=P64, chunks=P64, beta2=F64, **amp),
           dict(c, W=2))
     lamb = dict(c, **m3, STEP_T=F32, W=6 if mode else 5, EXACT=st == ct, BIAS_CORRECTION=True,

@@ -96,6 +96,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
   check_steps(op, state_steps, params.size());
   const double lr_v = scalar_value(lr, "lr");
+  const int32_t lr_dt = lr_dtype(lr);
   const double inv_scale = inv_grad_scale(grad_scale);
   // Everything is validated (and staged) before the first write.
   MultiTensor mt(op, std::move(lists));
@@ -109,8 +110,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     using opmath_t = at::opmath_type<param_t>;
     std::vector<AdamScalars<opmath_t>> sc(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
-      sc[i] =
-          make_adam_scalars<opmath_t>(lr_v, beta1, beta2, eps, weight_decay, steps[i], inv_scale);
+      sc[i] = make_adam_scalars<opmath_t>(lr_v, lr_dt, beta1, beta2, eps, weight_decay, steps[i],
+                                          inv_scale);
     }
     adam_dispatch<param_t, state_t, MODE>(mt, sc, keys, master_list, decoupled, amsgrad, maximize);
   });

@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "fusedopt/math.h"
+
 namespace fusedopt::cpu {
 
 // Note [found_inf and grad_scale]
@@ -28,6 +30,16 @@ inline double inv_grad_scale(const std::optional<at::Tensor>& grad_scale) {
 inline double scalar_value(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.numel() == 1, "Tensor ", what, " must be 1-element");
   return t.item<double>();
+}
+
+// The arithmetic of scalars derived from a Tensor lr (Note [Tensor lr arithmetic] in math.h).
+inline int32_t lr_dtype(const at::Tensor& lr) {
+  switch (lr.scalar_type()) {
+    case at::kFloat: return kLrFloat;
+    case at::kHalf: return kLrHalf;
+    case at::kBFloat16: return kLrBFloat16;
+    default: return kLrDouble;
+  }
 }
 
 // The per-parameter `step` counters: 0-d float tensors on the CPU, as torch.optim keeps them,

@@ -55,6 +55,7 @@ void lion_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   const Mixed mx = check_mixed(op, params, {exp_avgs}, master_params, sr_seeds);
   check_steps(op, state_steps, params.size());
   const double lr_v = scalar_value(lr, "lr");
+  const int32_t lr_dt = lr_dtype(lr);
   const double inv_scale = inv_grad_scale(grad_scale);
   std::vector<ListSpec> lists = {
       {params, "params", true}, {grads, "grads", false}, {exp_avgs, "exp_avgs", true, mx.state}};
@@ -69,7 +70,7 @@ void lion_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
     const LionScalars<opmath_t> s =
-        make_lion_scalars<opmath_t>(lr_v, beta1, beta2, weight_decay, inv_scale);
+        make_lion_scalars<opmath_t>(lr_v, lr_dt, beta1, beta2, weight_decay, inv_scale);
     if (maximize) {
       lion_group<param_t, state_t, MODE, true>(mt, s, keys);
     } else {

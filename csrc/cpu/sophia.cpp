@@ -73,6 +73,7 @@ void sophia_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_
   const Mixed mx = check_mixed(op, params, {exp_avgs, hessians}, master_params, sr_seeds);
   check_steps(op, state_steps, params.size());
   const double lr_v = scalar_value(lr, "lr");
+  const int32_t lr_dt = lr_dtype(lr);
   const double inv_scale = inv_grad_scale(grad_scale);
   std::vector<ListSpec> lists = {{params, "params", true},
                                  {grads, "grads", false},
@@ -89,7 +90,7 @@ void sophia_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_
   dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
     const SophiaScalars<opmath_t> s =
-        make_sophia_scalars<opmath_t>(lr_v, beta1, rho, bs, weight_decay, inv_scale);
+        make_sophia_scalars<opmath_t>(lr_v, lr_dt, beta1, rho, bs, weight_decay, inv_scale);
     if (maximize) {
       sophia_group<param_t, state_t, MODE, true>(mt, s, keys);
     } else {

@@ -152,10 +152,10 @@ struct AdamFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    return keyed<Layout>(
-        make_adam_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay,
-                                    next_step(slot.step, slot.flags), 1.0 / p.grad_scale.get()),
-        slot);
+    return keyed<Layout>(make_adam_scalars<opmath_t>(
+                             p.lr.get(), p.lr.lr_dtype(), p.beta1, p.beta2, p.eps, p.weight_decay,
+                             next_step(slot.step, slot.flags), 1.0 / p.grad_scale.get()),
+                         slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
@@ -225,8 +225,8 @@ struct LionFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    return keyed<Layout>(make_lion_scalars<opmath_t>(p.lr.get(), p.beta1, p.beta2, p.weight_decay,
-                                                     1.0 / p.grad_scale.get()),
+    return keyed<Layout>(make_lion_scalars<opmath_t>(p.lr.get(), p.lr.lr_dtype(), p.beta1, p.beta2,
+                                                     p.weight_decay, 1.0 / p.grad_scale.get()),
                          slot);
   }
 
@@ -251,9 +251,10 @@ struct SophiaFunctor {
   C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
-    return keyed<Layout>(make_sophia_scalars<opmath_t>(p.lr.get(), p.beta1, p.rho, p.bs,
-                                                       p.weight_decay, 1.0 / p.grad_scale.get()),
-                         slot);
+    return keyed<Layout>(
+        make_sophia_scalars<opmath_t>(p.lr.get(), p.lr.lr_dtype(), p.beta1, p.rho, p.bs,
+                                      p.weight_decay, 1.0 / p.grad_scale.get()),
+        slot);
   }
 
   C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {

@@ -33,12 +33,12 @@ using cpu::MultiTensor;
 // Note [scalars on the device]: a CPU scalar by value, one on the params' device by pointer.
 inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* what,
                             c10::Device device, const ExecConfig& cfg) {
-  if (t.device().is_cpu() && !(cfg.scalars_by_pointer && device.is_cpu())) {
-    return host_scalar(t.item<double>());
-  }
-  TORCH_CHECK(t.device() == device, op, ": ", what, " is on ", t.device(), ", expected cpu or ",
-              device, " (the params' device)");
-  ScalarArg a{t.data_ptr(), 0.0, kScalarFloat};
+  const bool by_value = t.device().is_cpu() && !(cfg.scalars_by_pointer && device.is_cpu());
+  TORCH_CHECK(by_value || t.device() == device, op, ": ", what, " is on ", t.device(),
+              ", expected cpu or ", device, " (the params' device)");
+  // A value read on the host keeps its kind too: the lr's dtype sets the arithmetic of its
+  // derived scalars (Note [Tensor lr arithmetic] in math.h).
+  ScalarArg a{by_value ? nullptr : t.data_ptr(), by_value ? t.item<double>() : 0.0, kScalarFloat};
   switch (t.scalar_type()) {
     case at::kFloat: a.kind = kScalarFloat; break;
     case at::kDouble: a.kind = kScalarDouble; break;
@@ -48,7 +48,9 @@ inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* wha
     case at::kByte: a.kind = kScalarBool; break;
     case at::kInt: a.kind = kScalarInt32; break;
     case at::kLong: a.kind = kScalarInt64; break;
-    default: TORCH_CHECK(false, op, ": ", what, " has unsupported dtype ", t.scalar_type());
+    default:
+      TORCH_CHECK(by_value, op, ": ", what, " has unsupported dtype ", t.scalar_type());
+      a.kind = kScalarDouble;  // the value, read on the host, is exact as a double
   }
   return a;
 }

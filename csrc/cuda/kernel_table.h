@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "fusedopt/math.h"
 #include "launch_plan.h"
 
 namespace fusedopt::cuda {
@@ -46,6 +47,16 @@ struct ScalarArg {
       case kScalarBool: return *static_cast<const uint8_t*>(ptr);
       case kScalarInt32: return *static_cast<const int32_t*>(ptr);
       default: return static_cast<double>(*static_cast<const int64_t*>(ptr));
+    }
+  }
+
+  // The arithmetic of an lr's derived scalars (Note [Tensor lr arithmetic] in math.h).
+  C10_HOST_DEVICE int32_t lr_dtype() const {
+    switch (kind) {
+      case kScalarFloat: return kLrFloat;
+      case kScalarHalf: return kLrHalf;
+      case kScalarBFloat16: return kLrBFloat16;
+      default: return kLrDouble;
     }
   }
 };

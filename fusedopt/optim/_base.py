@@ -333,8 +333,10 @@ class FusedOptimizer(Optimizer):
     # -- the step -----------------------------------------------------------------------------
     def _zero_step(self, p: Tensor) -> Tensor:
         # torch keeps `step` on the CPU unless fused/capturable; fused kernels on a GPU want it
-        # on the param's device, as torch's fused=True does.
-        device = p.device if p.device.type != "cpu" else "cpu"
+        # on the param's device, as torch's fused=True does. A meta param has no values to
+        # count with (its updates only propagate shapes): its step stays on the CPU, as in
+        # torch's for-loop.
+        device = p.device if p.device.type not in ("cpu", "meta") else "cpu"
         return torch.zeros(
             (), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"), device=device
         )
@@ -372,10 +374,16 @@ class FusedOptimizer(Optimizer):
         keys = self._state_keys(group)
         stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
         buckets: dict[tuple[Any, ...], _Bucket] = {}
+        # A param listed twice in a group (torch warns, and steps it twice): its second entry
+        # goes to a bucket launched after the first, as one kernel updating the same memory
+        # twice would race (and count its step once); it starts as fresh as the first did.
+        repeats: dict[int, tuple[int, bool]] = {}
         for i, p in enumerate(group["params"]):
             g = grads[i]
             if g is None:
                 continue
+            repeat, first_fresh = repeats.get(id(p), (0, False))
+            repeats[id(p)] = (repeat + 1, first_fresh)
             if g.is_sparse:
                 raise RuntimeError(self._sparse_error)
             if torch.is_complex(p):
@@ -383,7 +391,7 @@ class FusedOptimizer(Optimizer):
                     f"fusedopt.{type(self).__name__} does not support complex "
                     "parameters (view them as real with torch.view_as_real)"
                 )
-            key: tuple[Any, ...] = (p.device, p.dtype)
+            key: tuple[Any, ...] = (p.device, p.dtype, repeat)
             shard_dims: tuple[int, ...] = ()
             if mesh is not None:
                 shard_dims = tuple(d for d, pl in enumerate(p.placements) if not pl.is_replicate())
@@ -429,10 +437,12 @@ class FusedOptimizer(Optimizer):
             if stateless:
                 continue
             state = self.state[p]
-            fresh = any(state.get(k) is None for k in keys)
+            missing_state = any(state.get(k) is None for k in keys)
+            fresh = first_fresh or missing_state
+            repeats[id(p)] = (repeat + 1, fresh)
             if self._has_step and "step" not in state:
                 state["step"] = self._zero_step(p)
-            if fresh:
+            if missing_state:
                 self._init_state(p, state, group)  # creates the missing state tensors
             sdt = self._state_dtype(group, p)
             for lst, k in zip(b.states, keys):

@@ -33,7 +33,9 @@ class Adam(FusedOptimizer):
     Args:
         params (iterable): parameters or dicts defining parameter groups.
         lr (float, Tensor, optional): learning rate (default: 1e-3). A Tensor lr never causes a
-            torch.compile recompilation when its value changes.
+            torch.compile recompilation when its value changes; as in torch.optim, the scalars
+            derived from it (:math:`1-\gamma\lambda`, :math:`\gamma/(1-\beta_1^t)`) are computed
+            in its dtype (a float lr: in float64).
         betas (Tuple[float, float], optional): coefficients of the running averages of the
             gradient and its square (default: (0.9, 0.999)).
         eps (float, optional): added to the denominator for numerical stability (default: 1e-8).

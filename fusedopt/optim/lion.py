@@ -36,7 +36,8 @@ class Lion(FusedOptimizer):
     Args:
         params (iterable): parameters or dicts defining parameter groups.
         lr (float, Tensor, optional): learning rate (default: 1e-4). A Tensor lr never causes a
-            torch.compile recompilation when its value changes.
+            torch.compile recompilation when its value changes; the decay factor
+            :math:`1-\gamma\lambda` is computed in its dtype, as torch.optim's AdamW does.
         betas (Tuple[float, float], optional): :math:`\beta_1` interpolates the update
             direction, :math:`\beta_2` the momentum (default: (0.9, 0.99)).
         weight_decay (float, optional): decoupled weight decay :math:`\lambda` (default: 0).

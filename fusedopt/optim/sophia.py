@@ -62,7 +62,8 @@ class Sophia(FusedOptimizer):
     Args:
         params (iterable): parameters or dicts defining parameter groups.
         lr (float, Tensor, optional): learning rate, the largest per-coordinate step
-            (default: 1e-4).
+            (default: 1e-4). The decay factor :math:`1-\gamma\lambda` of a Tensor lr is
+            computed in its dtype, as torch.optim's AdamW does.
         betas (Tuple[float, float], optional): coefficients of the running averages of the
             gradient (:math:`\beta_1`) and of the Hessian estimate (:math:`\beta_2`)
             (default: (0.965, 0.99)).

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -20,6 +23,20 @@ def inv_scale(grad_scale: Tensor | None) -> float:
 
 def scalar(x: float | Tensor) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def lr_arith(lr: float | Tensor, f: Callable[[Any], Any]) -> float:
+    """Note [Tensor lr arithmetic]
+    A scalar derived from the learning rate (AdamW's 1 - lr*wd, Adam's lr/bc1), computed as
+    torch.optim computes it: torch keeps a Tensor lr as a 0-d tensor, so ``lr * wd`` and
+    ``lr / bc1`` run in the lr's dtype (the Python float operand cast to it, the result rounded
+    to it: float32 for an fp32 lr, fp32 math rounded to fp16/bf16 for those), while a float lr
+    gives fp64 math. Matching it matters for fp64 params, where an fp32-rounded step size is 6e-8
+    away from an fp64 one. ``f`` takes the lr (a CPU tensor or a float) and does the arithmetic.
+    """
+    if isinstance(lr, Tensor):
+        return float(f(lr.detach().to("cpu")))
+    return float(f(float(lr)))
 
 
 def sum_sq(tensors: list[Tensor]) -> Tensor:

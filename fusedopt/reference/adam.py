@@ -10,8 +10,8 @@ from ._common import (
     check_steps,
     inv_scale,
     load_param,
+    lr_arith,
     opmath_dtype,
-    scalar,
     skip_step,
     store_param,
 )
@@ -61,7 +61,8 @@ def adam_(
     if skip_step(found_inf):
         return
     advance_seeds(seeds)
-    lr = scalar(lr)
+    # Note [Tensor lr arithmetic] in _common.py
+    decay = lr_arith(lr, lambda x: 1 - x * weight_decay)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
@@ -74,7 +75,7 @@ def adam_(
         m = exp_avgs[i].to(dt)
         v = exp_avg_sqs[i].to(dt)
         if decoupled_weight_decay:
-            p = p * (1 - lr * weight_decay)
+            p = p * decay
         elif weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         m = m.lerp(g, 1 - beta1)
@@ -88,7 +89,7 @@ def adam_(
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = math.sqrt(1 - beta2**step)
         denom = denom_src.sqrt() / bias_correction2_sqrt + eps
-        p = p.addcdiv(m, denom, value=-(lr / bias_correction1))
+        p = p.addcdiv(m, denom, value=-lr_arith(lr, lambda x, bc1=bias_correction1: x / bc1))
         store_param(param, masters[i], seeds[i], p)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)

@@ -9,6 +9,7 @@ from ._common import (
     check_steps,
     inv_scale,
     load_param,
+    lr_arith,
     opmath_dtype,
     scalar,
     skip_step,
@@ -51,6 +52,7 @@ def lion_(
     if skip_step(found_inf):
         return
     advance_seeds(seeds)
+    decay = lr_arith(lr, lambda x: 1 - x * weight_decay)  # Note [Tensor lr arithmetic]
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
@@ -61,7 +63,7 @@ def lion_(
         if maximize:
             g = -g
         m = exp_avgs[i].to(dt)
-        p = p * (1 - lr * weight_decay)
+        p = p * decay
         c = (m * beta1).add(g, alpha=1 - beta1)
         p = p.add(c.sign(), alpha=-lr)
         m = (m * beta2).add(g, alpha=1 - beta2)

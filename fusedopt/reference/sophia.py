@@ -9,6 +9,7 @@ from ._common import (
     check_steps,
     inv_scale,
     load_param,
+    lr_arith,
     opmath_dtype,
     scalar,
     skip_step,
@@ -57,6 +58,7 @@ def sophia_(
     if skip_step(found_inf):
         return
     advance_seeds(seeds)
+    decay = lr_arith(lr, lambda x: 1 - x * weight_decay)  # Note [Tensor lr arithmetic]
     lr = scalar(lr)
     s = inv_scale(grad_scale)
     for i, param in enumerate(params):
@@ -68,7 +70,7 @@ def sophia_(
             g = -g
         m = exp_avgs[i].to(dt)
         h = hessians[i].to(dt)
-        p = p * (1 - lr * weight_decay)
+        p = p * decay
         m = (m * beta1).add(g, alpha=1 - beta1)
         ratio = (m.abs() / (h * (rho * bs) + SOPHIA_EPS)).clamp(max=1)
         p = p.addcmul(m.sign(), ratio, value=-lr)

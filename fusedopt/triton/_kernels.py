@@ -209,6 +209,42 @@ def _lr(lr_ptr, lr_value, LR_FROM_PTR: tl.constexpr):
 
 
 @triton.jit
+def _lr_store(x, LR_T: tl.constexpr):
+    """fp64 x, the exact or fp64-rounded result of an op on fp32 values, as the fp32 math of a
+    torch op on an lr of dtype LR_T (fp32, fp16 or bf16) stores it, returned as fp64. Rounding
+    the fp64 result of +, -, *, / on fp32 values to fp32 gives the fp32 op's result."""
+    x = x.to(tl.float32)
+    if tl.bfloat16 == LR_T:
+        # To nearest even through the bits, as _store does.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    elif tl.float16 == LR_T:
+        x = x.to(tl.float16).to(tl.float32)
+    return x.to(tl.float64)
+
+
+@triton.jit
+def _lr_decay(lr, weight_decay, LR_T: tl.constexpr):
+    """1 - lr*weight_decay in the lr's arithmetic (Note [Tensor lr arithmetic] in
+    fusedopt/reference/_common.py), as fp64."""
+    wd = tl.full((), weight_decay, tl.float64)
+    if tl.float64 == LR_T:
+        return 1.0 - lr * wd
+    else:
+        return _lr_store(1.0 - _lr_store(lr * wd.to(tl.float32).to(tl.float64), LR_T), LR_T)
+
+
+@triton.jit
+def _lr_div(lr, y, LR_T: tl.constexpr):
+    """lr / y in the lr's arithmetic (see _lr_decay), as fp64."""
+    if tl.float64 == LR_T:
+        return lr / y
+    else:
+        return _lr_store(lr / y.to(tl.float32).to(tl.float64), LR_T)
+
+
+@triton.jit
 def _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr):
     if HAS_GRAD_SCALE:
         return 1.0 / tl.load(grad_scale_ptr).to(tl.float64)
@@ -349,6 +385,7 @@ def _adam_kernel(
     WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0 (coupled decay adds wd*p to the grad)
     LERP_LOW: tl.constexpr,  # 1 - beta1 < 0.5: which form of torch.lerp
     LR_FROM_PTR: tl.constexpr,
+    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     ALIGNED: tl.constexpr,  # every address 16-byte aligned
@@ -369,9 +406,9 @@ def _adam_kernel(
     wd = tl.full((), weight_decay, tl.float64)
     bc1 = 1.0 - tl.exp2(step * tl.full((), log2_beta1, tl.float64))
     bc2 = 1.0 - tl.exp2(step * tl.full((), log2_beta2, tl.float64))
-    neg_step = (-(lr / bc1)).to(CT)
+    neg_step = (-_lr_div(lr, bc1, LR_T)).to(CT)
     bc2_sqrt = tl.sqrt(bc2).to(CT)
-    decay = (1.0 - lr * wd).to(CT)
+    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
     inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b1 = tl.full((), beta1, tl.float64)
     b2 = tl.full((), beta2, tl.float64)
@@ -674,6 +711,7 @@ def _lion_kernel(
     W: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     LR_FROM_PTR: tl.constexpr,
+    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     ALIGNED: tl.constexpr,
@@ -687,7 +725,7 @@ def _lion_kernel(
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     neg_lr = (-lr).to(CT)
-    decay = (1.0 - lr * tl.full((), weight_decay, tl.float64)).to(CT)
+    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
     inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b1 = tl.full((), beta1, tl.float64)
     b2 = tl.full((), beta2, tl.float64)
@@ -821,6 +859,7 @@ def _sophia_kernel(
     W: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     LR_FROM_PTR: tl.constexpr,
+    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     ALIGNED: tl.constexpr,
@@ -835,7 +874,7 @@ def _sophia_kernel(
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     neg_lr = (-lr).to(CT)
-    decay = (1.0 - lr * tl.full((), weight_decay, tl.float64)).to(CT)
+    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
     inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b1 = tl.full((), beta1, tl.float64)
     omb1 = (1.0 - b1).to(CT)

@@ -550,6 +550,12 @@ def lr_arg(lr: Tensor, device: torch.device) -> tuple[Tensor | None, float, bool
     return lr.to(device, non_blocking=True), 0.0, True
 
 
+def lr_type(lr: Tensor) -> tl.dtype:
+    """The dtype of the arithmetic on a Tensor lr (Note [Tensor lr arithmetic] in
+    fusedopt/reference/_common.py): its own for fp32/fp16/bf16, else fp64."""
+    return ST.get(lr.dtype, tl.float64)
+
+
 def log2(beta: float) -> float:
     """log2(beta) for beta^t = exp2(t*log2(beta)) in the kernels; beta = 0 gives 0^t = 0."""
     return math.log2(beta) if beta > 0 else -math.inf

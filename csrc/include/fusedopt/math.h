@@ -12,6 +12,8 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdint>
@@ -37,6 +39,37 @@ C10_HOST_DEVICE FUSEDOPT_INLINE T lerp_(T self, T end, T weight) {
   return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
 }
 
+// Note [Tensor lr arithmetic]
+// torch.optim keeps a Tensor lr as a 0-d tensor, so the scalars it derives from the lr (AdamW's
+// 1 - lr*wd, Adam's lr/(1 - beta1^t)) are tensor ops in the lr's dtype: the Python float operand
+// is cast to the op's math type (fp32, or fp64 for an fp64 lr), the result is rounded to the lr's
+// dtype. A float lr is plain fp64 arithmetic (fusedopt passes it as an fp64 tensor). Computing in
+// fp64 instead changes an fp64 param's update by up to 6e-8 of it; with a bf16 lr, torch's
+// 1 - lr*wd even rounds to 1. fusedopt.reference.lr_arith is the definition.
+enum LrDtype : int32_t { kLrDouble, kLrFloat, kLrHalf, kLrBFloat16 };
+
+// The operand of an lr op as the op's math type holds it. Sums, products and quotients of two
+// such operands, computed in double and rounded to float, are the correctly rounded fp32 results.
+C10_HOST_DEVICE inline double lr_operand(double x, int32_t dt) {
+  return dt == kLrDouble ? x : static_cast<double>(static_cast<float>(x));
+}
+
+// An lr op's result, computed in double, as the 0-d tensor of the lr's dtype stores it (fp16 and
+// bf16 round from the fp32 math result, as torch does).
+C10_HOST_DEVICE inline double lr_store(double x, int32_t dt) {
+  switch (dt) {
+    case kLrFloat: return static_cast<float>(x);
+    case kLrHalf: return static_cast<float>(c10::Half(static_cast<float>(x)));
+    case kLrBFloat16: return static_cast<float>(c10::BFloat16(static_cast<float>(x)));
+    default: return x;
+  }
+}
+
+// 1 - lr*weight_decay, the decoupled decay factor, in the lr's arithmetic.
+C10_HOST_DEVICE inline double lr_decay_factor(double lr, int32_t dt, double weight_decay) {
+  return lr_store(1.0 - lr_store(lr * lr_operand(weight_decay, dt), dt), dt);
+}
+
 // Per-tensor constants of an Adam step, computed once on the host in double precision.
 template <typename T>
 struct AdamScalars {
@@ -58,9 +91,10 @@ struct AdamScalars {
 // (once per tensor on the host) and the CUDA functors (once per block, on the device) both call
 // them, so the two backends cannot drift apart.
 template <typename T>
-C10_HOST_DEVICE inline AdamScalars<T> make_adam_scalars(double lr, double beta1, double beta2,
-                                                        double eps, double weight_decay,
-                                                        double step, double inv_grad_scale) {
+C10_HOST_DEVICE inline AdamScalars<T> make_adam_scalars(double lr, int32_t lr_dt, double beta1,
+                                                        double beta2, double eps,
+                                                        double weight_decay, double step,
+                                                        double inv_grad_scale) {
   const double bc1 = 1.0 - std::pow(beta1, step);
   const double bc2 = 1.0 - std::pow(beta2, step);
   AdamScalars<T> s;
@@ -71,8 +105,8 @@ C10_HOST_DEVICE inline AdamScalars<T> make_adam_scalars(double lr, double beta1,
   s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
   s.eps = static_cast<T>(eps);
   s.weight_decay = static_cast<T>(weight_decay);
-  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
-  s.neg_step_size = static_cast<T>(-(lr / bc1));
+  s.decay_factor = static_cast<T>(lr_decay_factor(lr, lr_dt, weight_decay));
+  s.neg_step_size = static_cast<T>(-lr_store(lr / lr_operand(bc1, lr_dt), lr_dt));
   s.bias_correction2_sqrt = static_cast<T>(std::sqrt(bc2));
   s.inv_grad_scale = static_cast<T>(inv_grad_scale);
   return s;
@@ -162,8 +196,8 @@ struct LionScalars {
 
 // See Note [per-tensor scalars].
 template <typename T>
-C10_HOST_DEVICE inline LionScalars<T> make_lion_scalars(double lr, double beta1, double beta2,
-                                                        double weight_decay,
+C10_HOST_DEVICE inline LionScalars<T> make_lion_scalars(double lr, int32_t lr_dt, double beta1,
+                                                        double beta2, double weight_decay,
                                                         double inv_grad_scale) {
   LionScalars<T> s;
   s.neg_lr = static_cast<T>(-lr);
@@ -171,7 +205,7 @@ C10_HOST_DEVICE inline LionScalars<T> make_lion_scalars(double lr, double beta1,
   s.one_minus_beta1 = static_cast<T>(1.0 - beta1);
   s.beta2 = static_cast<T>(beta2);
   s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
-  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.decay_factor = static_cast<T>(lr_decay_factor(lr, lr_dt, weight_decay));
   s.inv_grad_scale = static_cast<T>(inv_grad_scale);
   return s;
 }
@@ -241,8 +275,9 @@ struct SophiaScalars {
 
 // See Note [per-tensor scalars].
 template <typename T>
-C10_HOST_DEVICE inline SophiaScalars<T> make_sophia_scalars(double lr, double beta1, double rho,
-                                                            double bs, double weight_decay,
+C10_HOST_DEVICE inline SophiaScalars<T> make_sophia_scalars(double lr, int32_t lr_dt, double beta1,
+                                                            double rho, double bs,
+                                                            double weight_decay,
                                                             double inv_grad_scale) {
   SophiaScalars<T> s;
   s.neg_lr = static_cast<T>(-lr);
@@ -250,7 +285,7 @@ C10_HOST_DEVICE inline SophiaScalars<T> make_sophia_scalars(double lr, double be
   s.one_minus_beta1 = static_cast<T>(1.0 - beta1);
   s.rho_bs = static_cast<T>(rho * bs);
   s.eps = static_cast<T>(kSophiaEps);
-  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.decay_factor = static_cast<T>(lr_decay_factor(lr, lr_dt, weight_decay));
   s.inv_grad_scale = static_cast<T>(inv_grad_scale);
   return s;
 }
