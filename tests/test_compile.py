@@ -8,6 +8,8 @@ custom ops, the part that can break) wrapped in a compile counter; one test runs
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -95,9 +97,31 @@ def test_fullgraph_matches_eager_and_never_recompiles(name: str, backend: str) -
         compiled()
         if i < 4:
             _assert_same(comp, comp_p, eager, eager_p, f"{name} step {i + 1}")
+        if comp.max_grad_norm is not None:  # what the step keeps on the optimizer object
+            assert_close_ulp(comp.last_grad_norm, eager.last_grad_norm, TOL, f"{name} norm")
         assert cnt.frame_count == min(i + 1, 2), f"recompiled at step {i + 1}"
     _assert_same(comp, comp_p, eager, eager_p, f"{name} step 20")
     assert cnt.frame_count == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_scheduler_sees_the_compiled_step(backend: str) -> None:
+    """A torch.optim LRScheduler attached before compiling: the compiled step records that it
+    ran (Note [schedulers and torch.compile] in fusedopt/optim/_base.py), so the scheduler's
+    first step does not warn that it was called before optimizer.step()."""
+    params = _params()
+    opt = fusedopt.AdamW(params, lr=0.01, backend=backend)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            step()
+            sched.step()
+    assert not [w for w in caught if "before `optimizer.step()`" in str(w.message)]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

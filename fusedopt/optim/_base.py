@@ -217,9 +217,22 @@ class FusedOptimizer(Optimizer):
         #: 0-d bool tensor on the params' device: True when the last step was skipped because
         #: GradScaler found inf/NaN grads. Updated every step without a host sync.
         self.step_skipped = torch.zeros((), dtype=torch.bool, device=device)
-        #: 0-d float32 tensor: the global grad norm (after unscaling) of the last step, when
-        #: max_grad_norm is set; None otherwise.
-        self.last_grad_norm: Tensor | None = None
+        self._by_step: dict[str, Any] = _by_step_init()
+
+    @property
+    def last_grad_norm(self) -> Tensor | None:
+        """0-d float32 tensor: the global grad norm (after unscaling) of the last step, when
+        max_grad_norm is set; None otherwise."""
+        return self._by_step["last_grad_norm"]
+
+    @property
+    def _opt_called(self) -> bool:
+        """Read by torch's LRScheduler (Note [schedulers and torch.compile])."""
+        return self._by_step["opt_called"]
+
+    @_opt_called.setter
+    def _opt_called(self, value: bool) -> None:
+        self._by_step["opt_called"] = value
 
     @property
     def _step_supports_amp_scaling(self) -> bool:  # type: ignore[override]
@@ -271,7 +284,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("fused_amp", True)
-        self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("_by_step", _by_step_init())
         if "step_skipped" not in self.__dict__:
             self.step_skipped = torch.zeros((), dtype=torch.bool)
         self.invalidate_plans()
@@ -528,12 +541,13 @@ class FusedOptimizer(Optimizer):
                 and returns the loss.
         """
         # What the wrapper an LRScheduler would install records (see _lr_sched_marker).
-        self._opt_called = True
+        self._by_step["opt_called"] = True
         # The plan work and sum of squares fusedopt.amp.GradScaler had this optimizer take for
         # its inf check just before this step (Note [inf check in the norm pass]): the same
         # grads, planned and read once for both. Taken first, so that a step that raises
         # leaves none behind.
-        amp = self.__dict__.pop("_amp_work", None)
+        amp = self._by_step["amp_work"]
+        self._by_step["amp_work"] = None
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -594,7 +608,7 @@ class FusedOptimizer(Optimizer):
             device = self.step_skipped.device
             return {device: torch.zeros((), dtype=torch.float32, device=device)}
         total = self._grad_sum_sq(work)
-        self._amp_work = (work, total)
+        self._by_step["amp_work"] = (work, total)
         return {total.device: (~torch.isfinite(total)).to(torch.float32)}
 
     def _grad_sum_sq(self, work: list) -> Tensor:
@@ -633,7 +647,7 @@ class FusedOptimizer(Optimizer):
         if grad_scale is not None:
             norm = norm / grad_scale.to(norm.device, torch.float64)
         norm = norm.float()
-        self.last_grad_norm = norm
+        self._by_step["last_grad_norm"] = norm
         coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         eff = coef.double().reciprocal()
         if grad_scale is not None:
@@ -762,6 +776,19 @@ class FusedOptimizer(Optimizer):
                 f"{where} {pid}: 'step' is {step!r}, but a step count must be a finite number "
                 ">= 0; nothing was loaded"
             )
+
+
+def _by_step_init() -> dict[str, Any]:
+    """Note [what a step writes on the optimizer]
+    The step writes no attribute of the optimizer object: what it records for later
+    (``last_grad_norm``, ``_opt_called``, GradScaler's planned work) goes into this dict, which
+    properties read. In a compiled step dynamo replays a dict's writes after the graph, but
+    not an attribute written on a torch.optim.Optimizer: torch < 2.13 refuses it ("Attempted
+    setattr on a user-defined object that does not have an AttributeMutation mutation_type",
+    a graph break, an error with fullgraph=True), and 2.14 runs the step but never applies
+    the write (dynamo wraps optimizers in a variable of their own that it does not register
+    for attribute writes)."""
+    return {"last_grad_norm": None, "opt_called": False, "amp_work": None}
 
 
 def _lr_sched_marker(cls: type) -> None:

@@ -82,7 +82,6 @@ class Sophia(FusedOptimizer):
 
     _op = "sophia_"
     _sparse_error = "Sophia does not support sparse gradients"
-    _bs: float = 5120  # the batch size of the step in progress (step's argument)
 
     def __init__(
         self,
@@ -136,7 +135,9 @@ class Sophia(FusedOptimizer):
         """
         if not bs > 0:
             raise ValueError(f"Invalid bs (batch size) value: {bs}")
-        self._bs = bs
+        # The batch size of the step in progress, for _launch (Note [what a step writes on
+        # the optimizer] in _base.py).
+        self._by_step["bs"] = bs
         return super().step(closure)
 
     @torch.no_grad()
@@ -178,7 +179,7 @@ class Sophia(FusedOptimizer):
             lr,
             float(group["betas"][0]),
             float(group["rho"]),
-            float(self._bs),
+            float(self._by_step.get("bs", 5120)),
             float(group["weight_decay"]),
             group["maximize"],
         )

@@ -23,8 +23,12 @@ The ops may be captured in CUDA graphs: the device tables a graph reads are kept
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.torch_version import TorchVersion
 
 from . import _launch
 from ._multi_tensor import clear_cache
@@ -71,10 +75,48 @@ def _mutated(schema: str) -> tuple[str, ...]:
     return tuple(a.split(" ")[1].split("=")[0] for a in args if "!)" in a.split(" ")[0])
 
 
+def _version_bumps_tolerating_omitted_args(op: Any) -> None:
+    """torch < 2.13: custom_op's ADInplaceOrView kernel bumps the version counters of the
+    written arguments by schema position (``args[idx]``), but the dispatcher drops trailing
+    arguments equal to their defaults before calling it, so a call that leaves a trailing
+    mutated optional argument (``sr_seeds``, ``sq_sums``) as None raises IndexError
+    (pytorch/pytorch#176078, fixed in 2.13). This kernel does the same bumps for the arguments
+    that are there, then redispatches below ADInplaceOrView as torch 2.14's own kernel does."""
+    overload = op._opoverload
+    written = [
+        i
+        for i, a in enumerate(overload._schema.arguments)
+        if a.alias_info and a.alias_info.is_write
+    ]
+    below = torch._C._after_ADInplaceOrView_keyset
+
+    def kernel(keyset: Any, *args: Any, **kwargs: Any) -> Any:
+        for i in written:
+            if i < len(args):
+                value = args[i]
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, Tensor):
+                        torch.autograd.graph.increment_version(t)
+        return overload.redispatch(keyset & below, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        # The C++ dispatcher's note that a kernel replaces another one (the point here).
+        warnings.filterwarnings("ignore", message="Warning only once for all operators")
+        op._lib.impl(
+            overload._schema.name.split("::")[1],
+            kernel,
+            "ADInplaceOrView",
+            with_keyset=True,
+            allow_override=True,
+        )
+
+
 for _name, _schema in _SCHEMAS.items():
     _op = torch.library.custom_op(
         f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutated(_schema), schema=_schema
     )
+    if "!" in _schema and TorchVersion(torch.__version__) < (2, 13):
+        _version_bumps_tolerating_omitted_args(_op)
     if _name == "sum_sq":
         # on the first tensor's device, as the op (CPU for no tensors)
         _op.register_fake(
