@@ -241,7 +241,15 @@ def check_mixed(
 def check_unshared(op: str, name: str, tensors: list[Tensor], what: str) -> None:
     """No two entries of ``tensors`` (step counters, SR seeds: one per param) at one address: such
     an entry would be incremented once per param that names it, in an order that differs between
-    backends (and on a GPU, by racing threads)."""
+    backends (and on a GPU, by racing threads).
+
+    Not while torch.compile traces a step on this (plain PyTorch) backend: addresses are not
+    values of the graph, and dynamo before torch 2.13 cannot even hash them ("Dynamo cannot
+    determine whether the underlying object is hashable", a graph break). The compiled kernels
+    and the eager reference still check; the optimizers make one counter and one seed per param,
+    so sharing needs a hand-edited state."""
+    if torch.compiler.is_compiling():
+        return
     seen: dict[int, int] = {}
     for i, t in enumerate(tensors):
         ptr = t.data_ptr()
