@@ -11,8 +11,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import find_packages, setup
+
+_GENERATED = os.path.join("csrc", "include", "fusedopt", "ops_generated.h")
 
 
 def _cuda_home() -> str | None:
@@ -129,10 +132,19 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
+    # The C++ side of the op registry (Note [op registry] in fusedopt/_opdefs.py), written
+    # before anything compiles; run as a script: the package itself needs the extension.
+    subprocess.run(
+        [sys.executable, os.path.join(here, "fusedopt", "_opdefs.py"), "--header", _GENERATED],
+        check=True,
+    )
     # csrc/cuda/*.cpp is host code, built either way: the CUDA ops' glue (registered only with
     # CUDA) and its host simulation, which the CPU test suite runs (csrc/cuda/sim.h).
     sources = sorted(
-        glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cuda/*.cpp")
+        glob.glob("csrc/*.cpp")
+        + glob.glob("csrc/common/*.cpp")
+        + glob.glob("csrc/cpu/*.cpp")
+        + glob.glob("csrc/cuda/*.cpp")
     )
     # -fopenmp: at::parallel_for is a header template that runs serially unless the including
     # translation unit is compiled with OpenMP (torch's own build uses it; we link its runtime).

@@ -4,17 +4,17 @@
 
 #include <cmath>
 
-#include "common.h"
+#include "../common/common.h"
+#include "../common/mixed.h"
+#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
-#include "mixed.h"
-#include "multi_tensor.h"
 
 namespace fusedopt::cpu {
 namespace {
 
 // The loop the compiler vectorizes, once per ISA (Note [SIMD by target attribute]). param_t and
-// state_t are the storage dtypes; MODE how the param is read and written (cpu/mixed.h).
+// state_t are the storage dtypes; MODE how the param is read and written (common/mixed.h).
 template <typename param_t, typename state_t, typename opmath_t, int MODE, bool DECOUPLED,
           bool AMSGRAD, bool MAXIMIZE>
 struct AdamBody {

@@ -5,9 +5,9 @@
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
+#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
-#include "multi_tensor.h"
 
 namespace fusedopt::cpu {
 namespace {

@@ -8,11 +8,11 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "common.h"
+#include "../common/common.h"
+#include "../common/mixed.h"
+#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
-#include "mixed.h"
-#include "multi_tensor.h"
 
 namespace fusedopt::cpu {
 namespace {

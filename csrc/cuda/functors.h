@@ -455,7 +455,7 @@ struct SumSqFunctor {
 // Runner::run<F>(job, params) launches (or simulates) F over every launch of job.plan.
 
 // Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: one of
-// FUSEDOPT_FOR_EACH_MIXED (fusedopt/math.h), the list cpu::check_mixed admits.
+// FUSEDOPT_FOR_EACH_MIXED (fusedopt/math.h), the list fusedopt::check_mixed admits.
 template <class Fn>
 void dispatch_storage(const Job& job, const char* name, Fn&& fn) {
 #define FUSEDOPT_STORAGE_CASE(P, PT, S, ST, MODE)                           \

@@ -1,4 +1,4 @@
-// The host side of the CUDA ops: validation (shared with the CPU kernels: cpu::MultiTensor),
+// The host side of the CUDA ops: validation (shared with the CPU kernels: fusedopt::MultiTensor),
 // staging of odd layouts, scalars, planning, then a backend runs the job. Written once for two
 // backends (static member functions of B):
 //   GpuBackend (register.cpp)  the kernels in this folder, on the params' CUDA device
@@ -7,7 +7,7 @@
 // validated before anything is written; found_inf set => nothing changes, step counters and
 // seeds included; grads are multiplied by 1/grad_scale; the step counters are incremented and
 // the stochastic-rounding seeds advanced by the op, on the device; any layout, through staging;
-// mixed precision (Note [mixed precision] in fusedopt/math.h) with cpu::check_mixed's checks.
+// mixed precision (Note [mixed precision] in fusedopt/math.h) with fusedopt::check_mixed's checks.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,15 +20,15 @@
 #include <optional>
 #include <vector>
 
-#include "../cpu/common.h"
-#include "../cpu/mixed.h"
-#include "../cpu/multi_tensor.h"
+#include "../common/common.h"
+#include "../common/mixed.h"
+#include "../common/multi_tensor.h"
 #include "jobs.h"
 
 namespace fusedopt::cuda {
 
-using cpu::ListSpec;
-using cpu::MultiTensor;
+using fusedopt::ListSpec;
+using fusedopt::MultiTensor;
 
 // Note [scalars on the device]: a CPU scalar by value, one on the params' device by pointer.
 inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* what,
@@ -55,7 +55,7 @@ inline ScalarArg scalar_arg(const at::Tensor& t, const char* op, const char* wha
   return a;
 }
 
-// The same one-element checks, with the same messages, as the CPU kernels (cpu/common.h).
+// The same one-element checks, with the same messages, as the CPU kernels (common/common.h).
 inline ScalarArg lr_arg(const at::Tensor& lr, const char* op, c10::Device device,
                         const ExecConfig& cfg) {
   TORCH_CHECK(lr.numel() == 1, "Tensor lr must be 1-element");
@@ -98,7 +98,7 @@ inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10:
     out.ptrs.push_back(s.data_ptr());
     out.kinds.push_back(s.scalar_type() == at::kDouble ? kCounterDouble : kCounterFloat);
   }
-  cpu::check_unshared(op, "state_steps", steps, "step counter");
+  fusedopt::check_unshared(op, "state_steps", steps, "step counter");
   return out;
 }
 
@@ -107,11 +107,11 @@ inline c10::Device op_device(at::TensorList params, const at::Tensor& fallback) 
   return params.empty() ? fallback.device() : params[0].device();
 }
 
-// An update op's mixed-precision arguments, checked (cpu::check_mixed, before anything is
+// An update op's mixed-precision arguments, checked (fusedopt::check_mixed, before anything is
 // written): the state lists' dtype, the master list appended to `lists` (kMaster), the seeds'
 // pointers (kStochastic).
 struct MixedArgs {
-  cpu::Mixed mx;
+  fusedopt::Mixed mx;
   std::vector<void*> seeds;  // per param: its seed's data, for the slot and the increment
 };
 
@@ -121,7 +121,7 @@ inline MixedArgs check_mixed_args(const char* op, at::TensorList params,
                                   const std::optional<at::TensorList>& sr_seeds,
                                   c10::Device device) {
   MixedArgs a;
-  a.mx = cpu::check_mixed(op, params, states, master_params, sr_seeds, device);
+  a.mx = fusedopt::check_mixed(op, params, states, master_params, sr_seeds, device);
   if (a.mx.mode == kStochastic) {
     for (const at::Tensor& s : *sr_seeds) a.seeds.push_back(s.data_ptr());
   }
@@ -165,7 +165,7 @@ inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
   const int depth = arrays + (seeded ? 1 : 0);
   TORCH_CHECK(depth <= kMaxDepth, "fusedopt: too many arrays per parameter");
   std::vector<int64_t> numels;
-  for (const cpu::FlatTuple& t : mt.tuples()) {
+  for (const fusedopt::FlatTuple& t : mt.tuples()) {
     TensorRef r{};
     for (int d = 0; d < arrays; ++d) r.ptr[d] = t.ptr[d];
     if (seeded) r.ptr[arrays] = mixed->seeds[t.index];

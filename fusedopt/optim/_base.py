@@ -240,7 +240,7 @@ class FusedOptimizer(Optimizer):
         The flag torch.amp.GradScaler reads: when set, it hands the step its scale and inf flag
         (``grad_scale``, ``found_inf``) instead of unscaling the grads itself, and calls
         ``step()`` on every step (the kernel turns an inf step into a no-op, Note [found_inf
-        and grad_scale] in csrc/cpu/common.h). Frameworks written for torch.optim's default
+        and grad_scale] in csrc/common/common.h). Frameworks written for torch.optim's default
         optimizers read it too: Lightning refuses gradient clipping under mixed precision for
         any optimizer with it, and accelerate (so the HF Trainer, for its lr schedule) takes a
         ``step()`` call as a step that was not skipped. ``fused_amp=False`` clears it, so that

@@ -16,7 +16,7 @@ tensors: only their addresses, and our own staging buffers.
 
 Note [staging]
 Elementwise updates only need element j of every list to belong to element j of the param
-(Note [any layout] in csrc/cpu/multi_tensor.h). A param that is not dense is staged in a
+(Note [any layout] in csrc/common/multi_tensor.h). A param that is not dense is staged in a
 contiguous buffer; any other tensor whose layout differs from the param's (or the staged
 param's) is staged in a buffer with that layout (and its own dtype). Staged tensors are copied in
 before the launch and the ones the kernel writes copied back after it. The buffers live in the
@@ -222,7 +222,7 @@ def _validate(
     master: bool,
     seeds: list[Tensor] | None,
 ) -> tuple[torch.device, torch.dtype, torch.dtype]:
-    """The checks of the compiled ops (csrc/cpu/multi_tensor.cpp, csrc/cpu/mixed.cpp), before
+    """The checks of the compiled ops (csrc/common/multi_tensor.cpp, csrc/common/mixed.cpp), before
     anything is written. Returns (device, param dtype, state dtype)."""
     params = lists[0]
     n = len(params)

@@ -345,8 +345,8 @@ enum ParamMode : int {
 };
 
 // Every (param dtype, param type, state dtype, state type, ParamMode) the compiled kernels are
-// built for, listed once for the CPU dispatch (cpu/mixed.h) and the CUDA one (cuda/functors.h):
-// X(P, PT, S, ST, MODE) with P/S at::ScalarType names. cpu::check_mixed admits exactly these.
+// built for, listed once for the CPU dispatch (common/mixed.h) and the CUDA one (cuda/functors.h):
+// X(P, PT, S, ST, MODE) with P/S at::ScalarType names. fusedopt::check_mixed admits exactly these.
 #define FUSEDOPT_FOR_EACH_MIXED(X)                             \
   X(kFloat, float, kFloat, float, kPlain)                      \
   X(kDouble, double, kDouble, double, kPlain)                  \

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <utility>
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 
 void check_steps(const char* op, at::TensorList steps, size_t n) {
   TORCH_CHECK(steps.size() == n, op, ": expected state_steps to have ", n,
@@ -68,4 +68,4 @@ std::vector<double> read_steps(at::TensorList steps) {
   return out;
 }
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

@@ -4,7 +4,7 @@
 
 #include "common.h"
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 
 Mixed check_mixed(const char* op, at::TensorList params, const std::vector<at::TensorList>& states,
                   const std::optional<at::TensorList>& master_params,
@@ -70,4 +70,4 @@ std::vector<uint32_t> advance_sr_seeds(at::TensorList sr_seeds) {
   return keys;
 }
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

@@ -14,7 +14,7 @@
 
 #include "fusedopt/math.h"
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 
 // ParamMode (kPlain, kMaster, kStochastic) is fusedopt/math.h's, shared with the CUDA backend.
 
@@ -79,4 +79,4 @@ FUSEDOPT_INLINE void store_param(param_t* __restrict p, float* __restrict master
   }
 }
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

@@ -9,7 +9,7 @@
 
 #include "fusedopt/math.h"
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 
 // Note [found_inf and grad_scale]
 // torch.amp.GradScaler hands fused optimizers `grad_scale` (grads are still scaled) and
@@ -56,4 +56,4 @@ std::vector<double> increment_steps(at::TensorList steps);
 // The counters' values, unchanged (LAMB's second phase).
 std::vector<double> read_steps(at::TensorList steps);
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

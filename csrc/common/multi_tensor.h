@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 
 constexpr int kMaxLists = 6;
 
@@ -106,4 +106,4 @@ class MultiTensor {
 // both threads get work on a 2M-element group.
 constexpr int64_t kGrainSize = 32768;
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

@@ -7,7 +7,7 @@
 
 #include <algorithm>
 
-namespace fusedopt::cpu {
+namespace fusedopt {
 namespace {
 
 bool dense_with_strides(const at::Tensor& t, at::IntArrayRef strides) {
@@ -171,4 +171,4 @@ std::vector<double> MultiTensor::reduce(
   return totals;
 }
 
-}  // namespace fusedopt::cpu
+}  // namespace fusedopt

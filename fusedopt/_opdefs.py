@@ -1,0 +1,411 @@
+"""The op registry: every fusedopt op described once, as data.
+
+Note [op registry]
+~~~~~~~~~~~~~~~~~~
+Each op is an :class:`OpDef`: its name and its arguments in order, each with a schema type, a
+role and whether the op writes it. Everything that restates an op's signature is derived from
+this one description:
+
+- the TORCH_LIBRARY schemas of ``fusedopt::`` (csrc/ops.cpp) and ``fusedopt_triton::``
+  (fusedopt/triton/__init__.py), alias annotations included;
+- the C++ header ``fusedopt/ops_generated.h`` (written at build time by setup.py and CMake with
+  ``python fusedopt/_opdefs.py --header PATH``): per op its schema, its unboxed signature, an
+  argument struct with the arguments as named fields and which arguments it writes, plus
+  ``FUSEDOPT_FOR_EACH_OP`` and ``FUSEDOPT_FOR_EACH_MIXED``; the autograd kernels, the StepPlan
+  entries and the CPU/CUDA/simulation registrations are templates over it;
+- the Python wrappers and fake kernels (fusedopt/_ops.py) and the optimizers' calls
+  (fusedopt/optim), which bind arguments by name through :meth:`OpDef.bind`.
+
+The plain-PyTorch reference (fusedopt/reference) is the specification and is written by hand;
+tests/test_registry.py checks that its signatures are the registry's.
+
+This module imports nothing but the standard library, so the build can run it before torch or
+the package is importable.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+# Roles of the arguments.
+PARAM = "param"  # the params, updated in place
+GRAD = "grad"  # the grads, read (passed anew every step: p.grad changes)
+STATE = "state"  # per-param optimizer state, param-shaped (key: its torch.optim state_dict key)
+STEP = "step"  # per-param step counters (state["step"]), incremented by the op
+MASTER = "master"  # fp32 master copies of half-precision params (state["master_param"])
+SEED = "seed"  # stochastic-rounding seeds (state["sr_seed"]), advanced by the op
+AUX = "aux"  # other tensors: per-param or per-op outputs and inputs that are not param-shaped
+LR = "lr"  # the learning rate, a one-element Tensor
+AMP = "amp"  # GradScaler's grad_scale / found_inf
+SCALAR = "scalar"  # hyperparameters: float, bool, int
+
+_CPP_TYPES = {
+    # schema type: (C++ unboxed argument type, Python annotation)
+    "Tensor[]": ("at::TensorList", "list[Tensor]"),
+    "Tensor[]?": ("const std::optional<at::TensorList>&", "list[Tensor] | None"),
+    "Tensor": ("const at::Tensor&", "Tensor"),
+    "Tensor?": ("const std::optional<at::Tensor>&", "Tensor | None"),
+    "float": ("double", "float"),
+    "float?": ("std::optional<double>", "float | None"),
+    "bool": ("bool", "bool"),
+    "int": ("int64_t", "int"),
+}
+_CPP_RETURNS = {"()": "void", "Tensor": "at::Tensor"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an op."""
+
+    name: str
+    type: str  # a key of _CPP_TYPES
+    role: str = SCALAR
+    write: bool = False
+    default: str | None = None  # schema text of the default ("None", "0"); None: required
+    key: str | None = None  # STATE lists: the per-param state key (e.g. "exp_avg")
+
+    @property
+    def is_list(self) -> bool:
+        return self.type.startswith("Tensor[]")
+
+    @property
+    def cpp_type(self) -> str:
+        return _CPP_TYPES[self.type][0]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op: ``name`` (with the trailing underscore of an in-place op), its arguments in
+    schema order, its return type ("()" or "Tensor") and a line of documentation."""
+
+    name: str
+    args: tuple[Arg, ...]
+    returns: str = "()"
+    doc: str = ""
+
+    def schema(self, with_name: bool = True) -> str:
+        """The TORCH_LIBRARY schema; written lists and tensors get alias annotations (a!)..."""
+        letters = iter("abcdefghijklmnopqrstuvwxyz")
+        parts = []
+        for a in self.args:
+            t = a.type
+            if a.write:
+                base, _, rest = t.partition("[")
+                base = base.rstrip("?")
+                t = f"{base}({next(letters)}!)" + (f"[{rest}" if rest else t[len(base) :])
+            default = f"={a.default}" if a.default is not None else ""
+            parts.append(f"{t} {a.name}{default}")
+        head = self.name if with_name else ""
+        return f"{head}({', '.join(parts)}) -> {self.returns}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args)
+
+    def arg(self, name: str) -> Arg:
+        for a in self.args:
+            if a.name == name:
+                return a
+        raise KeyError(f"{self.name} has no argument {name!r}")
+
+    def role(self, role: str) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if a.role == role)
+
+    @property
+    def plan_lists(self) -> tuple[str, ...]:
+        """The tensor lists a StepPlan keeps between steps: every list but the grads."""
+        return tuple(a.name for a in self.args if a.is_list and a.role != GRAD)
+
+    @property
+    def plan_rest(self) -> tuple[str, ...]:
+        """The arguments a StepPlan call passes after the grads: every non-list argument."""
+        return tuple(a.name for a in self.args if not a.is_list)
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args if a.write)
+
+    def bind(self, **values: object) -> tuple[object, ...]:
+        """The positional arguments of a call from keyword values; missing arguments with a
+        default take it (None / the int), a missing required one raises TypeError."""
+        unknown = set(values) - set(self.names)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown arguments {sorted(unknown)}")
+        out = []
+        for a in self.args:
+            if a.name in values:
+                out.append(values[a.name])
+            elif a.default is not None:
+                out.append(None if a.default == "None" else int(a.default))
+            else:
+                raise TypeError(f"{self.name}: missing argument {a.name!r}")
+        return tuple(out)
+
+
+def _params() -> Arg:
+    return Arg("params", "Tensor[]", PARAM, write=True)
+
+
+def _grads() -> Arg:
+    return Arg("grads", "Tensor[]", GRAD)
+
+
+def _state(name: str, key: str, write: bool = True) -> Arg:
+    return Arg(name, "Tensor[]", STATE, write=write, key=key)
+
+
+def _steps() -> Arg:
+    return Arg("state_steps", "Tensor[]", STEP, write=True, key="step")
+
+
+def _lr() -> Arg:
+    return Arg("lr", "Tensor", LR)
+
+
+def _f(name: str) -> Arg:
+    return Arg(name, "float")
+
+
+def _b(name: str) -> Arg:
+    return Arg(name, "bool")
+
+
+_AMP = (
+    Arg("grad_scale", "Tensor?", AMP, default="None"),
+    Arg("found_inf", "Tensor?", AMP, default="None"),
+)
+_MIXED = (
+    Arg("master_params", "Tensor[]?", MASTER, write=True, default="None", key="master_param"),
+    Arg("sr_seeds", "Tensor[]?", SEED, write=True, default="None", key="sr_seed"),
+)
+
+_DEFS = (
+    OpDef(
+        "sum_sq",
+        (Arg("tensors", "Tensor[]", GRAD),),
+        returns="Tensor",
+        doc="Sum of squares of every element of every tensor, in fp64 (the global grad norm).",
+    ),
+    OpDef(
+        "adam_",
+        (
+            _params(),
+            _grads(),
+            _state("exp_avgs", "exp_avg"),
+            _state("exp_avg_sqs", "exp_avg_sq"),
+            _state("max_exp_avg_sqs", "max_exp_avg_sq"),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("weight_decay"),
+            _f("eps"),
+            _b("amsgrad"),
+            _b("maximize"),
+            _b("decoupled_weight_decay"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Adam / AdamW (max_exp_avg_sqs empty unless amsgrad).",
+    ),
+    OpDef(
+        "sgd_",
+        (
+            _params(),
+            _grads(),
+            _state("momentum_buffers", "momentum_buffer"),
+            _lr(),
+            _f("momentum"),
+            _f("dampening"),
+            _f("weight_decay"),
+            _b("nesterov"),
+            _b("maximize"),
+            _b("is_first_step"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="SGD with momentum (momentum_buffers empty when momentum is 0).",
+    ),
+    OpDef(
+        "lion_",
+        (
+            _params(),
+            _grads(),
+            _state("exp_avgs", "exp_avg"),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("weight_decay"),
+            _b("maximize"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Lion (sign of the interpolated momentum).",
+    ),
+    OpDef(
+        "lamb_",
+        (
+            _params(),
+            _grads(),
+            _state("exp_avgs", "exp_avg"),
+            _state("exp_avg_sqs", "exp_avg_sq"),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("weight_decay"),
+            _f("eps"),
+            _b("bias_correction"),
+            Arg("trust_clip", "float?"),
+            _b("maximize"),
+            # if given, an (n, 2) float tensor that receives (||p||, ||u||) of each param
+            Arg("tensor_norms", "Tensor?", AUX, write=True, default="None"),
+            *_AMP,
+            *_MIXED,
+            # sharded params (Note [LAMB phases] in csrc/cpu/lamb.cpp): 1 increments the steps
+            # and writes each param's local (sum p^2, sum u^2) into sq_sums (n x 2, fp64), which
+            # the caller all-reduces; 2 takes the norms from sq_sums and updates; 0 does both.
+            Arg("phase", "int", default="0"),
+            Arg("sq_sums", "Tensor?", AUX, write=True, default="None"),
+        ),
+        doc="LAMB (layer-wise trust ratio ||p|| / ||u||).",
+    ),
+    OpDef(
+        "sophia_",
+        (
+            _params(),
+            _grads(),
+            _state("exp_avgs", "exp_avg"),
+            _state("hessians", "hessian", write=False),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("rho"),
+            _f("bs"),
+            _f("weight_decay"),
+            _b("maximize"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Sophia-G's update (the hessian estimate is updated by sophia_update_hessian_).",
+    ),
+    OpDef(
+        "sophia_update_hessian_",
+        (
+            _state("hessians", "hessian"),
+            _grads(),
+            _f("beta2"),
+            *_AMP,
+        ),
+        doc="Sophia's hessian EMA: h = beta2 h + (1 - beta2) g*g.",
+    ),
+)
+
+#: Every op by name, in registration order.
+OPS: dict[str, OpDef] = {d.name: d for d in _DEFS}
+
+#: The (param dtype, state dtype, ParamMode) combinations the kernels are built for (ParamMode:
+#: csrc/include/fusedopt/math.h; "plain" params are read and written in their own dtype,
+#: "master" ones through an fp32 master copy, "stochastic" ones with stochastic rounding).
+MIXED: tuple[tuple[str, str, str], ...] = (
+    ("float32", "float32", "plain"),
+    ("float64", "float64", "plain"),
+    ("float16", "float16", "plain"),
+    ("bfloat16", "bfloat16", "plain"),
+    ("float32", "bfloat16", "plain"),
+    ("bfloat16", "float32", "plain"),
+    ("float16", "float32", "plain"),
+    ("float16", "bfloat16", "plain"),
+    ("float16", "float16", "master"),
+    ("bfloat16", "float32", "master"),
+    ("bfloat16", "bfloat16", "master"),
+    ("float16", "float32", "master"),
+    ("float16", "bfloat16", "master"),
+    ("bfloat16", "float32", "stochastic"),
+    ("bfloat16", "bfloat16", "stochastic"),
+)
+
+_CPP_DTYPES = {
+    "float32": ("kFloat", "float"),
+    "float64": ("kDouble", "double"),
+    "float16": ("kHalf", "at::Half"),
+    "bfloat16": ("kBFloat16", "at::BFloat16"),
+}
+_CPP_MODES = {"plain": "kPlain", "master": "kMaster", "stochastic": "kStochastic"}
+
+
+def cpp_header() -> str:
+    """The text of fusedopt/ops_generated.h (Note [op registry])."""
+    out = [
+        "// Generated from fusedopt/_opdefs.py (Note [op registry]) by the build: do not edit.",
+        "#pragma once",
+        "",
+        "#include <ATen/core/Tensor.h>",
+        "",
+        "#include <cstdint>",
+        "#include <optional>",
+        "",
+        "namespace fusedopt::ops {",
+        "",
+    ]
+    for d in _DEFS:
+        cpp_args = ", ".join(a.cpp_type for a in d.args)
+        fields = "".join(f"    {a.cpp_type} {a.name};\n" for a in d.args)
+        written = ", ".join("true" if a.write else "false" for a in d.args)
+        out += [
+            f"// {d.doc}",
+            f"struct {d.name} {{",
+            f'  static constexpr const char* name = "{d.name}";',
+            f'  static constexpr const char* qualified_name = "fusedopt::{d.name}";',
+            f'  static constexpr const char* schema = "{d.schema()}";',
+            f"  using Sig = {_CPP_RETURNS[d.returns]}({cpp_args});",
+            f"  static constexpr int kArgs = {len(d.args)};",
+            f"  static constexpr bool kWritten[kArgs] = {{{written}}};",
+            "  struct Args {",
+            fields.rstrip("\n"),
+            "  };",
+            "};",
+            "",
+        ]
+    out += [
+        "}  // namespace fusedopt::ops",
+        "",
+        "// X(op) for every op, op a struct name of fusedopt::ops.",
+        "#define FUSEDOPT_FOR_EACH_OP(X) " + " ".join(f"X({d.name})" for d in _DEFS),
+        "",
+        "// X(P, PT, S, ST, MODE): every (param dtype, param type, state dtype, state type,",
+        "// ParamMode) the kernels are built for, P/S at::ScalarType names.",
+        "#define FUSEDOPT_FOR_EACH_MIXED(X) "
+        + " ".join(
+            f"X({_CPP_DTYPES[p][0]}, {_CPP_DTYPES[p][1]}, {_CPP_DTYPES[s][0]}, "
+            f"{_CPP_DTYPES[s][1]}, {_CPP_MODES[m]})"
+            for p, s, m in MIXED
+        ),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_header(path: str) -> None:
+    """Writes the header if its text changed (an unchanged file keeps its timestamp, so the
+    build does not recompile what includes it)."""
+    import os
+
+    text = cpp_header()
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--header":
+        sys.exit("usage: python fusedopt/_opdefs.py --header PATH")
+    write_header(sys.argv[2])
