@@ -7,6 +7,7 @@ Switches (environment variables):
 """
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -138,23 +139,22 @@ def _extensions():
         [sys.executable, os.path.join(here, "fusedopt", "_opdefs.py"), "--header", _GENERATED],
         check=True,
     )
+    # The compile flags and source globs, shared with CMakeLists.txt (csrc/build.json).
     # csrc/cuda/*.cpp is host code, built either way: the CUDA ops' glue (registered only with
     # CUDA) and its host simulation, which the CPU test suite runs (csrc/cuda/sim.h).
-    sources = sorted(
-        glob.glob("csrc/*.cpp")
-        + glob.glob("csrc/common/*.cpp")
-        + glob.glob("csrc/cpu/*.cpp")
-        + glob.glob("csrc/cuda/*.cpp")
-    )
-    # -fopenmp: at::parallel_for is a header template that runs serially unless the including
-    # translation unit is compiled with OpenMP (torch's own build uses it; we link its runtime).
+    with open(os.path.join(here, "csrc", "build.json")) as f:
+        build = json.load(f)
+    sources = sorted(p for g in build["sources"] for p in glob.glob(g))
     # -ffp-contract=off: no fused multiply-adds, so the vectorized loop body and its scalar tail
     # round identically and a result does not depend on where the threads' ranges split (the
     # same bits on any thread count), and the op order matches torch's written order.
-    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+    # -fopenmp (not in build.json: CMake links torch's own OpenMP runtime): at::parallel_for is
+    # a header template that runs serially unless the including translation unit is compiled
+    # with OpenMP (torch's own build uses it; we link its runtime).
+    cxx = [*build["cxx_flags"], "-fopenmp"]
     macros = [("FUSEDOPT_CUDA_SKIP_CODE", str(skip_code))]
     if build_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(p for g in build["cuda_sources"] for p in glob.glob(g))
         macros.append(("FUSEDOPT_WITH_CUDA", None))
         # --fmad=false: no contraction into fused multiply-adds, as -ffp-contract=off on the
         # CPU, so that the device runs the same roundings in the same order as the CPU kernels
@@ -162,7 +162,7 @@ def _extensions():
         # sign flip of Lion's update apart near zero. The kernels are memory-bound: the few
         # extra FMUL/FADD do not show against memory time (benchmarks/gpu_bench.py reports each
         # row against a copy of the same bytes).
-        nvcc = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
+        nvcc = list(build["nvcc_flags"])
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(torch)
         nvcc.append(f"-DFUSEDOPT_CUDA_IMAGES={_arch_record()}")
@@ -171,7 +171,7 @@ def _extensions():
     else:
         ext = CppExtension
         args = {"cxx": cxx}
-    include_dirs = [os.path.join(here, "csrc", "include")]
+    include_dirs = [os.path.join(here, d) for d in build["include_dirs"]]
     return [
         ext(
             "fusedopt._C",

@@ -11,44 +11,45 @@
 #include <cstring>
 #include <random>
 #include <sstream>
+#include <string>
 
+#include "fusedopt/ops_generated.h"
 #include "harness.h"
 
 namespace fusedopt_test {
 
 // --- the ops ---------------------------------------------------------------------------------
 
-using AdamSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                     at::TensorList, const at::Tensor&, double, double, double, double, bool, bool,
-                     bool, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                     const std::optional<at::TensorList>&, const std::optional<at::TensorList>&);
-using SgdSig = void(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, double,
-                    double, double, bool, bool, bool, const std::optional<at::Tensor>&,
-                    const std::optional<at::Tensor>&, const std::optional<at::TensorList>&,
-                    const std::optional<at::TensorList>&);
+namespace {
+
+template <class Op>
+c10::TypedOperatorHandle<typename Op::Sig> handle(const char* ns) {
+  const std::string name = std::string(ns) + "::" + Op::name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<typename Op::Sig>();
+}
+
+}  // namespace
 
 void adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
              const at::Tensor& lr, double beta1, double beta2, double weight_decay, double eps,
              bool amsgrad, bool maximize, bool decoupled,
              const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fusedopt::adam_", "").typed<AdamSig>();
-  op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
-          weight_decay, eps, amsgrad, maximize, decoupled, grad_scale, found_inf, std::nullopt,
-          std::nullopt);
+             const std::optional<at::Tensor>& found_inf, const char* ns) {
+  handle<fusedopt::ops::adam_>(ns).call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                        state_steps, lr, beta1, beta2, weight_decay, eps, amsgrad,
+                                        maximize, decoupled, grad_scale, found_inf, std::nullopt,
+                                        std::nullopt);
 }
 
 void sgd_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
             const at::Tensor& lr, double momentum, double dampening, double weight_decay,
             bool nesterov, bool maximize, bool is_first_step,
-            const std::optional<at::Tensor>& grad_scale,
-            const std::optional<at::Tensor>& found_inf) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fusedopt::sgd_", "").typed<SgdSig>();
-  op.call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-          maximize, is_first_step, grad_scale, found_inf, std::nullopt, std::nullopt);
+            const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+            const char* ns) {
+  handle<fusedopt::ops::sgd_>(ns).call(params, grads, momentum_buffers, lr, momentum, dampening,
+                                       weight_decay, nesterov, maximize, is_first_step, grad_scale,
+                                       found_inf, std::nullopt, std::nullopt);
 }
 
 namespace {
@@ -60,20 +61,20 @@ std::optional<at::Tensor> scale_tensor(double grad_scale) {
 
 }  // namespace
 
-void run_adam(Group& g, const AdamHyper& h) {
+void run_adam(Group& g, const AdamHyper& h, const char* ns) {
   const auto& L = g.lists;
   const TensorVec none;
   adam_op(L[0], L[1], L[2], L[3], h.amsgrad ? L[4] : none, g.steps,
           at::scalar_tensor(h.lr, at::kDouble), h.beta1, h.beta2, h.weight_decay, h.eps, h.amsgrad,
-          h.maximize, h.decoupled, scale_tensor(h.grad_scale));
+          h.maximize, h.decoupled, scale_tensor(h.grad_scale), std::nullopt, ns);
 }
 
-void run_sgd(Group& g, const SgdHyper& h) {
+void run_sgd(Group& g, const SgdHyper& h, const char* ns) {
   const auto& L = g.lists;
   const TensorVec none;
   sgd_op(L[0], L[1], h.momentum != 0 ? L[2] : none, at::scalar_tensor(h.lr, at::kDouble),
          h.momentum, h.dampening, h.weight_decay, h.nesterov, h.maximize, h.first,
-         scale_tensor(h.grad_scale));
+         scale_tensor(h.grad_scale), std::nullopt, ns);
 }
 
 // --- tensor lists ----------------------------------------------------------------------------

@@ -16,17 +16,19 @@ namespace fusedopt_test {
 using TensorVec = std::vector<at::Tensor>;
 
 // --- the ops, as Python calls them: torch.ops.fusedopt.adam_ / sgd_ --------------------------
+// ns: the op namespace, "fusedopt" or the CUDA backend's host simulation, "fusedopt_sim".
 void adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
              const at::Tensor& lr, double beta1, double beta2, double weight_decay, double eps,
              bool amsgrad, bool maximize, bool decoupled,
              const std::optional<at::Tensor>& grad_scale = std::nullopt,
-             const std::optional<at::Tensor>& found_inf = std::nullopt);
+             const std::optional<at::Tensor>& found_inf = std::nullopt,
+             const char* ns = "fusedopt");
 void sgd_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
             const at::Tensor& lr, double momentum, double dampening, double weight_decay,
             bool nesterov, bool maximize, bool is_first_step,
             const std::optional<at::Tensor>& grad_scale = std::nullopt,
-            const std::optional<at::Tensor>& found_inf = std::nullopt);
+            const std::optional<at::Tensor>& found_inf = std::nullopt, const char* ns = "fusedopt");
 
 // --- tensor lists ----------------------------------------------------------------------------
 // How the tensors of one parameter are laid out in memory.
@@ -100,8 +102,8 @@ void check_sgd(const Group& g, const Snapshot& before, const SgdHyper& h, const 
 
 // Calls the op on a group with the hyper-parameters (lr as a float64 0-d tensor, grad_scale as
 // a float32 tensor when != 1, as GradScaler passes it).
-void run_adam(Group& g, const AdamHyper& h);
-void run_sgd(Group& g, const SgdHyper& h);
+void run_adam(Group& g, const AdamHyper& h, const char* ns = "fusedopt");
+void run_sgd(Group& g, const SgdHyper& h, const char* ns = "fusedopt");
 
 // Bitwise equality of every tensor of two groups (and the steps).
 bool identical(const Group& a, const Group& b, std::string* where);

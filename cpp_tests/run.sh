@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configure, build (2 jobs) and run the C++ unit tests with ctest, in cpp_tests/build/.
-#   cpp_tests/run.sh                          # RelWithDebInfo (-O2 -g)
+#   cpp_tests/run.sh                          # RelWithDebInfo (csrc/build.json flags, -g)
 #   FUSEDOPT_SANITIZE=address cpp_tests/run.sh  # ASan build, in cpp_tests/build/sanitize-address/
 # Extra arguments go to ctest (e.g. -R ops).
 set -euo pipefail

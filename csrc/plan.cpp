@@ -7,16 +7,27 @@
 // Of those lists only the grads change between steps (`p.grad` is a new tensor after each
 // backward); params, states, step counters, masters and seeds are the same tensor objects until
 // the Python plan (Note [step plans] in fusedopt/optim/_base.py) is rebuilt. A StepPlan keeps
-// them in C++ vectors; a step passes only the grads and the scalars and calls the op through
-// its typed (unboxed) dispatcher handle, so device dispatch, validation and the kernels are
-// exactly those of torch.ops.fusedopt.<op>. The optimizers use it in eager mode only: under
+// them in C++ vectors; a step passes only the grads and the other arguments and calls the op
+// through its typed (unboxed) dispatcher handle, so device dispatch, validation and the kernels
+// are exactly those of torch.ops.fusedopt.<op>. The optimizers use it in eager mode only: under
 // torch.compile they call the op itself, which dynamo traces.
+//
+// From Python: StepPlan(op, lists) with the op's lists but the grads, in the registry's order
+// (OpDef.plan_lists in fusedopt/_opdefs.py; None for an absent optional list), and
+// plan.call(grads, *rest) with the op's other arguments in order (OpDef.plan_rest).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <array>
+#include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
+
+#include "fusedopt/ops_generated.h"
 
 namespace py = pybind11;
 
@@ -24,104 +35,147 @@ namespace fusedopt {
 namespace {
 
 using List = std::vector<at::Tensor>;
-using OptT = std::optional<at::Tensor>;
-using OptL = std::optional<at::TensorList>;
-using TL = at::TensorList;
+using OptList = std::optional<List>;
+using OptTL = std::optional<at::TensorList>;
 
 class StepPlan {
  public:
-  StepPlan(std::vector<List> lists, std::optional<List> masters, std::optional<List> seeds)
-      : lists_(std::move(lists)), masters_(std::move(masters)), seeds_(std::move(seeds)) {}
+  virtual ~StepPlan() = default;
+  virtual py::object call(const List& grads, const py::args& rest) const = 0;
+};
 
-  // lists: params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
-  void adam(const List& grads, const at::Tensor& lr, double beta1, double beta2, double wd,
-            double eps, bool amsgrad, bool maximize, bool decoupled, const OptT& grad_scale,
-            const OptT& found_inf) const {
-    using Sig = void(TL, TL, TL, TL, TL, TL, const at::Tensor&, double, double, double, double,
-                     bool, bool, bool, const OptT&, const OptT&, const OptL&, const OptL&);
-    static const auto op = handle<Sig>("fusedopt::adam_");
-    need(5);
-    op.call(lists_[0], grads, lists_[1], lists_[2], lists_[3], lists_[4], lr, beta1, beta2, wd, eps,
-            amsgrad, maximize, decoupled, grad_scale, found_inf, masters(), seeds());
+template <class T>
+constexpr bool kIsList = std::is_same_v<std::decay_t<T>, at::TensorList>;
+template <class T>
+constexpr bool kIsOptList = std::is_same_v<std::decay_t<T>, OptTL>;
+
+template <class Op, class Sig = typename Op::Sig>
+class OpPlan;
+
+template <class Op, class R, class... A>
+class OpPlan<Op, R(A...)> final : public StepPlan {
+  static constexpr size_t kN = sizeof...(A);
+  static constexpr std::array<bool, kN> kList = {(kIsList<A> || kIsOptList<A>)...};
+  // For each argument its index among the plan's lists (list arguments but the grads) or among
+  // the values after the grads (the other arguments).
+  static constexpr std::array<size_t, kN> kPos = [] {
+    std::array<size_t, kN> pos{};
+    size_t lists = 0, rest = 0;
+    for (size_t i = 0; i < kN; ++i) {
+      if (static_cast<int>(i) == Op::kGrads) continue;
+      pos[i] = kList[i] ? lists++ : rest++;
+    }
+    return pos;
+  }();
+  static constexpr size_t kLists = [] {
+    size_t n = 0;
+    for (size_t i = 0; i < kN; ++i) n += kList[i] && static_cast<int>(i) != Op::kGrads;
+    return n;
+  }();
+  static constexpr size_t kRest = kN - kLists - (Op::kGrads >= 0 ? 1 : 0);
+
+  // The values after the grads, converted from Python (list arguments: an unused placeholder).
+  using Held =
+      std::tuple<std::conditional_t<kIsList<A> || kIsOptList<A>, char, std::decay_t<A>>...>;
+
+ public:
+  explicit OpPlan(std::vector<OptList> lists) : lists_(std::move(lists)) {
+    TORCH_CHECK(lists_.size() == kLists, "fusedopt StepPlan: expected ", kLists, " lists, got ",
+                lists_.size());
+    check_required(std::index_sequence_for<A...>{});
   }
 
-  // lists: params, momentum_buffers
-  void sgd(const List& grads, const at::Tensor& lr, double momentum, double dampening, double wd,
-           bool nesterov, bool maximize, bool first, const OptT& grad_scale,
-           const OptT& found_inf) const {
-    using Sig = void(TL, TL, TL, const at::Tensor&, double, double, double, bool, bool, bool,
-                     const OptT&, const OptT&, const OptL&, const OptL&);
-    static const auto op = handle<Sig>("fusedopt::sgd_");
-    need(2);
-    op.call(lists_[0], grads, lists_[1], lr, momentum, dampening, wd, nesterov, maximize, first,
-            grad_scale, found_inf, masters(), seeds());
-  }
-
-  // lists: params, exp_avgs, state_steps
-  void lion(const List& grads, const at::Tensor& lr, double beta1, double beta2, double wd,
-            bool maximize, const OptT& grad_scale, const OptT& found_inf) const {
-    using Sig = void(TL, TL, TL, TL, const at::Tensor&, double, double, double, bool, const OptT&,
-                     const OptT&, const OptL&, const OptL&);
-    static const auto op = handle<Sig>("fusedopt::lion_");
-    need(3);
-    op.call(lists_[0], grads, lists_[1], lists_[2], lr, beta1, beta2, wd, maximize, grad_scale,
-            found_inf, masters(), seeds());
-  }
-
-  // lists: params, exp_avgs, exp_avg_sqs, state_steps
-  void lamb(const List& grads, const at::Tensor& lr, double beta1, double beta2, double wd,
-            double eps, bool bias_correction, std::optional<double> trust_clip, bool maximize,
-            const OptT& grad_scale, const OptT& found_inf) const {
-    using Sig = void(TL, TL, TL, TL, TL, const at::Tensor&, double, double, double, double, bool,
-                     std::optional<double>, bool, const OptT&, const OptT&, const OptT&,
-                     const OptL&, const OptL&, int64_t, const OptT&);
-    static const auto op = handle<Sig>("fusedopt::lamb_");
-    need(4);
-    op.call(lists_[0], grads, lists_[1], lists_[2], lists_[3], lr, beta1, beta2, wd, eps,
-            bias_correction, trust_clip, maximize, std::nullopt, grad_scale, found_inf, masters(),
-            seeds(), 0, std::nullopt);
-  }
-
-  // lists: params, exp_avgs, hessians, state_steps
-  void sophia(const List& grads, const at::Tensor& lr, double beta1, double rho, double bs,
-              double wd, bool maximize, const OptT& grad_scale, const OptT& found_inf) const {
-    using Sig = void(TL, TL, TL, TL, TL, const at::Tensor&, double, double, double, double, bool,
-                     const OptT&, const OptT&, const OptL&, const OptL&);
-    static const auto op = handle<Sig>("fusedopt::sophia_");
-    need(4);
-    op.call(lists_[0], grads, lists_[1], lists_[2], lists_[3], lr, beta1, rho, bs, wd, maximize,
-            grad_scale, found_inf, masters(), seeds());
+  py::object call(const List& grads, const py::args& rest) const override {
+    TORCH_CHECK(rest.size() == kRest, "fusedopt StepPlan(", Op::name, "): expected ", kRest,
+                " arguments after the grads, got ", rest.size());
+    Held held;
+    convert(held, rest, std::index_sequence_for<A...>{});
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow(Op::qualified_name, "")
+                               .template typed<R(A...)>();
+    if constexpr (std::is_void_v<R>) {
+      py::gil_scoped_release release;
+      invoke(op, grads, held, std::index_sequence_for<A...>{});
+      return py::none();
+    } else {
+      R out;
+      {
+        py::gil_scoped_release release;
+        out = invoke(op, grads, held, std::index_sequence_for<A...>{});
+      }
+      return py::cast(std::move(out));
+    }
   }
 
  private:
-  template <typename Sig>
-  static c10::TypedOperatorHandle<Sig> handle(const char* name) {
-    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+  template <size_t... I>
+  void check_required(std::index_sequence<I...>) const {
+    (
+        [&] {
+          if constexpr (kIsList<A> && static_cast<int>(I) != Op::kGrads) {
+            TORCH_CHECK(lists_[kPos[I]].has_value(), "fusedopt StepPlan(", Op::name, "): list ",
+                        kPos[I], " is None, but the op requires it");
+          }
+        }(),
+        ...);
   }
-  void need(size_t k) const {
-    TORCH_CHECK(lists_.size() == k, "fusedopt StepPlan: expected ", k, " lists, got ",
-                lists_.size());
-  }
-  OptL masters() const { return masters_ ? OptL(TL(*masters_)) : OptL(); }
-  OptL seeds() const { return seeds_ ? OptL(TL(*seeds_)) : OptL(); }
 
-  std::vector<List> lists_;
-  std::optional<List> masters_;
-  std::optional<List> seeds_;
+  template <size_t... I>
+  static void convert(Held& held, const py::args& rest, std::index_sequence<I...>) {
+    (
+        [&] {
+          if constexpr (!kList[I]) {
+            try {
+              std::get<I>(held) = rest[kPos[I]].template cast<std::tuple_element_t<I, Held>>();
+            } catch (const py::cast_error&) {
+              throw py::type_error("fusedopt StepPlan(" + std::string(Op::name) + "): argument " +
+                                   std::to_string(kPos[I]) +
+                                   " after the grads has the wrong type (" +
+                                   std::string(py::str(py::type::of(rest[kPos[I]]))) + ")");
+            }
+          }
+        }(),
+        ...);
+  }
+
+  template <size_t I>
+  decltype(auto) arg(const List& grads, const Held& held) const {
+    using T = std::tuple_element_t<I, std::tuple<A...>>;
+    if constexpr (static_cast<int>(I) == Op::kGrads) {
+      return at::TensorList(grads);
+    } else if constexpr (kIsList<T>) {
+      return at::TensorList(*lists_[kPos[I]]);
+    } else if constexpr (kIsOptList<T>) {
+      const OptList& l = lists_[kPos[I]];
+      return l.has_value() ? OptTL(at::TensorList(*l)) : OptTL();
+    } else {
+      return static_cast<const std::decay_t<T>&>(std::get<I>(held));
+    }
+  }
+
+  template <class H, size_t... I>
+  R invoke(const H& op, const List& grads, const Held& held, std::index_sequence<I...>) const {
+    return op.call(arg<I>(grads, held)...);
+  }
+
+  std::vector<OptList> lists_;
 };
+
+std::unique_ptr<StepPlan> make_plan(const std::string& op, std::vector<OptList> lists) {
+#define FUSEDOPT_PLAN(o) \
+  if (op == ops::o::name) return std::make_unique<OpPlan<ops::o>>(std::move(lists));
+  FUSEDOPT_FOR_EACH_OP(FUSEDOPT_PLAN)
+#undef FUSEDOPT_PLAN
+  throw py::value_error("fusedopt StepPlan: unknown op '" + op + "'");
+}
 
 }  // namespace
 
 void bind_plan(py::module_& m) {
   py::class_<StepPlan>(m, "StepPlan",
                        "A step's tensor lists held in C++ (Note [C++ step plans] in plan.cpp).")
-      .def(py::init<std::vector<List>, std::optional<List>, std::optional<List>>(),
-           py::arg("lists"), py::arg("masters") = py::none(), py::arg("seeds") = py::none())
-      .def("adam_", &StepPlan::adam, py::call_guard<py::gil_scoped_release>())
-      .def("sgd_", &StepPlan::sgd, py::call_guard<py::gil_scoped_release>())
-      .def("lion_", &StepPlan::lion, py::call_guard<py::gil_scoped_release>())
-      .def("lamb_", &StepPlan::lamb, py::call_guard<py::gil_scoped_release>())
-      .def("sophia_", &StepPlan::sophia, py::call_guard<py::gil_scoped_release>());
+      .def(py::init(&make_plan), py::arg("op"), py::arg("lists"))
+      .def("call", &StepPlan::call, py::arg("grads"));
 }
 
 }  // namespace fusedopt

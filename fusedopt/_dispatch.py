@@ -255,10 +255,10 @@ def kernel(backend: str, op: str) -> Callable[..., None]:
     return getattr(reference, op)
 
 
-def step_plan(
-    lists: list[list[Tensor]], masters: list[Tensor] | None, seeds: list[Tensor] | None
-) -> Any:
-    """A C++ StepPlan holding a step's lists (Note [C++ step plans] in csrc/plan.cpp), or None
-    when the compiled extension has none (an older build)."""
+def step_plan(op: str, lists: list[list[Tensor] | None]) -> Any:
+    """A C++ StepPlan holding ``op``'s lists (Note [C++ step plans] in csrc/plan.cpp): ``lists``
+    in ``OPS[op].plan_lists`` order (None for an absent optional list); its
+    ``.call(grads, *rest)`` takes the values of ``OPS[op].plan_rest`` in order. None when the
+    compiled extension has none."""
     cls = getattr(_C, "StepPlan", None) if _C is not None else None
-    return None if cls is None else cls(lists, masters, seeds)
+    return None if cls is None else cls(op, lists)

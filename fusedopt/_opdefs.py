@@ -10,9 +10,11 @@ this one description:
   (fusedopt/triton/__init__.py), alias annotations included;
 - the C++ header ``fusedopt/ops_generated.h`` (written at build time by setup.py and CMake with
   ``python fusedopt/_opdefs.py --header PATH``): per op its schema, its unboxed signature, an
-  argument struct with the arguments as named fields and which arguments it writes, plus
-  ``FUSEDOPT_FOR_EACH_OP`` and ``FUSEDOPT_FOR_EACH_MIXED``; the autograd kernels, the StepPlan
-  entries and the CPU/CUDA/simulation registrations are templates over it;
+  argument struct with the arguments as named fields, which arguments it writes and which is
+  the grads list, plus ``FUSEDOPT_FOR_EACH_OP``; and beside it ``fusedopt/mixed_generated.h``
+  with ``FUSEDOPT_FOR_EACH_MIXED`` alone (no ATen: fusedopt/math.h includes it). The autograd
+  kernels, the StepPlan entries and the CPU/CUDA/simulation registrations are templates over
+  them;
 - the Python wrappers and fake kernels (fusedopt/_ops.py) and the optimizers' calls
   (fusedopt/optim), which bind arguments by name through :meth:`OpDef.bind`.
 
@@ -339,13 +341,15 @@ _CPP_MODES = {"plain": "kPlain", "master": "kMaster", "stochastic": "kStochastic
 def cpp_header() -> str:
     """The text of fusedopt/ops_generated.h (Note [op registry])."""
     out = [
-        "// Generated from fusedopt/_opdefs.py (Note [op registry]) by the build: do not edit.",
+        _GENERATED_LINE,
         "#pragma once",
         "",
         "#include <ATen/core/Tensor.h>",
         "",
         "#include <cstdint>",
         "#include <optional>",
+        "",
+        '#include "fusedopt/mixed_generated.h"',
         "",
         "namespace fusedopt::ops {",
         "",
@@ -354,6 +358,8 @@ def cpp_header() -> str:
         cpp_args = ", ".join(a.cpp_type for a in d.args)
         fields = "".join(f"    {a.cpp_type} {a.name};\n" for a in d.args)
         written = ", ".join("true" if a.write else "false" for a in d.args)
+        grads = [i for i, a in enumerate(d.args) if a.is_list and a.role == GRAD]
+        assert len(grads) <= 1, f"{d.name}: at most one grads list (plan_lists leaves it out)"
         out += [
             f"// {d.doc}",
             f"struct {d.name} {{",
@@ -363,6 +369,8 @@ def cpp_header() -> str:
             f"  using Sig = {_CPP_RETURNS[d.returns]}({cpp_args});",
             f"  static constexpr int kArgs = {len(d.args)};",
             f"  static constexpr bool kWritten[kArgs] = {{{written}}};",
+            "  // The grads list, which a StepPlan takes anew every call (-1: none).",
+            f"  static constexpr int kGrads = {grads[0] if grads else -1};",
             "  struct Args {",
             fields.rstrip("\n"),
             "  };",
@@ -375,34 +383,57 @@ def cpp_header() -> str:
         "// X(op) for every op, op a struct name of fusedopt::ops.",
         "#define FUSEDOPT_FOR_EACH_OP(X) " + " ".join(f"X({d.name})" for d in _DEFS),
         "",
-        "// X(P, PT, S, ST, MODE): every (param dtype, param type, state dtype, state type,",
-        "// ParamMode) the kernels are built for, P/S at::ScalarType names.",
-        "#define FUSEDOPT_FOR_EACH_MIXED(X) "
-        + " ".join(
-            f"X({_CPP_DTYPES[p][0]}, {_CPP_DTYPES[p][1]}, {_CPP_DTYPES[s][0]}, "
-            f"{_CPP_DTYPES[s][1]}, {_CPP_MODES[m]})"
-            for p, s, m in MIXED
-        ),
-        "",
     ]
     return "\n".join(out)
 
 
-def write_header(path: str) -> None:
-    """Writes the header if its text changed (an unchanged file keeps its timestamp, so the
-    build does not recompile what includes it)."""
-    import os
+def cpp_mixed_header() -> str:
+    """The text of fusedopt/mixed_generated.h: FUSEDOPT_FOR_EACH_MIXED alone, without ATen, for
+    fusedopt/math.h (which CUDA device code includes)."""
+    return "\n".join(
+        [
+            _GENERATED_LINE,
+            "#pragma once",
+            "",
+            "// X(P, PT, S, ST, MODE): every (param dtype, param type, state dtype, state type,",
+            "// ParamMode) the kernels are built for, P/S at::ScalarType names.",
+            "#define FUSEDOPT_FOR_EACH_MIXED(X) "
+            + " ".join(
+                f"X({_CPP_DTYPES[p][0]}, {_CPP_DTYPES[p][1]}, {_CPP_DTYPES[s][0]}, "
+                f"{_CPP_DTYPES[s][1]}, {_CPP_MODES[m]})"
+                for p, s, m in MIXED
+            ),
+            "",
+        ]
+    )
 
-    text = cpp_header()
+
+_GENERATED_LINE = (
+    "// Generated from fusedopt/_opdefs.py (Note [op registry]) by the build: do not edit."
+)
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    # An unchanged file keeps its timestamp, so the build does not recompile what includes it.
     try:
         with open(path) as f:
             if f.read() == text:
                 return
     except OSError:
         pass
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
+
+
+def write_header(path: str) -> None:
+    """Writes the header ``path`` (ops_generated.h) and mixed_generated.h beside it, each only
+    if its text changed."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    _write_if_changed(path, cpp_header())
+    _write_if_changed(os.path.join(folder, "mixed_generated.h"), cpp_mixed_header())
 
 
 if __name__ == "__main__":

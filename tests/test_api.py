@@ -212,3 +212,35 @@ def test_step_plan_path_equals_the_op_path(name: str, monkeypatch: pytest.Monkey
         )
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
+def test_step_plan_takes_the_registry_order() -> None:
+    """Note [C++ step plans]: StepPlan(op, lists) takes OpDef.plan_lists (None for an absent
+    optional list) and .call(grads, *rest) OpDef.plan_rest; other counts are refused."""
+    from fusedopt import _dispatch
+    from fusedopt._opdefs import OPS
+
+    d = OPS["lion_"]
+    n = 3
+    params = [torch.randn(5) for _ in range(n)]
+    lists = {"params": params, "exp_avgs": [torch.zeros(5) for _ in range(n)]}
+    lists["state_steps"] = [torch.zeros(()) for _ in range(n)]
+    grads = [torch.randn(5) for _ in range(n)]
+    before = [p.clone() for p in params]
+    plan = _dispatch.step_plan("lion_", [lists.get(k) for k in d.plan_lists])
+    values = {"lr": torch.tensor(0.1), "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}
+    values["maximize"] = False
+    plan.call(grads, *[values.get(k) for k in d.plan_rest])  # grad_scale, found_inf: None
+    want = [p - 0.1 * torch.sign(g) for p, g in zip(before, grads)]  # m = 0: sign(g)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p, w)
+    assert [float(s) for s in lists["state_steps"]] == [1.0] * n
+    with pytest.raises(RuntimeError, match="expected 5 lists, got 4"):
+        _dispatch.step_plan("lion_", [lists.get(k) for k in d.plan_lists][:4])
+    with pytest.raises(RuntimeError, match="list 0 is None"):
+        _dispatch.step_plan("lion_", [None, *[lists.get(k) for k in d.plan_lists][1:]])
+    with pytest.raises(RuntimeError, match="expected 7 arguments after the grads, got 1"):
+        plan.call(grads, torch.tensor(0.1))
+    with pytest.raises(ValueError, match="unknown op"):
+        _dispatch.step_plan("nope_", [])

@@ -1,14 +1,11 @@
 // Adam / AdamW on the CPU: one parallel region per (dtype) group, math from fusedopt/math.h.
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
 #include <cmath>
 
-#include "../common/common.h"
-#include "../common/mixed.h"
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -75,50 +72,24 @@ void adam_dispatch(MultiTensor& mt, const std::vector<AdamScalars<at::opmath_typ
   }
 }
 
-void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-              at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
-              double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
-              const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf,
-              const std::optional<at::TensorList>& master_params,
-              const std::optional<at::TensorList>& sr_seeds) {
-  constexpr const char* op = "fusedopt.adam_";
-  std::vector<at::TensorList> states = {exp_avgs, exp_avg_sqs};
-  if (amsgrad) states.push_back(max_exp_avg_sqs);
-  const Mixed mx = check_mixed(op, params, states, master_params, sr_seeds);
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, mx.state},
-                                 {exp_avg_sqs, "exp_avg_sqs", true, mx.state}};
-  if (amsgrad) lists.push_back({max_exp_avg_sqs, "max_exp_avg_sqs", true, mx.state});
-  const int master_list = static_cast<int>(lists.size());
-  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
-  check_steps(op, state_steps, params.size());
-  const double lr_v = scalar_value(lr, "lr");
-  const int32_t lr_dt = lr_dtype(lr);
-  const double inv_scale = inv_grad_scale(grad_scale);
-  // Everything is validated (and staged) before the first write.
-  MultiTensor mt(op, std::move(lists));
-  if (skip_for_found_inf(found_inf)) return;
-  const std::vector<double> steps = increment_steps(state_steps);
-  const std::vector<uint32_t> keys =
-      mx.mode == kStochastic ? advance_sr_seeds(*sr_seeds) : std::vector<uint32_t>();
-  if (params.empty()) return;
-
-  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
-    using opmath_t = at::opmath_type<param_t>;
-    std::vector<AdamScalars<opmath_t>> sc(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      sc[i] = make_adam_scalars<opmath_t>(lr_v, lr_dt, beta1, beta2, eps, weight_decay, steps[i],
-                                          inv_scale);
-    }
-    adam_dispatch<param_t, state_t, MODE>(mt, sc, keys, master_list, decoupled, amsgrad, maximize);
-  });
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("adam_", &adam_cpu); }
+void adam_(const ops::adam_::Args& a) {
+  std::vector<StateList> states = {{a.exp_avgs, "exp_avgs"}, {a.exp_avg_sqs, "exp_avg_sqs"}};
+  if (a.amsgrad) states.push_back({a.max_exp_avg_sqs, "max_exp_avg_sqs"});
+  Update u(op_label<ops::adam_>(), a, states);
+  if (u.skip || a.params.empty()) return;
+
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
+    using opmath_t = at::opmath_type<param_t>;
+    std::vector<AdamScalars<opmath_t>> sc(a.params.size());
+    for (size_t i = 0; i < a.params.size(); ++i) {
+      sc[i] = make_adam_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps, a.weight_decay,
+                                          u.steps[i], u.inv_scale);
+    }
+    adam_dispatch<param_t, state_t, MODE>(*u.mt, sc, u.keys, u.master_list,
+                                          a.decoupled_weight_decay, a.amsgrad, a.maximize);
+  });
+}
 
 }  // namespace fusedopt::cpu

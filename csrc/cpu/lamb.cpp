@@ -33,17 +33,14 @@
 // this is a loop over a vector, not a synchronisation.
 #include <ATen/OpMathType.h>
 #include <ATen/ops/from_blob.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
-#include "../common/common.h"
-#include "../common/mixed.h"
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -173,25 +170,15 @@ void lamb_passes(MultiTensor& mt, const std::vector<LambScalars<at::opmath_type<
   });
 }
 
-void lamb_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-              at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr,
-              double beta1, double beta2, double weight_decay, double eps, bool bias_correction,
-              std::optional<double> trust_clip, bool maximize,
-              const std::optional<at::Tensor>& tensor_norms,
-              const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf,
-              const std::optional<at::TensorList>& master_params,
-              const std::optional<at::TensorList>& sr_seeds, int64_t phase,
-              const std::optional<at::Tensor>& sq_sums) {
-  constexpr const char* op = "fusedopt.lamb_";
-  const size_t n = params.size();
-  const Mixed mx = check_mixed(op, params, {exp_avgs, exp_avg_sqs}, master_params, sr_seeds);
-  check_steps(op, state_steps, n);
-  const double lr_v = scalar_value(lr, "lr");
-  const double inv_scale = inv_grad_scale(grad_scale);
-  const bool want_norms = tensor_norms.has_value() && tensor_norms->defined();
+}  // namespace
+
+void lamb_(const ops::lamb_::Args& a) {
+  const char* op = op_label<ops::lamb_>();
+  const size_t n = a.params.size();
+  const int64_t phase = a.phase;
+  const bool want_norms = a.tensor_norms.has_value() && a.tensor_norms->defined();
   if (want_norms) {
-    const at::Tensor& t = *tensor_norms;
+    const at::Tensor& t = *a.tensor_norms;
     TORCH_CHECK(t.device().is_cpu() && at::isFloatingType(t.scalar_type()) && t.dim() == 2 &&
                     t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
                 op, ": tensor_norms must be a floating-point CPU tensor of shape (", n,
@@ -199,69 +186,56 @@ void lamb_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   }
   TORCH_CHECK(phase >= 0 && phase <= 2, op, ": phase must be 0, 1 or 2, got ", phase);
   if (phase != 0) {
-    TORCH_CHECK(sq_sums.has_value() && sq_sums->defined(), op, ": phase ", phase, " needs sq_sums");
-    const at::Tensor& t = *sq_sums;
+    TORCH_CHECK(a.sq_sums.has_value() && a.sq_sums->defined(), op, ": phase ", phase,
+                " needs sq_sums");
+    const at::Tensor& t = *a.sq_sums;
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kDouble && t.dim() == 2 &&
                     t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2 && t.is_contiguous(),
                 op, ": sq_sums must be a contiguous float64 CPU tensor of shape (", n, ", 2), got ",
                 t.scalar_type(), " ", t.sizes(), " on ", t.device());
   }
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, mx.state},
-                                 {exp_avg_sqs, "exp_avg_sqs", true, mx.state}};
-  const int master_list = static_cast<int>(lists.size());
-  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
-  MultiTensor mt(op, std::move(lists));
-  if (skip_for_found_inf(found_inf)) return;
-  // Phase 1 counts the step; phase 2 uses the count phase 1 left (Note [LAMB passes]).
-  const std::vector<double> steps =
-      phase == 2 ? read_steps(state_steps) : increment_steps(state_steps);
-  const std::vector<uint32_t> keys = mx.mode == kStochastic && phase != 1
-                                         ? advance_sr_seeds(*sr_seeds)
-                                         : std::vector<uint32_t>(n, 0u);
-  if (n == 0) return;
+  // Phase 1 counts the step; phase 2 uses the count phase 1 left and advances the seeds
+  // (Note [LAMB passes]).
+  Update u(op, a, {{a.exp_avgs, "exp_avgs"}, {a.exp_avg_sqs, "exp_avg_sqs"}}, phase != 2,
+           phase != 1);
+  if (u.skip || n == 0) return;
 
-  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
     std::vector<LambScalars<opmath_t>> sc(n);
     for (size_t i = 0; i < n; ++i) {
       LambScalars<opmath_t>& s = sc[i];
-      s.beta1 = static_cast<opmath_t>(beta1);
-      s.one_minus_beta1 = static_cast<opmath_t>(1.0 - beta1);
-      s.beta2 = static_cast<opmath_t>(beta2);
-      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
+      s.beta1 = static_cast<opmath_t>(a.beta1);
+      s.one_minus_beta1 = static_cast<opmath_t>(1.0 - a.beta1);
+      s.beta2 = static_cast<opmath_t>(a.beta2);
+      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - a.beta2);
       s.bias_correction1 =
-          static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta1, steps[i]) : 1.0);
+          static_cast<opmath_t>(a.bias_correction ? 1.0 - std::pow(a.beta1, u.steps[i]) : 1.0);
       s.bias_correction2 =
-          static_cast<opmath_t>(bias_correction ? 1.0 - std::pow(beta2, steps[i]) : 1.0);
-      s.eps = static_cast<opmath_t>(eps);
-      s.weight_decay = static_cast<opmath_t>(weight_decay);
-      s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
+          static_cast<opmath_t>(a.bias_correction ? 1.0 - std::pow(a.beta2, u.steps[i]) : 1.0);
+      s.eps = static_cast<opmath_t>(a.eps);
+      s.weight_decay = static_cast<opmath_t>(a.weight_decay);
+      s.inv_grad_scale = static_cast<opmath_t>(u.inv_scale);
     }
-    const LambCall call{static_cast<int>(phase), lr_v, trust_clip, master_list, &keys};
+    const LambCall call{static_cast<int>(phase), u.lr, a.trust_clip, u.master_list, &u.keys};
     std::vector<double> sums(2 * n, 0.0);
     std::vector<double> norms(2 * n, 0.0);
     if (phase == 2) {
-      const double* given_sums = sq_sums->data_ptr<double>();
+      const double* given_sums = a.sq_sums->data_ptr<double>();
       std::copy(given_sums, given_sums + 2 * n, sums.begin());
     }
-    if (maximize) {
-      lamb_passes<param_t, state_t, MODE, true>(mt, sc, call, sums, norms);
+    if (a.maximize) {
+      lamb_passes<param_t, state_t, MODE, true>(*u.mt, sc, call, sums, norms);
     } else {
-      lamb_passes<param_t, state_t, MODE, false>(mt, sc, call, sums, norms);
+      lamb_passes<param_t, state_t, MODE, false>(*u.mt, sc, call, sums, norms);
     }
     if (phase == 1) {
-      std::copy(sums.begin(), sums.end(), sq_sums->data_ptr<double>());
+      std::copy(sums.begin(), sums.end(), a.sq_sums->data_ptr<double>());
     } else if (want_norms) {
-      tensor_norms->copy_(at::from_blob(norms.data(), {static_cast<int64_t>(n), 2},
-                                        at::TensorOptions().dtype(at::kDouble)));
+      a.tensor_norms->copy_(at::from_blob(norms.data(), {static_cast<int64_t>(n), 2},
+                                          at::TensorOptions().dtype(at::kDouble)));
     }
   });
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("lamb_", &lamb_cpu); }
 
 }  // namespace fusedopt::cpu

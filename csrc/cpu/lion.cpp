@@ -4,13 +4,10 @@
 // write p, m: 5*S (20 B in fp32, 10 B in bf16/fp16). With an fp32 master: + read/write 4 B each,
 // and p is written but not read.
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
-#include "../common/common.h"
-#include "../common/mixed.h"
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -45,42 +42,22 @@ void lion_group(MultiTensor& mt, const LionScalars<at::opmath_type<param_t>>& sc
   });
 }
 
-void lion_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-              at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
-              double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf,
-              const std::optional<at::TensorList>& master_params,
-              const std::optional<at::TensorList>& sr_seeds) {
-  constexpr const char* op = "fusedopt.lion_";
-  const Mixed mx = check_mixed(op, params, {exp_avgs}, master_params, sr_seeds);
-  check_steps(op, state_steps, params.size());
-  const double lr_v = scalar_value(lr, "lr");
-  const int32_t lr_dt = lr_dtype(lr);
-  const double inv_scale = inv_grad_scale(grad_scale);
-  std::vector<ListSpec> lists = {
-      {params, "params", true}, {grads, "grads", false}, {exp_avgs, "exp_avgs", true, mx.state}};
-  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
-  MultiTensor mt(op, std::move(lists));
-  if (skip_for_found_inf(found_inf)) return;
-  increment_steps(state_steps);
-  const std::vector<uint32_t> keys =
-      mx.mode == kStochastic ? advance_sr_seeds(*sr_seeds) : std::vector<uint32_t>();
-  if (params.empty()) return;
+}  // namespace
 
-  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
+void lion_(const ops::lion_::Args& a) {
+  Update u(op_label<ops::lion_>(), a, {{a.exp_avgs, "exp_avgs"}});
+  if (u.skip || a.params.empty()) return;
+
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
     const LionScalars<opmath_t> s =
-        make_lion_scalars<opmath_t>(lr_v, lr_dt, beta1, beta2, weight_decay, inv_scale);
-    if (maximize) {
-      lion_group<param_t, state_t, MODE, true>(mt, s, keys);
+        make_lion_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.weight_decay, u.inv_scale);
+    if (a.maximize) {
+      lion_group<param_t, state_t, MODE, true>(*u.mt, s, u.keys);
     } else {
-      lion_group<param_t, state_t, MODE, false>(mt, s, keys);
+      lion_group<param_t, state_t, MODE, false>(*u.mt, s, u.keys);
     }
   });
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("lion_", &lion_cpu); }
 
 }  // namespace fusedopt::cpu

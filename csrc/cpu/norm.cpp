@@ -3,11 +3,10 @@
 // combination (Note [fixed-order reductions]) so the norm has the same bits on any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/scalar_tensor.h>
-#include <torch/library.h>
 
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -52,22 +51,13 @@ struct SumSqBody<double> {
   }
 };
 
-at::Tensor sum_sq_cpu(at::TensorList tensors) {
+}  // namespace
+
+at::Tensor sum_sq(const ops::sum_sq::Args& a) {
   double total = 0.0;
   // Grads of different dtypes may be mixed: one MultiTensor per dtype run.
-  std::vector<std::vector<at::Tensor>> by_dtype;
-  std::vector<at::ScalarType> dtypes;
-  for (const at::Tensor& t : tensors) {
-    size_t k = 0;
-    while (k < dtypes.size() && dtypes[k] != t.scalar_type()) ++k;
-    if (k == dtypes.size()) {
-      dtypes.push_back(t.scalar_type());
-      by_dtype.emplace_back();
-    }
-    by_dtype[k].push_back(t);
-  }
-  for (auto& group : by_dtype) {
-    MultiTensor mt("fusedopt.sum_sq", {{group, "tensors", false}});
+  for (const std::vector<at::Tensor>& group : group_by_dtype(a.tensors)) {
+    MultiTensor mt(op_label<ops::sum_sq>(), {{group, "tensors", false}});
     if (mt.total_numel() == 0) continue;
     const Isa isa = current_isa();
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -82,9 +72,5 @@ at::Tensor sum_sq_cpu(at::TensorList tensors) {
   }
   return at::scalar_tensor(total, at::TensorOptions().dtype(at::kDouble));
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("sum_sq", &sum_sq_cpu); }
 
 }  // namespace fusedopt::cpu

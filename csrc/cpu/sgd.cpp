@@ -1,12 +1,9 @@
 // SGD (momentum, dampening, Nesterov, weight decay, maximize) on the CPU.
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
-#include "../common/common.h"
-#include "../common/mixed.h"
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -69,45 +66,27 @@ void sgd_dispatch(MultiTensor& mt, const SgdScalars<at::opmath_type<param_t>>& s
   }
 }
 
-void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-             const at::Tensor& lr, double momentum, double dampening, double weight_decay,
-             bool nesterov, bool maximize, bool is_first_step,
-             const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf,
-             const std::optional<at::TensorList>& master_params,
-             const std::optional<at::TensorList>& sr_seeds) {
-  constexpr const char* op = "fusedopt.sgd_";
-  const bool use_momentum = momentum != 0.0;
-  std::vector<at::TensorList> states;
-  if (use_momentum) states.push_back(momentum_buffers);
-  const Mixed mx = check_mixed(op, params, states, master_params, sr_seeds);
-  std::vector<ListSpec> lists = {{params, "params", true}, {grads, "grads", false}};
-  if (use_momentum) {
-    lists.push_back({momentum_buffers, "momentum_buffers", true, mx.state});
-  } else {
-    TORCH_CHECK(momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
-  }
-  const int master_list = static_cast<int>(lists.size());
-  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
-  const double lr_v = scalar_value(lr, "lr");
-  const double inv_scale = inv_grad_scale(grad_scale);
-  MultiTensor mt(op, std::move(lists));
-  if (skip_for_found_inf(found_inf)) return;
-  const std::vector<uint32_t> keys =
-      mx.mode == kStochastic ? advance_sr_seeds(*sr_seeds) : std::vector<uint32_t>();
-  if (params.empty()) return;
-
-  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
-    using opmath_t = at::opmath_type<param_t>;
-    const SgdScalars<opmath_t> s =
-        make_sgd_scalars<opmath_t>(lr_v, momentum, dampening, weight_decay, inv_scale);
-    sgd_dispatch<param_t, state_t, MODE>(mt, s, keys, master_list, use_momentum, is_first_step,
-                                         nesterov, maximize);
-  });
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("sgd_", &sgd_cpu); }
+void sgd_(const ops::sgd_::Args& a) {
+  const char* op = op_label<ops::sgd_>();
+  const bool use_momentum = a.momentum != 0.0;
+  std::vector<StateList> states;
+  if (use_momentum) {
+    states.push_back({a.momentum_buffers, "momentum_buffers"});
+  } else {
+    TORCH_CHECK(a.momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
+  }
+  Update u(op, a, states);
+  if (u.skip || a.params.empty()) return;
+
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
+    using opmath_t = at::opmath_type<param_t>;
+    const SgdScalars<opmath_t> s =
+        make_sgd_scalars<opmath_t>(u.lr, a.momentum, a.dampening, a.weight_decay, u.inv_scale);
+    sgd_dispatch<param_t, state_t, MODE>(*u.mt, s, u.keys, u.master_list, use_momentum,
+                                         a.is_first_step, a.nesterov, a.maximize);
+  });
+}
 
 }  // namespace fusedopt::cpu

@@ -6,13 +6,10 @@
 //   sophia_update_hessian_  read g, h; write h:          3*S (12 B fp32, 6 B bf16/fp16),
 //                           every k steps (k = 10 in the authors' recipe)
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
-#include "../common/common.h"
-#include "../common/mixed.h"
-#include "../common/multi_tensor.h"
 #include "fusedopt/math.h"
 #include "isa.h"
+#include "ops.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -62,62 +59,42 @@ void sophia_group(MultiTensor& mt, const SophiaScalars<at::opmath_type<param_t>>
   });
 }
 
-void sophia_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                at::TensorList hessians, at::TensorList state_steps, const at::Tensor& lr,
-                double beta1, double rho, double bs, double weight_decay, bool maximize,
-                const std::optional<at::Tensor>& grad_scale,
-                const std::optional<at::Tensor>& found_inf,
-                const std::optional<at::TensorList>& master_params,
-                const std::optional<at::TensorList>& sr_seeds) {
-  constexpr const char* op = "fusedopt.sophia_";
-  const Mixed mx = check_mixed(op, params, {exp_avgs, hessians}, master_params, sr_seeds);
-  check_steps(op, state_steps, params.size());
-  const double lr_v = scalar_value(lr, "lr");
-  const int32_t lr_dt = lr_dtype(lr);
-  const double inv_scale = inv_grad_scale(grad_scale);
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, mx.state},
-                                 {hessians, "hessians", false, mx.state}};
-  if (mx.mode == kMaster) lists.push_back({*master_params, "master_params", true, at::kFloat});
-  MultiTensor mt(op, std::move(lists));
-  if (skip_for_found_inf(found_inf)) return;
-  increment_steps(state_steps);
-  const std::vector<uint32_t> keys =
-      mx.mode == kStochastic ? advance_sr_seeds(*sr_seeds) : std::vector<uint32_t>();
-  if (params.empty()) return;
+}  // namespace
 
-  dispatch_mixed(mx, [&]<typename param_t, typename state_t, int MODE>() {
+void sophia_(const ops::sophia_::Args& a) {
+  Update u(op_label<ops::sophia_>(), a,
+           {{a.exp_avgs, "exp_avgs"}, {a.hessians, "hessians", false}});
+  if (u.skip || a.params.empty()) return;
+
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
-    const SophiaScalars<opmath_t> s =
-        make_sophia_scalars<opmath_t>(lr_v, lr_dt, beta1, rho, bs, weight_decay, inv_scale);
-    if (maximize) {
-      sophia_group<param_t, state_t, MODE, true>(mt, s, keys);
+    const SophiaScalars<opmath_t> s = make_sophia_scalars<opmath_t>(
+        u.lr, u.lr_dt, a.beta1, a.rho, a.bs, a.weight_decay, u.inv_scale);
+    if (a.maximize) {
+      sophia_group<param_t, state_t, MODE, true>(*u.mt, s, u.keys);
     } else {
-      sophia_group<param_t, state_t, MODE, false>(mt, s, keys);
+      sophia_group<param_t, state_t, MODE, false>(*u.mt, s, u.keys);
     }
   });
 }
 
-void sophia_update_hessian_cpu(at::TensorList hessians, at::TensorList grads, double beta2,
-                               const std::optional<at::Tensor>& grad_scale,
-                               const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "fusedopt.sophia_update_hessian_";
-  const double inv_scale = inv_grad_scale(grad_scale);
+void sophia_update_hessian_(const ops::sophia_update_hessian_::Args& a) {
+  const char* op = op_label<ops::sophia_update_hessian_>();
+  const double inv_scale = inv_grad_scale(a.grad_scale);
   // The grads are the params' dtype; the hessians are state (Note [mixed precision]).
-  const Mixed mx = check_mixed(op, grads, {hessians}, std::nullopt, std::nullopt);
+  const Mixed mx = check_mixed(op, a.grads, {a.hessians}, std::nullopt, std::nullopt);
   // The hessians take the params' place as the reference layout: they share the params' shapes
   // and (created with preserve_format) strides.
-  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false, mx.param}});
-  if (skip_for_found_inf(found_inf) || hessians.empty()) return;
+  MultiTensor mt(op, {{a.hessians, "hessians", true}, {a.grads, "grads", false, mx.param}});
+  if (skip_for_found_inf(a.found_inf) || a.hessians.empty()) return;
 
   dispatch_mixed(mx, [&]<typename grad_t, typename state_t, int MODE>() {
     if constexpr (MODE == kPlain) {  // the only mode here: no other instantiations
       using opmath_t = at::opmath_type<grad_t>;
       using Body = SophiaHessianBody<grad_t, state_t, opmath_t>;
       SophiaHessianScalars<opmath_t> s;
-      s.beta2 = static_cast<opmath_t>(beta2);
-      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
+      s.beta2 = static_cast<opmath_t>(a.beta2);
+      s.one_minus_beta2 = static_cast<opmath_t>(1.0 - a.beta2);
       s.inv_grad_scale = static_cast<opmath_t>(inv_scale);
       const Isa isa = current_isa();
       mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
@@ -126,13 +103,6 @@ void sophia_update_hessian_cpu(at::TensorList hessians, at::TensorList grads, do
       });
     }
   });
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
-  m.impl("sophia_", &sophia_cpu);
-  m.impl("sophia_update_hessian_", &sophia_update_hessian_cpu);
 }
 
 }  // namespace fusedopt::cpu

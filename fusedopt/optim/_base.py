@@ -330,17 +330,17 @@ class FusedOptimizer(Optimizer):
         itself (torch.compile traces the op; the Triton and reference backends are Python)."""
         plan = self._step_plan(b, lists)
         if plan is not None:
-            getattr(plan, self._op)(grads, *scalars, grad_scale, found_inf)
+            plan.call(grads, *scalars, grad_scale, found_inf)
             return
         fn(lists[0], grads, *lists[1:], *scalars, grad_scale, found_inf, b.masters, b.seeds)
 
-    @staticmethod
-    def _step_plan(b: _Bucket, lists: list[list[Tensor]]) -> Any:
-        """The bucket's C++ StepPlan over ``lists`` (the op's lists but the grads), or None."""
+    def _step_plan(self, b: _Bucket, lists: list[list[Tensor]]) -> Any:
+        """The bucket's C++ StepPlan over ``lists`` (the op's lists but the grads and the
+        mixed-precision lists, which the bucket adds), or None."""
         if b.backend not in ("cpu", "cuda") or torch.compiler.is_compiling():
             return None
         if b.cplan is None:
-            b.cplan = _dispatch.step_plan(lists, b.masters, b.seeds)
+            b.cplan = _dispatch.step_plan(self._op, [*lists, b.masters, b.seeds])
         return b.cplan
 
     # -- the step -----------------------------------------------------------------------------

@@ -186,7 +186,7 @@ class LAMB(FusedOptimizer):
         if b.mesh_dims is None or not b.mesh_dims[1]:
             plan = self._step_plan(b, [b.params, b.states[0], b.states[1], b.steps])
             if plan is not None:  # the same call, only the grads cross from Python
-                plan.lamb_(grads, *args[5:13], grad_scale, found_inf)
+                plan.call(grads, *args[5:16], 0, None)
             else:
                 fn(*args)
             return

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fusedopt/mixed_generated.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FUSEDOPT_INLINE __forceinline__
 #else
@@ -344,25 +346,10 @@ enum ParamMode : int {
   kStochastic = 2,  // bf16 param, written with stochastic rounding
 };
 
-// Every (param dtype, param type, state dtype, state type, ParamMode) the compiled kernels are
-// built for, listed once for the CPU dispatch (common/mixed.h) and the CUDA one (cuda/functors.h):
-// X(P, PT, S, ST, MODE) with P/S at::ScalarType names. fusedopt::check_mixed admits exactly these.
-#define FUSEDOPT_FOR_EACH_MIXED(X)                             \
-  X(kFloat, float, kFloat, float, kPlain)                      \
-  X(kDouble, double, kDouble, double, kPlain)                  \
-  X(kHalf, at::Half, kHalf, at::Half, kPlain)                  \
-  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kPlain)  \
-  X(kFloat, float, kBFloat16, at::BFloat16, kPlain)            \
-  X(kBFloat16, at::BFloat16, kFloat, float, kPlain)            \
-  X(kHalf, at::Half, kFloat, float, kPlain)                    \
-  X(kHalf, at::Half, kBFloat16, at::BFloat16, kPlain)          \
-  X(kHalf, at::Half, kHalf, at::Half, kMaster)                 \
-  X(kBFloat16, at::BFloat16, kFloat, float, kMaster)           \
-  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kMaster) \
-  X(kHalf, at::Half, kFloat, float, kMaster)                   \
-  X(kHalf, at::Half, kBFloat16, at::BFloat16, kMaster)         \
-  X(kBFloat16, at::BFloat16, kFloat, float, kStochastic)       \
-  X(kBFloat16, at::BFloat16, kBFloat16, at::BFloat16, kStochastic)
+// FUSEDOPT_FOR_EACH_MIXED(X): every (param dtype, state dtype, ParamMode) the compiled kernels
+// are built for, generated from fusedopt/_opdefs.py's MIXED (its one definition) for the CPU
+// dispatch (common/mixed.h) and the CUDA one (cuda/functors.h). fusedopt::check_mixed admits
+// exactly these.
 
 C10_HOST_DEVICE FUSEDOPT_INLINE uint32_t float_bits(float x) {
 #if defined(__CUDA_ARCH__)

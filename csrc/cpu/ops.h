@@ -1,0 +1,71 @@
+// The CPU kernels of the fusedopt ops, one function of the op's argument struct each
+// (registered for the CPU dispatch key in register.cpp), and the checks and bookkeeping every
+// update op does before its kernel runs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+#include "../common/common.h"
+#include "../common/mixed.h"
+#include "../common/multi_tensor.h"
+#include "../common/op_glue.h"
+#include "fusedopt/ops_generated.h"
+
+namespace fusedopt::cpu {
+
+#define FUSEDOPT_CPU_DECLARE(op) Return<ops::op> op(const ops::op::Args& a);
+FUSEDOPT_FOR_EACH_OP(FUSEDOPT_CPU_DECLARE)
+#undef FUSEDOPT_CPU_DECLARE
+
+// A state list of an update op: element i belongs to params[i], in the call's state dtype.
+struct StateList {
+  at::TensorList tensors;
+  const char* name;
+  bool written = true;
+};
+
+// The common start of an update op (an Args with params, grads, lr, grad_scale, found_inf,
+// master_params, sr_seeds and optionally state_steps): validates every argument and stages
+// the lists (nothing is written before), then, unless found_inf is set, counts the step
+// (`count_step`; else reads the counters) and advances the stochastic-rounding seeds
+// (`advance_seeds`).
+struct Update {
+  Mixed mx;
+  std::optional<MultiTensor> mt;  // lists: params, grads, the states, then master_params
+  int master_list = 0;            // the index of master_params in mt (kMaster)
+  double lr = 0;
+  int32_t lr_dt = 0;
+  double inv_scale = 1;
+  bool skip = false;           // found_inf is set: the op changes nothing
+  std::vector<double> steps;   // the step counters' (new) values
+  std::vector<uint32_t> keys;  // the stochastic-rounding keys (kStochastic)
+
+  template <class Args>
+  Update(const char* op, const Args& a, const std::vector<StateList>& states,
+         bool count_step = true, bool advance_seeds = true) {
+    std::vector<at::TensorList> state_lists;
+    for (const StateList& s : states) state_lists.push_back(s.tensors);
+    mx = check_mixed(op, a.params, state_lists, a.master_params, a.sr_seeds);
+    std::vector<ListSpec> lists = {{a.params, "params", true}, {a.grads, "grads", false}};
+    for (const StateList& s : states) lists.push_back({s.tensors, s.name, s.written, mx.state});
+    master_list = static_cast<int>(lists.size());
+    if (mx.mode == kMaster) lists.push_back({*a.master_params, "master_params", true, at::kFloat});
+    constexpr bool has_steps = requires { a.state_steps; };
+    if constexpr (has_steps) check_steps(op, a.state_steps, a.params.size());
+    lr = scalar_value(a.lr, "lr");
+    lr_dt = lr_dtype(a.lr);
+    inv_scale = inv_grad_scale(a.grad_scale);
+    mt.emplace(op, std::move(lists));
+    skip = skip_for_found_inf(a.found_inf);
+    if (skip) return;
+    if constexpr (has_steps) {
+      steps = count_step ? increment_steps(a.state_steps) : read_steps(a.state_steps);
+    }
+    if (mx.mode == kStochastic && advance_seeds) keys = advance_sr_seeds(*a.sr_seeds);
+  }
+};
+
+}  // namespace fusedopt::cpu
