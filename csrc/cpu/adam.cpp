@@ -37,18 +37,10 @@ struct AdamBody {
 template <typename param_t, typename state_t, int MODE, bool DECOUPLED, bool AMSGRAD, bool MAXIMIZE>
 void adam_group(MultiTensor& mt, const std::vector<AdamScalars<at::opmath_type<param_t>>>& sc,
                 const std::vector<uint32_t>& keys, int master_list) {
-  using opmath_t = at::opmath_type<param_t>;
-  using Body = AdamBody<param_t, state_t, opmath_t, MODE, DECOUPLED, AMSGRAD, MAXIMIZE>;
-  const Isa isa = current_isa();
-  mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-    auto st = [&](int k) { return static_cast<state_t*>(t.ptr[k]) + lo; };
-    param_t* p = static_cast<param_t*>(t.ptr[0]) + lo;
-    const param_t* g = static_cast<const param_t*>(t.ptr[1]) + lo;
-    float* master = MODE == kMaster ? static_cast<float*>(t.ptr[master_list]) + lo : nullptr;
-    const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;
-    run_isa<Body>(isa, p, g, st(2), st(3), AMSGRAD ? st(4) : static_cast<state_t*>(nullptr), master,
-                  hi - lo, &sc[t.index], key, lo);
-  });
+  using Body =
+      AdamBody<param_t, state_t, at::opmath_type<param_t>, MODE, DECOUPLED, AMSGRAD, MAXIMIZE>;
+  run_update<Body, param_t, state_t, MODE, true, true, AMSGRAD>(mt, sc.data(), true, keys,
+                                                                master_list);
 }
 
 // Turns run-time flags into template parameters, once per call (not per element).

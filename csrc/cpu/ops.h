@@ -5,7 +5,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "../common/common.h"
@@ -13,6 +15,7 @@
 #include "../common/multi_tensor.h"
 #include "../common/op_glue.h"
 #include "fusedopt/ops_generated.h"
+#include "isa.h"
 
 namespace fusedopt::cpu {
 
@@ -67,5 +70,27 @@ struct Update {
     if (mx.mode == kStochastic && advance_seeds) keys = advance_sr_seeds(*a.sr_seeds);
   }
 };
+
+// Runs an update loop Body (Note [SIMD by target attribute] in isa.h) over every range of `mt`
+// at the current ISA: Body::run(p, g, s_0, ..., master, n, scalars, key, j0) with s_k the range
+// of list 2 + k when USE[k] (else nullptr: the op does not take that list now), master the fp32
+// copy (list master_list, kMaster only), scalars the tensor's entry when per_tensor (else the
+// one entry), key the tensor's stochastic-rounding key (kStochastic only), j0 the range's start.
+template <class Body, class param_t, class state_t, int MODE, bool... USE, class S>
+void run_update(MultiTensor& mt, const S* scalars, bool per_tensor,
+                const std::vector<uint32_t>& keys, int master_list) {
+  constexpr bool use[] = {USE...};
+  const Isa isa = current_isa();
+  mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
+    float* master = MODE == kMaster ? static_cast<float*>(t.ptr[master_list]) + lo : nullptr;
+    const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;
+    [&]<size_t... K>(std::index_sequence<K...>) {
+      run_isa<Body>(isa, static_cast<param_t*>(t.ptr[0]) + lo,
+                    static_cast<const param_t*>(t.ptr[1]) + lo,
+                    (use[K] ? static_cast<state_t*>(t.ptr[2 + K]) + lo : nullptr)..., master,
+                    hi - lo, per_tensor ? scalars + t.index : scalars, key, lo);
+    }(std::make_index_sequence<sizeof...(USE)>{});
+  });
+}
 
 }  // namespace fusedopt::cpu

@@ -31,15 +31,7 @@ void sgd_group(MultiTensor& mt, const SgdScalars<at::opmath_type<param_t>>& sc,
                const std::vector<uint32_t>& keys, int master_list) {
   using Body = SgdBody<param_t, state_t, at::opmath_type<param_t>, MODE, MOMENTUM, FIRST, NESTEROV,
                        MAXIMIZE>;
-  const Isa isa = current_isa();
-  mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-    param_t* p = static_cast<param_t*>(t.ptr[0]) + lo;
-    const param_t* g = static_cast<const param_t*>(t.ptr[1]) + lo;
-    state_t* buf = MOMENTUM ? static_cast<state_t*>(t.ptr[2]) + lo : nullptr;
-    float* master = MODE == kMaster ? static_cast<float*>(t.ptr[master_list]) + lo : nullptr;
-    const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;
-    run_isa<Body>(isa, p, g, buf, master, hi - lo, &sc, key, lo);
-  });
+  run_update<Body, param_t, state_t, MODE, MOMENTUM>(mt, &sc, false, keys, master_list);
 }
 
 template <typename param_t, typename state_t, int MODE>

@@ -49,14 +49,7 @@ template <typename param_t, typename state_t, int MODE, bool MAXIMIZE>
 void sophia_group(MultiTensor& mt, const SophiaScalars<at::opmath_type<param_t>>& sc,
                   const std::vector<uint32_t>& keys) {
   using Body = SophiaBody<param_t, state_t, at::opmath_type<param_t>, MODE, MAXIMIZE>;
-  const Isa isa = current_isa();
-  mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
-    float* master = MODE == kMaster ? static_cast<float*>(t.ptr[4]) + lo : nullptr;
-    const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;
-    run_isa<Body>(isa, static_cast<param_t*>(t.ptr[0]) + lo,
-                  static_cast<const param_t*>(t.ptr[1]) + lo, static_cast<state_t*>(t.ptr[2]) + lo,
-                  static_cast<const state_t*>(t.ptr[3]) + lo, master, hi - lo, &sc, key, lo);
-  });
+  run_update<Body, param_t, state_t, MODE, true, true>(mt, &sc, false, keys, 4);
 }
 
 }  // namespace
