@@ -67,12 +67,10 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
     }
     return pos;
   }();
-  static constexpr size_t kLists = [] {
-    size_t n = 0;
-    for (size_t i = 0; i < kN; ++i) n += kList[i] && static_cast<int>(i) != Op::kGrads;
-    return n;
-  }();
-  static constexpr size_t kRest = kN - kLists - (Op::kGrads >= 0 ? 1 : 0);
+  static_assert(Op::kGrads >= 0, "a StepPlan takes the grads anew every call");
+  // The list arguments but the grads.
+  static constexpr size_t kLists = ((kIsList<A> || kIsOptList<A>)+...) - 1;
+  static constexpr size_t kRest = kN - kLists - 1;
 
   // The values after the grads, converted from Python (list arguments: an unused placeholder).
   using Held =
