@@ -196,6 +196,15 @@ void with_mode_flag(bool value, Fn&& fn) {
 // The value of a compile-time flag handed to a dispatch lambda.
 #define FUSEDOPT_V(flag) std::decay_t<decltype(flag)>::value
 
+// run() of an op whose functors F<M, MAXIMIZE> have no other flag.
+template <template <class, int> class F, class Runner, class Params>
+void run_maximize(Runner& r, const Job& job, const Params& p, const char* name) {
+  dispatch_storage(job, name, [&](auto storage) {
+    using M = std::decay_t<decltype(storage)>;
+    with_mode_flag<M>(p.maximize, [&](auto max) { r.template run<F<M, FUSEDOPT_V(max)>>(job, p); });
+  });
+}
+
 // The scalars of every update op (Note [scalars on the device]), the first fields of its Params.
 struct UpdateScalars {
   ScalarArg lr, grad_scale, found_inf;
@@ -388,11 +397,7 @@ struct OpKernels<ops::lion_> {
   }
   template <class Runner>
   static void run(Runner& r, const Job& job, const Params& p) {
-    dispatch_storage(job, "fusedopt_lion_cuda", [&](auto storage) {
-      using M = std::decay_t<decltype(storage)>;
-      with_mode_flag<M>(p.maximize,
-                        [&](auto max) { r.template run<LionFunctor<M, FUSEDOPT_V(max)>>(job, p); });
-    });
+    run_maximize<LionFunctor>(r, job, p, "fusedopt_lion_cuda");
   }
 };
 
@@ -435,11 +440,7 @@ struct OpKernels<ops::sophia_> {
   }
   template <class Runner>
   static void run(Runner& r, const Job& job, const Params& p) {
-    dispatch_storage(job, "fusedopt_sophia_cuda", [&](auto storage) {
-      using M = std::decay_t<decltype(storage)>;
-      with_mode_flag<M>(
-          p.maximize, [&](auto max) { r.template run<SophiaFunctor<M, FUSEDOPT_V(max)>>(job, p); });
-    });
+    run_maximize<SophiaFunctor>(r, job, p, "fusedopt_sophia_cuda");
   }
 };
 
