@@ -136,7 +136,7 @@ void bind_host(py::module_& m) {
       },
       py::arg("addresses"), "Whether a parameter with these array addresses takes vector loads.");
 #ifdef FUSEDOPT_WITH_CUDA
-  p.def("device_arg_bytes", &gpu::arg_bytes, py::arg("device"),
+  p.def("device_arg_bytes", &GpuBackend::arg_bytes, py::arg("device"),
         "The kernel-argument space the CUDA kernels use on that GPU (asks the driver).");
 #endif
 
@@ -164,27 +164,20 @@ void bind_host(py::module_& m) {
       py::arg("arg_bytes") = kArgBytesLarge, py::arg("max_slots") = 0, py::arg("max_blocks") = 0,
       py::arg("scalars_by_pointer") = false,
       "Set how the simulated ops plan and run (defaults: as on the GPU).");
+#define FUSEDOPT_SIM_FIELD(field) d[#field] = v.field;
   s.def("config", [] {
-    const sim::Config& c = sim::config();
+    const sim::Config& v = sim::config();
     py::dict d;
-    d["chunk_size"] = c.chunk_size;
-    d["threads"] = c.threads;
-    d["arg_bytes"] = c.arg_bytes;
-    d["max_slots"] = c.max_slots;
-    d["max_blocks"] = c.max_blocks;
-    d["scalars_by_pointer"] = c.scalars_by_pointer;
+    FUSEDOPT_SIM_CONFIG_FIELDS(FUSEDOPT_SIM_FIELD)
     return d;
   });
   s.def("stats", [] {
-    const sim::Stats& st = sim::stats();
+    const sim::Stats& v = sim::stats();
     py::dict d;
-    d["launches"] = st.launches;
-    d["blocks"] = st.blocks;
-    d["vector_blocks"] = st.vector_blocks;
-    d["skipped_blocks"] = st.skipped_blocks;
-    d["step_launches"] = st.step_launches;
+    FUSEDOPT_SIM_STATS_FIELDS(FUSEDOPT_SIM_FIELD)
     return d;
   });
+#undef FUSEDOPT_SIM_FIELD
   s.def("reset", &sim::reset, "Default configuration, counters zeroed.");
 }
 

@@ -1,8 +1,11 @@
-// Thin per-optimizer functors for the multi-tensor block body (block.h): which arrays to load
-// and store, the per-block constants, and one call into the shared math (fusedopt/math.h) per
-// element. Modes are template parameters; the dispatchers at the bottom turn the op's flags
-// and dtypes into them once per call, for whichever runner (GPU or host simulation)
-// instantiates them.
+// The kernels of every op (OpKernels<Op>, jobs.h): thin per-optimizer functors for the
+// multi-tensor block body (block.h) saying which arrays to load and store, the per-block
+// constants and one call into the shared math (fusedopt/math.h) per element; the op's Params
+// (its arguments besides the launch table: hyperparameters as the op received them, the scalars
+// read on the device, Note [scalars on the device]); and run(), which turns the op's flags and
+// dtypes into template parameters once per call, for whichever runner (GPU or host simulation)
+// instantiates it. An elementwise update op also says which state lists it has and how its
+// Params come from its arguments; the host glue (glue.h) does the rest.
 //
 // The per-block constants mirror the CPU kernels' per-call ones, computed the same way in
 // double (csrc/cpu/<op>.cpp); tests/test_cuda_planner.py compares the two backends.
@@ -16,11 +19,13 @@
 
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
+#include "../common/multi_tensor.h"
 #include "block.h"
 #include "fusedopt/math.h"
+#include "fusedopt/ops_generated.h"
 #include "jobs.h"
-#include "params.h"
 
 namespace fusedopt::cuda {
 
@@ -118,6 +123,16 @@ struct UpdateLayout {
   static constexpr unsigned kRead = Layout::kRead;  \
   static constexpr unsigned kWrite = Layout::kWrite;
 
+// ... and the other members of an update functor without a reduction: its Params p, and skip()
+// when found_inf is set.
+#define FUSEDOPT_UPDATE(PARAMS, ...)     \
+  FUSEDOPT_LAYOUT(__VA_ARGS__)           \
+  using Params = PARAMS;                 \
+  static constexpr int kReduce = 0;      \
+  static constexpr bool kFinish = false; \
+  Params p;                              \
+  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
+
 // A block's constants and its stochastic-rounding key (kSeeded functors; 0 otherwise).
 template <class Scalars>
 struct Keyed {
@@ -138,18 +153,84 @@ struct NoState {
   int unused;
 };
 
+// ---- dispatch: run-time flags and dtypes to template parameters, once per call ----------------
+// Runner::run<F>(job, params) launches (or simulates) F over every launch of job.plan.
+
+// Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: one of
+// FUSEDOPT_FOR_EACH_MIXED (fusedopt/math.h), the list fusedopt::check_mixed admits.
+template <class Fn>
+void dispatch_storage(const Job& job, const char* name, Fn&& fn) {
+#define FUSEDOPT_STORAGE_CASE(P, PT, S, ST, MODE)                           \
+  if (job.dtype == at::P && job.state_dtype == at::S && job.mode == MODE) { \
+    return fn(Storage<PT, ST, MODE>{});                                     \
+  }
+  FUSEDOPT_FOR_EACH_MIXED(FUSEDOPT_STORAGE_CASE)
+#undef FUSEDOPT_STORAGE_CASE
+  TORCH_CHECK(false, name, ": unsupported dtype combination (params ", job.dtype, ", states ",
+              job.state_dtype, ", param mode ", job.mode, ")");
+}
+
+// fn(std::bool_constant<value>{}): a flag that changes which arrays are read or written, a
+// template parameter of every instantiation.
+template <class Fn>
+void with_bool(bool value, Fn&& fn) {
+  if (value) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+// fn(std::integral_constant<int, FLAG>{}) for a mode flag of storage M: FLAG is the value (0 or
+// 1) for the plain combinations (M::kFull), kDyn for the others (Note [mixed precision on the
+// GPU]).
+template <class M, class Fn>
+void with_mode_flag(bool value, Fn&& fn) {
+  if constexpr (M::kFull) {
+    with_bool(value, [&](auto v) { fn(std::integral_constant<int, decltype(v)::value>{}); });
+  } else {
+    fn(std::integral_constant<int, kDyn>{});
+  }
+}
+
+// The value of a compile-time flag handed to a dispatch lambda.
+#define FUSEDOPT_V(flag) std::decay_t<decltype(flag)>::value
+
+// run() of an op whose functors F<M, MAXIMIZE> have no other flag.
+template <template <class, int> class F, class Runner, class Params>
+void run_maximize(Runner& r, const Job& job, const Params& p, const char* name) {
+  dispatch_storage(job, name, [&](auto storage) {
+    using M = std::decay_t<decltype(storage)>;
+    with_mode_flag<M>(p.maximize, [&](auto max) { r.template run<F<M, FUSEDOPT_V(max)>>(job, p); });
+  });
+}
+
+// The scalars of every update op (Note [scalars on the device]), the first fields of its Params.
+struct UpdateScalars {
+  ScalarArg lr, grad_scale, found_inf;
+};
+
+// An elementwise update op's OpKernels also has (glue.h runs them, Note [mixed precision on the
+// GPU] for the arrays):
+//   states(args, op)       its state lists, in the functors' array order after param and grad
+//                          (dtype left unset: the call's state dtype); may reject the arguments
+//   params(args, scalars)  its Params, the int32_t mode flags set from the arguments
+// The mode flags are read by the functors whose template leaves them to run time (the
+// mixed-precision combinations) and by run().
+
+// ---- Adam / AdamW -----------------------------------------------------------------------------
+struct AdamParams : UpdateScalars {
+  double beta1, beta2, weight_decay, eps;
+  int32_t decoupled, amsgrad, maximize;
+};
+
 template <class M, int DECOUPLED, bool AMSGRAD, int MAXIMIZE>
 struct AdamFunctor {
   // p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]
-  FUSEDOPT_LAYOUT(
+  FUSEDOPT_UPDATE(
+      AdamParams,
       UpdateLayout<M, AMSGRAD ? 3 : 2, AMSGRAD ? 0x7u : 0x3u, AMSGRAD ? 0x7u : 0x3u, true, true>)
-  using Params = AdamParams;
   using State = Keyed<AdamScalars<opmath_t>>;
-  static constexpr int kReduce = 0;
-  static constexpr bool kFinish = false;
-  Params p;
-
-  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     return keyed<Layout>(make_adam_scalars<opmath_t>(
@@ -176,19 +257,49 @@ struct AdamFunctor {
   }
 };
 
+template <>
+struct OpKernels<ops::adam_> {
+  using Args = ops::adam_::Args;
+  using Params = AdamParams;
+  static std::vector<ListSpec> states(const Args& a, const char*) {
+    std::vector<ListSpec> s = {{a.exp_avgs, "exp_avgs", true},
+                               {a.exp_avg_sqs, "exp_avg_sqs", true}};
+    if (a.amsgrad) s.push_back({a.max_exp_avg_sqs, "max_exp_avg_sqs", true});
+    return s;
+  }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    const bool decoupled = a.decoupled_weight_decay;
+    return {s, a.beta1, a.beta2, a.weight_decay, a.eps, decoupled, a.amsgrad, a.maximize};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_adam_cuda", [&](auto storage) {
+      using M = std::decay_t<decltype(storage)>;
+      with_bool(p.amsgrad, [&](auto ams) {
+        with_mode_flag<M>(p.decoupled, [&](auto dec) {
+          with_mode_flag<M>(p.maximize, [&](auto max) {
+            using F = AdamFunctor<M, FUSEDOPT_V(dec), FUSEDOPT_V(ams), FUSEDOPT_V(max)>;
+            r.template run<F>(job, p);
+          });
+        });
+      });
+    });
+  }
+};
+
+// ---- SGD --------------------------------------------------------------------------------------
+struct SgdParams : UpdateScalars {
+  double momentum, dampening, weight_decay;
+  int32_t nesterov, maximize, first;
+};
+
 template <class M, bool MOMENTUM, bool FIRST, int NESTEROV, int MAXIMIZE>
 struct SgdFunctor {
   // p, g[, momentum_buffer][, master]. A buffer created this step is written, never read (it
   // may be uninitialised memory).
-  FUSEDOPT_LAYOUT(UpdateLayout<M, MOMENTUM ? 1 : 0, (MOMENTUM && !FIRST) ? 0x1u : 0x0u,
-                               MOMENTUM ? 0x1u : 0x0u, true, true>)
-  using Params = SgdParams;
+  FUSEDOPT_UPDATE(SgdParams, UpdateLayout<M, MOMENTUM ? 1 : 0, (MOMENTUM && !FIRST) ? 0x1u : 0x0u,
+                                          MOMENTUM ? 0x1u : 0x0u, true, true>)
   using State = Keyed<SgdScalars<opmath_t>>;
-  static constexpr int kReduce = 0;
-  static constexpr bool kFinish = false;
-  Params p;
-
-  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     return keyed<Layout>(make_sgd_scalars<opmath_t>(p.lr.get(), p.momentum, p.dampening,
@@ -213,16 +324,52 @@ struct SgdFunctor {
   }
 };
 
+template <>
+struct OpKernels<ops::sgd_> {
+  using Args = ops::sgd_::Args;
+  using Params = SgdParams;
+  static std::vector<ListSpec> states(const Args& a, const char* op) {
+    if (a.momentum != 0.0) return {{a.momentum_buffers, "momentum_buffers", true}};
+    TORCH_CHECK(a.momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
+    return {};
+  }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    return {s, a.momentum, a.dampening, a.weight_decay, a.nesterov, a.maximize, a.is_first_step};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_sgd_cuda", [&](auto storage) {
+      using M = std::decay_t<decltype(storage)>;
+      with_bool(p.momentum != 0.0, [&](auto momentum) {
+        with_mode_flag<M>(p.maximize, [&](auto max) {
+          if constexpr (!FUSEDOPT_V(momentum)) {
+            r.template run<SgdFunctor<M, false, false, 0, FUSEDOPT_V(max)>>(job, p);
+          } else {
+            with_bool(p.first, [&](auto first) {
+              with_mode_flag<M>(p.nesterov, [&](auto nesterov) {
+                using F =
+                    SgdFunctor<M, true, FUSEDOPT_V(first), FUSEDOPT_V(nesterov), FUSEDOPT_V(max)>;
+                r.template run<F>(job, p);
+              });
+            });
+          }
+        });
+      });
+    });
+  }
+};
+
+// ---- Lion -------------------------------------------------------------------------------------
+struct LionParams : UpdateScalars {
+  double beta1, beta2, weight_decay;
+  int32_t maximize;
+};
+
 template <class M, int MAXIMIZE>
 struct LionFunctor {
-  FUSEDOPT_LAYOUT(UpdateLayout<M, 1, 0x1u, 0x1u, true, true>)  // p, g, exp_avg[, master]
-  using Params = LionParams;
+  // p, g, exp_avg[, master]
+  FUSEDOPT_UPDATE(LionParams, UpdateLayout<M, 1, 0x1u, 0x1u, true, true>)
   using State = Keyed<LionScalars<opmath_t>>;
-  static constexpr int kReduce = 0;
-  static constexpr bool kFinish = false;
-  Params p;
-
-  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     return keyed<Layout>(make_lion_scalars<opmath_t>(p.lr.get(), p.lr.lr_dtype(), p.beta1, p.beta2,
@@ -238,17 +385,33 @@ struct LionFunctor {
   }
 };
 
+template <>
+struct OpKernels<ops::lion_> {
+  using Args = ops::lion_::Args;
+  using Params = LionParams;
+  static std::vector<ListSpec> states(const Args& a, const char*) {
+    return {{a.exp_avgs, "exp_avgs", true}};
+  }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    return {s, a.beta1, a.beta2, a.weight_decay, a.maximize};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    run_maximize<LionFunctor>(r, job, p, "fusedopt_lion_cuda");
+  }
+};
+
+// ---- SophiaG ----------------------------------------------------------------------------------
+struct SophiaParams : UpdateScalars {
+  double beta1, rho, bs, weight_decay;
+  int32_t maximize;
+};
+
 template <class M, int MAXIMIZE>
 struct SophiaFunctor {
   // p, g, exp_avg, hessian (read only)[, master]
-  FUSEDOPT_LAYOUT(UpdateLayout<M, 2, 0x3u, 0x1u, true, true>)
-  using Params = SophiaParams;
+  FUSEDOPT_UPDATE(SophiaParams, UpdateLayout<M, 2, 0x3u, 0x1u, true, true>)
   using State = Keyed<SophiaScalars<opmath_t>>;
-  static constexpr int kReduce = 0;
-  static constexpr bool kFinish = false;
-  Params p;
-
-  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     return keyed<Layout>(
@@ -265,8 +428,29 @@ struct SophiaFunctor {
   }
 };
 
+template <>
+struct OpKernels<ops::sophia_> {
+  using Args = ops::sophia_::Args;
+  using Params = SophiaParams;
+  static std::vector<ListSpec> states(const Args& a, const char*) {
+    return {{a.exp_avgs, "exp_avgs", true}, {a.hessians, "hessians", false}};
+  }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    return {s, a.beta1, a.rho, a.bs, a.weight_decay, a.maximize};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    run_maximize<SophiaFunctor>(r, job, p, "fusedopt_sophia_cuda");
+  }
+};
+
 // Sophia's curvature EMA: hessians in the state dtype, grads in the params', math in the
-// params' opmath (M::kMode is kPlain).
+// params' opmath (M::kMode is kPlain). Not an update op: its host glue is its own (glue.h).
+struct SophiaHessianParams {
+  ScalarArg grad_scale, found_inf;
+  double beta2;
+};
+
 template <class M>
 struct SophiaHessianFunctor {
   using opmath_t = typename M::opmath_t;
@@ -298,6 +482,22 @@ struct SophiaHessianFunctor {
   }
 };
 
+template <>
+struct OpKernels<ops::sophia_update_hessian_> {
+  using Params = SophiaHessianParams;
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_sophia_hessian_cuda", [&](auto storage) {
+      using M = std::decay_t<decltype(storage)>;
+      if constexpr (M::kMode == kPlain) {
+        return r.template run<SophiaHessianFunctor<M>>(job, p);
+      } else {
+        TORCH_CHECK(false, "fusedopt.sophia_update_hessian_: no param mode");
+      }
+    });
+  }
+};
+
 // ---- LAMB -------------------------------------------------------------------------------------
 // Two passes (Note [LAMB passes] in csrc/cpu/lamb.cpp), both computing u from the moments in
 // opmath precision, as fusedopt.reference does:
@@ -309,6 +509,20 @@ struct SophiaHessianFunctor {
 // exactly, and pass 2 reads them back; otherwise storing would round them, so pass 1 only reads
 // and pass 2 recomputes the moments from the same old values and stores them. Phase 2 of a
 // call whose phase 1 ran (with the same arguments) thus finds the moments as it expects.
+// LAMB's host glue is its own (glue.h: phases, norms).
+
+struct LambParams : UpdateScalars {
+  double beta1, beta2, weight_decay, eps;
+  double trust_clip;
+  int32_t bias_correction;
+  int32_t has_trust_clip;
+  int32_t maximize;
+  int32_t steps_done;            // the counters already hold this step (phase 2)
+  int32_t finish_sums;           // pass 1 stores the sums of squares, not their roots (phase 1)
+  double* partials;              // [global block][2]: sums of p^2 and u^2
+  unsigned long long* counters;  // [param]: blocks done (Note [multi-tensor reductions])
+  double* norms;                 // [param][2]: ||p||, ||u|| (pass 1 writes, pass 2 reads them)
+};
 
 template <typename opmath_t>
 C10_HOST_DEVICE inline LambScalars<opmath_t> lamb_scalars(const LambParams& p,
@@ -394,14 +608,9 @@ struct LambApplyScalars {
 template <class M, int MAXIMIZE, bool STORED>
 struct LambApplyFunctor {
   // p, g (read unless STORED), exp_avg, exp_avg_sq (written unless STORED)[, master]
-  FUSEDOPT_LAYOUT(UpdateLayout<M, 2, 0x3u, STORED ? 0x0u : 0x3u, !STORED, true>)
-  using Params = LambParams;
+  FUSEDOPT_UPDATE(LambParams, UpdateLayout<M, 2, 0x3u, STORED ? 0x0u : 0x3u, !STORED, true>)
   using State = Keyed<LambApplyScalars<opmath_t>>;
-  static constexpr int kReduce = 0;
-  static constexpr bool kFinish = false;
-  Params p;
 
-  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     LambApplyScalars<opmath_t> sc;
     sc.s = lamb_scalars<opmath_t>(p, slot);
@@ -421,8 +630,42 @@ struct LambApplyFunctor {
   }
 };
 
-// Sum of squares in fp64 of values widened as the CPU kernel widens them (through float for
-// fp16/bf16, csrc/cpu/norm.cpp).
+// The passes of the call's phase: 1 (the norms) for phase 1, 2 (the update) for phase 2, both
+// for phase 0; the second launch sequence starts after the first has finished (one stream).
+template <>
+struct OpKernels<ops::lamb_> {
+  using Params = LambParams;
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_lamb_cuda", [&](auto storage) {
+      using M = std::decay_t<decltype(storage)>;
+      using M1 = LambPass1Storage<M>;
+      constexpr bool kStore = kLambStoreInPass1<M>;
+      if (!p.steps_done) {
+        with_mode_flag<M1>(p.maximize, [&](auto max) {
+          r.template run<LambNormsFunctor<M1, FUSEDOPT_V(max), kStore>>(job, p);
+        });
+      }
+      if (!p.finish_sums) {
+        if constexpr (kStore) {
+          r.template run<LambApplyFunctor<M, 0, true>>(job, p);  // maximize is in the moments
+        } else {
+          with_mode_flag<M>(p.maximize, [&](auto max) {
+            r.template run<LambApplyFunctor<M, FUSEDOPT_V(max), false>>(job, p);
+          });
+        }
+      }
+    });
+  }
+};
+
+// ---- sum of squares ---------------------------------------------------------------------------
+// In fp64, of values widened as the CPU kernel widens them (through float for fp16/bf16,
+// csrc/cpu/norm.cpp). Host glue: glue.h.
+struct SumSqParams {
+  double* partials;  // [global block]
+};
+
 template <typename scalar_t>
 struct SumSqFunctor {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -451,160 +694,16 @@ struct SumSqFunctor {
   }
 };
 
-// ---- dispatch: run-time flags and dtypes to template parameters, once per call ----------------
-// Runner::run<F>(job, params) launches (or simulates) F over every launch of job.plan.
-
-// Calls fn(Storage<param_t, state_t, MODE>{}) for the job's combination: one of
-// FUSEDOPT_FOR_EACH_MIXED (fusedopt/math.h), the list fusedopt::check_mixed admits.
-template <class Fn>
-void dispatch_storage(const Job& job, const char* name, Fn&& fn) {
-#define FUSEDOPT_STORAGE_CASE(P, PT, S, ST, MODE)                           \
-  if (job.dtype == at::P && job.state_dtype == at::S && job.mode == MODE) { \
-    return fn(Storage<PT, ST, MODE>{});                                     \
+template <>
+struct OpKernels<ops::sum_sq> {
+  using Params = SumSqParams;
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "fusedopt_sum_sq_cuda",
+                                    [&] { return r.template run<SumSqFunctor<scalar_t>>(job, p); });
   }
-  FUSEDOPT_FOR_EACH_MIXED(FUSEDOPT_STORAGE_CASE)
-#undef FUSEDOPT_STORAGE_CASE
-  TORCH_CHECK(false, name, ": unsupported dtype combination (params ", job.dtype, ", states ",
-              job.state_dtype, ", param mode ", job.mode, ")");
-}
+};
 
-template <class Runner>
-void dispatch_adam(Runner& r, const Job& job, AdamParams p, bool decoupled, bool amsgrad,
-                   bool maximize) {
-  p.decoupled = decoupled;
-  p.maximize = maximize;
-  dispatch_storage(job, "fusedopt_adam_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    if constexpr (M::kFull) {
-      const int mode = (decoupled ? 4 : 0) | (amsgrad ? 2 : 0) | (maximize ? 1 : 0);
-      switch (mode) {
-        case 0: return r.template run<AdamFunctor<M, 0, false, 0>>(job, p);
-        case 1: return r.template run<AdamFunctor<M, 0, false, 1>>(job, p);
-        case 2: return r.template run<AdamFunctor<M, 0, true, 0>>(job, p);
-        case 3: return r.template run<AdamFunctor<M, 0, true, 1>>(job, p);
-        case 4: return r.template run<AdamFunctor<M, 1, false, 0>>(job, p);
-        case 5: return r.template run<AdamFunctor<M, 1, false, 1>>(job, p);
-        case 6: return r.template run<AdamFunctor<M, 1, true, 0>>(job, p);
-        default: return r.template run<AdamFunctor<M, 1, true, 1>>(job, p);
-      }
-    } else {
-      return amsgrad ? r.template run<AdamFunctor<M, kDyn, true, kDyn>>(job, p)
-                     : r.template run<AdamFunctor<M, kDyn, false, kDyn>>(job, p);
-    }
-  });
-}
-
-template <class Runner>
-void dispatch_sgd(Runner& r, const Job& job, SgdParams p, bool momentum, bool first, bool nesterov,
-                  bool maximize) {
-  p.nesterov = nesterov;
-  p.maximize = maximize;
-  dispatch_storage(job, "fusedopt_sgd_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    if constexpr (M::kFull) {
-      if (!momentum) {
-        return maximize ? r.template run<SgdFunctor<M, false, false, 0, 1>>(job, p)
-                        : r.template run<SgdFunctor<M, false, false, 0, 0>>(job, p);
-      }
-      const int mode = (first ? 4 : 0) | (nesterov ? 2 : 0) | (maximize ? 1 : 0);
-      switch (mode) {
-        case 0: return r.template run<SgdFunctor<M, true, false, 0, 0>>(job, p);
-        case 1: return r.template run<SgdFunctor<M, true, false, 0, 1>>(job, p);
-        case 2: return r.template run<SgdFunctor<M, true, false, 1, 0>>(job, p);
-        case 3: return r.template run<SgdFunctor<M, true, false, 1, 1>>(job, p);
-        case 4: return r.template run<SgdFunctor<M, true, true, 0, 0>>(job, p);
-        case 5: return r.template run<SgdFunctor<M, true, true, 0, 1>>(job, p);
-        case 6: return r.template run<SgdFunctor<M, true, true, 1, 0>>(job, p);
-        default: return r.template run<SgdFunctor<M, true, true, 1, 1>>(job, p);
-      }
-    } else {
-      if (!momentum) return r.template run<SgdFunctor<M, false, false, 0, kDyn>>(job, p);
-      return first ? r.template run<SgdFunctor<M, true, true, kDyn, kDyn>>(job, p)
-                   : r.template run<SgdFunctor<M, true, false, kDyn, kDyn>>(job, p);
-    }
-  });
-}
-
-template <class Runner>
-void dispatch_lion(Runner& r, const Job& job, LionParams p, bool maximize) {
-  p.maximize = maximize;
-  dispatch_storage(job, "fusedopt_lion_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    if constexpr (M::kFull) {
-      return maximize ? r.template run<LionFunctor<M, 1>>(job, p)
-                      : r.template run<LionFunctor<M, 0>>(job, p);
-    } else {
-      return r.template run<LionFunctor<M, kDyn>>(job, p);
-    }
-  });
-}
-
-template <class Runner>
-void dispatch_sophia(Runner& r, const Job& job, SophiaParams p, bool maximize) {
-  p.maximize = maximize;
-  dispatch_storage(job, "fusedopt_sophia_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    if constexpr (M::kFull) {
-      return maximize ? r.template run<SophiaFunctor<M, 1>>(job, p)
-                      : r.template run<SophiaFunctor<M, 0>>(job, p);
-    } else {
-      return r.template run<SophiaFunctor<M, kDyn>>(job, p);
-    }
-  });
-}
-
-template <class Runner>
-void dispatch_sophia_hessian(Runner& r, const Job& job, const SophiaHessianParams& p) {
-  dispatch_storage(job, "fusedopt_sophia_hessian_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    if constexpr (M::kMode == kPlain) {
-      return r.template run<SophiaHessianFunctor<M>>(job, p);
-    } else {
-      TORCH_CHECK(false, "fusedopt.sophia_update_hessian_: no param mode");
-    }
-  });
-}
-
-// LAMB's passes (1, 2 or both: `passes` bits); the second launch sequence starts after the first
-// has finished (one stream).
-template <class Runner>
-void dispatch_lamb(Runner& r, const Job& job, LambParams p, bool maximize, int passes) {
-  p.maximize = maximize;
-  dispatch_storage(job, "fusedopt_lamb_cuda", [&](auto storage) {
-    using M = decltype(storage);
-    using M1 = LambPass1Storage<M>;
-    constexpr bool kStore = kLambStoreInPass1<M>;
-    if (passes & 1) {
-      if constexpr (M1::kFull) {
-        if (maximize) {
-          r.template run<LambNormsFunctor<M1, 1, kStore>>(job, p);
-        } else {
-          r.template run<LambNormsFunctor<M1, 0, kStore>>(job, p);
-        }
-      } else {
-        r.template run<LambNormsFunctor<M1, kDyn, kStore>>(job, p);
-      }
-    }
-    if (passes & 2) {
-      if constexpr (kStore) {
-        r.template run<LambApplyFunctor<M, 0, true>>(job, p);  // maximize is in the moments
-      } else if constexpr (M::kFull) {
-        if (maximize) {
-          r.template run<LambApplyFunctor<M, 1, false>>(job, p);
-        } else {
-          r.template run<LambApplyFunctor<M, 0, false>>(job, p);
-        }
-      } else {
-        r.template run<LambApplyFunctor<M, kDyn, false>>(job, p);
-      }
-    }
-  });
-}
-
-template <class Runner>
-void dispatch_sum_sq(Runner& r, const Job& job, const SumSqParams& p) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "fusedopt_sum_sq_cuda",
-                                  [&] { return r.template run<SumSqFunctor<scalar_t>>(job, p); });
-}
+#undef FUSEDOPT_V
 
 }  // namespace fusedopt::cuda

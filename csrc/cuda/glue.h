@@ -1,6 +1,8 @@
-// The host side of the CUDA ops: validation (shared with the CPU kernels: fusedopt::MultiTensor),
-// staging of odd layouts, scalars, planning, then a backend runs the job. Written once for two
-// backends (static member functions of B):
+// The host side of the CUDA ops, one function of the op's argument struct each (HostOp<Op, B>,
+// registered through Entry for every op of the registry): validation (shared with the CPU
+// kernels: fusedopt::MultiTensor), staging of odd layouts, scalars, planning, then a backend
+// runs the job. Written once for two backends B, each with static config(device),
+// run<Op>(job, params), sum_partials(...) and increment_steps(...):
 //   GpuBackend (register.cpp)  the kernels in this folder, on the params' CUDA device
 //   SimBackend (sim.cpp)       the same block bodies run on the host over CPU tensors, for tests
 // Semantics are the CPU kernels' (csrc/cpu/*.cpp) and fusedopt.reference's: everything is
@@ -18,11 +20,14 @@
 
 #include <algorithm>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "../common/common.h"
 #include "../common/mixed.h"
 #include "../common/multi_tensor.h"
+#include "functors.h"
+#include "fusedopt/ops_generated.h"
 #include "jobs.h"
 
 namespace fusedopt::cuda {
@@ -62,18 +67,12 @@ inline ScalarArg lr_arg(const at::Tensor& lr, const char* op, c10::Device device
   return scalar_arg(lr, op, "lr", device, cfg);
 }
 
-inline ScalarArg grad_scale_arg(const std::optional<at::Tensor>& t, const char* op,
-                                c10::Device device, const ExecConfig& cfg) {
-  if (!t.has_value() || !t->defined()) return host_scalar(1.0);
-  TORCH_CHECK(t->numel() == 1, "grad_scale must have one element");
-  return scalar_arg(*t, op, "grad_scale", device, cfg);
-}
-
-inline ScalarArg found_inf_arg(const std::optional<at::Tensor>& t, const char* op,
-                               c10::Device device, const ExecConfig& cfg) {
-  if (!t.has_value() || !t->defined()) return host_scalar(0.0);
-  TORCH_CHECK(t->numel() == 1, "found_inf must have one element");
-  return scalar_arg(*t, op, "found_inf", device, cfg);
+// grad_scale and found_inf: an absent one is `absent` (1 and 0), passed by value.
+inline ScalarArg amp_arg(const std::optional<at::Tensor>& t, double absent, const char* op,
+                         const char* what, c10::Device device, const ExecConfig& cfg) {
+  if (!t.has_value() || !t->defined()) return host_scalar(absent);
+  TORCH_CHECK(t->numel() == 1, what, " must have one element");
+  return scalar_arg(*t, op, what, device, cfg);
 }
 
 // found_inf known on the host to be set: the op returns before touching anything.
@@ -186,303 +185,234 @@ inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
   return job;
 }
 
-using OptionalTensorList = std::optional<at::TensorList>;
-
-template <class B>
-void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-           at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-           const at::Tensor& lr, double beta1, double beta2, double weight_decay, double eps,
-           bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& grad_scale,
-           const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
-           const OptionalTensorList& sr_seeds) {
-  constexpr const char* op = "fusedopt.adam_";
-  const c10::Device device = op_device(params, lr);
-  std::vector<at::TensorList> states = {exp_avgs, exp_avg_sqs};
-  if (amsgrad) states.push_back(max_exp_avg_sqs);
-  const MixedArgs mixed = check_mixed_args(op, params, states, master_params, sr_seeds, device);
-  const at::ScalarType st = mixed.mx.state;
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, st},
-                                 {exp_avg_sqs, "exp_avg_sqs", true, st}};
-  if (amsgrad) lists.push_back({max_exp_avg_sqs, "max_exp_avg_sqs", true, st});
-  add_master_list(lists, mixed, master_params);
-  const int arrays = static_cast<int>(lists.size());
-  const StepList steps = check_steps(op, state_steps, params.size(), device);
-  const ExecConfig cfg = B::config(device);
-  AdamParams p{lr_arg(lr, op, device, cfg),
-               grad_scale_arg(grad_scale, op, device, cfg),
-               found_inf_arg(found_inf, op, device, cfg),
-               beta1,
-               beta2,
-               weight_decay,
-               eps};
-  MultiTensor mt(op, std::move(lists), device);
-  if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
-  B::adam(job, p, decoupled, amsgrad, maximize);
-  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
-  mt.copy_back();
+// "fusedopt.<op>", the op's name in error messages (the CPU kernels' too).
+template <class Op>
+const char* op_label() {
+  static const std::string label = std::string("fusedopt.") + Op::name;
+  return label.c_str();
 }
 
-template <class B>
-void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-          const at::Tensor& lr, double momentum, double dampening, double weight_decay,
-          bool nesterov, bool maximize, bool is_first_step,
-          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-          const OptionalTensorList& master_params, const OptionalTensorList& sr_seeds) {
-  constexpr const char* op = "fusedopt.sgd_";
-  const c10::Device device = op_device(params, lr);
-  const bool use_momentum = momentum != 0.0;
-  if (!use_momentum) {
-    TORCH_CHECK(momentum_buffers.empty(), op, ": momentum_buffers must be empty when momentum=0");
+// The checks of an update op's arguments that come before its own (all before anything is
+// written): the mixed-precision arguments and the state lists' dtype, the step counters, the
+// scalars; and its lists for MultiTensor (params, grads, the states, the master).
+template <class Op, class B>
+struct Update {
+  const char* op = op_label<Op>();
+  c10::Device device;
+  MixedArgs mixed;
+  std::vector<ListSpec> lists;
+  int arrays;
+  std::optional<StepList> steps;  // for ops with state_steps
+  ExecConfig cfg;
+  UpdateScalars scalars;
+
+  Update(const typename Op::Args& a, std::vector<ListSpec> states)
+      : device(op_device(a.params, a.lr)) {
+    std::vector<at::TensorList> state_lists;
+    for (const ListSpec& s : states) state_lists.push_back(s.tensors);
+    mixed = check_mixed_args(op, a.params, state_lists, a.master_params, a.sr_seeds, device);
+    lists = {{a.params, "params", true}, {a.grads, "grads", false}};
+    for (ListSpec& s : states) {
+      s.dtype = mixed.mx.state;
+      lists.push_back(s);
+    }
+    add_master_list(lists, mixed, a.master_params);
+    arrays = static_cast<int>(lists.size());
+    if constexpr (requires { a.state_steps; }) {
+      steps = check_steps(op, a.state_steps, a.params.size(), device);
+    }
+    cfg = B::config(device);
+    scalars = {lr_arg(a.lr, op, device, cfg),
+               amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg),
+               amp_arg(a.found_inf, 0.0, op, "found_inf", device, cfg)};
   }
-  const MixedArgs mixed =
-      check_mixed_args(op, params, {momentum_buffers}, master_params, sr_seeds, device);
-  std::vector<ListSpec> lists = {{params, "params", true}, {grads, "grads", false}};
-  if (use_momentum) lists.push_back({momentum_buffers, "momentum_buffers", true, mixed.mx.state});
-  add_master_list(lists, mixed, master_params);
-  const int arrays = static_cast<int>(lists.size());
-  const ExecConfig cfg = B::config(device);
-  SgdParams p{lr_arg(lr, op, device, cfg),
-              grad_scale_arg(grad_scale, op, device, cfg),
-              found_inf_arg(found_inf, op, device, cfg),
-              momentum,
-              dampening,
-              weight_decay};
-  MultiTensor mt(op, std::move(lists), device);
-  if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, arrays, nullptr, &mixed, params[0].scalar_type(), device, cfg);
-  B::sgd(job, p, use_momentum, is_first_step, nesterov, maximize);
-  B::increment_steps(device, cfg, counters(nullptr, &mixed), p.found_inf);
-  mt.copy_back();
-}
 
-template <class B>
-void lion_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-           at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
-           double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
-           const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
-           const OptionalTensorList& sr_seeds) {
-  constexpr const char* op = "fusedopt.lion_";
-  const c10::Device device = op_device(params, lr);
-  const MixedArgs mixed = check_mixed_args(op, params, {exp_avgs}, master_params, sr_seeds, device);
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, mixed.mx.state}};
-  add_master_list(lists, mixed, master_params);
-  const int arrays = static_cast<int>(lists.size());
-  const StepList steps = check_steps(op, state_steps, params.size(), device);
-  const ExecConfig cfg = B::config(device);
-  LionParams p{lr_arg(lr, op, device, cfg),
-               grad_scale_arg(grad_scale, op, device, cfg),
-               found_inf_arg(found_inf, op, device, cfg),
-               beta1,
-               beta2,
-               weight_decay};
-  MultiTensor mt(op, std::move(lists), device);
-  if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
-  B::lion(job, p, maximize);
-  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
-  mt.copy_back();
-}
+  const StepList* step_list() const { return steps ? &*steps : nullptr; }
 
+  Job job(const MultiTensor& mt, const typename Op::Args& a) const {
+    return make_job(mt, arrays, step_list(), &mixed, a.params[0].scalar_type(), device, cfg);
+  }
+};
+
+// The host side of op Op on backend B, Op::Args in: an elementwise update op here (its
+// OpKernels: functors.h); lamb_, sophia_update_hessian_ and sum_sq below.
+template <class Op, class B>
+struct HostOp {
+  static void call(const typename Op::Args& a) {
+    using K = OpKernels<Op>;
+    Update<Op, B> u(a, K::states(a, op_label<Op>()));
+    const typename K::Params p = K::params(a, u.scalars);
+    MultiTensor mt(u.op, std::move(u.lists), u.device);
+    if (skipped_on_host(p.found_inf) || a.params.empty()) return;
+    B::template run<Op>(u.job(mt, a), p);
+    B::increment_steps(u.device, u.cfg, counters(u.step_list(), &u.mixed), p.found_inf);
+    mt.copy_back();
+  }
+};
+
+// phase (the lamb_ entry of fusedopt/_opdefs.py): 0 both passes; 1 the norms pass, the step
+// increments and the sums of squares into sq_sums; 2 the update pass with the norms
+// sqrt(sq_sums), and the seeds.
 template <class B>
-void sophia_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-             at::TensorList hessians, at::TensorList state_steps, const at::Tensor& lr,
-             double beta1, double rho, double bs, double weight_decay, bool maximize,
-             const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf, const OptionalTensorList& master_params,
-             const OptionalTensorList& sr_seeds) {
-  constexpr const char* op = "fusedopt.sophia_";
-  const c10::Device device = op_device(params, lr);
-  const MixedArgs mixed =
-      check_mixed_args(op, params, {exp_avgs, hessians}, master_params, sr_seeds, device);
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, mixed.mx.state},
-                                 {hessians, "hessians", false, mixed.mx.state}};
-  add_master_list(lists, mixed, master_params);
-  const int arrays = static_cast<int>(lists.size());
-  const StepList steps = check_steps(op, state_steps, params.size(), device);
-  const ExecConfig cfg = B::config(device);
-  SophiaParams p{lr_arg(lr, op, device, cfg),
-                 grad_scale_arg(grad_scale, op, device, cfg),
-                 found_inf_arg(found_inf, op, device, cfg),
-                 beta1,
-                 rho,
-                 bs,
-                 weight_decay};
-  MultiTensor mt(op, std::move(lists), device);
-  if (skipped_on_host(p.found_inf) || params.empty()) return;
-  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
-  B::sophia(job, p, maximize);
-  B::increment_steps(device, cfg, counters(&steps, &mixed), p.found_inf);
-  mt.copy_back();
-}
+struct HostOp<ops::lamb_, B> {
+  static void call(const ops::lamb_::Args& a) {
+    const char* op = op_label<ops::lamb_>();
+    const size_t n = a.params.size();
+    const int64_t phase = a.phase;
+    TORCH_CHECK(phase >= 0 && phase <= 2, op, ": phase must be 0, 1 or 2, got ", phase);
+    Update<ops::lamb_, B> u(a,
+                            {{a.exp_avgs, "exp_avgs", true}, {a.exp_avg_sqs, "exp_avg_sqs", true}});
+    const c10::Device device = u.device;
+    LambParams p{u.scalars};
+    p.beta1 = a.beta1;
+    p.beta2 = a.beta2;
+    p.weight_decay = a.weight_decay;
+    p.eps = a.eps;
+    p.bias_correction = a.bias_correction;
+    p.has_trust_clip = a.trust_clip.has_value();
+    p.trust_clip = a.trust_clip.value_or(0.0);
+    p.maximize = a.maximize;
+    p.steps_done = phase == 2;
+    p.finish_sums = phase == 1;
+    const std::optional<at::Tensor>& tensor_norms = a.tensor_norms;
+    const std::optional<at::Tensor>& sq_sums = a.sq_sums;
+    const bool want_norms = tensor_norms.has_value() && tensor_norms->defined();
+    if (want_norms) {
+      const at::Tensor& t = *tensor_norms;
+      TORCH_CHECK(t.device() == device && at::isFloatingType(t.scalar_type()) && t.dim() == 2 &&
+                      t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
+                  op, ": tensor_norms must be a floating-point tensor on ", device, " of shape (",
+                  n, ", 2), got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+    }
+    if (phase != 0) {
+      const bool ok = sq_sums.has_value() && sq_sums->defined();
+      TORCH_CHECK(ok && sq_sums->dim() == 2 && sq_sums->size(0) == static_cast<int64_t>(n) &&
+                      sq_sums->size(1) == 2,
+                  op, ": phase ", phase, " needs sq_sums of shape (", n, ", 2)");
+      TORCH_CHECK(sq_sums->scalar_type() == at::kDouble && sq_sums->device() == device, op,
+                  ": sq_sums must be float64 on ", device, ", got ", sq_sums->scalar_type(), " on ",
+                  sq_sums->device());
+    }
+    MultiTensor mt(op, std::move(u.lists), device);
+    if (skipped_on_host(p.found_inf) || n == 0) return;
+    const Job job = u.job(mt, a);
+    const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+    // Phase 2 takes the norms from the (reduced) sums; the others compute them (rows of empty
+    // params stay 0).
+    const at::Tensor norms =
+        phase == 2 ? sq_sums->sqrt().contiguous() : at::zeros({static_cast<int64_t>(n), 2}, f64);
+    at::Tensor partials, arrivals;
+    if (phase != 2) {
+      partials = at::empty({job.plan.total_blocks * 2}, f64);
+      arrivals =
+          at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).device(device));
+      p.partials = partials.data_ptr<double>();
+      p.counters = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
+    }
+    p.norms = norms.data_ptr<double>();
+    if (!job.tensors.empty()) B::template run<ops::lamb_>(job, p);
+    B::increment_steps(
+        device, u.cfg,
+        counters(phase == 2 ? nullptr : u.step_list(), phase == 1 ? nullptr : &u.mixed),
+        p.found_inf);
+    mt.copy_back();
+    // A device found_inf keeps the old values of the outputs written here.
+    auto store = [&](const at::Tensor& dst, const at::Tensor& values) {
+      if (p.found_inf.ptr != nullptr) {
+        dst.copy_(at::where(a.found_inf->reshape({}).ne(0), dst, values));
+      } else {
+        dst.copy_(values);
+      }
+    };
+    if (phase == 1) {
+      store(*sq_sums, norms);  // the sums of squares, as finish_sums stored them
+    } else if (want_norms) {
+      store(*tensor_norms, norms);
+    }
+  }
+};
 
 // The hessians are Sophia's state (dtype S), the grads the params' (P): the math runs in P's
 // opmath, as in sophia_.
 template <class B>
-void sophia_update_hessian_(at::TensorList hessians, at::TensorList grads, double beta2,
-                            const std::optional<at::Tensor>& grad_scale,
-                            const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "fusedopt.sophia_update_hessian_";
-  if (hessians.empty()) {
-    // No device to run on; the CPU kernel's checks of the scalars still apply.
-    TORCH_CHECK(grads.empty(), op, ": expected grads to have 0 tensors (one per param), got ",
-                grads.size());
-    return;
-  }
-  const c10::Device device = hessians[0].device();
-  const ExecConfig cfg = B::config(device);
-  SophiaHessianParams p{grad_scale_arg(grad_scale, op, device, cfg),
-                        found_inf_arg(found_inf, op, device, cfg), beta2};
-  // The grads' dtype (P) and the hessians' (S) must be a supported pair (check_mixed, with the
-  // grads standing in for the params); MultiTensor checks every tensor against them.
-  std::optional<at::ScalarType> grad_dtype;
-  MixedArgs mixed;
-  if (!grads.empty() && grads[0].defined()) {
-    grad_dtype = grads[0].scalar_type();
-    mixed = check_mixed_args(op, grads, {hessians}, std::nullopt, std::nullopt, device);
-  }
-  MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false, grad_dtype}}, device);
-  if (skipped_on_host(p.found_inf)) return;
-  const Job job = make_job(mt, 2, nullptr, &mixed, grads[0].scalar_type(), device, cfg);
-  B::sophia_hessian(job, p);
-  mt.copy_back();
-}
-
-// phase (Note in csrc/ops.cpp): 0 both passes; 1 the norms pass, the step increments and the
-// sums of squares into sq_sums; 2 the update pass with the norms sqrt(sq_sums), and the seeds.
-template <class B>
-void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-           at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr,
-           double beta1, double beta2, double weight_decay, double eps, bool bias_correction,
-           std::optional<double> trust_clip, bool maximize,
-           const std::optional<at::Tensor>& tensor_norms,
-           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-           const OptionalTensorList& master_params, const OptionalTensorList& sr_seeds,
-           int64_t phase, const std::optional<at::Tensor>& sq_sums) {
-  constexpr const char* op = "fusedopt.lamb_";
-  const c10::Device device = op_device(params, lr);
-  const size_t n = params.size();
-  TORCH_CHECK(phase >= 0 && phase <= 2, op, ": phase must be 0, 1 or 2, got ", phase);
-  const MixedArgs mixed =
-      check_mixed_args(op, params, {exp_avgs, exp_avg_sqs}, master_params, sr_seeds, device);
-  const StepList steps = check_steps(op, state_steps, n, device);
-  const ExecConfig cfg = B::config(device);
-  LambParams p{};
-  p.lr = lr_arg(lr, op, device, cfg);
-  p.grad_scale = grad_scale_arg(grad_scale, op, device, cfg);
-  p.found_inf = found_inf_arg(found_inf, op, device, cfg);
-  p.beta1 = beta1;
-  p.beta2 = beta2;
-  p.weight_decay = weight_decay;
-  p.eps = eps;
-  p.bias_correction = bias_correction;
-  p.has_trust_clip = trust_clip.has_value();
-  p.trust_clip = trust_clip.value_or(0.0);
-  p.steps_done = phase == 2;
-  p.finish_sums = phase == 1;
-  const bool want_norms = tensor_norms.has_value() && tensor_norms->defined();
-  if (want_norms) {
-    const at::Tensor& t = *tensor_norms;
-    TORCH_CHECK(t.device() == device && at::isFloatingType(t.scalar_type()) && t.dim() == 2 &&
-                    t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
-                op, ": tensor_norms must be a floating-point tensor on ", device, " of shape (", n,
-                ", 2), got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
-  }
-  if (phase != 0) {
-    const bool ok = sq_sums.has_value() && sq_sums->defined();
-    TORCH_CHECK(ok && sq_sums->dim() == 2 && sq_sums->size(0) == static_cast<int64_t>(n) &&
-                    sq_sums->size(1) == 2,
-                op, ": phase ", phase, " needs sq_sums of shape (", n, ", 2)");
-    TORCH_CHECK(sq_sums->scalar_type() == at::kDouble && sq_sums->device() == device, op,
-                ": sq_sums must be float64 on ", device, ", got ", sq_sums->scalar_type(), " on ",
-                sq_sums->device());
-  }
-  const at::ScalarType st = mixed.mx.state;
-  std::vector<ListSpec> lists = {{params, "params", true},
-                                 {grads, "grads", false},
-                                 {exp_avgs, "exp_avgs", true, st},
-                                 {exp_avg_sqs, "exp_avg_sqs", true, st}};
-  add_master_list(lists, mixed, master_params);
-  const int arrays = static_cast<int>(lists.size());
-  MultiTensor mt(op, std::move(lists), device);
-  if (skipped_on_host(p.found_inf) || n == 0) return;
-  const Job job = make_job(mt, arrays, &steps, &mixed, params[0].scalar_type(), device, cfg);
-  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
-  // Phase 2 takes the norms from the (reduced) sums; the others compute them (rows of empty
-  // params stay 0).
-  const at::Tensor norms =
-      phase == 2 ? sq_sums->sqrt().contiguous() : at::zeros({static_cast<int64_t>(n), 2}, f64);
-  at::Tensor partials, arrivals;
-  if (phase != 2) {
-    partials = at::empty({job.plan.total_blocks * 2}, f64);
-    arrivals =
-        at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).device(device));
-    p.partials = partials.data_ptr<double>();
-    p.counters = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
-  }
-  p.norms = norms.data_ptr<double>();
-  const int passes = phase == 0 ? 3 : (phase == 1 ? 1 : 2);
-  if (!job.tensors.empty()) B::lamb(job, p, maximize, passes);
-  B::increment_steps(device, cfg,
-                     counters(phase == 2 ? nullptr : &steps, phase == 1 ? nullptr : &mixed),
-                     p.found_inf);
-  mt.copy_back();
-  // A device found_inf keeps the old values of the outputs written here.
-  auto store = [&](const at::Tensor& dst, const at::Tensor& values) {
-    if (p.found_inf.ptr != nullptr) {
-      dst.copy_(at::where(found_inf->reshape({}).ne(0), dst, values));
-    } else {
-      dst.copy_(values);
+struct HostOp<ops::sophia_update_hessian_, B> {
+  static void call(const ops::sophia_update_hessian_::Args& a) {
+    const char* op = op_label<ops::sophia_update_hessian_>();
+    const at::TensorList hessians = a.hessians;
+    const at::TensorList grads = a.grads;
+    if (hessians.empty()) {
+      // No device to run on; the CPU kernel's checks of the scalars still apply.
+      TORCH_CHECK(grads.empty(), op, ": expected grads to have 0 tensors (one per param), got ",
+                  grads.size());
+      return;
     }
-  };
-  if (phase == 1) {
-    store(*sq_sums, norms);  // the sums of squares, as finish_sums stored them
-  } else if (want_norms) {
-    store(*tensor_norms, norms);
+    const c10::Device device = hessians[0].device();
+    const ExecConfig cfg = B::config(device);
+    SophiaHessianParams p{amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg),
+                          amp_arg(a.found_inf, 0.0, op, "found_inf", device, cfg), a.beta2};
+    // The grads' dtype (P) and the hessians' (S) must be a supported pair (check_mixed, with the
+    // grads standing in for the params); MultiTensor checks every tensor against them.
+    std::optional<at::ScalarType> grad_dtype;
+    MixedArgs mixed;
+    if (!grads.empty() && grads[0].defined()) {
+      grad_dtype = grads[0].scalar_type();
+      mixed = check_mixed_args(op, grads, {hessians}, std::nullopt, std::nullopt, device);
+    }
+    MultiTensor mt(op, {{hessians, "hessians", true}, {grads, "grads", false, grad_dtype}}, device);
+    if (skipped_on_host(p.found_inf)) return;
+    const Job job = make_job(mt, 2, nullptr, &mixed, grads[0].scalar_type(), device, cfg);
+    B::template run<ops::sophia_update_hessian_>(job, p);
+    mt.copy_back();
   }
-}
+};
 
 template <class B>
-at::Tensor sum_sq(at::TensorList tensors) {
-  constexpr const char* op = "fusedopt.sum_sq";
-  TORCH_CHECK(!tensors.empty(), op, ": expected at least one tensor");
-  const c10::Device device = tensors[0].device();
-  const ExecConfig cfg = B::config(device);
-  // Grads of different dtypes may be mixed: one job per dtype, all writing one partials array.
-  std::vector<std::vector<at::Tensor>> groups;
-  std::vector<at::ScalarType> dtypes;
-  for (const at::Tensor& t : tensors) {
-    TORCH_CHECK(t.defined(), op, ": a tensor is undefined");
-    size_t k = 0;
-    while (k < dtypes.size() && dtypes[k] != t.scalar_type()) ++k;
-    if (k == dtypes.size()) {
-      dtypes.push_back(t.scalar_type());
-      groups.emplace_back();
+struct HostOp<ops::sum_sq, B> {
+  static at::Tensor call(const ops::sum_sq::Args& a) {
+    const char* op = op_label<ops::sum_sq>();
+    const at::TensorList tensors = a.tensors;
+    TORCH_CHECK(!tensors.empty(), op, ": expected at least one tensor");
+    const c10::Device device = tensors[0].device();
+    const ExecConfig cfg = B::config(device);
+    // Grads of different dtypes may be mixed: one job per dtype, all writing one partials array.
+    std::vector<std::vector<at::Tensor>> groups;
+    std::vector<at::ScalarType> dtypes;
+    for (const at::Tensor& t : tensors) {
+      TORCH_CHECK(t.defined(), op, ": a tensor is undefined");
+      const auto k = std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) - dtypes.begin();
+      if (k == static_cast<int64_t>(dtypes.size())) {
+        dtypes.push_back(t.scalar_type());
+        groups.emplace_back();
+      }
+      groups[k].push_back(t);
     }
-    groups[k].push_back(t);
+    std::vector<MultiTensor> mts;
+    mts.reserve(groups.size());
+    std::vector<Job> jobs;
+    int64_t total = 0;
+    for (size_t k = 0; k < groups.size(); ++k) {
+      mts.emplace_back(op, std::vector<ListSpec>{{groups[k], "tensors", false}}, device);
+      jobs.push_back(make_job(mts.back(), 1, nullptr, nullptr, dtypes[k], device, cfg, total));
+      total += jobs.back().plan.total_blocks;
+    }
+    const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+    at::Tensor out = at::zeros({}, f64);
+    if (total == 0) return out;
+    const at::Tensor partials = at::empty({total}, f64);
+    for (const Job& job : jobs)
+      B::template run<ops::sum_sq>(job, SumSqParams{partials.data_ptr<double>()});
+    B::sum_partials(device, partials.data_ptr<double>(), total, out.data_ptr<double>());
+    return out;
   }
-  std::vector<MultiTensor> mts;
-  mts.reserve(groups.size());
-  std::vector<Job> jobs;
-  int64_t total = 0;
-  for (size_t k = 0; k < groups.size(); ++k) {
-    mts.emplace_back(op, std::vector<ListSpec>{{groups[k], "tensors", false}}, device);
-    jobs.push_back(make_job(mts.back(), 1, nullptr, nullptr, dtypes[k], device, cfg, total));
-    total += jobs.back().plan.total_blocks;
-  }
-  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
-  at::Tensor out = at::zeros({}, f64);
-  if (total == 0) return out;
-  const at::Tensor partials = at::empty({total}, f64);
-  for (const Job& job : jobs) B::sum_sq(job, SumSqParams{partials.data_ptr<double>()});
-  B::sum_partials(device, partials.data_ptr<double>(), total, out.data_ptr<double>());
-  return out;
-}
+};
+
+// Entry<Op, B>::call has the op's unboxed signature (Op::Sig), the dispatcher's registration
+// target: it gathers the arguments into Op::Args and runs HostOp<Op, B>.
+template <class Op, class B, class Sig = typename Op::Sig>
+struct Entry;
+template <class Op, class B, class R, class... A>
+struct Entry<Op, B, R(A...)> {
+  static R call(A... args) { return HostOp<Op, B>::call(typename Op::Args{args...}); }
+};
 
 }  // namespace fusedopt::cuda

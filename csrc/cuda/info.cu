@@ -9,27 +9,23 @@
 #define FUSEDOPT_STR2(...) #__VA_ARGS__
 #define FUSEDOPT_STR(...) FUSEDOPT_STR2(__VA_ARGS__)
 
-namespace fusedopt::cuda {
-
 // The architectures nvcc compiled device code for, as nvcc lists them (e.g. "800,900").
-std::string compiled_archs() {
 #ifdef __CUDA_ARCH_LIST__
-  return FUSEDOPT_STR(__CUDA_ARCH_LIST__);
+#define FUSEDOPT_ARCHS FUSEDOPT_STR(__CUDA_ARCH_LIST__)
 #else
-  return "";
+#define FUSEDOPT_ARCHS ""
 #endif
-}
-
 // The images embedded in the library, as setup.py recorded them from the -gencode flags:
 // "sm75_sm80_sm90_ptx90" (native code for sm_75, sm_80, sm_90; PTX of compute_90), or
 // "unknown" (built some other way). fusedopt/_dispatch.py decides from it which GPUs can run.
-std::string compiled_images() {
-#ifdef FUSEDOPT_CUDA_IMAGES
-  return FUSEDOPT_STR(FUSEDOPT_CUDA_IMAGES);
-#else
-  return "unknown";
+#ifndef FUSEDOPT_CUDA_IMAGES
+#define FUSEDOPT_CUDA_IMAGES unknown
 #endif
-}
+
+namespace fusedopt::cuda {
+
+std::string compiled_archs() { return FUSEDOPT_ARCHS; }
+std::string compiled_images() { return FUSEDOPT_STR(FUSEDOPT_CUDA_IMAGES); }
 
 namespace {
 __global__ void probe_kernel() {}

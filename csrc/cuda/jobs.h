@@ -1,16 +1,17 @@
-// The interface between the host glue (ops.cpp in this folder: validation, staging, planning)
-// and the two executors of a planned job: the GPU (the .cu files of this folder) and the host
-// simulation (sim.cpp). Plain data, no CUDA headers.
+// The interface between the host glue (glue.h: validation, staging, planning) and the two
+// executors of a planned job: the GPU (the .cu files of this folder) and the host simulation
+// (sim.cpp). No CUDA headers.
 #pragma once
 
+#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
 #include <vector>
 
 #include "fusedopt/math.h"
+#include "kernel_table.h"
 #include "launch_plan.h"
-#include "params.h"
 
 namespace fusedopt::cuda {
 
@@ -41,20 +42,26 @@ struct ExecConfig {
   bool scalars_by_pointer = false;  // pass CPU scalars by pointer too (simulation only)
 };
 
-// The GPU executor (csrc/cuda/*.cu). Each runs on job.device's current stream.
-namespace gpu {
-int arg_bytes(int device);  // kernel_arg_bytes() for this device and driver, as compiled
-void adam(const Job& job, const AdamParams& p, bool decoupled, bool amsgrad, bool maximize);
-void sgd(const Job& job, const SgdParams& p, bool momentum, bool first, bool nesterov,
-         bool maximize);
-void lion(const Job& job, const LionParams& p, bool maximize);
-// passes: 1 the norms (LAMB phase 1), 2 the update (phase 2), 3 both (phase 0).
-void lamb(const Job& job, const LambParams& p, bool maximize, int passes);
-void sophia(const Job& job, const SophiaParams& p, bool maximize);
-void sophia_hessian(const Job& job, const SophiaHessianParams& p);
-void sum_sq(const Job& job, const SumSqParams& p);
-void sum_partials(int device, const double* partials, int64_t n, double* out);
-void increment_steps(int device, int arg_bytes, const StepList& steps, const ScalarArg& found_inf);
-}  // namespace gpu
+// The kernels of op Op (fusedopt::ops::<op>, functors.h): its Params (the kernels' arguments
+// besides the launch table) and run(runner, job, params), which picks the functors for the
+// job's dtypes and the op's flags and has the runner launch them.
+template <class Op>
+struct OpKernels;
+template <class Op>
+using KernelParams = typename OpKernels<Op>::Params;
+
+// The GPU executor of a planned job, a backend B of the host glue (glue.h; the other one, the
+// simulation's, is SimBackend in sim.cpp); everything runs on job.device's current stream.
+// run<Op> runs OpKernels<Op>::run with the GPU runner (runner.cuh); its explicit
+// instantiations are one line per op in this folder's .cu files (FUSEDOPT_GPU_KERNELS).
+struct GpuBackend {
+  static ExecConfig config(c10::Device device);
+  template <class Op>
+  static void run(const Job& job, const KernelParams<Op>& params);
+  static void sum_partials(c10::Device device, const double* partials, int64_t n, double* out);
+  static void increment_steps(c10::Device device, const ExecConfig& cfg, const StepList& steps,
+                              const ScalarArg& found_inf);
+  static int arg_bytes(int device);  // kernel_arg_bytes() for this device and driver, as compiled
+};
 
 }  // namespace fusedopt::cuda

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <utility>
 
 #include "fusedopt/math.h"
 #include "launch_plan.h"
@@ -100,17 +101,14 @@ struct LaunchTable {
 template <int DEPTH, int ARG_BYTES>
 using TableFor = LaunchTable<DEPTH, table_capacity(DEPTH, ARG_BYTES).slots>;
 
-// table_capacity() is arithmetic on slot_bytes(); this checks it against the real layout.
-template <int ARG_BYTES>
-constexpr bool tables_fit() {
-  return sizeof(TableFor<1, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<2, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<3, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<4, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<5, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES &&
-         sizeof(TableFor<6, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES;
+// table_capacity() is arithmetic on slot_bytes(); this checks it against the real layout, for
+// every depth 1 to kMaxDepth (D + 1).
+template <int ARG_BYTES, int... D>
+constexpr bool tables_fit(std::integer_sequence<int, D...>) {
+  return ((sizeof(TableFor<D + 1, ARG_BYTES>) + kFunctorArgBytes <= ARG_BYTES) && ...);
 }
-static_assert(tables_fit<kArgBytesSmall>() && tables_fit<kArgBytesLarge>(),
+static_assert(tables_fit<kArgBytesSmall>(std::make_integer_sequence<int, kMaxDepth>{}) &&
+                  tables_fit<kArgBytesLarge>(std::make_integer_sequence<int, kMaxDepth>{}),
               "a launch table overflows the kernel-argument space");
 
 // Copies one planned launch into its kernel argument (host side, before the launch).

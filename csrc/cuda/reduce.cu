@@ -1,5 +1,6 @@
-// The sum of squares (global grad norm) on the GPU, the final reduction of whole-op sums, and
-// the step-counter increments every optimizer with a `step` launches after its update.
+// The sum of squares (global grad norm) on the GPU, the final reduction of whole-op sums, the
+// step-counter increments every optimizer with a `step` launches after its update, and the
+// planning configuration of a device: GpuBackend (jobs.h) but for its run<Op>.
 #include <array>
 #include <atomic>
 
@@ -14,16 +15,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   sum_partials_block(partials, n, out, ex, red);
 }
 
-namespace gpu {
-
-void sum_sq(const Job& job, const SumSqParams& p) {
-  GpuRunner r;
-  dispatch_sum_sq(r, job, p);
-}
-
-void sum_partials(int device, const double* partials, int64_t n, double* out) {
-  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+void GpuBackend::sum_partials(c10::Device device, const double* partials, int64_t n, double* out) {
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   sum_partials_kernel<<<1, kBlockThreads, 0, stream>>>(partials, n, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -52,15 +46,17 @@ void launch_increments(int device, const StepList& steps, const ScalarArg& found
 
 }  // namespace
 
-void increment_steps(int device, int arg_bytes, const StepList& steps, const ScalarArg& found_inf) {
+void GpuBackend::increment_steps(c10::Device device, const ExecConfig& cfg, const StepList& steps,
+                                 const ScalarArg& found_inf) {
   if (steps.ptrs.empty()) return;
+  const int arg_bytes = cfg.arg_bytes;
 #if FUSEDOPT_LARGE_ARGS
   if (arg_bytes == kArgBytesLarge)
-    return launch_increments<kArgBytesLarge>(device, steps, found_inf);
+    return launch_increments<kArgBytesLarge>(device.index(), steps, found_inf);
 #endif
 #if FUSEDOPT_SMALL_ARGS
   if (arg_bytes == kArgBytesSmall)
-    return launch_increments<kArgBytesSmall>(device, steps, found_inf);
+    return launch_increments<kArgBytesSmall>(device.index(), steps, found_inf);
 #endif
   TORCH_CHECK(false, "fusedopt: no kernels compiled for ", arg_bytes, " bytes of kernel arguments");
 }
@@ -88,7 +84,7 @@ int query_arg_bytes(int device) {
 
 }  // namespace
 
-int arg_bytes(int device) {
+int GpuBackend::arg_bytes(int device) {
   // Asked once per device: every op call plans with it.
   static std::array<std::atomic<int>, 64> cache{};
   if (device >= 0 && device < static_cast<int>(cache.size())) {
@@ -101,5 +97,14 @@ int arg_bytes(int device) {
   return query_arg_bytes(device);
 }
 
-}  // namespace gpu
+ExecConfig GpuBackend::config(c10::Device device) {
+  ExecConfig c;
+  // Not a CUDA device: an op with no params (the dispatcher chose CUDA for a scalar
+  // argument), which returns after its checks.
+  if (device.is_cuda()) c.arg_bytes = arg_bytes(device.index());
+  return c;
+}
+
 }  // namespace fusedopt::cuda
+
+FUSEDOPT_GPU_KERNELS(sum_sq)

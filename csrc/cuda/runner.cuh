@@ -1,6 +1,7 @@
 // The GPU executor: kernels around the shared block body (block.h) and the launch loop over a
 // job's planned launches. Included by the per-optimizer .cu files, each instantiating its own
-// functors (narrow translation units compile in parallel).
+// op's kernels with one FUSEDOPT_GPU_KERNELS line (narrow translation units compile in
+// parallel).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -71,8 +72,7 @@ __global__ void increment_steps_kernel(const __grid_constant__ StepTable<ARG_BYT
   increment_steps_block(table, found_inf, ex);
 }
 
-class GpuRunner {
- public:
+struct GpuRunner {
   template <class F>
   void run(const Job& job, const typename F::Params& params) {
     static_assert(sizeof(F) <= kFunctorArgBytes, "functor arguments exceed their reserve");
@@ -89,7 +89,6 @@ class GpuRunner {
                 " bytes of kernel arguments");
   }
 
- private:
   template <class F, class Table>
   static void launch(const Job& job, const F& f) {
     const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(job.device));
@@ -102,5 +101,16 @@ class GpuRunner {
     }
   }
 };
+
+template <class Op>
+void GpuBackend::run(const Job& job, const KernelParams<Op>& params) {
+  GpuRunner r;
+  OpKernels<Op>::run(r, job, params);
+}
+
+// The GPU kernels of op `op` (a struct name of fusedopt::ops), in the .cu file that says so.
+#define FUSEDOPT_GPU_KERNELS(op)                                    \
+  template void fusedopt::cuda::GpuBackend::run<fusedopt::ops::op>( \
+      const fusedopt::cuda::Job&, const fusedopt::cuda::KernelParams<fusedopt::ops::op>&);
 
 }  // namespace fusedopt::cuda

@@ -1,18 +1,59 @@
-// The host simulation of the CUDA backend: registers torch.ops.fusedopt_sim.* (the fusedopt ops'
-// signatures, CPU tensors) running the CUDA ops' glue (glue.h) with SimBackend, whose runner
+// The host simulation of the CUDA backend: registers torch.ops.fusedopt_sim.* (every fusedopt
+// op's signature, CPU tensors) running the CUDA ops' glue (glue.h) with SimBackend, whose runner
 // executes the shared block body (block.h) for every block and thread of every planned launch.
+#include "sim.h"
+
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "sim_runner.h"
+#include "block.h"
+#include "functors.h"
+#include "glue.h"
 
 namespace fusedopt::cuda::sim {
 
 namespace {
 
 Config default_config() { return {kChunkSize, kBlockThreads, kArgBytesLarge, 0, 0, false}; }
+
+struct HostThreads {
+  int nthreads;
+  template <class Fn>
+  void each(Fn&& fn) const {
+    for (int tid = 0; tid < nthreads; ++tid) fn(tid);
+  }
+  void sync() const {}
+};
+
+// Runs every launch with the 32 KB table: a smaller planned capacity (Config::arg_bytes = 4096,
+// max_slots) fits in it, and one table type per functor halves the compile time.
+struct SimRunner {
+  template <class F>
+  void run(const Job& job, const typename F::Params& params) {
+    using Table = TableFor<F::kDepth, kArgBytesLarge>;
+    static_assert(sizeof(F) <= kFunctorArgBytes, "functor arguments exceed their reserve");
+    const F f{params};
+    const int nt = config().threads;
+    std::vector<Table> tables(1);  // ~32 KB: on the heap
+    Table& table = tables[0];
+    typename F::State state;
+    std::vector<double> red(static_cast<size_t>(F::kReduce > 0 ? F::kReduce : 1) * nt);
+    int flag = 0;
+    HostThreads ex{nt};
+    for (const PlannedLaunch& l : job.plan.launches) {
+      fill_table(table, l, job.plan.chunk_size, job.tensors.data());
+      ++stats().launches;
+      for (int b = 0; b < table.num_blocks; ++b) {
+        run_block(table, f, b, ex, BlockShared<F>{&state, red.data(), &flag});
+        ++stats().blocks;
+        if (f.skip()) ++stats().skipped_blocks;
+        if (table.flags[find_slot(table, b)] & kVectorOk) ++stats().vector_blocks;
+      }
+    }
+  }
+};
 
 template <int ARG_BYTES>
 void increments(const StepList& steps, const ScalarArg& found_inf) {
@@ -32,6 +73,42 @@ void increments(const StepList& steps, const ScalarArg& found_inf) {
   }
 }
 
+// The simulation's backend of the host glue (GpuBackend's counterpart, jobs.h).
+struct SimBackend {
+  static ExecConfig config(c10::Device device) {
+    TORCH_CHECK(device.is_cpu(), "fusedopt_sim runs on CPU tensors, got ", device);
+    const Config& c = sim::config();
+    ExecConfig e;
+    e.chunk_size = c.chunk_size;
+    e.arg_bytes = c.arg_bytes;
+    e.max_slots = c.max_slots;
+    e.max_blocks = c.max_blocks;
+    e.scalars_by_pointer = c.scalars_by_pointer;
+    return e;
+  }
+
+  template <class Op>
+  static void run(const Job& job, const KernelParams<Op>& params) {
+    SimRunner r;
+    OpKernels<Op>::run(r, job, params);
+  }
+
+  static void sum_partials(c10::Device, const double* partials, int64_t n, double* out) {
+    std::vector<double> red(sim::config().threads);
+    HostThreads ex{sim::config().threads};
+    sum_partials_block(partials, n, out, ex, red.data());
+  }
+
+  static void increment_steps(c10::Device, const ExecConfig& cfg, const StepList& steps,
+                              const ScalarArg& found_inf) {
+    if (cfg.arg_bytes == kArgBytesSmall) {
+      increments<kArgBytesSmall>(steps, found_inf);
+    } else {
+      increments<kArgBytesLarge>(steps, found_inf);
+    }
+  }
+};
+
 }  // namespace
 
 Config& config() {
@@ -49,44 +126,12 @@ void reset() {
   stats() = Stats{};
 }
 
-ExecConfig SimBackend::config(c10::Device device) {
-  TORCH_CHECK(device.is_cpu(), "fusedopt_sim runs on CPU tensors, got ", device);
-  const Config& c = sim::config();
-  ExecConfig e;
-  e.chunk_size = c.chunk_size;
-  e.arg_bytes = c.arg_bytes;
-  e.max_slots = c.max_slots;
-  e.max_blocks = c.max_blocks;
-  e.scalars_by_pointer = c.scalars_by_pointer;
-  return e;
-}
-
-void SimBackend::sum_partials(c10::Device, const double* partials, int64_t n, double* out) {
-  std::vector<double> red(sim::config().threads);
-  HostThreads ex{sim::config().threads};
-  sum_partials_block(partials, n, out, ex, red.data());
-}
-
-void SimBackend::increment_steps(c10::Device, const ExecConfig& cfg, const StepList& steps,
-                                 const ScalarArg& found_inf) {
-  if (cfg.arg_bytes == kArgBytesSmall) {
-    increments<kArgBytesSmall>(steps, found_inf);
-  } else {
-    increments<kArgBytesLarge>(steps, found_inf);
-  }
-}
-
-}  // namespace fusedopt::cuda::sim
-
 // Schemas inferred from the C++ signatures (positional arguments, no alias annotations): the
 // simulation is called by tests with the real ops' arguments, never traced.
 TORCH_LIBRARY(fusedopt_sim, m) {
-  using B = fusedopt::cuda::sim::SimBackend;
-  m.def("adam_", &fusedopt::cuda::adam_<B>);
-  m.def("sgd_", &fusedopt::cuda::sgd_<B>);
-  m.def("lion_", &fusedopt::cuda::lion_<B>);
-  m.def("lamb_", &fusedopt::cuda::lamb_<B>);
-  m.def("sophia_", &fusedopt::cuda::sophia_<B>);
-  m.def("sophia_update_hessian_", &fusedopt::cuda::sophia_update_hessian_<B>);
-  m.def("sum_sq", &fusedopt::cuda::sum_sq<B>);
+#define FUSEDOPT_SIM_DEF(op) m.def(ops::op::name, &Entry<ops::op, SimBackend>::call);
+  FUSEDOPT_FOR_EACH_OP(FUSEDOPT_SIM_DEF)
+#undef FUSEDOPT_SIM_DEF
 }
+
+}  // namespace fusedopt::cuda::sim

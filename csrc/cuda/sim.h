@@ -15,6 +15,9 @@ struct Config {
   int max_blocks;           // likewise for blocks
   bool scalars_by_pointer;  // read lr/grad_scale/found_inf through pointers, as on the GPU
 };
+// X(field) for every field of Config, then of Stats (the Python dicts of fusedopt._C.sim).
+#define FUSEDOPT_SIM_CONFIG_FIELDS(X) \
+  X(chunk_size) X(threads) X(arg_bytes) X(max_slots) X(max_blocks) X(scalars_by_pointer)
 
 struct Stats {
   int64_t launches;
@@ -23,6 +26,8 @@ struct Stats {
   int64_t skipped_blocks;  // blocks that saw found_inf and left
   int64_t step_launches;
 };
+#define FUSEDOPT_SIM_STATS_FIELDS(X) \
+  X(launches) X(blocks) X(vector_blocks) X(skipped_blocks) X(step_launches)
 
 // The configuration the next simulated ops use (defaults: the GPU's).
 Config& config();
