@@ -226,7 +226,9 @@ OPTIMS = [
         op="lion_",
         state_keys=("step", "exp_avg"),
         optional_state=("step",),  # lion-pytorch's and timm's checkpoints have no step
-        supports=frozenset({"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr"}),
+        supports=frozenset(
+            {"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr", "max_grad_norm"}
+        ),
         tolerance="vs_fp64",
         configs={
             "wd": Config(
@@ -307,7 +309,14 @@ OPTIMS = [
         state_keys=("step", "exp_avg", "hessian"),
         optional_state=(),
         supports=frozenset(
-            {"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr", "update_hessian"}
+            {
+                "master_weights",
+                "stochastic_rounding",
+                "state_dtype",
+                "tensor_lr",
+                "max_grad_norm",
+                "update_hessian",
+            }
         ),
         tolerance="vs_fp64",
         configs={
