@@ -3,8 +3,10 @@ torch/testing/_internal/common_optimizers.py): the class, its torch.optim twin, 
 its named constructor configs and the test matrices each config belongs to, its bad arguments.
 
 The parity, checkpoint, validation, mixed-precision, compile and backend matrices of tests/ are
-built from it with ``cases(matrix)``; a config is addressed by name (``info.config("all")``),
-never by position, so adding one changes no other case.
+built from it with ``cases(matrix)`` / ``matrix(name, *fields)``; a config is addressed by name
+(``INFO["adam"].configs["all"]``), never by position, so adding one changes no other case. A new
+optimizer adds one OptimInfo to OPTIMS with configs in every matrix tests/test_optim_info.py
+requires.
 
 Matrices (``Config.use``; "matrix:dtype" puts a config in a per-dtype matrix for that dtype):
   parity         vs torch.optim's for-loop, every backend x dtype        test_parity, test_cuda
@@ -85,10 +87,10 @@ _ADAM_BAD = (
     ({"weight_decay": -0.1}, ValueError),
     ({"fused": True, "foreach": True}, RuntimeError),
 )
-_ADAM_SUPPORTS = frozenset(
-    {"amsgrad", "master_weights", "stochastic_rounding", "state_dtype", "tensor_lr",
-     "max_grad_norm"}
-)  # fmt: skip
+# What every optimizer takes (beside lr, weight_decay, maximize).
+_COMMON = frozenset(
+    {"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr", "max_grad_norm"}
+)
 _ADAM_ALL = {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6}
 
 OPTIMS = [
@@ -99,7 +101,7 @@ OPTIMS = [
         op="adam_",
         state_keys=("step", "exp_avg", "exp_avg_sq"),
         optional_state=(),
-        supports=_ADAM_SUPPORTS,
+        supports=_COMMON | {"amsgrad"},
         tolerance="vs_torch",
         configs={
             "default": Config({"lr": 1e-2}, ("parity", "triton_torch:fp32")),
@@ -131,7 +133,7 @@ OPTIMS = [
         op="adam_",
         state_keys=("step", "exp_avg", "exp_avg_sq"),
         optional_state=(),
-        supports=_ADAM_SUPPORTS,
+        supports=_COMMON | {"amsgrad"},
         tolerance="vs_torch",
         configs={
             "default": Config({"lr": 1e-2}, ("parity",)),
@@ -162,16 +164,7 @@ OPTIMS = [
         op="sgd_",
         state_keys=("momentum_buffer",),
         optional_state=("momentum_buffer",),  # a missing buffer starts from the grad, as in torch
-        supports=frozenset(
-            {
-                "nesterov",
-                "master_weights",
-                "stochastic_rounding",
-                "state_dtype",
-                "tensor_lr",
-                "max_grad_norm",
-            }
-        ),  # fmt: skip
+        supports=_COMMON | {"nesterov"},
         tolerance="vs_torch",
         configs={
             "default": Config({"lr": 0.1}, ("parity", "checkpoint", "triton_torch:fp16")),
@@ -226,9 +219,7 @@ OPTIMS = [
         op="lion_",
         state_keys=("step", "exp_avg"),
         optional_state=("step",),  # lion-pytorch's and timm's checkpoints have no step
-        supports=frozenset(
-            {"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr", "max_grad_norm"}
-        ),
+        supports=_COMMON,
         tolerance="vs_fp64",
         configs={
             "wd": Config(
@@ -261,17 +252,7 @@ OPTIMS = [
         op="lamb_",
         state_keys=("step", "exp_avg", "exp_avg_sq"),
         optional_state=(),
-        supports=frozenset(
-            {
-                "master_weights",
-                "stochastic_rounding",
-                "state_dtype",
-                "tensor_lr",
-                "max_grad_norm",
-                "trust_clip",
-                "bias_correction",
-            }
-        ),  # fmt: skip
+        supports=_COMMON | {"trust_clip", "bias_correction"},
         tolerance="vs_fp64",
         configs={
             "default": Config({"lr": 1e-2}, ("fp64ref", "triton_ref:fp32")),
@@ -308,16 +289,7 @@ OPTIMS = [
         op="sophia_",
         state_keys=("step", "exp_avg", "hessian"),
         optional_state=(),
-        supports=frozenset(
-            {
-                "master_weights",
-                "stochastic_rounding",
-                "state_dtype",
-                "tensor_lr",
-                "max_grad_norm",
-                "update_hessian",
-            }
-        ),
+        supports=_COMMON | {"update_hessian"},
         tolerance="vs_fp64",
         configs={
             "default": Config({"lr": 1e-3}, ("fp64ref", "triton_ref:fp32")),
@@ -349,9 +321,10 @@ OPTIMS = [
 INFO = {i.name: i for i in OPTIMS}
 
 
-def cases(matrix: str, *, id_dtype: bool = True) -> list:  # noqa: ANN401
-    """pytest params (info, config name, config[, dtype]) of every config in ``matrix``; for a
-    per-dtype matrix ("triton_torch") the dtype is the fourth value (in the id if ``id_dtype``)."""
+def cases(matrix: str) -> list:
+    """pytest params (info, config name, config[, dtype]) of every config in ``matrix``, with
+    the id "<optimizer>-<config>[-<dtype>]"; for a per-dtype matrix ("triton_torch") the dtype
+    is the fourth value."""
     out = []
     for info in OPTIMS:
         for cname, cfg in info.configs.items():

@@ -11,10 +11,13 @@ import torch
 from fusedopt._opdefs import OPS
 from optim_info import INFO, OPTIMS, cases
 
-# Every optimizer is in these matrices; the parity judge is torch.optim where it has a twin, the
-# fp64 reference (and the reference backend on Triton) where not.
+# Every optimizer is in these matrices; its tolerance says who judges it: torch.optim (the twin
+# it must have) or the fp64 reference (and the reference backend on Triton).
 EVERY = ("damaged", "compile", "mixed", "triton_cpu")
-JUDGED = {True: ("parity", "checkpoint", "triton_torch"), False: ("fp64ref", "triton_ref")}
+JUDGED = {
+    "vs_torch": ("parity", "checkpoint", "triton_torch"),
+    "vs_fp64": ("fp64ref", "triton_ref"),
+}
 # Options a class either takes as a constructor argument or refuses with a TypeError.
 OPTIONS = ("amsgrad", "nesterov", "trust_clip", "bias_correction", "max_grad_norm",
            "master_weights", "stochastic_rounding", "state_dtype")  # fmt: skip
@@ -23,7 +26,8 @@ OPTIONS = ("amsgrad", "nesterov", "trust_clip", "bias_correction", "max_grad_nor
 @pytest.mark.parametrize("info", OPTIMS, ids=lambda i: i.name)
 def test_every_optimizer_is_in_every_matrix(info):
     have = {u.partition(":")[0] for c in info.configs.values() for u in c.use}
-    missing = set(EVERY + JUDGED[info.torch_cls is not None]) - have
+    assert (info.tolerance == "vs_torch") == (info.torch_cls is not None)
+    missing = set(EVERY + JUDGED[info.tolerance]) - have
     assert not missing, f"{info.name}: no config in {sorted(missing)}"
 
 
