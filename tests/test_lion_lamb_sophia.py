@@ -146,7 +146,7 @@ def set_grads(fused: list[Tensor], ref: list[Tensor], gen: torch.Generator) -> N
 
 def sign_ambiguous(name: str, kwargs: dict[str, Any], ref_opt, q: Tensor, dtype) -> Tensor | None:
     """Elements whose update direction sign(.) is within rounding of 0 (Lion's c, Sophia's m)."""
-    if name == "lamb" or q.grad is None:
+    if name not in ("lion", "sophia") or q.grad is None:
         return None
     beta1 = kwargs.get("betas", (0.9, 0.99) if name == "lion" else (0.965, 0.99))[0]
     g = -q.grad if kwargs.get("maximize", False) else q.grad
@@ -176,7 +176,8 @@ def resync(fused_opt, ref_opt, fused: list[Tensor], ref: list[Tensor], keys) -> 
 
 def run_matrix(name, kwargs, step_kwargs, backend, dtype, steps=STEPS, fused_kwargs=None) -> None:
     """``fused_kwargs``: the fused optimizer's kwargs, if not ``kwargs`` (a wrong one)."""
-    cls, keys = OPTIMIZERS[name]
+    cls = INFO[name].cls  # any registry entry in the "fp64ref" matrix
+    keys = tuple(k for k in INFO[name].state_keys if k != "step")
     gen = torch.Generator().manual_seed(1234)
     fused = make_params(dtype, gen)
     ref = [p.detach().double().clone().requires_grad_() for p in fused]
@@ -186,7 +187,8 @@ def run_matrix(name, kwargs, step_kwargs, backend, dtype, steps=STEPS, fused_kwa
     compared = sum(p.numel() for i, p in enumerate(fused) if i != FROZEN)
     for t in range(steps):
         set_grads(fused, ref, gen)
-        if name == "sophia" and t % 2 == 1:  # step 0 runs with h = 0: the sign(m) regime
+        hessian = "update_hessian" in INFO[name].supports
+        if hessian and t % 2 == 1:  # Sophia's step 0 runs with h = 0: the sign(m) regime
             pairs = [(p, q) for p, q in zip(fused, ref) if q in ref_opt.state]
             before_h = [ref_opt.state[q]["hessian"].clone() for _, q in pairs]
             fused_opt.update_hessian()
