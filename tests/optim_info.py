@@ -61,11 +61,11 @@ class OptimInfo:
     torch_cls: type | None  # torch.optim's twin: the parity judge and the checkpoint partner
     op: str  # its update op in fusedopt._opdefs.OPS
     state_keys: tuple[str, ...]  # per-param state with the default options, in torch's order
-    # state a checkpoint may lack (made again at load, as torch or the common twin does)
-    optional_state: tuple[str, ...]
     supports: frozenset[str]  # options beyond lr / weight_decay / maximize
     tolerance: str  # "vs_torch" (helpers.TOL_VS_TORCH) or "vs_fp64" (test_lion_lamb_sophia.bound)
     configs: dict[str, Config]
+    # state a checkpoint may lack (made again at load, as torch or the common twin does)
+    optional_state: tuple[str, ...] = ()
     # (kwargs, exception type): refused with torch.optim's exception and message
     bad_args: tuple[tuple[dict[str, Any], type[Exception]], ...] = ()
     # (kwargs, message pattern): refused with a ValueError (no torch.optim twin to compare with)
@@ -91,6 +91,14 @@ _ADAM_BAD = (
 _COMMON = frozenset(
     {"master_weights", "stochastic_rounding", "state_dtype", "tensor_lr", "max_grad_norm"}
 )
+# What Adam and AdamW share: the op, the state, the options, torch's checks.
+_ADAM = {
+    "op": "adam_",
+    "state_keys": ("step", "exp_avg", "exp_avg_sq"),
+    "supports": _COMMON | {"amsgrad"},
+    "tolerance": "vs_torch",
+    "bad_args": _ADAM_BAD,
+}
 _ADAM_ALL = {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6}
 
 OPTIMS = [
@@ -98,11 +106,7 @@ OPTIMS = [
         name="adam",
         cls=fusedopt.Adam,
         torch_cls=torch.optim.Adam,
-        op="adam_",
-        state_keys=("step", "exp_avg", "exp_avg_sq"),
-        optional_state=(),
-        supports=_COMMON | {"amsgrad"},
-        tolerance="vs_torch",
+        **_ADAM,
         configs={
             "default": Config({"lr": 1e-2}, ("parity", "triton_torch:fp32")),
             "wd": Config({"lr": 1e-2, "weight_decay": 0.1}, ("parity",)),
@@ -124,17 +128,12 @@ OPTIMS = [
             "amsgrad-wd": Config({"amsgrad": True, "weight_decay": 0.1}, ("compile",)),
             "amsgrad-l2": Config({"lr": 1e-2, "amsgrad": True, "weight_decay": 0.01}, ("mixed",)),
         },
-        bad_args=_ADAM_BAD,
     ),
     OptimInfo(
         name="adamw",
         cls=fusedopt.AdamW,
         torch_cls=torch.optim.AdamW,
-        op="adam_",
-        state_keys=("step", "exp_avg", "exp_avg_sq"),
-        optional_state=(),
-        supports=_COMMON | {"amsgrad"},
-        tolerance="vs_torch",
+        **_ADAM,
         configs={
             "default": Config({"lr": 1e-2}, ("parity",)),
             "wd-amsgrad": Config(
@@ -155,7 +154,6 @@ OPTIMS = [
             # sum_sq and grad_scale inside the step
             "max_grad_norm": Config({"lr": 1e-2, "max_grad_norm": 0.5}, ("triton_ref:bf16",)),
         },
-        bad_args=_ADAM_BAD,
     ),
     OptimInfo(
         name="sgd",
@@ -251,7 +249,6 @@ OPTIMS = [
         torch_cls=None,
         op="lamb_",
         state_keys=("step", "exp_avg", "exp_avg_sq"),
-        optional_state=(),
         supports=_COMMON | {"trust_clip", "bias_correction"},
         tolerance="vs_fp64",
         configs={
@@ -288,7 +285,6 @@ OPTIMS = [
         torch_cls=None,
         op="sophia_",
         state_keys=("step", "exp_avg", "hessian"),
-        optional_state=(),
         supports=_COMMON | {"update_hessian"},
         tolerance="vs_fp64",
         configs={
