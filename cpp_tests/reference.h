@@ -34,6 +34,18 @@ struct AdamHyper {
   double grad_scale = 1.0;  // AMP: grads arrive multiplied by this
 };
 
+// beta1 < 0.5 takes the other branch of lerp; a big eps; decay; an AMP grad scale.
+inline AdamHyper adam_low_betas(double lr, double weight_decay, double grad_scale) {
+  AdamHyper h;
+  h.lr = lr;
+  h.beta1 = 0.3;
+  h.beta2 = 0.5;
+  h.eps = 1e-3;
+  h.weight_decay = weight_decay;
+  h.grad_scale = grad_scale;
+  return h;
+}
+
 struct AdamRef {
   Ref p, m, v, vmax;        // the new values (vmax: unchanged when !amsgrad)
   Ref mag_p, mag_m, mag_v;  // magnitudes for the tolerances (see the top of this file)

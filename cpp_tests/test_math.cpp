@@ -16,6 +16,7 @@ namespace {
 
 using fusedopt::AdamScalars;
 using fusedopt::SgdScalars;
+using fusedopt_test::adam_low_betas;
 using fusedopt_test::AdamHyper;
 using fusedopt_test::Ref;
 using fusedopt_test::SgdHyper;
@@ -90,14 +91,7 @@ std::vector<AdamHyper> adam_hypers() {
   AdamHyper a;  // torch defaults, with a non-zero decay
   a.weight_decay = 1e-2;
   hs.push_back(a);
-  AdamHyper b;  // beta1 < 0.5 takes the other branch of lerp; big eps; AMP scale
-  b.lr = 0.1;
-  b.beta1 = 0.3;
-  b.beta2 = 0.5;
-  b.eps = 1e-3;
-  b.weight_decay = 0.5;
-  b.grad_scale = 1024.0;
-  hs.push_back(b);
+  hs.push_back(adam_low_betas(0.1, 0.5, 1024.0));
   AdamHyper c;  // no decay
   c.lr = 0.05;
   hs.push_back(c);

@@ -40,14 +40,7 @@ std::vector<AdamHyper> adam_configs() {
   for (int mode = 0; mode < 8; ++mode) {
     AdamHyper a;  // large enough a learning rate that bf16 params visibly move
     a.lr = 0.05;
-    AdamHyper b;  // beta1 < 0.5 takes lerp's other branch; decay; AMP grad scale
-    b.lr = 0.02;
-    b.beta1 = 0.3;
-    b.beta2 = 0.5;
-    b.eps = 1e-3;
-    b.weight_decay = 0.1;
-    b.grad_scale = 8.0;
-    for (AdamHyper h : {a, b}) {
+    for (AdamHyper h : {a, adam_low_betas(0.02, 0.1, 8.0)}) {
       h.decoupled = mode & 4;
       h.amsgrad = mode & 2;
       h.maximize = mode & 1;

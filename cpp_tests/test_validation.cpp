@@ -190,6 +190,23 @@ FO_TEST(found_inf_skips_the_step) {
 // A list whose params have different dtypes cannot be run as one dtype group. The op must either
 // reject it before writing anything or update every param correctly; anything else means some
 // param's memory was read (and written) as another dtype.
+constexpr const char* kMixedDtypes = "params [float32, float64] in one call";
+
+template <class Run, class Check>
+void rejected_or_correct(Group& g, const Snapshot& before, Run run, Check check) {
+  try {
+    run();
+  } catch (const fusedopt_test::Failure&) {
+    throw;
+  } catch (const std::exception& e) {
+    check_unchanged(g, before, "mixed dtypes (rejected)");
+    std::printf("  rejected: %s\n", std::string(e.what()).substr(0, 200).c_str());
+    return;
+  }
+  CheckStats stats;
+  check(stats);
+}
+
 FO_TEST(adam_params_of_mixed_dtypes) {
   Group a = make_group(at::kFloat, adam_roles(false), {{{1000}, Layout::kContiguous}}, 9, true);
   Group b = make_group(at::kDouble, adam_roles(false), {{{1000}, Layout::kContiguous}}, 10, true);
@@ -199,17 +216,9 @@ FO_TEST(adam_params_of_mixed_dtypes) {
   const Snapshot before = snapshot(g);
   AdamHyper h;
   h.lr = 0.05;
-  try {
-    run_adam(g, h);
-  } catch (const fusedopt_test::Failure&) {
-    throw;
-  } catch (const std::exception& e) {
-    check_unchanged(g, before, "mixed dtypes (rejected)");
-    std::printf("  rejected: %s\n", std::string(e.what()).substr(0, 200).c_str());
-    return;
-  }
-  CheckStats stats;
-  check_adam(g, before, h, "params [float32, float64] in one call", stats);
+  rejected_or_correct(
+      g, before, [&] { run_adam(g, h); },
+      [&](CheckStats& stats) { check_adam(g, before, h, kMixedDtypes, stats); });
 }
 
 FO_TEST(sgd_params_of_mixed_dtypes) {
@@ -221,17 +230,9 @@ FO_TEST(sgd_params_of_mixed_dtypes) {
   SgdHyper h;
   h.lr = 0.1;
   h.momentum = 0.9;
-  try {
-    run_sgd(g, h);
-  } catch (const fusedopt_test::Failure&) {
-    throw;
-  } catch (const std::exception& e) {
-    check_unchanged(g, before, "mixed dtypes (rejected)");
-    std::printf("  rejected: %s\n", std::string(e.what()).substr(0, 200).c_str());
-    return;
-  }
-  CheckStats stats;
-  check_sgd(g, before, h, "params [float32, float64] in one call", stats);
+  rejected_or_correct(
+      g, before, [&] { run_sgd(g, h); },
+      [&](CheckStats& stats) { check_sgd(g, before, h, kMixedDtypes, stats); });
 }
 
 }  // namespace

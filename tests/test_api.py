@@ -15,6 +15,7 @@ from helpers import (
     make_params,
     set_grads,
 )
+from optim_info import OPTIMS
 
 
 def test_backends_report():
@@ -179,7 +180,7 @@ def test_step_bumps_version_counters_so_autograd_sees_the_change() -> None:
 
 
 @pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Lion", "LAMB", "Sophia"])
+@pytest.mark.parametrize("name", [i.cls.__name__ for i in OPTIMS])
 def test_step_plan_path_equals_the_op_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Note [C++ step plans]: a step through the C++ StepPlan (eager) and one through
     torch.ops.fusedopt (what torch.compile traces) are the same call: identical bits."""

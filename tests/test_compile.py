@@ -17,26 +17,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import fusedopt
 from fusedopt.schedules import WarmupCosine
 from helpers import TOL_VS_TORCH, assert_close_ulp
+from optim_info import BACKENDS, cases
 
-OPTIMIZERS = {
-    "AdamW": (fusedopt.AdamW, {}),
-    "Adam-amsgrad": (fusedopt.Adam, {"amsgrad": True, "weight_decay": 0.1}),
-    "SGD": (fusedopt.SGD, {"momentum": 0.9, "nesterov": True}),
-    "SGD-plain": (fusedopt.SGD, {}),
-    "Lion": (fusedopt.Lion, {"weight_decay": 0.1}),
-    "LAMB": (fusedopt.LAMB, {}),
-    "Sophia": (fusedopt.Sophia, {}),
-    "AdamW-clip": (fusedopt.AdamW, {"max_grad_norm": 0.5}),
-}
-BACKENDS = [
-    pytest.param(
-        "cpu",
-        marks=pytest.mark.skipif(
-            not fusedopt.backends()["cpu"].available, reason="no compiled CPU kernels"
-        ),
-    ),
-    "reference",
-]
+# name -> (class, kwargs but the lr, which each test sets): tests/optim_info.py's "compile" configs
+OPTIMIZERS = {c.id: (c.values[0].cls, c.values[2].kwargs) for c in cases("compile")}
 TOL = TOL_VS_TORCH[torch.float32]
 
 

@@ -39,13 +39,13 @@ from test_cuda_planner import (
     resync,
     written,
 )
-from test_parity import CONFIGS
 
 import fusedopt
 from fusedopt import reference
 from fusedopt._dispatch import image_for, parse_images
 from fusedopt._ext import _C
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity
+from optim_info import matrix
 
 CUDA = fusedopt.backends()["cuda"]
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA.available, reason=CUDA.reason)]
@@ -58,8 +58,8 @@ def test_backend_is_picked():
 
 # -- the parity matrix --------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
-@pytest.mark.parametrize("name,ours,theirs,kwargs", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_matches_torch_forloop(name, ours, theirs, kwargs, dtype):
+@pytest.mark.parametrize("ours,theirs,kwargs", matrix("parity", "cls", "torch_cls", "kwargs"))
+def test_matches_torch_forloop(ours, theirs, kwargs, dtype):
     run_parity(
         lambda ps: ours(ps, backend="cuda", **kwargs),
         lambda ps: theirs(ps, foreach=False, **kwargs),
@@ -205,7 +205,7 @@ def test_grad_scaler_found_inf_on_device(cls, kwargs):
                     assert torch.equal(v, states[id(p)][k]), k  # `step` too
 
 
-@pytest.mark.parametrize("cls,kwargs", OPTIMIZERS[:4])
+@pytest.mark.parametrize("cls,kwargs", matrix("cuda_graph", "cls", "kwargs"))
 def test_cuda_graph_replay_equals_eager(cls, kwargs):
     """A captured step (device lr and step counters, LAMB's device reductions and clipping)
     replayed with new grads == the same optimizer stepped eagerly, bit for bit."""

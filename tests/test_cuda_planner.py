@@ -27,6 +27,7 @@ from fusedopt import _dispatch, reference
 from fusedopt._ext import _C
 from fusedopt.reference._common import sr_key, sr_round_bf16
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
+from optim_info import matrix
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
 
@@ -625,13 +626,7 @@ def cpu_backend_simulated(monkeypatch, sim):
 
 
 # Every optimizer, as tests/test_cuda.py steps it on the CPU and on the GPU.
-OPTIMIZERS = [
-    pytest.param(fusedopt.AdamW, {"lr": 1e-2, "weight_decay": 0.1}, id="adamw"),
-    pytest.param(fusedopt.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}, id="sgd"),
-    pytest.param(fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.1}, id="lion"),
-    pytest.param(fusedopt.LAMB, {"lr": 1e-2, "max_grad_norm": 1.0}, id="lamb"),
-    pytest.param(fusedopt.Sophia, {"lr": 1e-3, "weight_decay": 0.1}, id="sophia"),
-]
+OPTIMIZERS = matrix("cuda", "cls", "kwargs")
 
 
 def cpu_equals_other(cls, kwargs, dtype, backend, device, around=contextlib.nullcontext):
@@ -696,40 +691,10 @@ def test_optimizers_cpu_equals_simulated(monkeypatch, sim, cls, kwargs, dtype):
     assert sim.stats()["launches"] > 0
 
 
-OPTIM_CONFIGS = [
-    (
-        "adam-all",
-        fusedopt.Adam,
-        torch.optim.Adam,
-        {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6},
-    ),
-    (
-        "adamw-wd-amsgrad",
-        fusedopt.AdamW,
-        torch.optim.AdamW,
-        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
-    ),
-    (
-        "sgd-dampening",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
-    ),
-    (
-        "sgd-nesterov",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
-    ),
-]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
-@pytest.mark.parametrize(
-    "name,ours,theirs,kwargs", OPTIM_CONFIGS, ids=[c[0] for c in OPTIM_CONFIGS]
-)
+@pytest.mark.parametrize("ours,theirs,kwargs", matrix("sim_torch", "cls", "torch_cls", "kwargs"))
 def test_optimizers_on_simulated_kernels_match_torch(
-    cpu_backend_simulated, name, ours, theirs, kwargs, dtype
+    cpu_backend_simulated, ours, theirs, kwargs, dtype
 ):
     cpu_backend_simulated.configure(chunk_size=4096, threads=32, max_slots=4, max_blocks=6)
     run_parity(

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from fusedopt import _opdefs
 from fusedopt._ext import _C
 
 NAMESPACES = []
@@ -25,7 +26,7 @@ if importlib.util.find_spec("triton") is not None:
 
     NAMESPACES.append("fusedopt_triton")
 
-OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_", "sum_sq"]
+OPS = list(_opdefs.OPS)
 # What each op returns: (dtype, shape) of its one output, or None.
 OUTPUTS = {"sum_sq": (torch.float64, ())}
 SHAPES = [(3,), (2, 5), ()]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import fusedopt
+from optim_info import OPTIMS
 
 
 def _needs(module: str) -> pytest.MarkDecorator:
@@ -91,8 +92,7 @@ def test_fused_amp_false_takes_gradscalers_own_unscale_and_skip():
     assert fusedopt.AdamW(_mlp().parameters())._step_supports_amp_scaling  # the default
 
 
-@pytest.mark.parametrize("cls", [fusedopt.AdamW, fusedopt.Adam, fusedopt.SGD, fusedopt.Lion,
-                                 fusedopt.LAMB, fusedopt.Sophia])  # fmt: skip
+@pytest.mark.parametrize("cls", [i.cls for i in OPTIMS])
 def test_fused_amp_option_on_every_optimizer_survives_pickling(cls):
     opt = cls(_mlp().parameters(), fused_amp=False)
     assert opt._step_supports_amp_scaling is False

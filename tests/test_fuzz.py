@@ -29,6 +29,7 @@ import fusedopt
 from fusedopt import _dispatch
 from fusedopt._ext import _C
 from helpers import TOL_VS_TORCH, Tol, assert_close_ulp, copy_state, cpu_levels, state_tensors
+from optim_info import with_torch
 
 LONG = os.environ.get("FUSEDOPT_FUZZ") == "long"
 
@@ -54,7 +55,7 @@ if fusedopt.backends()["triton"].available:
     BACKENDS += ["triton"]
 
 HALF = (torch.float16, torch.bfloat16)
-TORCH_HAS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+TORCH_HAS = {i.cls.__name__: i.torch_cls for i in with_torch()}
 
 # Small sim launch shapes, so that a few dozen elements already span several blocks and launches.
 SIM_CONFIGS = [

@@ -23,19 +23,13 @@ import torch
 
 import fusedopt
 from helpers import _CASES, TOL_VS_TORCH, assert_close_ulp, clone_params, ulp
+from optim_info import cases
 
 pytestmark = pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
 
-# (class, kwargs) for every optimizer; lr large enough that updates show in bf16.
-OPTIMIZERS = {
-    "adamw": (fusedopt.AdamW, {"lr": 1e-2, "weight_decay": 0.1}),
-    "adam_amsgrad": (fusedopt.Adam, {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.01}),
-    "sgd_nesterov": (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    "sgd_plain": (fusedopt.SGD, {"lr": 0.05}),  # no state at all: states take the params' dtype
-    "lion": (fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.1}),
-    "lamb": (fusedopt.LAMB, {"lr": 1e-2, "weight_decay": 0.01}),
-    "sophia": (fusedopt.Sophia, {"lr": 1e-2, "weight_decay": 0.1}),
-}
+# (class, kwargs) for every optimizer, tests/optim_info.py's "mixed" configs; lr large enough
+# that updates show in bf16.
+OPTIMIZERS = {c.id: (c.values[0].cls, c.values[2].kwargs) for c in cases("mixed")}
 STEPS = 4
 
 # The compiled backends under test and where their tensors live: the CPU kernels, and the
@@ -308,7 +302,7 @@ def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend, d
     # Lion and Sophia step by sign(c) (Lion) or sign(m) (Sophia): where that quantity is within
     # rounding of 0, the last-bit differences of two operation orders flip the sign and move
     # the param by 2 lr; allowed for at most 0.1% of the elements (as in test_lion_lamb_sophia).
-    signed = name in ("lion", "sophia")
+    signed = cls in (fusedopt.Lion, fusedopt.Sophia)
     for step in range(STEPS):
         grads = _grads(ours_p, step)
         _step(ours, ours_p, grads, pdtype)
@@ -352,7 +346,7 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("name", ["adamw", "sgd_nesterov", "lamb"])
+@pytest.mark.parametrize("name", [c.id for c in cases("mixed_checkpoint")])
 def test_checkpoint_round_trip_continues_identically(name: str, mode: str) -> None:
     cls, kw = OPTIMIZERS[name]
     dtype, mkw = MODES[mode]

@@ -54,6 +54,14 @@ def test_opcheck_sgd(first):
     torch.library.opcheck(torch.ops.fusedopt.sgd_.default, _sgd_args(first))
 
 
+def _adam(params, grads, exp_avgs, exp_avg_sqs, steps):
+    """adam_ at lr 1e-3, betas (0.9, 0.999), no weight decay, eps 1e-8, no amsgrad."""
+    torch.ops.fusedopt.adam_(
+        params, grads, exp_avgs, exp_avg_sqs, [], steps, torch.tensor(1e-3),
+        0.9, 0.999, 0.0, 1e-8, False, False, True,
+    )  # fmt: skip
+
+
 def test_cpp_validation_rejects_before_writing():
     params = [torch.randn(4), torch.randn(6)]
     before = [p.clone() for p in params]
@@ -64,22 +72,7 @@ def test_cpp_validation_rejects_before_writing():
     with pytest.raises(
         RuntimeError, match=r"exp_avgs\[1\] has shape \[5\] but its param has shape \[6\]"
     ):
-        torch.ops.fusedopt.adam_(
-            params,
-            grads,
-            m,
-            v,
-            [],
-            steps,
-            torch.tensor(1e-3),
-            0.9,
-            0.999,
-            0.0,
-            1e-8,
-            False,
-            False,
-            True,
-        )
+        _adam(params, grads, m, v, steps)
     assert all(torch.equal(a, b) for a, b in zip(params, before))
     assert all(s.item() == 0 for s in steps)
 
@@ -99,22 +92,7 @@ def test_cpp_validation_messages(bad, match):
     v = [torch.zeros(4), torch.zeros(3)]
     steps = [torch.zeros(2) if bad.get("step") else torch.tensor(0.0), torch.tensor(0.0)]
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.fusedopt.adam_(
-            params,
-            grads,
-            m,
-            v,
-            [],
-            steps,
-            torch.tensor(1e-3),
-            0.9,
-            0.999,
-            0.0,
-            1e-8,
-            False,
-            False,
-            True,
-        )
+        _adam(params, grads, m, v, steps)
 
 
 def test_empty_lists_and_all_empty_tensors():

@@ -1,6 +1,6 @@
 """fusedopt vs torch.optim (for-loop implementation), element by element after every step.
 
-The matrix is declared once: optimizer config x backend x dtype. Every run uses the parameter
+The matrix is declared once, in tests/optim_info.py: optimizer config x backend x dtype. Every run uses the parameter
 set of helpers.make_params (odd sizes, 0-d, transposed/sliced params, expanded and transposed
 grads, a frozen param, an empty param last).
 """
@@ -13,88 +13,30 @@ import torch
 import fusedopt
 import helpers
 from helpers import DTYPE_IDS, DTYPES, cpu_levels, flagged_fractions, run_parity
-
-BACKENDS = [
-    pytest.param(
-        "cpu",
-        id="cpu",
-        marks=pytest.mark.skipif(
-            not fusedopt.backends()["cpu"].available, reason="compiled CPU kernels unavailable"
-        ),
-    ),
-    pytest.param("reference", id="reference"),
-]
-
-# (id, fusedopt class, torch.optim class, kwargs)
-CONFIGS = [
-    ("adam", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2}),
-    ("adam-wd", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "weight_decay": 0.1}),
-    ("adam-amsgrad", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
-    ("adam-maximize", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "maximize": True}),
-    (
-        "adam-all",
-        fusedopt.Adam,
-        torch.optim.Adam,
-        {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6},
-    ),
-    ("adam-lowbetas", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "betas": (0.3, 0.6)}),
-    ("adamw", fusedopt.AdamW, torch.optim.AdamW, {"lr": 1e-2}),
-    (
-        "adamw-wd-amsgrad",
-        fusedopt.AdamW,
-        torch.optim.AdamW,
-        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
-    ),
-    (
-        "adamw-maximize",
-        fusedopt.AdamW,
-        torch.optim.AdamW,
-        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
-    ),
-    ("sgd", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1}),
-    (
-        "sgd-wd-maximize",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "weight_decay": 0.1, "maximize": True},
-    ),
-    ("sgd-momentum", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
-    (
-        "sgd-dampening",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
-    ),
-    (
-        "sgd-nesterov",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
-    ),
-]
+from optim_info import BACKENDS, cases
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,ours,theirs,kwargs", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_matches_torch_forloop(name, ours, theirs, kwargs, backend, dtype):
+@pytest.mark.parametrize("info,name,config", cases("parity"))
+def test_matches_torch_forloop(info, name, config, backend, dtype):
+    kwargs = config.kwargs
     run_parity(
-        lambda ps: ours(ps, backend=backend, **kwargs),
-        lambda ps: theirs(ps, foreach=False, **kwargs),
+        lambda ps: info.cls(ps, backend=backend, **kwargs),
+        lambda ps: info.torch_cls(ps, foreach=False, **kwargs),
         dtype,
-        make_ref64=lambda ps: ours(ps, backend="reference", **kwargs),
+        make_ref64=lambda ps: info.cls(ps, backend="reference", **kwargs),
     )
 
 
-@pytest.mark.parametrize(
-    "name,ours,theirs,kwargs",
-    [CONFIGS[4], CONFIGS[7], CONFIGS[13]],
-    ids=["adam-all", "adamw-wd-amsgrad", "sgd-nesterov"],
-)
-def test_tensor_lr(name, ours, theirs, kwargs):
+@pytest.mark.parametrize("info,name,config", cases("tensor_lr"))
+def test_tensor_lr(info, name, config):
+    kwargs = config.kwargs
     kw = dict(kwargs, lr=torch.tensor(kwargs["lr"]))
     run_parity(
-        lambda ps: ours(ps, **kw), lambda ps: theirs(ps, foreach=False, **kwargs), torch.float32
+        lambda ps: info.cls(ps, **kw),
+        lambda ps: info.torch_cls(ps, foreach=False, **kwargs),
+        torch.float32,
     )
 
 
@@ -108,7 +50,9 @@ def test_every_simd_level(level, dtype):
     _C.set_cpu_capability(level)
     try:
         assert _C.cpu_capability() == level
-        for _, ours, theirs, kwargs in (CONFIGS[4], CONFIGS[7], CONFIGS[12]):
+        for case in cases("simd"):
+            info, _, config = case.values
+            ours, theirs, kwargs = info.cls, info.torch_cls, config.kwargs
             run_parity(
                 lambda ps, o=ours, k=kwargs: o(ps, backend="cpu", **k),
                 lambda ps, t=theirs, k=kwargs: t(ps, foreach=False, **k),
@@ -147,24 +91,8 @@ def test_checker_catches_a_wrong_update(dtype, base, wrong):
         )
 
 
-WRONG_LR = [
-    pytest.param(fusedopt.AdamW, torch.optim.AdamW, {"weight_decay": 0.1}, id="adamw"),
-    pytest.param(fusedopt.Adam, torch.optim.Adam, {"weight_decay": 0.1}, id="adam-l2"),
-    pytest.param(
-        fusedopt.SGD, torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.1}, id="sgd-momentum"
-    ),
-    pytest.param(
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"momentum": 0.9, "nesterov": True, "maximize": True},
-        id="sgd-nesterov",
-    ),
-    pytest.param(fusedopt.SGD, torch.optim.SGD, {"dampening": 0.5, "momentum": 0.5}, id="sgd-damp"),
-]
-
-
-@pytest.mark.parametrize("ours,theirs,kwargs", WRONG_LR)
-def test_checker_catches_a_1pct_lr_error(ours, theirs, kwargs, monkeypatch):
+@pytest.mark.parametrize("info,name,config", cases("wrong_lr"))
+def test_checker_catches_a_1pct_lr_error(info, name, config, monkeypatch):
     """In fp32 at lr 1e-3, an lr 1% too large must be flagged by most elements of the big param
     at every step, not by a lucky few. An element's error is 1% of its step, lr*|update|; the
     bound is 1.3e-6 (|p| + |result| + |step|): elements whose update is under about a quarter of
@@ -176,8 +104,8 @@ def test_checker_catches_a_1pct_lr_error(ours, theirs, kwargs, monkeypatch):
         "assert_close_ulp",
         r"(\d+)/(\d+) elements differ",
         lambda: run_parity(
-            lambda ps: ours(ps, lr=1.01e-3, **kwargs),
-            lambda ps: theirs(ps, lr=1e-3, foreach=False, **kwargs),
+            lambda ps: info.cls(ps, lr=1.01e-3, **config.kwargs),
+            lambda ps: info.torch_cls(ps, lr=1e-3, foreach=False, **config.kwargs),
             torch.float32,
             steps=3,
         ),

@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 import torch
 
-from fusedopt import reference
+from fusedopt import _opdefs, reference
 from fusedopt._ext import _C
 
 GPU = torch.cuda.is_available()
@@ -25,7 +25,8 @@ if _C is not None:
 if importlib.util.find_spec("triton") is not None:
     BACKENDS.append(pytest.param("triton", id="triton", marks=pytest.mark.triton))
 
-OPS = ["adam_", "lion_", "lamb_", "sophia_"]
+# every op that keeps per-param step counters
+OPS = [n for n, d in _opdefs.OPS.items() if any(a.role == "step" for a in d.args)]
 MESSAGE = r"state_steps\[2\] shares its memory with state_steps\[0\]: every param needs its own step counter"
 
 

@@ -10,13 +10,7 @@ import torch
 
 import fusedopt
 from helpers import clone_params, fresh_grads, make_params, set_grads
-
-PAIRS = [
-    pytest.param(fusedopt.AdamW, torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 0.1}, id="adamw"),
-    pytest.param(fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}, id="adam-amsgrad"),
-    pytest.param(fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, id="sgd-momentum"),
-    pytest.param(fusedopt.SGD, torch.optim.SGD, {"lr": 0.1}, id="sgd"),
-]
+from optim_info import cases
 
 
 def _train(opt, params, grads_seq):
@@ -32,9 +26,10 @@ def _roundtrip(sd):
     return torch.load(buf, weights_only=True)
 
 
-@pytest.mark.parametrize("ours,theirs,kwargs", PAIRS)
+@pytest.mark.parametrize("info,name,config", cases("checkpoint"))
 @pytest.mark.parametrize("direction", ["torch_to_fusedopt", "fusedopt_to_torch"])
-def test_checkpoint_moves_and_training_continues_identically(ours, theirs, kwargs, direction):
+def test_checkpoint_moves_and_training_continues_identically(info, name, config, direction):
+    ours, theirs, kwargs = info.cls, info.torch_cls, config.kwargs
     params = make_params(torch.float32)
     grads = [fresh_grads(params) for _ in range(6)]
     src_cls, dst_cls = (theirs, ours) if direction == "torch_to_fusedopt" else (ours, theirs)
@@ -172,15 +167,9 @@ def test_pickle_roundtrip_keeps_backend():
 
 
 # -- damaged checkpoints (Note [damaged checkpoints]) ---------------------------------------------
-# Every optimizer with the options that change its state keys; torch.optim's twin where it has one.
-OPTIMIZERS = [
-    pytest.param(fusedopt.AdamW, {}, torch.optim.AdamW, id="adamw"),
-    pytest.param(fusedopt.Adam, {"amsgrad": True}, torch.optim.Adam, id="adam-amsgrad"),
-    pytest.param(fusedopt.SGD, {"lr": 0.1, "momentum": 0.9}, torch.optim.SGD, id="sgd-momentum"),
-    pytest.param(fusedopt.Lion, {}, None, id="lion"),
-    pytest.param(fusedopt.LAMB, {}, None, id="lamb"),
-    pytest.param(fusedopt.Sophia, {}, None, id="sophia"),
-]
+# Every optimizer with the options that change its state keys (the "damaged" configs of
+# tests/optim_info.py); torch.optim's twin where it has one.
+OPTIMIZERS = cases("damaged")
 MIXED = [
     pytest.param({}, torch.float32, id="fp32"),
     pytest.param({"master_weights": True}, torch.bfloat16, id="bf16-master"),
@@ -216,16 +205,14 @@ def _assert_unchanged(opt, params, snap):
             assert torch.equal(after["state"][pid][k], v), (pid, k)
 
 
-@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+@pytest.mark.parametrize("info,name,config", OPTIMIZERS)
 @pytest.mark.parametrize("mixed,dtype", MIXED)
-def test_state_missing_a_key_is_refused_naming_it(cls, kwargs, twin, mixed, dtype):
+def test_state_missing_a_key_is_refused_naming_it(info, name, config, mixed, dtype):
+    cls, kwargs, twin = info.cls, config.kwargs, info.torch_cls
     params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
     snap = _snapshot(opt, params)
-    required = [k for k in snap[1]["state"][1] if k not in ("master_param", "sr_seed")]
-    if cls is fusedopt.SGD:
-        required = []  # a missing momentum_buffer starts from the grad, as in torch
-    elif cls is fusedopt.Lion:
-        required = ["exp_avg"]  # lion-pytorch's and timm's checkpoints have no step
+    optional = ("master_param", "sr_seed", *info.optional_state)
+    required = [k for k in snap[1]["state"][1] if k not in optional]
     for key in required:
         bad = copy.deepcopy(snap[1])
         del bad["state"][1][key]
@@ -246,11 +233,13 @@ def test_state_missing_a_key_is_refused_naming_it(cls, kwargs, twin, mixed, dtyp
                 topt.step()
 
 
-@pytest.mark.parametrize("cls,kwargs,twin", [p for p in OPTIMIZERS if p.id != "sgd-momentum"])
+@pytest.mark.parametrize(
+    "info,name,config", [p for p in OPTIMIZERS if "step" in p.values[0].state_keys]
+)
 @pytest.mark.parametrize("step", [-3.0, -1e-3, float("nan"), float("inf")])
 @pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "float"])
-def test_bad_step_is_refused_at_load(cls, kwargs, twin, step, as_tensor):
-    params, opt = _trained(cls, kwargs)
+def test_bad_step_is_refused_at_load(info, name, config, step, as_tensor):
+    params, opt = _trained(info.cls, config.kwargs)
     snap = _snapshot(opt, params)
     bad = copy.deepcopy(snap[1])
     bad["state"][0]["step"] = torch.tensor(step) if as_tensor else step
@@ -259,9 +248,10 @@ def test_bad_step_is_refused_at_load(cls, kwargs, twin, step, as_tensor):
     _assert_unchanged(opt, params, snap)
 
 
-@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
+@pytest.mark.parametrize("info,name,config", OPTIMIZERS)
 @pytest.mark.parametrize("mixed,dtype", MIXED)
-def test_unknown_state_key_of_another_shape_is_kept_untouched(cls, kwargs, twin, mixed, dtype):
+def test_unknown_state_key_of_another_shape_is_kept_untouched(info, name, config, mixed, dtype):
+    cls, kwargs, twin = info.cls, config.kwargs, info.torch_cls
     params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
     sd = opt.state_dict()
     foo = torch.arange(3, dtype=torch.float32)
@@ -293,8 +283,9 @@ def test_unknown_state_key_of_another_shape_is_kept_untouched(cls, kwargs, twin,
         assert torch.equal(topt.state[tps[0]]["foo"], kept)
 
 
-@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
-def test_mixed_precision_keys_of_wrong_shape_are_refused(cls, kwargs, twin):
+@pytest.mark.parametrize("info,name,config", OPTIMIZERS)
+def test_mixed_precision_keys_of_wrong_shape_are_refused(info, name, config):
+    cls, kwargs = info.cls, config.kwargs
     params, opt = _trained(cls, {**kwargs, "master_weights": True}, torch.bfloat16)
     snap = _snapshot(opt, params)
     bad = copy.deepcopy(snap[1])
@@ -313,8 +304,9 @@ def test_mixed_precision_keys_of_wrong_shape_are_refused(cls, kwargs, twin):
 
 
 @pytest.mark.parametrize("mixed", [{"master_weights": True}, {"stochastic_rounding": True}])
-@pytest.mark.parametrize("cls,kwargs,twin", OPTIMIZERS)
-def test_missing_mixed_precision_keys_are_made_again(cls, kwargs, twin, mixed):
+@pytest.mark.parametrize("info,name,config", OPTIMIZERS)
+def test_missing_mixed_precision_keys_are_made_again(info, name, config, mixed):
+    cls, kwargs = info.cls, config.kwargs
     # A checkpoint that went through torch.optim, or from a run without the option, has no
     # master or seed: they are made from the params, as for a fresh state.
     params, opt = _trained(cls, {**kwargs, **mixed}, torch.bfloat16)

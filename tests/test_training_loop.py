@@ -10,21 +10,9 @@ import torch
 import fusedopt
 from fusedopt.schedules import WarmupCosine, warmup_cosine
 from helpers import clone_params, fresh_grads, make_params, set_grads
+from optim_info import BACKENDS, matrix
 
-BACKENDS = [
-    pytest.param(
-        "cpu",
-        marks=pytest.mark.skipif(
-            not fusedopt.backends()["cpu"].available, reason="compiled CPU kernels unavailable"
-        ),
-    ),
-    "reference",
-]
-OPTS = [
-    pytest.param(fusedopt.AdamW, torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 0.1}, id="adamw"),
-    pytest.param(fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}, id="adam"),
-    pytest.param(fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, id="sgd"),
-]
+OPTS = matrix("training", "cls", "torch_cls", "kwargs")
 
 
 def _model():

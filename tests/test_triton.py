@@ -48,6 +48,7 @@ from helpers import (
     set_grads,
     state_tensors,
 )
+from optim_info import matrix
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -133,69 +134,8 @@ def _interpreter():
 
 STEPS = 3
 
-# -- the matrix: (id, fusedopt class, torch.optim class, kwargs, dtype) ------------------------
+# -- the matrix: tests/optim_info.py's "triton_torch" configs, each in one dtype ---------------
 # Every dtype and every mode flag at least once; weight decay non-zero where it can be wrong.
-TORCH_CONFIGS = [
-    ("adam", fusedopt.Adam, torch.optim.Adam, {"lr": 1e-2}, torch.float32),
-    (
-        "adam-all",
-        fusedopt.Adam,
-        torch.optim.Adam,
-        {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6},
-        torch.bfloat16,
-    ),
-    (
-        "adam-lowbetas",  # 1 - beta1 >= 0.5: the other form of torch.lerp
-        fusedopt.Adam,
-        torch.optim.Adam,
-        {"lr": 1e-2, "betas": (0.3, 0.6)},
-        torch.float16,
-    ),
-    (
-        "adam-tensor_lr",
-        fusedopt.Adam,
-        torch.optim.Adam,
-        {"lr": torch.tensor(1e-2), "weight_decay": 0.1},
-        torch.float32,
-    ),
-    (
-        "adamw-wd-amsgrad",
-        fusedopt.AdamW,
-        torch.optim.AdamW,
-        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
-        torch.float64,
-    ),
-    (
-        "adamw-maximize",
-        fusedopt.AdamW,
-        torch.optim.AdamW,
-        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
-        torch.float32,
-    ),
-    ("sgd", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1}, torch.float16),
-    (
-        "sgd-wd-maximize",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "weight_decay": 0.1, "maximize": True},
-        torch.float32,
-    ),
-    ("sgd-momentum", fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, torch.bfloat16),
-    (
-        "sgd-dampening",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
-        torch.float64,
-    ),
-    (
-        "sgd-nesterov",
-        fusedopt.SGD,
-        torch.optim.SGD,
-        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
-        torch.float32,
-    ),
-]
 
 
 def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -206,10 +146,9 @@ def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @on_device
 @pytest.mark.parametrize(
-    "name,ours,theirs,kwargs,dtype",
-    [pytest.param(*c, id=f"{c[0]}-{DTYPE_IDS[c[4]]}") for c in TORCH_CONFIGS],
+    "ours,theirs,kwargs,dtype", matrix("triton_torch", "cls", "torch_cls", "kwargs", "dtype")
 )
-def test_matches_torch_forloop(name, ours, theirs, kwargs, dtype, device):
+def test_matches_torch_forloop(ours, theirs, kwargs, dtype, device):
     run_parity(
         lambda ps: ours(ps, backend="triton", **kwargs),
         lambda ps: theirs(ps, foreach=False, **_plain(kwargs)),
@@ -229,64 +168,24 @@ class _SophiaH(fusedopt.Sophia):
         return super().step(closure, bs=bs)
 
 
-# Optimizers torch.optim lacks: against the reference backend in the same dtype (fp32 opmath,
-# one rounding), and for fp16/bf16 the fp64 reference as the judge (helpers.run_parity).
-REF_CONFIGS = [
-    ("lion-wd", fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.1}, {}, torch.float32),
-    (
-        "lion-maximize",
-        fusedopt.Lion,
-        {"lr": 1e-3, "betas": (0.8, 0.95), "weight_decay": 0.5, "maximize": True},
-        {},
-        torch.bfloat16,
-    ),
-    ("lion-wd", fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.3}, {}, torch.float16),
-    ("lion-wd", fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.3}, {}, torch.float64),
-    ("lamb", fusedopt.LAMB, {"lr": 1e-2}, {}, torch.float32),
-    (
-        "lamb-wd-maximize",
-        fusedopt.LAMB,
-        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
-        {},
-        torch.float16,
-    ),
-    ("lamb-trust_clip", fusedopt.LAMB, {"lr": 1e-2, "trust_clip": 0.5}, {}, torch.float64),
-    (
-        "lamb-no_bias_correction",
-        fusedopt.LAMB,
-        {"lr": 1e-2, "weight_decay": 0.0, "bias_correction": False},
-        {},
-        torch.bfloat16,
-    ),
-    (
-        "lamb-max_grad_norm",  # sum_sq and grad_scale inside the step
-        fusedopt.LAMB,
-        {"lr": torch.tensor(1e-2), "max_grad_norm": 1.0},
-        {},
-        torch.float32,
-    ),
-    ("adamw-max_grad_norm", fusedopt.AdamW, {"lr": 1e-2, "max_grad_norm": 0.5}, {}, torch.bfloat16),
-    ("sophia", _SophiaH, {"lr": 1e-3}, {}, torch.float32),
-    (
-        "sophia-maximize",
-        _SophiaH,
-        {"lr": 1e-3, "rho": 0.1, "weight_decay": 0.2, "maximize": True},
-        {"bs": 1000},
-        torch.float64,
-    ),
-    ("sophia-fp16", _SophiaH, {"lr": 2e-3, "betas": (0.9, 0.95)}, {"bs": 256}, torch.float16),
-]
+def _cls(info):  # noqa: ANN001, ANN202
+    return _SophiaH if "update_hessian" in info.supports else info.cls
+
+
+# Optimizers torch.optim lacks (and AdamW's in-step clipping): tests/optim_info.py's "triton_ref"
+# configs against the reference backend in the same dtype (fp32 opmath, one rounding), and for
+# fp16/bf16 the fp64 reference as the judge (helpers.run_parity).
 
 
 @on_device
 @pytest.mark.parametrize(
-    "name,cls,kwargs,step_kwargs,dtype",
-    [pytest.param(*c, id=f"{c[0]}-{DTYPE_IDS[c[4]]}") for c in REF_CONFIGS],
+    "info,kwargs,step_kwargs,dtype", matrix("triton_ref", "info", "kwargs", "step", "dtype")
 )
-def test_matches_reference(name, cls, kwargs, step_kwargs, dtype, device, monkeypatch):
+def test_matches_reference(info, kwargs, step_kwargs, dtype, device, monkeypatch):
     """At the GPU's tile size in the interpreter too (test_matches_torch_forloop keeps the
     interpreter's): tile tails and several tiles per program on the 40001-element param."""
     monkeypatch.setattr(mt, "INTERPRET_BLOCK", mt.BLOCK)
+    cls = _cls(info)
     run_parity(
         lambda ps: cls(ps, backend="triton", **kwargs),
         lambda ps: cls(ps, backend="reference", **kwargs),
@@ -299,14 +198,6 @@ def test_matches_reference(name, cls, kwargs, step_kwargs, dtype, device, monkey
 
 
 # -- Triton == the CPU backend on the same inputs (on CUDA tensors where a GPU exists) ---------
-CPU_CONFIGS = [
-    ("adam-all", fusedopt.Adam, {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True}, {}),
-    ("adamw-maximize", fusedopt.AdamW, {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}, {}),
-    ("sgd-nesterov", fusedopt.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}, {}),
-    ("lion", fusedopt.Lion, {"lr": 1e-3, "weight_decay": 0.1}, {}),
-    ("lamb", fusedopt.LAMB, {"lr": 1e-2, "weight_decay": 0.01, "trust_clip": 0.8}, {}),
-    ("sophia", _SophiaH, {"lr": 1e-3, "weight_decay": 0.1}, {"bs": 512}),
-]
 
 
 def _like_on(p: torch.Tensor, device: str) -> torch.Tensor:
@@ -320,11 +211,11 @@ def _like_on(p: torch.Tensor, device: str) -> torch.Tensor:
 
 @needs_cpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize(
-    "name,cls,kwargs,step_kwargs", CPU_CONFIGS, ids=[c[0] for c in CPU_CONFIGS]
-)
-def test_matches_cpu_backend(name, cls, kwargs, step_kwargs, dtype):
-    """Same inputs, same function: element by element after every step, then re-synced."""
+@pytest.mark.parametrize("info,kwargs,step_kwargs", matrix("triton_cpu", "info", "kwargs", "step"))
+def test_matches_cpu_backend(info, kwargs, step_kwargs, dtype):
+    """Same inputs, same function: element by element after every step, then re-synced
+    (tests/optim_info.py's "triton_cpu" configs)."""
+    cls = _cls(info)
     params = make_params(dtype)
     theirs_p = clone_params(params)
     ours_p = [_like_on(p, DEVICE) for p in params]

@@ -6,36 +6,13 @@ import pytest
 import torch
 
 import fusedopt
+from optim_info import OPTIMS, with_torch
 
-ADAM_BAD = [
-    ({"lr": -1.0}, ValueError),
-    ({"lr": torch.tensor([1e-3, 1e-3])}, ValueError),
-    ({"eps": -1e-8}, ValueError),
-    ({"betas": (1.0, 0.999)}, ValueError),
-    ({"betas": (0.9, -0.1)}, ValueError),
-    ({"betas": (0.9, torch.tensor(0.999))}, ValueError),
-    ({"weight_decay": -0.1}, ValueError),
-    ({"fused": True, "foreach": True}, RuntimeError),
+CASES = [
+    pytest.param(info, kw, exc, id=f"{info.name}-{kw}")
+    for info in with_torch()
+    for kw, exc in info.bad_args
 ]
-SGD_BAD = [
-    ({"lr": -1.0}, ValueError),
-    ({"momentum": -0.5}, ValueError),
-    ({"weight_decay": -0.1}, ValueError),
-    ({"nesterov": True}, ValueError),
-    ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError),
-    ({"fused": True, "foreach": True}, RuntimeError),
-]
-CASES = (
-    [
-        pytest.param(fusedopt.Adam, torch.optim.Adam, kw, exc, id=f"adam-{kw}")
-        for kw, exc in ADAM_BAD
-    ]
-    + [
-        pytest.param(fusedopt.AdamW, torch.optim.AdamW, kw, exc, id=f"adamw-{kw}")
-        for kw, exc in ADAM_BAD
-    ]
-    + [pytest.param(fusedopt.SGD, torch.optim.SGD, kw, exc, id=f"sgd-{kw}") for kw, exc in SGD_BAD]
-)
 
 
 def _message(fn):
@@ -46,19 +23,33 @@ def _message(fn):
     return None, None
 
 
-@pytest.mark.parametrize("ours,theirs,kwargs,exc", CASES)
-def test_same_error_as_torch(ours, theirs, kwargs, exc):
+@pytest.mark.parametrize("info,kwargs,exc", CASES)
+def test_same_error_as_torch(info, kwargs, exc):
     p = [torch.randn(3, requires_grad=True)]
-    t_type, t_msg = _message(lambda: theirs(p, **kwargs))
-    o_type, o_msg = _message(lambda: ours(p, **kwargs))
+    t_type, t_msg = _message(lambda: info.torch_cls(p, **kwargs))
+    o_type, o_msg = _message(lambda: info.cls(p, **kwargs))
     assert t_type is exc, "the case must be an error for torch.optim too"
     assert (o_type, o_msg) == (t_type, t_msg)
 
 
-@pytest.mark.parametrize("cls", [fusedopt.Adam, fusedopt.AdamW, fusedopt.SGD])
+@pytest.mark.parametrize("cls", [i.cls for i in with_torch()], ids=lambda c: c.__name__)
 def test_differentiable_is_refused(cls):
     with pytest.raises(RuntimeError, match="does not support `differentiable`"):
         cls([torch.randn(2, requires_grad=True)], differentiable=True)
+
+
+@pytest.mark.parametrize(
+    "info,kwargs,match",
+    [
+        pytest.param(info, kw, m, id=f"{info.name}-{m.split(':')[0]}")
+        for info in OPTIMS
+        for kw, m in info.bad_args_own
+    ],
+)
+def test_bad_args_raise(info, kwargs, match):
+    """Optimizers torch.optim lacks: a ValueError saying what is wrong."""
+    with pytest.raises(ValueError, match=match):
+        info.cls([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 def test_sparse_grad_same_error_as_torch_adam():
