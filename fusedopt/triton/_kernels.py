@@ -10,7 +10,7 @@ list 0 is the params, then the state lists, then the fp32 master copies (with ma
 so the step counter is column W-2 and the master / seed columns are passed as MASTER_COL /
 SEED_COL. Grads have their own table because they change every step while the rest changes
 only with the parameter set. Offsets are int64 throughout (a chunk may start past 2^31
-elements: PITFALLS "int32 indexing"). Empty tensors have a row (their step and seed still
+elements, where int32 offsets would wrap). Empty tensors have a row (their step and seed still
 count) but no chunk.
 
 Note [kernel dtypes]
