@@ -480,11 +480,14 @@ _RUN: dict[str, Callable[..., Any]] = {
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 
-for _d in OPS.values():
+for _name in _RUN:
     # with the registry's signature: torch.library.custom_op calls it with the schema's arguments
-    globals()[_d.name] = wrapper(
-        _d, "    return _run[{name!r}](locals())\n", {"_run": _RUN, "__name__": __name__}, _d.doc
+    globals()[_name] = wrapper(
+        OPS[_name],
+        "    return _run[{name!r}](locals())\n",
+        {"_run": _RUN, "__name__": __name__},
+        OPS[_name].doc,
     )
-del _d
+del _name
 
-__all__ = list(OPS)
+__all__ = list(_RUN)
