@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _ops, reference
 from ._ext import _C, LOAD_ERROR
+from ._opdefs import OPS
 
 BACKEND_NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
@@ -124,8 +125,11 @@ def _cuda_info() -> BackendInfo:
             3: "no CUDA toolkit (nvcc) was found at build time",
         }.get(getattr(_C, "cuda_skip_code", 0), "unknown reason")
         return BackendInfo("cuda", False, f"fusedopt._C was built without CUDA: {why}")
-    if not _has_kernel("adam_", "CUDA"):
-        return BackendInfo("cuda", False, "CUDA kernels are not implemented in this version")
+    missing = [op for op in OPS if not _has_kernel(op, "CUDA")]
+    if missing:
+        return BackendInfo(
+            "cuda", False, f"fusedopt._C registers no CUDA kernel for {', '.join(missing)}"
+        )
     if not torch.cuda.is_available():
         return BackendInfo(
             "cuda", False, f"built for {_C.cuda_archs()}, but no CUDA GPU is visible"
@@ -142,7 +146,7 @@ def _triton_info() -> BackendInfo:
     if importlib.util.find_spec("triton") is None:
         return BackendInfo("triton", False, "triton is not installed")
     if importlib.util.find_spec("fusedopt.triton") is None:
-        return BackendInfo("triton", False, "Triton kernels are not implemented in this version")
+        return BackendInfo("triton", False, "the fusedopt.triton package is missing")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpret:
         return BackendInfo(
@@ -245,7 +249,11 @@ def _available(name: str) -> bool:
 
 
 def kernel(backend: str, op: str) -> Callable[..., None]:
-    """The function running ``op`` (e.g. "adam_") on a concrete backend; all share one signature."""
+    """The function running ``op`` (e.g. "adam_") on a concrete backend: each takes the op's
+    registry arguments (fusedopt/_opdefs.py) positionally, in registry order, with its defaults
+    (tests/test_registry.py checks the signatures)."""
+    if op not in OPS:
+        raise KeyError(f"fusedopt has no op {op!r} (the ops: {', '.join(OPS)})")
     if backend in ("cpu", "cuda"):
         return getattr(_ops, op)
     if backend == "triton":

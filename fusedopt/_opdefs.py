@@ -75,6 +75,17 @@ class Arg:
     def cpp_type(self) -> str:
         return _CPP_TYPES[self.type][0]
 
+    @property
+    def py_type(self) -> str:
+        """The Python annotation of the argument (``list[Tensor] | None``)."""
+        return _CPP_TYPES[self.type][1]
+
+    @property
+    def py_default(self) -> object:
+        """The Python value of ``default`` (None or an int); only for arguments with one."""
+        assert self.default is not None, f"{self.name} has no default"
+        return None if self.default == "None" else int(self.default)
+
 
 @dataclass(frozen=True)
 class OpDef:
@@ -139,7 +150,7 @@ class OpDef:
             if a.name in values:
                 out.append(values[a.name])
             elif a.default is not None:
-                out.append(None if a.default == "None" else int(a.default))
+                out.append(a.py_default)
             else:
                 raise TypeError(f"{self.name}: missing argument {a.name!r}")
         return tuple(out)

@@ -1,338 +1,98 @@
-"""Typed wrappers for the fusedopt custom ops and their fake (meta) kernels.
+"""Typed wrappers for the fusedopt custom ops and their fake (meta) kernels, derived from the op
+registry (Note [op registry] in fusedopt/_opdefs.py): ``_ops.adam_`` etc. call
+``torch.ops.fusedopt.<op>`` with the registry's signature, defaults and documentation.
 
-The ops mutate their list arguments in place and return nothing, so the fake kernels only need
-to exist (and check nothing the real kernels don't): torch.compile traces through them, and
-functionalization handles the mutations declared in the schemas (csrc/ops.cpp).
+The in-place ops return nothing, so their fake kernels only need to exist (and check nothing the
+real kernels don't): torch.compile traces through them, and functionalization handles the
+mutations the schemas declare. An op that returns a tensor has its fake result in
+``FAKE_RESULTS``.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._ext import _C
+from ._opdefs import OPS, OpDef
 
 OPS_AVAILABLE = _C is not None
 
 
-def adam_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    torch.ops.fusedopt.adam_(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        eps,
-        amsgrad,
-        maximize,
-        decoupled_weight_decay,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
+def _sum_sq_fake(tensors: list[Tensor]) -> Tensor:
+    # on the first tensor's device, as the op (CPU for no tensors)
+    device = tensors[0].device if tensors else "cpu"
+    return torch.empty((), dtype=torch.float64, device=device)
+
+
+#: The fake kernel of every op that returns a tensor (the others return None).
+FAKE_RESULTS: dict[str, Callable[..., Tensor]] = {"sum_sq": _sum_sq_fake}
+
+
+def fake_kernel(op: OpDef) -> Callable[..., Any]:
+    """The fake kernel of ``op``, for ``fusedopt::`` and ``fusedopt_triton::`` alike."""
+    if op.returns == "()":
+        return lambda *args, **kwargs: None
+    return FAKE_RESULTS[op.name]
+
+
+def signature(op: OpDef, **annotations: str) -> inspect.Signature:
+    """The Python signature of ``op``: the registry's names, order and defaults (``None`` or
+    an int); ``annotations`` replaces the annotations of the arguments it names."""
+    params = [
+        inspect.Parameter(
+            a.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=inspect.Parameter.empty if a.default is None else a.py_default,
+            annotation=annotations.get(a.name, a.py_type),
+        )
+        for a in op.args
+    ]
+    return inspect.Signature(params, return_annotation="None" if op.returns == "()" else "Tensor")
+
+
+def wrapper(
+    op: OpDef,
+    body: str,
+    namespace: dict[str, Any],
+    doc: str,
+    exprs: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Callable[..., Any]:
+    """A function named ``op.name`` with ``op``'s signature (``annotations`` as in
+    :func:`signature`) and the body ``body``, in which ``{args}`` stands for the arguments,
+    positionally in registry order (an argument named in ``exprs`` as that expression of it),
+    and ``{name}`` for the op's name; ``namespace`` holds the names the body uses (and
+    ``__name__``, the function's module).
+
+    Generated as source, so that a call costs what a hand-written wrapper costs (no argument
+    binding at run time)."""
+    exprs = exprs or {}
+    params = ", ".join(
+        a.name if a.default is None else f"{a.name}={a.py_default!r}" for a in op.args
     )
-
-
-def sgd_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    lr: Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    is_first_step: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    torch.ops.fusedopt.sgd_(
-        params,
-        grads,
-        momentum_buffers,
-        lr,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        is_first_step,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
+    source = f"def {op.name}({params}):\n" + body.format(
+        args=", ".join(exprs.get(n, n) for n in op.names), name=op.name
     )
+    scope = dict(namespace)
+    exec(source, scope)
+    fn = scope[op.name]
+    fn.__doc__ = doc
+    fn.__signature__ = signature(op, **(annotations or {}))
+    fn.__module__ = namespace.get("__name__", __name__)
+    return fn
 
 
-def sum_sq(tensors: list[Tensor]) -> Tensor:
-    """Sum of squares of all elements of all tensors (fp64 0-d tensor); tensors non-empty."""
-    return torch.ops.fusedopt.sum_sq(tensors)
-
-
-def lion_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    torch.ops.fusedopt.lion_(
-        params,
-        grads,
-        exp_avgs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        maximize,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
+for _op in OPS.values():
+    globals()[_op.name] = wrapper(
+        _op, "    return torch.ops.fusedopt.{name}({args})\n", {"torch": torch}, _op.doc
     )
+    if OPS_AVAILABLE:
+        torch.library.register_fake(f"fusedopt::{_op.name}")(fake_kernel(_op))
+del _op
 
-
-def lamb_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    bias_correction: bool,
-    trust_clip: float | None,
-    maximize: bool,
-    tensor_norms: Tensor | None = None,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-    phase: int = 0,
-    sq_sums: Tensor | None = None,
-) -> None:
-    torch.ops.fusedopt.lamb_(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        eps,
-        bias_correction,
-        trust_clip,
-        maximize,
-        tensor_norms,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
-        phase,
-        sq_sums,
-    )
-
-
-def sophia_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hessians: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    rho: float,
-    bs: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    torch.ops.fusedopt.sophia_(
-        params,
-        grads,
-        exp_avgs,
-        hessians,
-        state_steps,
-        lr,
-        beta1,
-        rho,
-        bs,
-        weight_decay,
-        maximize,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
-    )
-
-
-def sophia_update_hessian_(
-    hessians: list[Tensor],
-    grads: list[Tensor],
-    beta2: float,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    torch.ops.fusedopt.sophia_update_hessian_(hessians, grads, beta2, grad_scale, found_inf)
-
-
-if OPS_AVAILABLE:
-
-    @torch.library.register_fake("fusedopt::sum_sq")
-    def _sum_sq_fake(tensors):
-        return tensors[0].new_empty((), dtype=torch.float64)
-
-    @torch.library.register_fake("fusedopt::adam_")
-    def _adam_fake(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        eps,
-        amsgrad,
-        maximize,
-        decoupled_weight_decay,
-        grad_scale=None,
-        found_inf=None,
-        master_params=None,
-        sr_seeds=None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fusedopt::sgd_")
-    def _sgd_fake(
-        params,
-        grads,
-        momentum_buffers,
-        lr,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        is_first_step,
-        grad_scale=None,
-        found_inf=None,
-        master_params=None,
-        sr_seeds=None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fusedopt::lion_")
-    def _lion_fake(
-        params,
-        grads,
-        exp_avgs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        maximize,
-        grad_scale=None,
-        found_inf=None,
-        master_params=None,
-        sr_seeds=None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fusedopt::lamb_")
-    def _lamb_fake(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
-        lr,
-        beta1,
-        beta2,
-        weight_decay,
-        eps,
-        bias_correction,
-        trust_clip,
-        maximize,
-        tensor_norms=None,
-        grad_scale=None,
-        found_inf=None,
-        master_params=None,
-        sr_seeds=None,
-        phase=0,
-        sq_sums=None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fusedopt::sophia_")
-    def _sophia_fake(
-        params,
-        grads,
-        exp_avgs,
-        hessians,
-        state_steps,
-        lr,
-        beta1,
-        rho,
-        bs,
-        weight_decay,
-        maximize,
-        grad_scale=None,
-        found_inf=None,
-        master_params=None,
-        sr_seeds=None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fusedopt::sophia_update_hessian_")
-    def _sophia_update_hessian_fake(
-        hessians, grads, beta2, grad_scale=None, found_inf=None
-    ) -> None:
-        return None
+__all__ = ["OPS_AVAILABLE", *OPS]

@@ -1,3 +1,6 @@
+"""What every plain-PyTorch definition shares: opmath, AMP, the Tensor-lr arithmetic, the
+validation the compiled ops do (run before anything is written), and mixed precision."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -275,3 +278,26 @@ def advance_seeds(seeds: list[Tensor | None]) -> None:
     for s in seeds:
         if s is not None:
             s += 1
+
+
+def begin(
+    op: str, args: dict[str, Any], states: tuple[str, ...], like: bool = True, advance: bool = True
+) -> tuple[list[Tensor | None], list[Tensor | None], float] | None:
+    """The prologue of every update, in the compiled ops' order, from the update's arguments
+    ``args`` (its ``locals()`` on entry): with ``like``, the grads and the ``states`` lists
+    against the params (check_like_params); the mixed-precision arguments and the states'
+    dtype (check_mixed); one step counter per param, for an op with ``state_steps``
+    (check_steps). Then None if GradScaler found inf/NaN (the step changes nothing), else the SR
+    seeds advanced (``advance``) and (masters, seeds, 1 / grad_scale), per param."""
+    params = args["params"]
+    lists = {name: args[name] for name in states}
+    if like:
+        check_like_params(op, params, grads=args["grads"], **lists)
+    masters, seeds = check_mixed(op, params, args["master_params"], args["sr_seeds"], **lists)
+    if "state_steps" in args:
+        check_steps(op, params, args["state_steps"])
+    if skip_step(args["found_inf"]):
+        return None
+    if advance:
+        advance_seeds(seeds)
+    return masters, seeds, inv_scale(args["grad_scale"])

@@ -4,17 +4,7 @@ import math
 
 from torch import Tensor
 
-from ._common import (
-    advance_seeds,
-    check_mixed,
-    check_steps,
-    inv_scale,
-    load_param,
-    lr_arith,
-    opmath_dtype,
-    skip_step,
-    store_param,
-)
+from ._common import begin, load_param, lr_arith, opmath_dtype, store_param
 
 
 def adam_(
@@ -53,17 +43,13 @@ def adam_(
     The operation order is torch.optim's single-tensor implementation's. Mixed precision
     (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
-    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
-    if amsgrad:
-        states["max_exp_avg_sqs"] = max_exp_avg_sqs
-    masters, seeds = check_mixed("fusedopt.adam_", params, master_params, sr_seeds, **states)
-    check_steps("fusedopt.adam_", params, state_steps)
-    if skip_step(found_inf):
+    states = ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if amsgrad else ())
+    mixed = begin("fusedopt.adam_", locals(), states, like=False)
+    if mixed is None:
         return
-    advance_seeds(seeds)
+    masters, seeds, s = mixed
     # Note [Tensor lr arithmetic] in _common.py
     decay = lr_arith(lr, lambda x: 1 - x * weight_decay)
-    s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         step = float(state_steps[i].item())

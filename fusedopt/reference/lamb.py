@@ -3,18 +3,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import (
-    advance_seeds,
-    check_like_params,
-    check_mixed,
-    check_steps,
-    inv_scale,
-    load_param,
-    opmath_dtype,
-    scalar,
-    skip_step,
-    store_param,
-)
+from ._common import begin, load_param, opmath_dtype, scalar, store_param
 
 
 def lamb_(
@@ -64,33 +53,21 @@ def lamb_(
     and updates params and moments (which phase 1 may or may not have stored already). Phase 0
     is both in one call. Mixed precision: see ``_common.check_mixed``.
     """
-    check_like_params(
-        "fusedopt.lamb_", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
-    )
-    masters, seeds = check_mixed(
-        "fusedopt.lamb_",
-        params,
-        master_params,
-        sr_seeds,
-        exp_avgs=exp_avgs,
-        exp_avg_sqs=exp_avg_sqs,
-    )
-    check_steps("fusedopt.lamb_", params, state_steps)
     if phase not in (0, 1, 2):
         raise RuntimeError(f"fusedopt.lamb_: phase must be 0, 1 or 2, got {phase}")
     if phase and (sq_sums is None or tuple(sq_sums.shape) != (len(params), 2)):
         raise RuntimeError(
             f"fusedopt.lamb_: phase {phase} needs sq_sums of shape ({len(params)}, 2)"
         )
-    if skip_step(found_inf):
+    # Note [LAMB phases]: phase 1 counts the step, phase 2 advances the seeds
+    mixed = begin("fusedopt.lamb_", locals(), ("exp_avgs", "exp_avg_sqs"), advance=phase != 1)
+    if mixed is None:
         return
+    masters, seeds, s = mixed
     lr = scalar(lr)
-    s = inv_scale(grad_scale)
     if phase != 2:
         for step in state_steps:
             step += 1
-    if phase != 1:
-        advance_seeds(seeds)
     for i, param in enumerate(params):
         step = float(state_steps[i].item())
         dt = opmath_dtype(param.dtype)

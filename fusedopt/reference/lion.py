@@ -2,19 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import (
-    advance_seeds,
-    check_like_params,
-    check_mixed,
-    check_steps,
-    inv_scale,
-    load_param,
-    lr_arith,
-    opmath_dtype,
-    scalar,
-    skip_step,
-    store_param,
-)
+from ._common import begin, load_param, lr_arith, opmath_dtype, scalar, store_param
 
 
 def lion_(
@@ -44,17 +32,12 @@ def lion_(
 
     The operation order is lion-pytorch's. ``torch.sign`` maps NaN to 0.
     """
-    check_like_params("fusedopt.lion_", params, grads=grads, exp_avgs=exp_avgs)
-    masters, seeds = check_mixed(
-        "fusedopt.lion_", params, master_params, sr_seeds, exp_avgs=exp_avgs
-    )
-    check_steps("fusedopt.lion_", params, state_steps)
-    if skip_step(found_inf):
+    mixed = begin("fusedopt.lion_", locals(), ("exp_avgs",))
+    if mixed is None:
         return
-    advance_seeds(seeds)
+    masters, seeds, s = mixed
     decay = lr_arith(lr, lambda x: 1 - x * weight_decay)  # Note [Tensor lr arithmetic]
     lr = scalar(lr)
-    s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         dt = opmath_dtype(param.dtype)

@@ -2,16 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import (
-    advance_seeds,
-    check_mixed,
-    inv_scale,
-    load_param,
-    opmath_dtype,
-    scalar,
-    skip_step,
-    store_param,
-)
+from ._common import begin, load_param, opmath_dtype, scalar, store_param
 
 
 def sgd_(
@@ -42,14 +33,11 @@ def sgd_(
     (``is_first_step``) their old contents are ignored. Mixed precision: see
     ``_common.check_mixed``.
     """
-    masters, seeds = check_mixed(
-        "fusedopt.sgd_", params, master_params, sr_seeds, momentum_buffers=momentum_buffers
-    )
-    if skip_step(found_inf):
+    mixed = begin("fusedopt.sgd_", locals(), ("momentum_buffers",), like=False)
+    if mixed is None:
         return
-    advance_seeds(seeds)
+    masters, seeds, s = mixed
     lr = scalar(lr)
-    s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         dt = opmath_dtype(param.dtype)
         p = load_param(param, masters[i], dt)

@@ -3,10 +3,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._common import (
-    advance_seeds,
+    begin,
     check_like_params,
-    check_mixed,
-    check_steps,
     inv_scale,
     load_param,
     lr_arith,
@@ -50,17 +48,12 @@ def sophia_(
     with ``b`` the batch size ``bs``; ``hessians`` (h) is only read (see
     :func:`sophia_update_hessian_`).
     """
-    check_like_params("fusedopt.sophia_", params, grads=grads, exp_avgs=exp_avgs, hessians=hessians)
-    masters, seeds = check_mixed(
-        "fusedopt.sophia_", params, master_params, sr_seeds, exp_avgs=exp_avgs, hessians=hessians
-    )
-    check_steps("fusedopt.sophia_", params, state_steps)
-    if skip_step(found_inf):
+    mixed = begin("fusedopt.sophia_", locals(), ("exp_avgs", "hessians"))
+    if mixed is None:
         return
-    advance_seeds(seeds)
+    masters, seeds, s = mixed
     decay = lr_arith(lr, lambda x: 1 - x * weight_decay)  # Note [Tensor lr arithmetic]
     lr = scalar(lr)
-    s = inv_scale(grad_scale)
     for i, param in enumerate(params):
         state_steps[i] += 1
         dt = opmath_dtype(param.dtype)

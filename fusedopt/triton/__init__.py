@@ -17,6 +17,9 @@ at execution time, outside the traced graph.
 GPU tensors need a GPU Triton supports; CPU tensors run in Triton's interpreter when
 ``TRITON_INTERPRET=1`` (slow: for tests).
 
+LAMB's ``phase`` 1 and 2 (Note [LAMB phases] in ``_kernels.py``) must both run in this backend:
+with states in the compute dtype, phase 1 stores the new moments, which phase 2 reads back.
+
 The ops may be captured in CUDA graphs: the device tables a graph reads are kept until
 :func:`clear_cache` (Note [CUDA graphs] in ``_multi_tensor.py``).
 """
@@ -30,49 +33,12 @@ import torch
 from torch import Tensor
 from torch.torch_version import TorchVersion
 
+from .._opdefs import OPS
+from .._ops import fake_kernel, wrapper
 from . import _launch
 from ._multi_tensor import clear_cache
 
 _NS = "fusedopt_triton"
-
-# The schemas of csrc/ops.cpp (tests/test_triton.py checks they stay the same): written out
-# because torch.library.infer_schema does not take the mixed-precision lists' type, an optional
-# list of tensors (Tensor[]?). The (x!) annotations are the mutated arguments.
-_SCHEMAS = {
-    "adam_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-    "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
-    "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
-    "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
-    "Tensor? found_inf=None, "
-    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
-    "sgd_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, "
-    "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
-    "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
-    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
-    "lion_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-    "Tensor(c!)[] state_steps, Tensor lr, float beta1, float beta2, float weight_decay, "
-    "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
-    "lamb_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-    "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] state_steps, Tensor lr, float beta1, float beta2, "
-    "float weight_decay, float eps, bool bias_correction, float? trust_clip, bool maximize, "
-    "Tensor(e!)? tensor_norms=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
-    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None, int phase=0, "
-    "Tensor(o!)? sq_sums=None) -> ()",
-    "sophia_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor[] hessians, "
-    "Tensor(c!)[] state_steps, Tensor lr, float beta1, float rho, float bs, "
-    "float weight_decay, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-    "Tensor(m!)[]? master_params=None, Tensor(n!)[]? sr_seeds=None) -> ()",
-    "sophia_update_hessian_": "(Tensor(a!)[] hessians, Tensor[] grads, float beta2, "
-    "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()",
-    "sum_sq": "(Tensor[] tensors) -> Tensor",
-}
-
-
-def _mutated(schema: str) -> tuple[str, ...]:
-    """The names of the arguments a schema annotates as written."""
-    args = schema[1 : schema.rindex(") ->")].split(", ")
-    return tuple(a.split(" ")[1].split("=")[0] for a in args if "!)" in a.split(" ")[0])
 
 
 def _version_bumps_tolerating_omitted_args(op: Any) -> None:
@@ -111,263 +77,37 @@ def _version_bumps_tolerating_omitted_args(op: Any) -> None:
         )
 
 
-for _name, _schema in _SCHEMAS.items():
-    _op = torch.library.custom_op(
-        f"{_NS}::{_name}", getattr(_launch, _name), mutates_args=_mutated(_schema), schema=_schema
-    )
-    if "!" in _schema and TorchVersion(torch.__version__) < (2, 13):
-        _version_bumps_tolerating_omitted_args(_op)
-    if _name == "sum_sq":
-        # on the first tensor's device, as the op (CPU for no tensors)
-        _op.register_fake(
-            lambda tensors: torch.empty(
-                (), dtype=torch.float64, device=tensors[0].device if tensors else "cpu"
-            )
-        )
-    else:
-        _op.register_fake(lambda *args, **kwargs: None)
-del _name, _schema, _op
-
-
 def _lr(lr: float | Tensor) -> Tensor:
     return lr if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float64)
 
 
-def adam_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    """Adam / AdamW: :func:`fusedopt.reference.adam_` in Triton."""
+# The schemas are the registry's (torch.library.infer_schema does not take the mixed-precision
+# lists' type, an optional list of tensors); each wrapper runs under no_grad and takes ``lr`` as
+# a float or a Tensor.
+_WRAPPER = """\
     with torch.no_grad():
-        torch.ops.fusedopt_triton.adam_(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
-            state_steps,
-            _lr(lr),
-            beta1,
-            beta2,
-            weight_decay,
-            eps,
-            amsgrad,
-            maximize,
-            decoupled_weight_decay,
-            grad_scale,
-            found_inf,
-            master_params,
-            sr_seeds,
-        )
+        return torch.ops.fusedopt_triton.{name}({args})
+"""
+for _def in OPS.values():
+    if not hasattr(_launch, _def.name):
+        continue  # not implemented in Triton: tests/test_registry.py says so
+    _op = torch.library.custom_op(
+        f"{_NS}::{_def.name}",
+        getattr(_launch, _def.name),
+        mutates_args=_def.written,
+        schema=_def.schema(with_name=False),
+    )
+    if _def.written and TorchVersion(torch.__version__) < (2, 13):
+        _version_bumps_tolerating_omitted_args(_op)
+    _op.register_fake(fake_kernel(_def))
+    globals()[_def.name] = wrapper(
+        _def,
+        _WRAPPER,
+        {"torch": torch, "_lr": _lr, "__name__": __name__},
+        f"{_def.doc}\n\n:func:`fusedopt.reference.{_def.name}` in Triton.",
+        exprs={"lr": "_lr(lr)"},
+        annotations={"lr": "float | Tensor"},
+    )
+del _def, _op
 
-
-def sgd_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    lr: float | Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    is_first_step: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    """SGD with momentum: :func:`fusedopt.reference.sgd_` in Triton."""
-    with torch.no_grad():
-        torch.ops.fusedopt_triton.sgd_(
-            params,
-            grads,
-            momentum_buffers,
-            _lr(lr),
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            maximize,
-            is_first_step,
-            grad_scale,
-            found_inf,
-            master_params,
-            sr_seeds,
-        )
-
-
-def lion_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    """Lion: :func:`fusedopt.reference.lion_` in Triton."""
-    with torch.no_grad():
-        torch.ops.fusedopt_triton.lion_(
-            params,
-            grads,
-            exp_avgs,
-            state_steps,
-            _lr(lr),
-            beta1,
-            beta2,
-            weight_decay,
-            maximize,
-            grad_scale,
-            found_inf,
-            master_params,
-            sr_seeds,
-        )
-
-
-def lamb_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    bias_correction: bool,
-    trust_clip: float | None,
-    maximize: bool,
-    tensor_norms: Tensor | None = None,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-    phase: int = 0,
-    sq_sums: Tensor | None = None,
-) -> None:
-    """LAMB: :func:`fusedopt.reference.lamb_` in Triton (trust ratios reduced on the device).
-
-    With ``phase`` 1 and 2 (Note [LAMB phases] in ``_kernels.py``), both phases must run in this
-    backend: with states in the compute dtype, phase 1 stores the new moments, which phase 2
-    reads back."""
-    with torch.no_grad():
-        torch.ops.fusedopt_triton.lamb_(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            state_steps,
-            _lr(lr),
-            beta1,
-            beta2,
-            weight_decay,
-            eps,
-            bias_correction,
-            trust_clip,
-            maximize,
-            tensor_norms,
-            grad_scale,
-            found_inf,
-            master_params,
-            sr_seeds,
-            phase,
-            sq_sums,
-        )
-
-
-def sophia_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hessians: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    rho: float,
-    bs: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    """SophiaG: :func:`fusedopt.reference.sophia_` in Triton."""
-    with torch.no_grad():
-        torch.ops.fusedopt_triton.sophia_(
-            params,
-            grads,
-            exp_avgs,
-            hessians,
-            state_steps,
-            _lr(lr),
-            beta1,
-            rho,
-            bs,
-            weight_decay,
-            maximize,
-            grad_scale,
-            found_inf,
-            master_params,
-            sr_seeds,
-        )
-
-
-def sophia_update_hessian_(
-    hessians: list[Tensor],
-    grads: list[Tensor],
-    beta2: float,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    """Sophia's curvature EMA: :func:`fusedopt.reference.sophia_update_hessian_` in Triton.
-
-    The hessians may be stored in another dtype than the grads (Sophia's state dtype); the math
-    runs in the grads' compute dtype."""
-    with torch.no_grad():
-        torch.ops.fusedopt_triton.sophia_update_hessian_(
-            hessians, grads, beta2, grad_scale, found_inf
-        )
-
-
-def sum_sq(tensors: list[Tensor]) -> Tensor:
-    """Sum of squares of every element of every tensor, accumulated in fp64 (0-d fp64 tensor on
-    the first tensor's device): :func:`fusedopt.reference.sum_sq` in Triton."""
-    with torch.no_grad():
-        return torch.ops.fusedopt_triton.sum_sq(tensors)
-
-
-__all__ = [
-    "adam_",
-    "clear_cache",
-    "lamb_",
-    "lion_",
-    "sgd_",
-    "sophia_",
-    "sophia_update_hessian_",
-    "sum_sq",
-]
+__all__ = ["clear_cache", *OPS]

@@ -10,7 +10,7 @@ list 0 is the params, then the state lists, then the fp32 master copies (with ma
 so the step counter is column W-2 and the master / seed columns are passed as MASTER_COL /
 SEED_COL. Grads have their own table because they change every step while the rest changes
 only with the parameter set. Offsets are int64 throughout (a chunk may start past 2^31
-elements: PITFALLS "int32 indexing"). Empty tensors have a row (their step and seed still
+elements, where int32 offsets would wrap). Empty tensors have a row (their step and seed still
 count) but no chunk.
 
 Note [kernel dtypes]
@@ -253,6 +253,73 @@ def _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
+# the driver: every kernel that walks a chunk
+
+
+@triton.jit
+def _tiles(
+    TILE,
+    ptrs,
+    sc,
+    acc,
+    first,
+    n,
+    end,
+    PT: tl.constexpr,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    F,
+    MASKED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``n`` tiles from element ``first`` on; MASKED: the elements from ``end`` on are masked off
+    (the unmasked tiles compile without masks: full-width vector accesses)."""
+    for t in range(0, n):
+        offs = first + t * BLOCK + tl.arange(0, BLOCK)
+        if MASKED:
+            mask = offs < end
+        else:
+            mask = None
+        acc = TILE(ptrs, offs, mask, sc, acc, PT, ST, CT, F)
+    return acc
+
+
+@triton.jit
+def _sweep(
+    TILE,
+    ptrs,
+    sc,
+    acc,
+    start,
+    end,
+    PT: tl.constexpr,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    F,
+    BLOCK: tl.constexpr,
+):
+    """Note [tiles]
+    Runs ``TILE(ptrs, offs, mask, sc, acc, PT, ST, CT, F) -> acc`` over elements [start, end):
+    the full tiles, then at most one masked one. A tile function gets its tensors' pointers
+    (``ptrs``), its per-tensor scalars in the compute type (``sc``), the dtypes of Note [kernel
+    dtypes] and its compile-time flags (``F``, a tuple of bools) from its kernel, which computes
+    them once per program; ``acc`` is a reduction's running sum (returned updated, summed per
+    lane in a fixed order for a given BLOCK) or, for an update, :func:`_no_acc`. Returns
+    ``acc``."""
+    n_full = (end - start) // BLOCK
+    acc = _tiles(TILE, ptrs, sc, acc, start, n_full, end, PT, ST, CT, F, False, BLOCK)
+    tail = start + n_full * BLOCK
+    n_tail = (end - tail + BLOCK - 1) // BLOCK
+    return _tiles(TILE, ptrs, sc, acc, tail, n_tail, end, PT, ST, CT, F, True, BLOCK)
+
+
+@triton.jit
+def _no_acc():
+    """The ``acc`` of an update (a tensor: a loop carries it)."""
+    return tl.zeros((), tl.int32)
+
+
+# ---------------------------------------------------------------------------------------------
 # step counters and SR seeds
 
 
@@ -286,38 +353,17 @@ def _increment_steps_kernel(
 
 
 @triton.jit
-def _adam_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    m_ptr,
-    v_ptr,
-    vmax_ptr,
-    offs,
-    mask,
-    key,
-    inv_scale,
-    decay,
-    wd,
-    beta1,
-    omb1,
-    beta2,
-    omb2,
-    eps,
-    neg_step,
-    bc2_sqrt,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    SR: tl.constexpr,
-    DECOUPLED: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,
-    LERP_LOW: tl.constexpr,
-):
+def _adam_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
+    p_ptr, w_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr = ptrs
+    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    DECOUPLED: tl.constexpr = F[3]
+    AMSGRAD: tl.constexpr = F[4]
+    MAXIMIZE: tl.constexpr = F[5]
+    WEIGHT_DECAY: tl.constexpr = F[6]
+    LERP_LOW: tl.constexpr = F[7]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
@@ -352,6 +398,7 @@ def _adam_tile(
     _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
     _store(v_ptr, offs, v, mask, ST)
+    return acc
 
 
 @triton.jit
@@ -403,91 +450,35 @@ def _adam_kernel(
 
     step = _step(table, row, W, STEP_T)
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    wd = tl.full((), weight_decay, tl.float64)
     bc1 = 1.0 - tl.exp2(step * tl.full((), log2_beta1, tl.float64))
     bc2 = 1.0 - tl.exp2(step * tl.full((), log2_beta2, tl.float64))
-    neg_step = (-_lr_div(lr, bc1, LR_T)).to(CT)
-    bc2_sqrt = tl.sqrt(bc2).to(CT)
-    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
-    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
-    b1 = tl.full((), beta1, tl.float64)
     b2 = tl.full((), beta2, tl.float64)
-    omb1 = (1.0 - b1).to(CT)
-    omb2 = (1.0 - b2).to(CT)
-    b2 = b2.to(CT)
-    b1 = b1.to(CT)
-    wd = wd.to(CT)
-    e = tl.full((), eps, tl.float64).to(CT)
-
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _adam_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            vmax_ptr,
-            offs,
-            None,
-            key,
-            inv_scale,
-            decay,
-            wd,
-            b1,
-            omb1,
-            b2,
-            omb2,
-            e,
-            neg_step,
-            bc2_sqrt,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            DECOUPLED,
-            AMSGRAD,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-            LERP_LOW,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):  # at most one masked tile
-        offs = tail + tl.arange(0, BLOCK)
-        _adam_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            vmax_ptr,
-            offs,
-            offs < end,
-            key,
-            inv_scale,
-            decay,
-            wd,
-            b1,
-            omb1,
-            b2,
-            omb2,
-            e,
-            neg_step,
-            bc2_sqrt,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            DECOUPLED,
-            AMSGRAD,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-            LERP_LOW,
-        )
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        _lr_decay(lr, weight_decay, LR_T).to(CT),
+        tl.full((), weight_decay, tl.float64).to(CT),
+        (1.0 - tl.full((), beta1, tl.float64)).to(CT),
+        b2.to(CT),
+        (1.0 - b2).to(CT),
+        tl.full((), eps, tl.float64).to(CT),
+        (-_lr_div(lr, bc1, LR_T)).to(CT),
+        tl.sqrt(bc2).to(CT),
+    )
+    ptrs = (p_ptr, w_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr)
+    _sweep(
+        _adam_tile,
+        ptrs,
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, DECOUPLED, AMSGRAD, MAXIMIZE, WEIGHT_DECAY, LERP_LOW),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,31 +486,17 @@ def _adam_kernel(
 
 
 @triton.jit
-def _sgd_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    buf_ptr,
-    offs,
-    mask,
-    key,
-    inv_scale,
-    neg_lr,
-    wd,
-    momentum,
-    omd,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    SR: tl.constexpr,
-    MOMENTUM: tl.constexpr,
-    FIRST: tl.constexpr,
-    NESTEROV: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,
-):
+def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
+    p_ptr, w_ptr, g_ptr, buf_ptr = ptrs
+    key, inv_scale, neg_lr, wd, momentum, omd = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    MOMENTUM: tl.constexpr = F[3]
+    FIRST: tl.constexpr = F[4]
+    NESTEROV: tl.constexpr = F[5]
+    MAXIMIZE: tl.constexpr = F[6]
+    WEIGHT_DECAY: tl.constexpr = F[7]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
@@ -541,6 +518,7 @@ def _sgd_tile(
             g = buf
     p = p + neg_lr * g
     _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
+    return acc
 
 
 @triton.jit
@@ -583,67 +561,28 @@ def _sgd_kernel(
         buf_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    neg_lr = (-lr).to(CT)
-    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
-    wd = tl.full((), weight_decay, tl.float64).to(CT)
-    mom = tl.full((), momentum, tl.float64).to(CT)
-    omd = (1.0 - tl.full((), dampening, tl.float64)).to(CT)
-
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _sgd_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            buf_ptr,
-            offs,
-            None,
-            key,
-            inv_scale,
-            neg_lr,
-            wd,
-            mom,
-            omd,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MOMENTUM,
-            FIRST,
-            NESTEROV,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        _sgd_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            buf_ptr,
-            offs,
-            offs < end,
-            key,
-            inv_scale,
-            neg_lr,
-            wd,
-            mom,
-            omd,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MOMENTUM,
-            FIRST,
-            NESTEROV,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        (-lr).to(CT),
+        tl.full((), weight_decay, tl.float64).to(CT),
+        tl.full((), momentum, tl.float64).to(CT),
+        (1.0 - tl.full((), dampening, tl.float64)).to(CT),
+    )
+    ptrs = (p_ptr, w_ptr, g_ptr, buf_ptr)
+    _sweep(
+        _sgd_tile,
+        ptrs,
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, MOMENTUM, FIRST, NESTEROV, MAXIMIZE, WEIGHT_DECAY),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,29 +590,13 @@ def _sgd_kernel(
 
 
 @triton.jit
-def _lion_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    m_ptr,
-    offs,
-    mask,
-    key,
-    inv_scale,
-    neg_lr,
-    decay,
-    beta1,
-    omb1,
-    beta2,
-    omb2,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    SR: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-):
+def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
+    p_ptr, w_ptr, g_ptr, m_ptr = ptrs
+    key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    MAXIMIZE: tl.constexpr = F[3]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
@@ -687,6 +610,7 @@ def _lion_tile(
     m = m * beta2 + omb2 * g
     _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
+    return acc
 
 
 @triton.jit
@@ -724,67 +648,31 @@ def _lion_kernel(
     g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    neg_lr = (-lr).to(CT)
-    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
-    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b1 = tl.full((), beta1, tl.float64)
     b2 = tl.full((), beta2, tl.float64)
-    omb1 = (1.0 - b1).to(CT)
-    omb2 = (1.0 - b2).to(CT)
-    b1 = b1.to(CT)
-    b2 = b2.to(CT)
-
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _lion_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            offs,
-            None,
-            key,
-            inv_scale,
-            neg_lr,
-            decay,
-            b1,
-            omb1,
-            b2,
-            omb2,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        _lion_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            offs,
-            offs < end,
-            key,
-            inv_scale,
-            neg_lr,
-            decay,
-            b1,
-            omb1,
-            b2,
-            omb2,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-        )
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        (-lr).to(CT),
+        _lr_decay(lr, weight_decay, LR_T).to(CT),
+        b1.to(CT),
+        (1.0 - b1).to(CT),
+        b2.to(CT),
+        (1.0 - b2).to(CT),
+    )
+    _sweep(
+        _lion_tile,
+        (p_ptr, w_ptr, g_ptr, m_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, MAXIMIZE),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,29 +681,14 @@ def _lion_kernel(
 
 @triton.jit
 def _sophia_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    m_ptr,
-    h_ptr,
-    offs,
-    mask,
-    key,
-    inv_scale,
-    neg_lr,
-    decay,
-    beta1,
-    omb1,
-    rho_bs,
-    eps,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    SR: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
+    p_ptr, w_ptr, g_ptr, m_ptr, h_ptr = ptrs
+    key, inv_scale, neg_lr, decay, beta1, omb1, rho_bs, eps = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    MAXIMIZE: tl.constexpr = F[3]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
@@ -834,6 +707,7 @@ def _sophia_tile(
     p = p + neg_lr * _sign(m) * ratio
     _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
     _store(m_ptr, offs, m, mask, ST)
+    return acc
 
 
 @triton.jit
@@ -873,90 +747,47 @@ def _sophia_kernel(
     g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
 
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    neg_lr = (-lr).to(CT)
-    decay = _lr_decay(lr, weight_decay, LR_T).to(CT)
-    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b1 = tl.full((), beta1, tl.float64)
-    omb1 = (1.0 - b1).to(CT)
-    b1 = b1.to(CT)
-    rb = tl.full((), rho_bs, tl.float64).to(CT)
-    e = tl.full((), eps, tl.float64).to(CT)
-
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _sophia_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            h_ptr,
-            offs,
-            None,
-            key,
-            inv_scale,
-            neg_lr,
-            decay,
-            b1,
-            omb1,
-            rb,
-            e,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        _sophia_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            h_ptr,
-            offs,
-            offs < end,
-            key,
-            inv_scale,
-            neg_lr,
-            decay,
-            b1,
-            omb1,
-            rb,
-            e,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-        )
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        (-lr).to(CT),
+        _lr_decay(lr, weight_decay, LR_T).to(CT),
+        b1.to(CT),
+        (1.0 - b1).to(CT),
+        tl.full((), rho_bs, tl.float64).to(CT),
+        tl.full((), eps, tl.float64).to(CT),
+    )
+    ptrs = (p_ptr, w_ptr, g_ptr, m_ptr, h_ptr)
+    _sweep(
+        _sophia_tile,
+        ptrs,
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, MAXIMIZE),
+        BLOCK,
+    )
 
 
 @triton.jit
 def _sophia_hessian_tile(
-    h_ptr,
-    g_ptr,
-    offs,
-    mask,
-    inv_scale,
-    beta2,
-    omb2,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
+    h_ptr, g_ptr = ptrs
+    inv_scale, beta2, omb2 = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[0]
     h = _load(h_ptr, offs, mask, ST, CT)
     g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     h = h * beta2 + omb2 * g * g
     _store(h_ptr, offs, h, mask, ST)
+    return acc
 
 
 @triton.jit
@@ -980,22 +811,21 @@ def _sophia_hessian_kernel(
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
     h_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
     g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT)
     b2 = tl.full((), beta2, tl.float64)
-    omb2 = (1.0 - b2).to(CT)
-    b2 = b2.to(CT)
-
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _sophia_hessian_tile(
-            h_ptr, g_ptr, offs, None, inv_scale, b2, omb2, PT, ST, CT, HAS_GRAD_SCALE
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        _sophia_hessian_tile(
-            h_ptr, g_ptr, offs, offs < end, inv_scale, b2, omb2, PT, ST, CT, HAS_GRAD_SCALE
-        )
+    sc = (_inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT), b2.to(CT), (1.0 - b2).to(CT))
+    _sweep(
+        _sophia_hessian_tile,
+        (h_ptr, g_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (HAS_GRAD_SCALE,),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1091,30 +921,20 @@ def _lamb_scalars(
 
 @triton.jit
 def _lamb_norms_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    m_ptr,
-    v_ptr,
-    offs,
-    mask,
-    sc,
-    acc_pp,
-    acc_uu,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    EXACT: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
+    p_ptr, w_ptr, g_ptr, m_ptr, v_ptr = ptrs
+    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
+    MASTER: tl.constexpr = F[0]
+    HAS_GRAD_SCALE: tl.constexpr = F[1]
+    EXACT: tl.constexpr = F[2]
+    MAXIMIZE: tl.constexpr = F[3]
+    WEIGHT_DECAY: tl.constexpr = F[4]
+    acc_pp, acc_uu = acc
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
-    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
     m, v, u = _lamb_u(
         p,
         g,
@@ -1142,6 +962,28 @@ def _lamb_norms_tile(
         p64 = tl.where(mask, p64, 0.0)
         u64 = tl.where(mask, u64, 0.0)
     return acc_pp + p64 * p64, acc_uu + u64 * u64
+
+
+@triton.jit
+def _lamb_pointers(
+    table,
+    grads,
+    row,
+    W: tl.constexpr,
+    PT: tl.constexpr,
+    ST: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SEED_COL: tl.constexpr,
+    SR: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """((param, master, grad, exp_avg, exp_avg_sq) pointers, SR key) of a row."""
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
+    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    return (p_ptr, w_ptr, g_ptr, m_ptr, v_ptr), key
 
 
 @triton.jit
@@ -1176,10 +1018,7 @@ def _lamb_norms_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, _ = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, 0, False, ALIGNED)
-    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    ptrs, _ = _lamb_pointers(table, grads, row, W, PT, ST, MASTER, MASTER_COL, 0, False, ALIGNED)
     sc = _lamb_scalars(
         table,
         row,
@@ -1196,54 +1035,20 @@ def _lamb_norms_kernel(
         HAS_GRAD_SCALE,
         CT,
     )
-    # One fp64 partial sum per lane, added up once at the end: a fixed order for a given BLOCK.
-    acc_pp = tl.zeros((BLOCK,), tl.float64)
-    acc_uu = tl.zeros((BLOCK,), tl.float64)
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        acc_pp, acc_uu = _lamb_norms_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            offs,
-            None,
-            sc,
-            acc_pp,
-            acc_uu,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            EXACT,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        acc_pp, acc_uu = _lamb_norms_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            offs,
-            offs < end,
-            sc,
-            acc_pp,
-            acc_uu,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            EXACT,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
+    acc = (tl.zeros((BLOCK,), tl.float64), tl.zeros((BLOCK,), tl.float64))
+    acc_pp, acc_uu = _sweep(
+        _lamb_norms_tile,
+        ptrs,
+        sc,
+        acc,
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
+        BLOCK,
+    )
     pid = tl.program_id(0).to(tl.int64)
     tl.store(partials + 2 * pid, tl.sum(acc_pp, axis=0))
     tl.store(partials + 2 * pid + 1, tl.sum(acc_uu, axis=0))
@@ -1311,27 +1116,18 @@ def _lamb_ratio_kernel(
 
 @triton.jit
 def _lamb_apply_tile(
-    p_ptr,
-    w_ptr,
-    g_ptr,
-    m_ptr,
-    v_ptr,
-    offs,
-    mask,
-    key,
-    sc,
-    neg_step,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    SR: tl.constexpr,
-    EXACT: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
-    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
+    p_ptr, w_ptr, g_ptr, m_ptr, v_ptr = ptrs
+    key = sc[0]
+    neg_step = sc[1]
+    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc[2]
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    EXACT: tl.constexpr = F[3]
+    MAXIMIZE: tl.constexpr = F[4]
+    WEIGHT_DECAY: tl.constexpr = F[5]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
@@ -1366,6 +1162,7 @@ def _lamb_apply_tile(
         _store(v_ptr, offs, v, mask, ST)
     p = p + neg_step * u
     _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
+    return acc
 
 
 @triton.jit
@@ -1402,10 +1199,9 @@ def _lamb_apply_kernel(
     BLOCK: tl.constexpr,
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
-    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    ptrs, key = _lamb_pointers(
+        table, grads, row, W, PT, ST, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED
+    )
     sc = _lamb_scalars(
         table,
         row,
@@ -1422,54 +1218,20 @@ def _lamb_apply_kernel(
         HAS_GRAD_SCALE,
         CT,
     )
-    neg_step = tl.load(neg_steps + row).to(CT)
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        _lamb_apply_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            offs,
-            None,
-            key,
-            sc,
-            neg_step,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            EXACT,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        _lamb_apply_tile(
-            p_ptr,
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            v_ptr,
-            offs,
-            offs < end,
-            key,
-            sc,
-            neg_step,
-            PT,
-            ST,
-            CT,
-            MASTER,
-            SR,
-            EXACT,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
+    sc = (key, tl.load(neg_steps + row).to(CT), sc)
+    _sweep(
+        _lamb_apply_tile,
+        ptrs,
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1477,7 +1239,10 @@ def _lamb_apply_kernel(
 
 
 @triton.jit
-def _sum_sq_tile(x_ptr, offs, mask, acc, ST: tl.constexpr, CT: tl.constexpr):
+def _sum_sq_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    (x_ptr,) = ptrs
     x = _load(x_ptr, offs, mask, ST, CT).to(tl.float64)
     if mask is not None:
         x = tl.where(mask, x, 0.0)
@@ -1499,13 +1264,7 @@ def _sum_sq_kernel(
     row, start, end = _chunk(chunks, table, W, table, False, CHUNK, ALIGNED)
     x_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
     acc = tl.zeros((BLOCK,), tl.float64)
-    n_full = (end - start) // BLOCK
-    for t in range(0, n_full):
-        offs = start + t * BLOCK + tl.arange(0, BLOCK)
-        acc = _sum_sq_tile(x_ptr, offs, None, acc, ST, CT)
-    for tail in range(start + n_full * BLOCK, end, BLOCK):
-        offs = tail + tl.arange(0, BLOCK)
-        acc = _sum_sq_tile(x_ptr, offs, offs < end, acc, ST, CT)
+    acc = _sweep(_sum_sq_tile, (x_ptr,), (), acc, start, end, ST, ST, CT, (), BLOCK)
     tl.store(partials + tl.program_id(0).to(tl.int64), tl.sum(acc, axis=0))
 
 

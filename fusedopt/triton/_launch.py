@@ -11,18 +11,33 @@ launch a fixed number of kernels per call, whatever the number of tensors:
 
 Each has the signature of its fusedopt.reference definition (lr a Tensor), mixed precision
 included (master_params, sr_seeds, state dtypes: Note [mixed dtypes] in _multi_tensor.py).
+
+Note [generic launch]
+What is common to the ops is read from their registry entries (fusedopt/_opdefs.py), by role:
+the table's lists (the params, or sophia_update_hessian_'s hessians, then the state lists, then
+the masters), the step counters and SR seeds (incremented in one launch before the update), the
+lr, GradScaler's grad_scale / found_inf and the mixed-precision columns: validation, staging and
+these kernel arguments are handled once (:func:`_stage`). An elementwise op adds an
+:class:`Update`: its kernel, which of its state lists a call has, and its own kernel arguments
+(hyperparameters and flags). LAMB's passes and sum_sq's reduction are written out below.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SEED, STATE, STEP, OpDef
+from .._ops import wrapper
+from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
 from . import _multi_tensor as mt
 from ._multi_tensor import STEP_BLOCK
@@ -58,48 +73,92 @@ def _nonzero(x: float, dtype: torch.dtype) -> bool:
     return mt.in_compute_type(x, dtype) != 0.0
 
 
-def _mixed(master_params: list[Tensor] | None, sr_seeds: list[Tensor] | None):
-    """(masters, seeds): None where not used (None or empty)."""
-    return (master_params if master_params else None), (sr_seeds if sr_seeds else None)
+@dataclass(eq=False)
+class _Call:
+    """A validated call with params: its table entry, lists and grads' table, and the kernel
+    arguments every update kernel of the op takes (Note [generic launch])."""
+
+    name: str
+    values: dict[str, Any]
+    entry: mt.Entry
+    names: tuple[str, ...]
+    lists: list[list[Tensor]]
+    grad_table: Tensor
+    grad_dtype: torch.dtype
+    found_inf: Tensor | None = None
+    kernel_args: dict[str, Any] | None = None
+
+    def written(self) -> tuple[bool, ...]:
+        """Which lists the op writes (the registry's), for stage_out."""
+        return tuple(OPS[self.name].arg(n).write for n in self.names)
 
 
-def _lists(
-    names: tuple[str, ...], lists: list[list[Tensor]], masters: list[Tensor] | None
-) -> tuple[tuple[str, ...], list[list[Tensor]]]:
-    """The table's lists: the params and states, then the masters (Note [mixed dtypes])."""
-    if masters is None:
-        return names, lists
-    return (*names, "master_params"), [*lists, masters]
+def _stage(
+    name: str,
+    values: dict[str, Any],
+    states: tuple[str, ...] | None = None,
+    grad_dtype: Callable[[str, dict[str, Any], mt.Entry], torch.dtype] | None = None,
+    check: Callable[[str, mt.Entry | None], None] | None = None,
+) -> _Call | None:
+    """Validates and prepares a call of op ``name`` (Note [generic launch]): ``states`` are the
+    state lists it has (default: all of the op's), ``grad_dtype`` the grads' dtype (default:
+    the params'), ``check`` further validation once the table is known. None if there are no
+    params (the grads validated)."""
+    d = OPS[name]
+    op = f"fusedopt.{name} (triton)"
+    first = (d.role(PARAM) or d.role(STATE))[0].name
+    if states is None:
+        states = tuple(a.name for a in d.role(STATE) if a.name != first)
+    masters = values.get("master_params") or None
+    seeds = values.get("sr_seeds") or None
+    names = (first, *states) + (("master_params",) if masters is not None else ())
+    lists = [values[n] for n in names]
+    steps = values["state_steps"] if d.role(STEP) else None
+    entry = mt.prepare(op, names, lists, steps, master=masters is not None, seeds=seeds)
+    if check is not None:
+        check(op, entry)
+    if entry is None:
+        mt.validate_grads(op, values[first], values["grads"])
+        return None
+    dtype = entry.dtype if grad_dtype is None else grad_dtype(op, values, entry)
+    grad_tab = mt.grad_table(op, entry, values[first], values["grads"], dtype)
+    return _Call(name, values, entry, names, lists, grad_tab, dtype)
 
 
-def _common(entry: mt.Entry, lr, grad_scale, found_inf):
-    """Kernel arguments every update kernel takes."""
-    dev = entry.device
-    gs = mt.device_scalar(grad_scale, "grad_scale", dev)
-    fi = mt.device_scalar(found_inf, "found_inf", dev)
-    args = {}
-    consts = {
-        "PT": mt.ST[entry.dtype],
+def _kernel_args(d: OpDef, call: _Call) -> None:
+    """The arguments of the op's roles (Note [kernel dtypes], Note [mixed dtypes]) into
+    call.kernel_args, and GradScaler's found_inf on the device into call.found_inf: on the
+    params' device (in _device_ctx)."""
+    entry = call.entry
+    args: dict[str, Any] = {
+        "PT": mt.ST[call.grad_dtype],
         "ST": mt.ST[entry.state_dtype],
-        "CT": mt.compute_type(entry.dtype),
-        "MASTER": entry.master_col >= 0,
-        "MASTER_COL": max(entry.master_col, 0),
+        "CT": mt.compute_type(call.grad_dtype),
         "W": entry.width,
-        "HAS_GRAD_SCALE": gs is not None,
-        "HAS_FOUND_INF": fi is not None,
+        "ALIGNED": entry.aligned and entry.grads_aligned,
+        "CHUNK": entry.chunk,
+        "BLOCK": mt.block(),
     }
-    if lr is not None:
-        lr_ptr, lr_value, from_ptr = mt.lr_arg(lr, dev)
+    if d.role(AMP):
+        gs = mt.device_scalar(call.values["grad_scale"], "grad_scale", entry.device)
+        fi = mt.device_scalar(call.values["found_inf"], "found_inf", entry.device)
+        args["grad_scale_ptr"] = entry.table if gs is None else gs
+        args["found_inf_ptr"] = entry.table if fi is None else fi
+        args["HAS_GRAD_SCALE"] = gs is not None
+        args["HAS_FOUND_INF"] = fi is not None
+        call.found_inf = fi
+    if d.role(LR):
+        lr_ptr, lr_value, from_ptr = mt.lr_arg(call.values["lr"], entry.device)
         args["lr_ptr"] = entry.table if lr_ptr is None else lr_ptr
         args["lr_value"] = lr_value
-        consts["LR_FROM_PTR"] = from_ptr
-    args["grad_scale_ptr"] = entry.table if gs is None else gs
-    args["found_inf_ptr"] = entry.table if fi is None else fi
-    return args, consts, fi
-
-
-def _sr(entry: mt.Entry) -> dict:
-    return {"SR": entry.seed_col >= 0, "SEED_COL": max(entry.seed_col, 0)}
+        args["LR_FROM_PTR"] = from_ptr
+    if d.role(MASTER):
+        args["MASTER"] = entry.master_col >= 0
+        args["MASTER_COL"] = max(entry.master_col, 0)
+    if d.role(SEED):
+        args["SR"] = entry.seed_col >= 0
+        args["SEED_COL"] = max(entry.seed_col, 0)
+    call.kernel_args = args
 
 
 def _increment(
@@ -125,333 +184,182 @@ def _increment(
     )
 
 
-def adam_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    op = "fusedopt.adam_ (triton)"
-    masters, seeds = _mixed(master_params, sr_seeds)
-    names, lists = _lists(
-        ("params", "exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if amsgrad else ()),
-        [params, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []),
-        masters,
+@dataclass(frozen=True)
+class Update:
+    """What an elementwise update op adds to the generic launch (Note [generic launch]).
+
+    ``kernel``: its kernel in _kernels.py (taking table, grads, chunks, the arguments of its
+    roles and its own); ``args(values, call)``: its own kernel arguments (hyperparameters,
+    flags); ``states(values)``: the state lists a call has (default: all); ``grad_dtype``:
+    the grads' dtype when it is not the params' (see _stage)."""
+
+    kernel: str
+    args: Callable[[dict[str, Any], _Call], dict[str, Any]]
+    states: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    grad_dtype: Callable[[str, dict[str, Any], mt.Entry], torch.dtype] | None = None
+
+
+def _adam_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    e = call.entry
+    return dict(
+        beta1=v["beta1"],
+        beta2=v["beta2"],
+        log2_beta1=mt.log2(v["beta1"]),
+        log2_beta2=mt.log2(v["beta2"]),
+        weight_decay=v["weight_decay"],
+        eps=v["eps"],
+        LR_T=mt.lr_type(v["lr"]),
+        STEP_T=e.step_type,
+        DECOUPLED=v["decoupled_weight_decay"],
+        AMSGRAD=v["amsgrad"],
+        MAXIMIZE=v["maximize"],
+        WEIGHT_DECAY=_nonzero(v["weight_decay"], e.dtype),
+        LERP_LOW=mt.in_compute_type(1.0 - v["beta1"], e.dtype) < 0.5,
     )
-    entry = mt.prepare(op, names, lists, state_steps, master=masters is not None, seeds=seeds)
-    if entry is None:
-        mt.validate_grads(op, params, grads)
-        return
-    grad_tab = mt.grad_table(op, entry, params, grads)
-    with _device_ctx(entry.device):
-        args, consts, fi = _common(entry, lr, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
-        _increment(entry, fi)
-        if entry.programs:
-            _k()._adam_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                **args,
-                beta1=beta1,
-                beta2=beta2,
-                log2_beta1=mt.log2(beta1),
-                log2_beta2=mt.log2(beta2),
-                weight_decay=weight_decay,
-                eps=eps,
-                **consts,
-                LR_T=mt.lr_type(lr),
-                **_sr(entry),
-                STEP_T=entry.step_type,
-                DECOUPLED=decoupled_weight_decay,
-                AMSGRAD=amsgrad,
-                MAXIMIZE=maximize,
-                WEIGHT_DECAY=_nonzero(weight_decay, entry.dtype),
-                LERP_LOW=mt.in_compute_type(1.0 - beta1, entry.dtype) < 0.5,
-                ALIGNED=entry.aligned and entry.grads_aligned,
-                CHUNK=entry.chunk,
-                BLOCK=mt.block(),
-                **_OPTS,
-            )
-        entry.stage_out(lists, (True,) * len(lists))
 
 
-def sgd_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    lr: Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    is_first_step: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    op = "fusedopt.sgd_ (triton)"
-    masters, seeds = _mixed(master_params, sr_seeds)
-    has_momentum = momentum != 0
-    names, lists = _lists(
-        ("params", "momentum_buffers") if has_momentum else ("params",),
-        [params, momentum_buffers] if has_momentum else [params],
-        masters,
+def _sgd_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    return dict(
+        momentum=v["momentum"],
+        dampening=v["dampening"],
+        weight_decay=v["weight_decay"],
+        MOMENTUM=v["momentum"] != 0,
+        FIRST=v["is_first_step"],
+        NESTEROV=v["nesterov"],
+        MAXIMIZE=v["maximize"],
+        WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype),
     )
-    entry = mt.prepare(op, names, lists, master=masters is not None, seeds=seeds)
-    if entry is None:
-        mt.validate_grads(op, params, grads)
-        return
-    grad_tab = mt.grad_table(op, entry, params, grads)
-    with _device_ctx(entry.device):
-        args, consts, fi = _common(entry, lr, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
-        _increment(entry, fi)  # the seeds (SGD has no step counters)
-        if entry.programs:
-            _k()._sgd_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                **args,
-                momentum=momentum,
-                dampening=dampening,
-                weight_decay=weight_decay,
-                **consts,
-                **_sr(entry),
-                MOMENTUM=has_momentum,
-                FIRST=is_first_step,
-                NESTEROV=nesterov,
-                MAXIMIZE=maximize,
-                WEIGHT_DECAY=_nonzero(weight_decay, entry.dtype),
-                ALIGNED=entry.aligned and entry.grads_aligned,
-                CHUNK=entry.chunk,
-                BLOCK=mt.block(),
-                **_OPTS,
-            )
-        entry.stage_out(lists, (True,) * len(lists))
 
 
-def lion_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    op = "fusedopt.lion_ (triton)"
-    masters, seeds = _mixed(master_params, sr_seeds)
-    names, lists = _lists(("params", "exp_avgs"), [params, exp_avgs], masters)
-    entry = mt.prepare(op, names, lists, state_steps, master=masters is not None, seeds=seeds)
-    if entry is None:
-        mt.validate_grads(op, params, grads)
-        return
-    grad_tab = mt.grad_table(op, entry, params, grads)
-    with _device_ctx(entry.device):
-        args, consts, fi = _common(entry, lr, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
-        _increment(entry, fi)
-        if entry.programs:
-            _k()._lion_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                **args,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=weight_decay,
-                **consts,
-                LR_T=mt.lr_type(lr),
-                **_sr(entry),
-                MAXIMIZE=maximize,
-                ALIGNED=entry.aligned and entry.grads_aligned,
-                CHUNK=entry.chunk,
-                BLOCK=mt.block(),
-                **_OPTS,
-            )
-        entry.stage_out(lists, (True,) * len(lists))
+def _lion_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    return dict(
+        beta1=v["beta1"],
+        beta2=v["beta2"],
+        weight_decay=v["weight_decay"],
+        LR_T=mt.lr_type(v["lr"]),
+        MAXIMIZE=v["maximize"],
+    )
 
 
-def sophia_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hessians: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    rho: float,
-    bs: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
-    from ..reference.sophia import SOPHIA_EPS
-
-    op = "fusedopt.sophia_ (triton)"
-    masters, seeds = _mixed(master_params, sr_seeds)
-    names, lists = _lists(("params", "exp_avgs", "hessians"), [params, exp_avgs, hessians], masters)
-    entry = mt.prepare(op, names, lists, state_steps, master=masters is not None, seeds=seeds)
-    if entry is None:
-        mt.validate_grads(op, params, grads)
-        return
-    grad_tab = mt.grad_table(op, entry, params, grads)
-    with _device_ctx(entry.device):
-        args, consts, fi = _common(entry, lr, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
-        _increment(entry, fi)
-        if entry.programs:
-            _k()._sophia_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                **args,
-                beta1=beta1,
-                rho_bs=rho * bs,
-                weight_decay=weight_decay,
-                eps=SOPHIA_EPS,
-                **consts,
-                LR_T=mt.lr_type(lr),
-                **_sr(entry),
-                MAXIMIZE=maximize,
-                ALIGNED=entry.aligned and entry.grads_aligned,
-                CHUNK=entry.chunk,
-                BLOCK=mt.block(),
-                **_OPTS,
-            )
-        entry.stage_out(lists, (True, True, False) + ((True,) if masters else ()))
+def _sophia_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    return dict(
+        beta1=v["beta1"],
+        rho_bs=v["rho"] * v["bs"],
+        weight_decay=v["weight_decay"],
+        eps=SOPHIA_EPS,
+        LR_T=mt.lr_type(v["lr"]),
+        MAXIMIZE=v["maximize"],
+    )
 
 
-def sophia_update_hessian_(
-    hessians: list[Tensor],
-    grads: list[Tensor],
-    beta2: float,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    op = "fusedopt.sophia_update_hessian_ (triton)"
-    lists = [hessians]
-    entry = mt.prepare(op, ("hessians",), lists)
-    if entry is None:
-        mt.validate_grads(op, hessians, grads)
-        return
-    # The grads have the params' dtype, the hessians Sophia's state dtype (Note [mixed dtypes]).
-    grad_dtype = grads[0].dtype if len(grads) == len(hessians) else entry.dtype
+def _hessian_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dtype:
+    """The grads have the params' dtype, the hessians Sophia's state dtype (Note [mixed
+    dtypes])."""
+    grads = v["grads"]
+    grad_dtype = grads[0].dtype if len(grads) == len(v["hessians"]) else entry.dtype
     if grad_dtype not in mt.ST or not mt.state_dtype_ok(grad_dtype, entry.dtype):
         raise RuntimeError(
             f"{op}: hessians of dtype {entry.dtype} do not go with grads of dtype {grad_dtype} "
             "(supported: the grads' dtype, or float32 / bfloat16 for float32, float16 and "
             "bfloat16 grads)"
         )
-    grad_tab = mt.grad_table(op, entry, hessians, grads, grad_dtype)
+    return grad_dtype
+
+
+_UPDATES = {
+    "adam_": Update(
+        "_adam_kernel",
+        _adam_args,
+        lambda v: ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if v["amsgrad"] else ()),
+    ),
+    "sgd_": Update(
+        "_sgd_kernel",
+        _sgd_args,
+        lambda v: ("momentum_buffers",) if v["momentum"] != 0 else (),
+    ),
+    "lion_": Update("_lion_kernel", _lion_args),
+    "sophia_": Update("_sophia_kernel", _sophia_args),
+    "sophia_update_hessian_": Update(
+        "_sophia_hessian_kernel",
+        lambda v, call: dict(beta2=v["beta2"]),
+        grad_dtype=_hessian_grad_dtype,
+    ),
+}
+
+
+def _update(name: str, values: dict[str, Any]) -> None:
+    """An elementwise update op (Note [generic launch]): steps and seeds +1, then the update."""
+    spec = _UPDATES[name]
+    states = None if spec.states is None else spec.states(values)
+    call = _stage(name, values, states, spec.grad_dtype)
+    if call is None:
+        return
+    entry = call.entry
     with _device_ctx(entry.device):
-        args, consts, _ = _common(entry, None, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
+        _kernel_args(OPS[name], call)
+        entry.stage_in(call.lists, values["grads"])
+        _increment(entry, call.found_inf)
         if entry.programs:
-            _k()._sophia_hessian_kernel[(entry.programs,)](
+            getattr(_k(), spec.kernel)[(entry.programs,)](
                 entry.table,
-                grad_tab,
+                call.grad_table,
                 entry.chunks,
-                **args,
-                beta2=beta2,
-                PT=mt.ST[grad_dtype],
-                ST=mt.ST[entry.dtype],
-                CT=mt.compute_type(grad_dtype),
-                W=entry.width,
-                HAS_GRAD_SCALE=consts["HAS_GRAD_SCALE"],
-                HAS_FOUND_INF=consts["HAS_FOUND_INF"],
-                ALIGNED=entry.aligned and entry.grads_aligned,
-                CHUNK=entry.chunk,
-                BLOCK=mt.block(),
+                **call.kernel_args,
+                **spec.args(values, call),
                 **_OPTS,
             )
-        entry.stage_out(lists, (True,))
+        entry.stage_out(call.lists, call.written())
 
 
-def lamb_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    bias_correction: bool,
-    trust_clip: float | None,
-    maximize: bool,
-    tensor_norms: Tensor | None = None,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-    phase: int = 0,
-    sq_sums: Tensor | None = None,
-) -> None:
-    op = "fusedopt.lamb_ (triton)"
-    masters, seeds = _mixed(master_params, sr_seeds)
-    names, lists = _lists(
-        ("params", "exp_avgs", "exp_avg_sqs"), [params, exp_avgs, exp_avg_sqs], masters
-    )
-    entry = mt.prepare(op, names, lists, state_steps, master=masters is not None, seeds=seeds)
-    n = len(params)
-    device = None if entry is None else entry.device
-    if tensor_norms is not None and not (
-        tensor_norms.is_floating_point()
-        and tensor_norms.dim() == 2
-        and tuple(tensor_norms.shape) == (n, 2)
-        and (device is None or tensor_norms.device == device)
-    ):
-        raise RuntimeError(
-            f"{op}: tensor_norms must be a floating-point tensor of shape ({n}, 2) on the "
-            f"params' device, got {tensor_norms.dtype} {list(tensor_norms.shape)} on "
-            f"{tensor_norms.device}"
-        )
-    if phase not in (0, 1, 2):
-        raise RuntimeError(f"{op}: phase must be 0, 1 or 2, got {phase}")
-    if phase and not (
-        sq_sums is not None
-        and sq_sums.dtype == torch.float64
-        and tuple(sq_sums.shape) == (n, 2)
-        and (device is None or sq_sums.device == device)
-    ):
-        got = "None" if sq_sums is None else f"{sq_sums.dtype} {list(sq_sums.shape)}"
-        raise RuntimeError(
-            f"{op}: phase {phase} needs sq_sums of shape ({n}, 2), float64, on the params' "
-            f"device; got {got}"
-        )
-    if entry is None:
-        mt.validate_grads(op, params, grads)
+def _lamb_check(values: dict[str, Any]) -> Callable[[str, mt.Entry | None], None]:
+    """LAMB's own arguments: tensor_norms, phase, sq_sums (Note [LAMB phases])."""
+
+    def check(op: str, entry: mt.Entry | None) -> None:
+        n = len(values["params"])
+        device = None if entry is None else entry.device
+        tensor_norms, phase, sq_sums = values["tensor_norms"], values["phase"], values["sq_sums"]
+        if tensor_norms is not None and not (
+            tensor_norms.is_floating_point()
+            and tensor_norms.dim() == 2
+            and tuple(tensor_norms.shape) == (n, 2)
+            and (device is None or tensor_norms.device == device)
+        ):
+            raise RuntimeError(
+                f"{op}: tensor_norms must be a floating-point tensor of shape ({n}, 2) on the "
+                f"params' device, got {tensor_norms.dtype} {list(tensor_norms.shape)} on "
+                f"{tensor_norms.device}"
+            )
+        if phase not in (0, 1, 2):
+            raise RuntimeError(f"{op}: phase must be 0, 1 or 2, got {phase}")
+        if phase and not (
+            sq_sums is not None
+            and sq_sums.dtype == torch.float64
+            and tuple(sq_sums.shape) == (n, 2)
+            and (device is None or sq_sums.device == device)
+        ):
+            got = "None" if sq_sums is None else f"{sq_sums.dtype} {list(sq_sums.shape)}"
+            raise RuntimeError(
+                f"{op}: phase {phase} needs sq_sums of shape ({n}, 2), float64, on the params' "
+                f"device; got {got}"
+            )
+
+    return check
+
+
+def _lamb(values: dict[str, Any]) -> None:
+    """LAMB: steps and seeds; partial norms; trust ratios; update (Note [LAMB passes], Note
+    [LAMB phases] in _kernels.py)."""
+    call = _stage("lamb_", values, check=_lamb_check(values))
+    if call is None:
         return
-    grad_tab = mt.grad_table(op, entry, params, grads)
+    entry, v = call.entry, values
+    phase, tensor_norms, sq_sums, trust_clip = (
+        v["phase"],
+        v["tensor_norms"],
+        v["sq_sums"],
+        v["trust_clip"],
+    )
+    n = entry.n
     partials = entry.scratch.get("partials")
     if partials is None:
         partials = entry.scratch["partials"] = torch.empty(
@@ -463,44 +371,35 @@ def lamb_(
     exact = entry.state_dtype == (torch.float64 if entry.dtype == torch.float64 else torch.float32)
     k = _k()
     with _device_ctx(entry.device):
-        args, consts, fi = _common(entry, lr, grad_scale, found_inf)
-        entry.stage_in(lists, grads)
+        _kernel_args(OPS["lamb_"], call)
+        args = dict(call.kernel_args)
+        fi = call.found_inf
+        entry.stage_in(call.lists, v["grads"])
         # Note [LAMB phases]: phase 1 counts the step, phase 2 advances the seeds
         _increment(entry, fi, steps=phase != 2, seeds=phase != 1)
-        common = {
-            "beta1": beta1,
-            "beta2": beta2,
-            "log2_beta1": mt.log2(beta1),
-            "log2_beta2": mt.log2(beta2),
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "PT": consts["PT"],
-            "ST": consts["ST"],
-            "CT": consts["CT"],
-            "MASTER": consts["MASTER"],
-            "MASTER_COL": consts["MASTER_COL"],
-            "STEP_T": entry.step_type,
-            "W": entry.width,
-            "EXACT": exact,
-            "BIAS_CORRECTION": bias_correction,
-            "MAXIMIZE": maximize,
-            "WEIGHT_DECAY": _nonzero(weight_decay, entry.dtype),
-            "HAS_GRAD_SCALE": consts["HAS_GRAD_SCALE"],
-            "HAS_FOUND_INF": fi is not None,
-            "ALIGNED": entry.aligned and entry.grads_aligned,
-            "CHUNK": entry.chunk,
-            "BLOCK": mt.block(),
-        }
+        lr_ptr, lr_value, lr_from_ptr = (
+            args.pop("lr_ptr"),
+            args.pop("lr_value"),
+            args.pop("LR_FROM_PTR"),
+        )
+        sr = {"SR": args.pop("SR"), "SEED_COL": args.pop("SEED_COL")}
+        common = dict(
+            args,
+            beta1=v["beta1"],
+            beta2=v["beta2"],
+            log2_beta1=mt.log2(v["beta1"]),
+            log2_beta2=mt.log2(v["beta2"]),
+            weight_decay=v["weight_decay"],
+            eps=v["eps"],
+            STEP_T=entry.step_type,
+            EXACT=exact,
+            BIAS_CORRECTION=v["bias_correction"],
+            MAXIMIZE=v["maximize"],
+            WEIGHT_DECAY=_nonzero(v["weight_decay"], entry.dtype),
+        )
         if entry.programs and phase != 2:
             k._lamb_norms_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                partials,
-                args["grad_scale_ptr"],
-                args["found_inf_ptr"],
-                **common,
-                **_OPTS,
+                entry.table, call.grad_table, entry.chunks, partials, **common, **_OPTS
             )
         want_norms = tensor_norms is not None and phase != 1
         k._lamb_ratio_kernel[(n,)](
@@ -513,12 +412,12 @@ def lamb_(
             partials if sq_sums is None else sq_sums,
             0 if sq_sums is None else sq_sums.stride(0),
             0 if sq_sums is None else sq_sums.stride(1),
-            args["lr_ptr"],
+            lr_ptr,
             args["found_inf_ptr"],
-            lr_value=args["lr_value"],
+            lr_value=lr_value,
             trust_clip=0.0 if trust_clip is None else trust_clip,
             PHASE=phase,
-            LR_FROM_PTR=consts["LR_FROM_PTR"],
+            LR_FROM_PTR=lr_from_ptr,
             HAS_CLIP=trust_clip is not None,
             WANT_NORMS=want_norms,
             HAS_FOUND_INF=fi is not None,
@@ -527,24 +426,15 @@ def lamb_(
         )
         if entry.programs and phase != 1:
             k._lamb_apply_kernel[(entry.programs,)](
-                entry.table,
-                grad_tab,
-                entry.chunks,
-                neg_steps,
-                args["grad_scale_ptr"],
-                args["found_inf_ptr"],
-                **common,
-                **_sr(entry),
-                **_OPTS,
+                entry.table, call.grad_table, entry.chunks, neg_steps, **common, **sr, **_OPTS
             )
+        written = call.written()
         if phase == 1:  # the moments (EXACT) at most
-            written = (False, exact, exact) + ((False,) if masters else ())
-        else:
-            written = (True,) * len(lists)
-        entry.stage_out(lists, written)
+            written = tuple(exact and name in ("exp_avgs", "exp_avg_sqs") for name in call.names)
+        entry.stage_out(call.lists, written)
 
 
-def sum_sq(tensors: list[Tensor]) -> Tensor:
+def _sum_sq(tensors: list[Tensor]) -> Tensor:
     op = "fusedopt.sum_sq (triton)"
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
@@ -584,12 +474,20 @@ def sum_sq(tensors: list[Tensor]) -> Tensor:
     return total
 
 
-__all__ = [
-    "adam_",
-    "lamb_",
-    "lion_",
-    "sgd_",
-    "sophia_",
-    "sophia_update_hessian_",
-    "sum_sq",
-]
+_RUN: dict[str, Callable[..., Any]] = {
+    **{name: (lambda values, name=name: _update(name, values)) for name in _UPDATES},
+    "lamb_": _lamb,
+    "sum_sq": lambda values: _sum_sq(values["tensors"]),
+}
+
+for _name in _RUN:
+    # with the registry's signature: torch.library.custom_op calls it with the schema's arguments
+    globals()[_name] = wrapper(
+        OPS[_name],
+        "    return _run[{name!r}](locals())\n",
+        {"_run": _RUN, "__name__": __name__},
+        OPS[_name].doc,
+    )
+del _name
+
+__all__ = list(_RUN)
