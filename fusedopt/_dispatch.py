@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _ops, reference
 from ._ext import _C, LOAD_ERROR
+from ._opdefs import GRAD, OPS
 
 BACKEND_NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
@@ -255,10 +256,30 @@ def kernel(backend: str, op: str) -> Callable[..., None]:
     return getattr(reference, op)
 
 
-def step_plan(
-    lists: list[list[Tensor]], masters: list[Tensor] | None, seeds: list[Tensor] | None
-) -> Any:
-    """A C++ StepPlan holding a step's lists (Note [C++ step plans] in csrc/plan.cpp), or None
-    when the compiled extension has none (an older build)."""
+def step_plan(op: str, lists: list[list[Tensor] | None]) -> Any:
+    """A StepPlan keeping ``lists`` (``OPS[op].plan_lists`` order, None for an absent optional
+    list) between steps, whose ``.call(grads, *rest)`` runs ``op`` with them, ``rest`` being the
+    values of ``OPS[op].plan_rest`` (Note [C++ step plans] in csrc/plan.cpp); None when the
+    compiled extension has no StepPlan."""
     cls = getattr(_C, "StepPlan", None) if _C is not None else None
-    return None if cls is None else cls(lists, masters, seeds)
+    if cls is None:
+        return None
+    if hasattr(cls, "call"):
+        return cls(op, lists)
+    return _OpStepPlan(op, lists)
+
+
+class _OpStepPlan:
+    """Fallback for an extension whose StepPlan predates the op registry (one method per op):
+    the same contract in Python, calling torch.ops.fusedopt.<op> with the kept lists, so it
+    saves nothing of the per-tensor boxing the C++ StepPlan avoids."""
+
+    def __init__(self, op: str, lists: list[list[Tensor] | None]) -> None:
+        self._def = OPS[op]
+        self._fn = getattr(torch.ops.fusedopt, op)
+        self._lists = dict(zip(self._def.plan_lists, lists))
+        self._grads = self._def.role(GRAD)[0].name
+
+    def call(self, grads: list[Tensor], *rest: Any) -> None:
+        scalars = dict(zip(self._def.plan_rest, rest))
+        self._fn(*self._def.bind(**self._lists, **{self._grads: grads}, **scalars))

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer, _Bucket
+from ._base import FusedOptimizer
 from ._validate import check_betas, check_lr
 
 
@@ -54,6 +51,8 @@ class Lion(FusedOptimizer):
 
     _op = "lion_"
     _sparse_error = "Lion does not support sparse gradients"
+    _group_fallbacks = {"maximize": False}
+    _may_lack = ("step",)  # lion-pytorch's and timm's checkpoints have none
 
     def __init__(
         self,
@@ -75,40 +74,4 @@ class Lion(FusedOptimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
-
-    def _setstate_groups(self) -> None:
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg",)
-
-    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg",)  # lion-pytorch's and timm's checkpoints have no step
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["exp_avg"] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        scalars = (lr, float(beta1), float(beta2), float(group["weight_decay"]), group["maximize"])
-        self._call(fn, b, [b.params, b.states[0], b.steps], grads, scalars, grad_scale, found_inf)
+        super().__init__(params, defaults, locals())
