@@ -43,6 +43,25 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "bool": bool,
     "int": int,
 }
+# Per op, read every step: its list arguments as (name, role, state key, absent value: None for
+# an optional list, else empty), its scalars as (name, conversion to the registry's type).
+_LISTS = {
+    op: tuple(
+        (a.name, a.role, a.key, None if a.type.endswith("?") else []) for a in d.args if a.is_list
+    )
+    for op, d in OPS.items()
+}
+# Per op, for its StepPlan: the names of the lists it keeps, the positions of the grads and of
+# the arguments after them (OpDef.plan_lists, OpDef.plan_rest) in a call's arguments.
+_PLAN = {
+    op: (
+        d.plan_lists,
+        d.names.index(d.role(GRAD)[0].name),
+        tuple(d.names.index(n) for n in d.plan_rest),
+    )
+    for op, d in OPS.items()
+}
+_SCALARS = {op: tuple((a.name, _CONVERT[a.type]) for a in d.role(SCALAR)) for op, d in OPS.items()}
 
 
 class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
@@ -131,14 +150,14 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         """The op's scalar arguments by registry name: each from the group option of that name
         (beta1/beta2 from ``betas``) in the registry's type; subclasses add the others."""
         out = {}
-        for a in OPS[self._op].role(SCALAR):
-            if a.name in group:
-                value = group[a.name]
-            elif a.name in ("beta1", "beta2") and "betas" in group:
-                value = group["betas"][0 if a.name == "beta1" else 1]
+        for name, convert in _SCALARS[self._op]:
+            if name in group:
+                value = group[name]
+            elif name in ("beta1", "beta2") and "betas" in group:
+                value = group["betas"][0 if name == "beta1" else 1]
             else:
                 continue
-            out[a.name] = _CONVERT[a.type](value)
+            out[name] = convert(value)
         return out
 
     # -- the calls ----------------------------------------------------------------------------
@@ -146,13 +165,13 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         """The op's list arguments for bucket ``b``, by name: an optional list the bucket does
         not keep is None, another one empty (Adam's max_exp_avg_sqs without amsgrad)."""
         out: dict[str, Any] = {}
-        for a in OPS[op].args:
-            if a.role == PARAM:
-                out[a.name] = b.params
-            elif a.role == GRAD:
-                out[a.name] = grads
-            elif a.is_list:
-                out[a.name] = b.lists.get(a.key, None if a.type.endswith("?") else [])  # type: ignore[arg-type]
+        for name, role, key, absent in _LISTS[op]:
+            if role == PARAM:
+                out[name] = b.params
+            elif role == GRAD:
+                out[name] = grads
+            else:
+                out[name] = b.lists.get(key, absent)  # type: ignore[arg-type]
         return out
 
     def _launch(self, b: Bucket, values: dict[str, Any]) -> None:
@@ -178,14 +197,13 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         in eager mode on the compiled backends (Note [C++ step plans] in csrc/plan.cpp: only
         the grads cross from Python); torch.compile traces the op itself, and the Triton and
         reference backends are Python."""
-        d = OPS[op]
-        args = d.bind(**values)
+        args = OPS[op].bind(**values)
         cplan = self._step_plan(b) if plan and op == self._op else None
         if cplan is None:
             _dispatch.kernel(b.backend, op)(*args)
             return
-        bound = dict(zip(d.names, args))
-        cplan.call(bound[d.role(GRAD)[0].name], *(bound[n] for n in d.plan_rest))
+        _, grads, rest = _PLAN[op]
+        cplan.call(args[grads], *(args[i] for i in rest))
 
     def _step_plan(self, b: Bucket) -> Any:
         """The bucket's StepPlan over its lists (made once per plan), or None."""
@@ -193,7 +211,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             return None
         if b.cplan is None:
             lists = self._lists(self._op, b, None)
-            b.cplan = _dispatch.step_plan(self._op, [lists[n] for n in OPS[self._op].plan_lists])
+            b.cplan = _dispatch.step_plan(self._op, [lists[n] for n in _PLAN[self._op][0]])
         return b.cplan
 
     @torch.no_grad()

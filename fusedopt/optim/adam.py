@@ -5,7 +5,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer
-from ._validate import check_adam_args
+from ._validate import check_args, check_fused_flags
 
 
 class Adam(FusedOptimizer):
@@ -104,9 +104,8 @@ class Adam(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        betas = check_adam_args(
-            lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
-        )
+        betas = check_args(lr, betas, eps, weight_decay)
+        check_fused_flags(foreach, differentiable, fused)
         defaults = {
             "lr": lr,
             "betas": betas,

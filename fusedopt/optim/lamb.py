@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from ._base import FusedOptimizer
-from ._validate import check_betas, check_lr
+from ._validate import check_args
 
 
 class LAMB(FusedOptimizer):
@@ -56,10 +56,8 @@ class LAMB(FusedOptimizer):
         max_grad_norm (float, optional): scale the grads by
             :math:`\min(1, \text{max\_grad\_norm} / (\text{global norm} + 10^{-6}))` first
             (default: None, no clipping).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        master_weights, stochastic_rounding, state_dtype, fused_amp: mixed precision and AMP
+            inside the step, as in :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "lamb_"
@@ -84,12 +82,7 @@ class LAMB(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        betas = check_betas(betas)
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        betas = check_args(lr, betas, eps, weight_decay)
         if trust_clip is not None and not trust_clip > 0.0:
             raise ValueError(f"Invalid trust_clip value: {trust_clip}")
         defaults = {

@@ -5,7 +5,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer
-from ._validate import check_betas, check_lr
+from ._validate import check_args
 
 
 class Lion(FusedOptimizer):
@@ -39,14 +39,8 @@ class Lion(FusedOptimizer):
             direction, :math:`\beta_2` the momentum (default: (0.9, 0.99)).
         weight_decay (float, optional): decoupled weight decay :math:`\lambda` (default: 0).
         maximize (bool, optional): maximize the objective (default: False).
-        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
-            (default: "auto"); see :func:`fusedopt.backends`.
-        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
-            :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
+            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
     """
 
     _op = "lion_"
@@ -69,9 +63,6 @@ class Lion(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        betas = check_betas(betas)
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        betas = check_args(lr, betas, weight_decay=weight_decay)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
         super().__init__(params, defaults, locals())

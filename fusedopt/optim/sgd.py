@@ -40,14 +40,8 @@ class SGD(FusedOptimizer):
         foreach (bool, optional): accepted for compatibility; fusedopt is always fused.
         differentiable (bool, optional): not supported; True raises (default: False).
         fused (bool, optional): accepted for compatibility; fusedopt is always fused.
-        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
-            (default: "auto").
-        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
-            :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
+            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
     """
 
     _op = "sgd_"

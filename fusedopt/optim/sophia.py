@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer
-from ._validate import check_betas, check_lr
+from ._validate import check_args
 
 
 class Sophia(FusedOptimizer):
@@ -73,10 +73,8 @@ class Sophia(FusedOptimizer):
             (default: "auto"); see :func:`fusedopt.backends`.
         max_grad_norm (float, optional): clip the global grad norm inside :meth:`step` (not in
             :meth:`update_hessian`), as in :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        master_weights, stochastic_rounding, state_dtype, fused_amp: mixed precision and AMP
+            inside the step, as in :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "sophia_"
@@ -99,8 +97,7 @@ class Sophia(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        betas = check_betas(betas)
+        betas = check_args(lr, betas)
         if not rho >= 0.0:
             raise ValueError(f"Invalid rho value: {rho}")
         if not weight_decay >= 0.0:
