@@ -29,7 +29,7 @@ are scaled by it (``scaler.scale(grads)``: what ``scaler.scale(loss).backward()`
 fusedopt sets ``_step_supports_amp_scaling``, so GradScaler hands it grad_scale and found_inf and
 the update kernel unscales; the clip factor comes from one fused sum-of-squares reduction over
 the grads inside the step and rides into the update (Note [clipping inside the step] in
-fusedopt/optim/_base.py), and fusedopt.amp.GradScaler (torch's GradScaler, subclassed) takes
+fusedopt/optim/_norms.py), and fusedopt.amp.GradScaler (torch's GradScaler, subclassed) takes
 its inf check from that same sum instead of its own pass over the grads (Note [inf check in the
 norm pass]). Every row has its own GradScaler with torch's defaults.
 
@@ -155,7 +155,7 @@ def master_weights_rows(label: str) -> dict[str, Factory]:
 # -- the end-to-end rows: unscale + clip + AdamW step + scheduler (Note [train loop]) ------------
 # Per param, in arrays of the param's dtype (x4 for fp32 bytes). Each count was read off the code
 # that runs: torch 2.x torch/amp/grad_scaler.py, torch/nn/utils/clip_grad.py, torch/optim/adam.py
-# and ATen's CPU kernels; fusedopt/optim/_base.py and csrc/.
+# and ATen's CPU kernels; fusedopt/optim/ and csrc/.
 
 
 def train_loop_bytes(dtype: torch.dtype) -> float:

@@ -6,7 +6,7 @@ and writes every grad (``torch._amp_foreach_non_finite_check_and_unscale_`` with
 8 B per fp32 param). This subclass lets a fusedopt optimizer find it in the fp64 sum of squares
 of its grads instead (one read, 4 B per fp32 param), the sum that ``max_grad_norm`` needs
 anyway, so that clipping and the inf check share one read (Note [inf check in the norm pass] in
-fusedopt/optim/_base.py). Everything else (scale growth and backoff, ``unscale_``, state_dict,
+fusedopt/optim/_norms.py). Everything else (scale growth and backoff, ``unscale_``, state_dict,
 torch.optim optimizers) is torch's GradScaler, unchanged::
 
     scaler = fusedopt.amp.GradScaler("cuda")

@@ -1,4 +1,4 @@
-"""fusedopt.amp.GradScaler (Note [inf check in the norm pass] in fusedopt/optim/_base.py): the
+"""fusedopt.amp.GradScaler (Note [inf check in the norm pass] in fusedopt/optim/_norms.py): the
 same training as torch.amp.GradScaler, bit for bit, with one pass over the grads fewer."""
 
 from __future__ import annotations

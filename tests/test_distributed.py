@@ -1,5 +1,5 @@
 """fusedopt inside PyTorch's distributed engine: DDP, ZeroRedundancyOptimizer, FSDP2
-(``fully_shard``, DTensor params: Note [DTensor params] in fusedopt/optim/_base.py) and
+(``fully_shard``, DTensor params: Note [DTensor params] in fusedopt/optim/_dtensor.py) and
 torch.distributed.checkpoint. Each test spawns 2 CPU processes talking over gloo, with a file
 store in tmp_path; a failure in a worker fails the test with the worker's traceback.
 """

@@ -1,5 +1,5 @@
 """Mixed precision (Note [mixed precision] in csrc/include/fusedopt/math.h, Note
-[mixed-precision options] in fusedopt/optim/_base.py): fp32 master weights for fp16/bf16
+[mixed-precision options] in fusedopt/optim/_mixed.py): fp32 master weights for fp16/bf16
 params, stochastic rounding into bf16 params, and state tensors in their own dtype.
 
 What is checked:

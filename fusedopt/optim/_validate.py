@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -37,20 +36,18 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor]) -> tuple[float, fl
     return (float(betas[0]), float(betas[1]))
 
 
-def check_adam_args(lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused):  # type: ignore[no-untyped-def]
+def check_args(
+    lr: float | Tensor,
+    betas: tuple[float | Tensor, float | Tensor],
+    eps: float | None = None,
+    weight_decay: float = 0.0,
+) -> tuple[float, float]:
+    """lr, eps (if the optimizer has one), betas and weight_decay, in torch.optim's order;
+    returns the betas as floats."""
     check_lr(lr)
-    if not eps >= 0.0:
+    if eps is not None and not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps}")
     out = check_betas(betas)
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    check_fused_flags(foreach, differentiable, fused)
     return out
-
-
-def zeros_like(p: Tensor) -> Tensor:
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
-def empty_like(p: Tensor) -> Tensor:
-    return torch.empty_like(p, memory_format=torch.preserve_format)

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer, _Bucket
-from ._validate import check_adam_args
+from ._base import FusedOptimizer
+from ._validate import check_args, check_fused_flags
 
 
 class Adam(FusedOptimizer):
@@ -74,6 +71,16 @@ class Adam(FusedOptimizer):
 
     _op = "adam_"
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+    _state_when = {"max_exp_avg_sq": "amsgrad"}
+    _group_fallbacks = {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    }
 
     def __init__(
         self,
@@ -97,9 +104,8 @@ class Adam(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        betas = check_adam_args(
-            lr, betas, eps, weight_decay, foreach, capturable, differentiable, fused
-        )
+        betas = check_args(lr, betas, eps, weight_decay)
+        check_fused_flags(foreach, differentiable, fused)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -113,61 +119,7 @@ class Adam(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
-
-    def _setstate_groups(self) -> None:
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("fused", None)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        if group["amsgrad"]:
-            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        return ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for key in self._state_keys(group):
-            if state.get(key) is None:
-                state[key] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        amsgrad = group["amsgrad"]
-        lists = [b.params, b.states[0], b.states[1], b.states[2] if amsgrad else [], b.steps]
-        scalars = (
-            lr,
-            float(beta1),
-            float(beta2),
-            float(group["weight_decay"]),
-            float(group["eps"]),
-            amsgrad,
-            group["maximize"],
-            group["decoupled_weight_decay"],
-        )
-        self._call(fn, b, lists, grads, scalars, grad_scale, found_inf)
+        super().__init__(params, defaults, locals())
 
 
 class AdamW(Adam):
@@ -201,28 +153,9 @@ class AdamW(Adam):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-            backend=backend,
-            max_grad_norm=max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__(**args, decoupled_weight_decay=True)
 
     def _setstate_groups(self) -> None:
-        super()._setstate_groups()
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True

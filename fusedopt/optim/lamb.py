@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
-from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr
+from ._base import FusedOptimizer
+from ._validate import check_args
 
 
 class LAMB(FusedOptimizer):
@@ -57,14 +56,13 @@ class LAMB(FusedOptimizer):
         max_grad_norm (float, optional): scale the grads by
             :math:`\min(1, \text{max\_grad\_norm} / (\text{global norm} + 10^{-6}))` first
             (default: None, no clipping).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        master_weights, stochastic_rounding, state_dtype, fused_amp: mixed precision and AMP
+            inside the step, as in :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "lamb_"
     _sparse_error = "LAMB does not support sparse gradients"
+    _group_fallbacks = {"bias_correction": True, "maximize": False, "trust_clip": None}
 
     def __init__(
         self,
@@ -84,12 +82,7 @@ class LAMB(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        betas = check_betas(betas)
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        betas = check_args(lr, betas, eps, weight_decay)
         if trust_clip is not None and not trust_clip > 0.0:
             raise ValueError(f"Invalid trust_clip value: {trust_clip}")
         defaults = {
@@ -101,26 +94,13 @@ class LAMB(FusedOptimizer):
             "trust_clip": trust_clip,
             "maximize": maximize,
         }
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
+        super().__init__(params, defaults, locals())
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:
-            group.setdefault("bias_correction", True)
-            group.setdefault("maximize", False)
             # timm's Lamb keeps trust_clip as a bool meaning "clamp to 1".
-            clip = group.get("trust_clip")
-            if isinstance(clip, bool):
-                group["trust_clip"] = 1.0 if clip else None
-            group.setdefault("trust_clip", None)
+            if isinstance(group["trust_clip"], bool):
+                group["trust_clip"] = 1.0 if group["trust_clip"] else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load torch.optim's state_dict layout, or timm's Lamb's, which keeps the step count
@@ -142,60 +122,3 @@ class LAMB(FusedOptimizer):
                 new_groups.append(g)
             state_dict = {**state_dict, "state": state, "param_groups": new_groups}
         super().load_state_dict(state_dict)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for key in self._state_keys(group):
-            if state.get(key) is None:
-                state[key] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        clip = group["trust_clip"]
-        args = (
-            b.params,
-            grads,
-            b.states[0],
-            b.states[1],
-            b.steps,
-            lr,
-            float(beta1),
-            float(beta2),
-            float(group["weight_decay"]),
-            float(group["eps"]),
-            bool(group["bias_correction"]),
-            None if clip is None else float(clip),
-            group["maximize"],
-            None,
-            grad_scale,
-            found_inf,
-            b.masters,
-            b.seeds,
-        )
-        if b.mesh_dims is None or not b.mesh_dims[1]:
-            plan = self._step_plan(b, [b.params, b.states[0], b.states[1], b.steps])
-            if plan is not None:  # the same call, only the grads cross from Python
-                plan.call(grads, *args[5:16], 0, None)
-            else:
-                fn(*args)
-            return
-        # Note [sharded LAMB]: a param sharded across ranks (FSDP2) has its trust ratio from
-        # norms of the whole param: phase 1 returns each shard's sums of squares, which are
-        # all-reduced over the ranks holding the other shards before phase 2 applies them.
-        mesh, dims = b.mesh_dims
-        sq_sums = torch.zeros((len(b.params), 2), dtype=torch.float64, device=b.device)
-        fn(*args, 1, sq_sums)
-        for d in dims:
-            torch.distributed.all_reduce(sq_sums, group=mesh.get_group(d))
-        fn(*args, 2, sq_sums)

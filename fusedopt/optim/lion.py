@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr
+from ._base import FusedOptimizer
+from ._validate import check_args
 
 
 class Lion(FusedOptimizer):
@@ -42,18 +39,14 @@ class Lion(FusedOptimizer):
             direction, :math:`\beta_2` the momentum (default: (0.9, 0.99)).
         weight_decay (float, optional): decoupled weight decay :math:`\lambda` (default: 0).
         maximize (bool, optional): maximize the objective (default: False).
-        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
-            (default: "auto"); see :func:`fusedopt.backends`.
-        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
-            :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
+            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
     """
 
     _op = "lion_"
     _sparse_error = "Lion does not support sparse gradients"
+    _group_fallbacks = {"maximize": False}
+    _may_lack = ("step",)  # lion-pytorch's and timm's checkpoints have none
 
     def __init__(
         self,
@@ -70,45 +63,6 @@ class Lion(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        betas = check_betas(betas)
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        betas = check_args(lr, betas, weight_decay=weight_decay)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
-
-    def _setstate_groups(self) -> None:
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg",)
-
-    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg",)  # lion-pytorch's and timm's checkpoints have no step
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["exp_avg"] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        scalars = (lr, float(beta1), float(beta2), float(group["weight_decay"]), group["maximize"])
-        self._call(fn, b, [b.params, b.states[0], b.steps], grads, scalars, grad_scale, found_inf)
+        super().__init__(params, defaults, locals())

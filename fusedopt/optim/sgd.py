@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer, _Bucket
+from .._opdefs import OPS
+from ._base import FusedOptimizer
+from ._plan import Bucket
 from ._validate import check_fused_flags, check_lr
+
+_LISTS = {a.name for a in OPS["sgd_"].args if a.is_list}  # one tensor per param
 
 
 class SGD(FusedOptimizer):
@@ -37,19 +40,22 @@ class SGD(FusedOptimizer):
         foreach (bool, optional): accepted for compatibility; fusedopt is always fused.
         differentiable (bool, optional): not supported; True raises (default: False).
         fused (bool, optional): accepted for compatibility; fusedopt is always fused.
-        backend (str, optional): "auto", "cpu", "cuda", "triton" or "reference"
-            (default: "auto").
-        max_grad_norm (float, optional): clip the global grad norm inside the step, as in
-            :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
+            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
     """
 
     _op = "sgd_"
     _sparse_error = "`_fused_sgd` does not support sparse gradients"
-    _has_step = False
+    _state_when = {"momentum_buffer": "momentum"}
+    _group_fallbacks = {
+        "nesterov": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": False,
+    }
+    # A missing momentum_buffer starts from the grad, as in torch.optim.SGD.
+    _may_lack = ("momentum_buffer",)
 
     def __init__(
         self,
@@ -90,84 +96,38 @@ class SGD(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
+        super().__init__(params, defaults, locals())
 
-    def _setstate_groups(self) -> None:
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", False)
+    def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._scalars(group), "is_first_step": False}
 
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _required_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ()  # a missing momentum_buffer starts from the grad, as in torch.optim.SGD
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        # Filled by the kernel on this first step (is_first_step): buffer = grad, as torch clones.
-        # Zeros, not empty_like as torch's fused SGD: see Note [skipped first SGD step].
-        state["momentum_buffer"] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> bool:
+    def _launch(self, b: Bucket, values: dict[str, Any]) -> None:
         """Note [skipped first SGD step]
-        The step that creates momentum buffers sets them to the grad (is_first_step). If
-        GradScaler skips that step (found_inf), the buffers must stay "not yet created": torch's
-        fused SGD leaves them as empty_like garbage that the next step then reads. Here they are
-        zeros, and the step keeps them fresh (returns True) when it knows it was skipped. It
-        knows for free when found_inf is on the CPU; on a GPU it reads found_inf (one sync, on
-        this first step only) when dampening != 0, and otherwise need not know: with dampening 0,
-        updating a zero buffer (momentum * 0 + grad) is the first step's buffer = grad.
+        The step that creates momentum buffers (zeros, not empty_like as torch's fused SGD)
+        sets them to the grad (is_first_step), as torch clones it. If GradScaler skips that
+        step (found_inf), the buffers must stay "not yet created": torch's fused SGD leaves
+        them as empty_like garbage that the next step then reads. Here they are zeros, and the
+        bucket keeps them fresh when the step knows it was skipped. It knows for free when
+        found_inf is on the CPU; on a GPU it reads found_inf (one sync, on this first step
+        only) when dampening != 0, and otherwise need not know: with dampening 0, updating a
+        zero buffer (momentum * 0 + grad) is the first step's buffer = grad.
         """
-        args = (
-            float(group["momentum"]),
-            float(group["dampening"]),
-            float(group["weight_decay"]),
-            group["nesterov"],
-            group["maximize"],
-        )
-        bufs = b.states[0] if b.states else []
-        if b.fresh is None or not bufs:
-            scalars = (lr, *args, False)
-            self._call(fn, b, [b.params, bufs], grads, scalars, grad_scale, found_inf)
-            return False
+        if b.fresh is None or not values["momentum_buffers"]:
+            self._call(self._op, b, values)
+            b.fresh = None
+            return
         # The step that creates some buffers: those take the grad, the others update.
         for first in (False, True):
             sel = [i for i, f in enumerate(b.fresh) if f == first]
             if sel:
-                fn(
-                    [b.params[i] for i in sel],
-                    [grads[i] for i in sel],
-                    [bufs[i] for i in sel],
-                    lr,
-                    *args,
-                    first,
-                    grad_scale,
-                    found_inf,
-                    *b.select(sel),
-                )
-        if found_inf is None:
-            return False
-        if found_inf.device.type != "cpu" and float(group["dampening"]) == 0.0:
-            return False  # zero buffers make a skipped first step harmless
-        return bool(found_inf)
+                part = {
+                    k: [v[i] for i in sel] if k in _LISTS and v else v for k, v in values.items()
+                }
+                self._call(self._op, b, {**part, "is_first_step": first}, plan=False)
+        found_inf = values["found_inf"]
+        if (
+            found_inf is None
+            or (found_inf.device.type != "cpu" and values["dampening"] == 0.0)
+            or not bool(found_inf)
+        ):
+            b.fresh = None

@@ -7,9 +7,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from .. import _dispatch
-from ._base import FusedOptimizer, _Bucket
-from ._validate import check_betas, check_lr
+from ._base import FusedOptimizer
+from ._validate import check_args
 
 
 class Sophia(FusedOptimizer):
@@ -74,14 +73,13 @@ class Sophia(FusedOptimizer):
             (default: "auto"); see :func:`fusedopt.backends`.
         max_grad_norm (float, optional): clip the global grad norm inside :meth:`step` (not in
             :meth:`update_hessian`), as in :class:`fusedopt.Adam` (default: None).
-        master_weights, stochastic_rounding, state_dtype: mixed precision, as in
-            :class:`fusedopt.Adam` (README "Mixed precision").
-        fused_amp (bool, optional): AMP inside the step, as in :class:`fusedopt.Adam`
-            (default: True).
+        master_weights, stochastic_rounding, state_dtype, fused_amp: mixed precision and AMP
+            inside the step, as in :class:`fusedopt.Adam` (README "Mixed precision").
     """
 
     _op = "sophia_"
     _sparse_error = "Sophia does not support sparse gradients"
+    _group_fallbacks = {"maximize": False}
 
     def __init__(
         self,
@@ -99,8 +97,7 @@ class Sophia(FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         fused_amp: bool = True,
     ) -> None:
-        check_lr(lr)
-        betas = check_betas(betas)
+        betas = check_args(lr, betas)
         if not rho >= 0.0:
             raise ValueError(f"Invalid rho value: {rho}")
         if not weight_decay >= 0.0:
@@ -112,16 +109,7 @@ class Sophia(FusedOptimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }
-        super().__init__(
-            params,
-            defaults,
-            backend,
-            max_grad_norm,
-            master_weights=master_weights,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            fused_amp=fused_amp,
-        )
+        super().__init__(params, defaults, locals())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None, bs: float = 5120) -> float | None:  # type: ignore[override]
@@ -135,7 +123,7 @@ class Sophia(FusedOptimizer):
         """
         if not bs > 0:
             raise ValueError(f"Invalid bs (batch size) value: {bs}")
-        # The batch size of the step in progress, for _launch (Note [what a step writes on
+        # The batch size of the step in progress, for _scalars (Note [what a step writes on
         # the optimizer] in _base.py).
         self._by_step["bs"] = bs
         return super().step(closure)
@@ -149,39 +137,10 @@ class Sophia(FusedOptimizer):
         docstring), with grads that are not AMP-scaled. Params without a grad are skipped;
         state is created for params that have none yet. ``step`` counts are not changed.
         """
+        op = "sophia_update_hessian_"
         for group, b, bgrads in self._plan_work():
-            fn = _dispatch.kernel(b.backend, "sophia_update_hessian_")
-            fn(b.states[1], bgrads, float(group["betas"][1]))
+            beta2 = float(group["betas"][1])
+            self._call(op, b, {**self._lists(op, b, bgrads), "beta2": beta2}, plan=False)
 
-    def _setstate_groups(self) -> None:
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "hessian")
-
-    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for key in self._state_keys(group):
-            if state.get(key) is None:
-                state[key] = self._zeros_state(p, group)
-
-    def _launch(
-        self,
-        fn: Callable[..., None],
-        group: dict[str, Any],
-        b: _Bucket,
-        grads: list[Tensor],
-        lr: Tensor,
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        scalars = (
-            lr,
-            float(group["betas"][0]),
-            float(group["rho"]),
-            float(self._by_step.get("bs", 5120)),
-            float(group["weight_decay"]),
-            group["maximize"],
-        )
-        lists = [b.params, b.states[0], b.states[1], b.steps]
-        self._call(fn, b, lists, grads, scalars, grad_scale, found_inf)
+    def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._scalars(group), "bs": float(self._by_step.get("bs", 5120))}

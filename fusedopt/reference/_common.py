@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._opdefs import MIXED
+
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the math runs in: fp32 for half-precision storage, else the storage dtype."""
@@ -164,10 +166,20 @@ def store_param(param: Tensor, master: Tensor | None, seed: Tensor | None, p: Te
         param.copy_(p)
 
 
+#: The supported (param dtype, state dtype, ParamMode) combinations as torch dtypes, from the one
+#: definition, fusedopt._opdefs.MIXED (also FUSEDOPT_FOR_EACH_MIXED, which the kernels are built
+#: for).
+MIXED_DTYPES = frozenset((getattr(torch, p), getattr(torch, s), m) for p, s, m in MIXED)
+_PAIRS = frozenset((p, s) for p, s, _ in MIXED_DTYPES)
+#: The param dtypes of each ParamMode but "plain" (fp32 master copies, stochastic rounding).
+MODE_PARAMS = {
+    mode: frozenset(p for p, _, m in MIXED_DTYPES if m == mode) for mode in ("master", "stochastic")
+}
+
+
 def state_dtype_ok(param: torch.dtype, state: torch.dtype) -> bool:
-    """The supported (param dtype, state dtype) pairs: the same, or float32/bfloat16 state for
-    any param but float64 (FUSEDOPT_FOR_EACH_MIXED in csrc/include/fusedopt/math.h)."""
-    return state == param or (param != torch.float64 and state in (torch.float32, torch.bfloat16))
+    """The supported (param dtype, state dtype) pairs (MIXED_DTYPES)."""
+    return (param, state) in _PAIRS
 
 
 def check_mixed(
@@ -209,7 +221,7 @@ def check_mixed(
                 f"got {len(masters)}"
             )
         for i, (p, m) in enumerate(zip(params, masters)):
-            if p.dtype not in (torch.float16, torch.bfloat16):
+            if p.dtype not in MODE_PARAMS["master"]:
                 raise RuntimeError(
                     f"{op}: master_params need float16 or bfloat16 params; params[{i}] is {p.dtype}"
                 )
@@ -224,7 +236,7 @@ def check_mixed(
                 f"{op}: expected sr_seeds to have {n} tensors (one per param), got {len(seeds)}"
             )
         for i, (p, s) in enumerate(zip(params, seeds)):
-            if p.dtype != torch.bfloat16:
+            if p.dtype not in MODE_PARAMS["stochastic"]:
                 raise RuntimeError(
                     f"{op}: stochastic rounding (sr_seeds) needs bfloat16 params; params[{i}] "
                     f"is {p.dtype}"

@@ -1,0 +1,95 @@
+"""DTensor params (FSDP2, tensor parallelism): the fused kernels step their local shards.
+
+Note [DTensor params]
+Under FSDP2 (``fully_shard``) and tensor parallelism, params are DTensors. A group's params
+must be all DTensors on one device mesh, or all plain tensors: the plan then holds the local
+shards (``_local_tensor``) of params, grads and state, and the fused kernels update those; state
+tensors are created with ``zeros_like(param)``, so they are DTensors sharded like their params
+and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with torch.optim. Anything
+needing a norm over all params (``max_grad_norm``, LAMB's trust ratios) all-reduces its sums of
+squares over the mesh dims the params are sharded on.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: (mesh, the mesh dims a bucket's params are sharded over); None for plain tensors.
+MeshDims = tuple[Any, tuple[int, ...]]
+
+
+def dtensor_type() -> type | None:
+    """DTensor, if torch.distributed.tensor was imported (else no param can be one)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None) if mod is not None else None
+
+
+def local(t: Tensor) -> Tensor:
+    return t._local_tensor  # type: ignore[attr-defined]
+
+
+def group_mesh(params: list[Tensor], where: str) -> Any:
+    """The group's device mesh, or None for plain tensors; raises ValueError for a mixed group,
+    before anything changes (Note [DTensor params])."""
+    dtensor = dtensor_type()
+    if dtensor is None:
+        return None
+    meshes = [p.device_mesh if isinstance(p, dtensor) else None for p in params]
+    if all(m is None for m in meshes):
+        return None
+    if any(m is None for m in meshes):
+        i = meshes.index(None)
+        j = next(k for k, m in enumerate(meshes) if m is not None)
+        raise ValueError(
+            f"{where}: a param group mixes DTensor params (e.g. param {j}) with plain tensors "
+            f"(e.g. param {i}); put the DTensors (FSDP2/tensor-parallel params) and the plain "
+            "tensors in separate optimizers, or make all of them DTensors"
+        )
+    first = meshes[0]
+    for k, m in enumerate(meshes):
+        if m != first:
+            raise ValueError(
+                f"{where}: param group has DTensor params on different device meshes "
+                f"(param 0 on {first}, param {k} on {m}); use one param group per mesh"
+            )
+    return first
+
+
+def shard_dims(p: Tensor, g: Tensor, i: int, where: str) -> tuple[int, ...]:
+    """The mesh dims DTensor param ``i`` is sharded over; its grad must be placed like it."""
+    if getattr(g, "placements", None) != p.placements:
+        raise RuntimeError(
+            f"{where}: the grad of DTensor param {i} has "
+            f"placements {getattr(g, 'placements', 'none (a plain tensor)')}, but "
+            f"the param has {p.placements}; fusedopt steps local shards and needs "
+            "them to match (FSDP2 reduce-scatters grads to the params' placements)"
+        )
+    return tuple(d for d, pl in enumerate(p.placements) if not pl.is_replicate())
+
+
+def check_sharded_like(t: Tensor, p: Tensor, i: int, k: str, where: str) -> None:
+    if getattr(t, "placements", None) != p.placements:
+        raise RuntimeError(
+            f"{where}: state {k!r} of DTensor parameter {i} "
+            f"is not a DTensor sharded like it (placements {p.placements}); load "
+            "sharded optimizer state with torch.distributed.checkpoint or "
+            "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
+        )
+
+
+def all_reduce(t: Tensor, mesh_dims: MeshDims) -> None:
+    """Sums a shard's ``t`` over the ranks holding the other shards."""
+    mesh, dims = mesh_dims
+    for d in dims:
+        torch.distributed.all_reduce(t, group=mesh.get_group(d))
+
+
+def broadcast(t: Tensor, mesh: Any) -> None:
+    """Every rank of the mesh takes the first rank's ``t`` (shards and replicas alike)."""
+    for d in range(mesh.ndim):
+        group = mesh.get_group(d)
+        torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)

@@ -1,0 +1,242 @@
+"""Per-group step plans: the params bucketed by (device, dtype) with their state lists.
+
+Note [step plans]
+torch.optim walks every parameter in Python on every step (grad check, state lookup, list
+appends): about 1-2 microseconds per parameter, which dominates for models with thousands of
+small tensors. A fusedopt group instead keeps a *plan*: its params bucketed by (device, dtype),
+with the state tensors of each bucket already in lists, and, on the compiled backends, the
+bucket's C++ StepPlan over those lists (Note [C++ step plans] in csrc/plan.cpp). Each step only
+reads the grads (`p.grad`, which changes identity every backward) and reuses the plan while the
+set of params that have a grad is unchanged. There is one cache, ``_plans``, and one rule: a
+group's plan (its buckets and their StepPlans with it) is rebuilt when that set changes (a
+frozen param, a param without a grad this step), and all are dropped on add_param_group,
+load_state_dict and unpickling. State tensors replaced by hand
+(``opt.state[p]["exp_avg"] = t``) need ``opt.invalidate_plans()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _dispatch
+from . import _dtensor, _mixed
+
+
+class Bucket:
+    """The params of one group that share (device, dtype), with their state lists."""
+
+    __slots__ = ("backend", "cplan", "device", "fresh", "idx", "lists", "mesh_dims", "params")
+
+    def __init__(self, backend: str, device: torch.device, mesh_dims: Any) -> None:
+        self.backend = backend
+        self.device = device
+        # DTensor params (Note [DTensor params]): params and lists below are then the local
+        # shards. None for plain tensors.
+        self.mesh_dims: _dtensor.MeshDims | None = mesh_dims
+        self.idx: list[int] = []  # positions in group["params"]
+        self.params: list[Tensor] = []
+        # One per-param list per state key the bucket keeps: the op's state keys, "step", and
+        # "master_param" or "sr_seed" when that mode is on (Note [mixed-precision options]).
+        self.lists: dict[str, list[Tensor]] = {}
+        # Per param, whether its state was created by this plan's build; None when none was.
+        self.fresh: list[bool] | None = None
+        self.cplan: Any = None  # the C++ StepPlan over the lists, made by the first step
+
+    @property
+    def sharded(self) -> bool:
+        """Some params are shards: norms over them need an all-reduce."""
+        return self.mesh_dims is not None and bool(self.mesh_dims[1])
+
+
+class Plan:
+    __slots__ = ("buckets", "dtensor", "missing", "n")
+
+    def __init__(self, n: int, missing: list[int], buckets: list[Bucket], dtensor: bool) -> None:
+        self.n = n
+        self.missing = missing
+        self.buckets = buckets
+        self.dtensor = dtensor  # the grads are DTensors: the kernels get their local shards
+
+
+class Plans:
+    """The FusedOptimizer part that builds, caches and drops the plans."""
+
+    backend: str
+    master_weights: bool
+    stochastic_rounding: bool
+    state: dict[Any, Any]
+    param_groups: list[dict[str, Any]]
+    _plans: dict[int, Plan]
+    _has_step: bool
+    _sparse_error: str
+
+    def invalidate_plans(self) -> None:
+        """Forget the cached per-group plans (they are rebuilt on the next step)."""
+        self._plans = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        self.invalidate_plans()
+        try:
+            _dtensor.group_mesh(self.param_groups[-1]["params"], self._where())
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        # Resolve "auto" now, eagerly: probing what is available calls into the compiled
+        # extension, which torch.compile can't trace if the first step is a compiled one.
+        for device in {p.device for p in self.param_groups[-1]["params"]}:
+            _dispatch.resolve(self.backend, device)
+
+    def _where(self) -> str:
+        return f"fusedopt.{type(self).__name__}"
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+        return _mixed.state_dtype(self, p)
+
+    def _zero_step(self, p: Tensor) -> Tensor:
+        # torch keeps `step` on the CPU unless fused/capturable; fused kernels on a GPU want it
+        # on the param's device, as torch's fused=True does. A meta param has no values to
+        # count with (its updates only propagate shapes): its step stays on the CPU, as in
+        # torch's for-loop.
+        device = p.device if p.device.type not in ("cpu", "meta") else "cpu"
+        return torch.zeros(
+            (), dtype=_get_scalar_dtype(is_fused=p.device.type != "cpu"), device=device
+        )
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Creates p's missing state tensors: zeros of its shape, strides, device (and
+        placements, for a DTensor), in its state dtype. (SGD's momentum buffers too: the
+        first step fills them, Note [skipped first SGD step].)"""
+        for key in self._state_keys(group):
+            if state.get(key) is None:
+                state[key] = torch.zeros_like(
+                    p, dtype=self._state_dtype(group, p), memory_format=torch.preserve_format
+                )
+
+    def _build_plan(
+        self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
+    ) -> Plan:
+        where = self._where()
+        mesh = _dtensor.group_mesh(group["params"], where)
+        keys = self._state_keys(group)
+        stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
+        buckets: dict[tuple[Any, ...], Bucket] = {}
+        # A param listed twice in a group (torch warns, and steps it twice): its second entry
+        # goes to a bucket launched after the first, as one kernel updating the same memory
+        # twice would race (and count its step once); it starts as fresh as the first did.
+        repeats: dict[int, tuple[int, bool]] = {}
+        for i, p in enumerate(group["params"]):
+            g = grads[i]
+            if g is None:
+                continue
+            repeat, first_fresh = repeats.get(id(p), (0, False))
+            repeats[id(p)] = (repeat + 1, first_fresh)
+            if g.is_sparse:
+                raise RuntimeError(self._sparse_error)
+            if torch.is_complex(p):
+                raise RuntimeError(
+                    f"{where} does not support complex "
+                    "parameters (view them as real with torch.view_as_real)"
+                )
+            key: tuple[Any, ...] = (p.device, p.dtype, repeat)
+            dims: tuple[int, ...] = ()
+            if mesh is not None:
+                dims = _dtensor.shard_dims(p, g, i, where)
+                key = (*key, dims)
+            mode_key = _mixed.mode_key(self, p.dtype)
+            b = buckets.get(key)
+            if b is None:
+                backend = _dispatch.resolve(self.backend, p.device)
+                b = buckets[key] = Bucket(backend, p.device, None if mesh is None else (mesh, dims))
+                kept = (*keys, "step") if self._has_step else keys
+                b.lists = {k: [] for k in (*kept, mode_key) if k is not None}
+            b.idx.append(i)
+            b.params.append(p if mesh is None else _dtensor.local(p))
+            if mode_key == "master_param":
+                m = self.state[p].get(mode_key)
+                if m is None:
+                    m = self.state[p][mode_key] = _mixed.new_master(p)
+                self._check_state_tensor(i, p, mode_key, m, torch.float32, mesh)
+                b.lists[mode_key].append(m if mesh is None else _dtensor.local(m))
+            elif mode_key == "sr_seed":
+                if self.state[p].get(mode_key) is None:
+                    self.state[p][mode_key] = _mixed.new_seed(p, mesh)  # the kernel advances it
+                b.lists[mode_key].append(self.state[p][mode_key])
+            if stateless:
+                continue
+            state = self.state[p]
+            missing_state = any(state.get(k) is None for k in keys)
+            fresh = first_fresh or missing_state
+            repeats[id(p)] = (repeat + 1, fresh)
+            if self._has_step and "step" not in state:
+                state["step"] = self._zero_step(p)
+            if missing_state:
+                self._init_state(p, state, group)
+            sdt = self._state_dtype(group, p)
+            for k in keys:
+                t = state[k]
+                self._check_state_tensor(i, p, k, t, sdt, mesh)
+                b.lists[k].append(t if mesh is None else _dtensor.local(t))
+            if self._has_step:
+                step = state["step"]
+                if not torch.is_tensor(step):  # an old checkpoint's float step
+                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                b.lists["step"].append(step)
+            if fresh and b.fresh is None:
+                b.fresh = [False] * (len(b.params) - 1)
+            if b.fresh is not None:
+                b.fresh.append(fresh)
+        for b in buckets.values():
+            if "master_param" in b.lists:
+                _mixed.sync_masters(b.params, b.lists["master_param"])
+        return Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
+
+    def _check_state_tensor(
+        self, i: int, p: Tensor, k: str, t: Tensor, dtype: torch.dtype, mesh: Any
+    ) -> None:
+        if t.shape != p.shape or t.dtype != dtype or t.device != p.device:
+            raise RuntimeError(
+                f"{self._where()}: state {k!r} of parameter {i} has "
+                f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}, but the "
+                f"parameter has shape {tuple(p.shape)}, device {p.device} and its state "
+                f"dtype is {dtype}"
+            )
+        if mesh is not None:
+            _dtensor.check_sharded_like(t, p, i, k, self._where())
+
+    def _plan_work(self) -> list[tuple[dict[str, Any], Bucket, list[Tensor]]]:
+        """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
+
+        Every group is planned (and so validated) before any group is updated: a step that
+        raises changes nothing.
+        """
+        seen = []
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            missing = [i for i, g in enumerate(grads) if g is None]
+            plan = self._plans.get(gi)
+            stale = plan is None or plan.n != len(params) or plan.missing != missing
+            seen.append((group, grads, missing, stale))
+        if self.stochastic_rounding and any(stale for *_, stale in seen):
+            _mixed.check_sr_params(self, [(group, grads) for group, grads, _, _ in seen])
+        work = []
+        for gi, (group, grads, missing, stale) in enumerate(seen):
+            if stale:
+                self._plans[gi] = self._build_plan(group, grads, missing)
+            plan = self._plans[gi]
+            if plan.dtensor:
+                grads = [None if g is None else _dtensor.local(g) for g in grads]
+            for b in plan.buckets:
+                bgrads = (
+                    grads if not missing and len(plan.buckets) == 1 else [grads[i] for i in b.idx]
+                )
+                work.append((group, b, bgrads))
+        return work
