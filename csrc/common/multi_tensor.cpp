@@ -70,6 +70,14 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
 
 void MultiTensor::stage() {
   const auto& params = lists_[0].tensors;
+  for (size_t k = 0; k < lists_.size(); ++k) {
+    for (const at::Tensor& t : lists_[k].tensors) {
+      if (t.numel() > 0) {
+        elem_bytes_[k] = static_cast<int64_t>(t.element_size());
+        break;
+      }
+    }
+  }
   int64_t total = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t numel = params[i].numel();
@@ -118,6 +126,7 @@ void MultiTensor::run(const std::function<void(const FlatTuple&, int64_t, int64_
         const int64_t start = offsets_[i] - tuples_[i].numel;
         const int64_t lo = begin - start;
         const int64_t hi = std::min(end, offsets_[i]) - start;
+        if (start + hi < end && i + 1 < tuples_.size()) prefetch(i + 1);
         fn(tuples_[i], lo, hi);
         begin = start + hi;
         ++i;
@@ -125,6 +134,15 @@ void MultiTensor::run(const std::function<void(const FlatTuple&, int64_t, int64_
     });
   }
   copy_back();
+}
+
+void MultiTensor::prefetch(size_t i) const {
+  const FlatTuple& t = tuples_[i];
+  for (size_t k = 0; k < lists_.size(); ++k) {
+    const char* base = static_cast<const char*>(t.ptr[k]);
+    const int64_t bytes = std::min(t.numel * elem_bytes_[k], kPrefetchBytes);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(base + off, 1, 3);
+  }
 }
 
 void MultiTensor::copy_back() {
