@@ -235,7 +235,10 @@ def test_quick_run_csv(quick_run):
     specs = [s for s in optimizers.available()]
     wl = workloads.workloads(quick=True)
     expected = sum(
-        len(optimizers.implementations(s)) for s in specs for w in s.workloads if w in wl
+        len(optimizers.implementations(s)) + len(optimizers.peer_rows(s, w, peers=False))
+        for s in specs
+        for w in s.workloads
+        if w in wl
     )
     assert len(rows) == expected
     assert len({r["run_id"] for r in rows}) == 1
