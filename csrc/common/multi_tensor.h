@@ -83,13 +83,9 @@ class MultiTensor {
   };
   void split_into_pieces();
 
-  // Prefetches the start of tuple i's arrays (Note [prefetching small tensors]).
-  void prefetch(size_t i) const;
-
   const char* op_;
   c10::Device device_;
   std::vector<ListSpec> lists_;
-  std::array<int64_t, kMaxLists> elem_bytes_{};  // element size of each list's tensors
   std::vector<FlatTuple> tuples_;
   std::vector<int64_t> offsets_;  // offsets_[i] = elements before tuples_[i+1]; inclusive sum
   std::vector<std::pair<at::Tensor, at::Tensor>> writeback_;  // (destination, staged)
@@ -105,15 +101,6 @@ class MultiTensor {
 // threads or how at::parallel_for splits the blocks among them, so a reduction (LAMB's norms)
 // gives the same bits on every run and any thread count. There are at most
 // (number of tuples + number of blocks) pieces, so the partials cost next to nothing.
-
-// Note [prefetching small tensors]
-// The hardware prefetchers follow a stream within a 4 KiB page and must relearn it at each new
-// one; a tensor of 1,024 fp32 elements is one page per array, so with thousands of them every
-// array of every tensor starts with a demand miss and the step runs at a third of the bandwidth.
-// run() therefore asks for the first kPrefetchBytes of each array of the next tensor before
-// running the current one, so those lines arrive while the current tensor is being worked on.
-// A large tensor needs it only for its first lines, and for it the cost is nil.
-constexpr int64_t kPrefetchBytes = 4096;
 
 // Elements per parallel task. Large enough that per-task overhead is noise, small enough that
 // both threads get work on a 2M-element group.
