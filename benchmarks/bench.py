@@ -43,7 +43,15 @@ import torch
 
 import fusedopt
 
-from .optimizers import BASELINE, OPTIMIZERS, OptimizerSpec, available, implementations
+from .optimizers import (
+    BASELINE,
+    OPTIMIZERS,
+    OptimizerSpec,
+    available,
+    implementations,
+    peer_rows,
+    peer_status,
+)
 from .workloads import DTYPE_NAMES, Workload, workloads
 
 COLUMNS = [
@@ -254,6 +262,7 @@ def bench_group(
     buf: torch.Tensor,
     progress: Progress,
     env: dict[str, Any],
+    peers: bool = False,
 ) -> list[dict[str, Any]]:
     """The rows of one optimizer on one workload, every implementation timed interleaved.
 
@@ -264,10 +273,11 @@ def bench_group(
     # 4 GiB for the flat workload) before allocating this one's.
     gc.collect()
     label = f"{w.name} {spec.name}"
-    impls = implementations(spec)
+    impls = {**implementations(spec), **peer_rows(spec, w.name, peers)}
     params, grads = w.make(SEED)
     fns: dict[str, Callable[[], Any]] = {}
     prepare: dict[str, Callable[[], Any]] = {}  # untimed, before each step (train-loop rows)
+    setup: dict[str, float] = {}  # a peer's one-time JIT build or compile (Note [peers])
     for i, (name, factory) in enumerate(impls.items()):
         last = i == len(impls) - 1
         ps = params if last else [p.clone() for p in params]
@@ -275,6 +285,9 @@ def bench_group(
             p.grad = g if last else g.clone()
         try:
             opt = factory(ps)
+            if getattr(opt, "setup_seconds", None) is not None:
+                setup[name] = opt.setup_seconds
+                progress.message(f"{label} {name}: set up in {opt.setup_seconds:.1f} s (untimed)")
             if spec.setup is not None:
                 spec.setup(opt)
             prep = getattr(opt, "prepare", None)
@@ -328,6 +341,7 @@ def bench_group(
                 "ratio_to_torch_fused": base / med if base is not None else None,
                 "bytes_is_estimate": int(spec.estimate),
                 "other_cpu_share": other_cpu,
+                "setup_s": setup.get(name),  # not a CSV column: noted under the table
             }
         )
     return rows
@@ -338,10 +352,13 @@ def run(
     specs: list[OptimizerSpec],
     repeats: dict[str, int],
     env: dict[str, Any],
+    peers: bool = False,
 ) -> list[dict[str, Any]]:
     groups = [(w, s) for s in specs for w in selected if w.name in s.workloads]
     total = sum(
-        len(implementations(s)) * (WARMUP_STEPS + repeats[w.name]) + repeats[w.name]
+        (len(implementations(s)) + len(peer_rows(s, w.name, peers)))
+        * (WARMUP_STEPS + repeats[w.name])
+        + repeats[w.name]
         for w, s in groups
     )
     progress = Progress(total)
@@ -351,10 +368,11 @@ def run(
         for i, (w, s) in enumerate(groups, 1):
             progress.group(
                 f"[{i}/{len(groups)}] {s.name} on {w.name} ({w.description}, {w.dtype_name}, "
-                f"{w.params / 1e6:.1f}M params): {len(implementations(s))} implementations x "
+                f"{w.params / 1e6:.1f}M params): "
+                f"{len(implementations(s)) + len(peer_rows(s, w.name, peers))} implementations x "
                 f"{repeats[w.name]} repeats"
             )
-            rows += bench_group(w, s, repeats[w.name], buf, progress, env)
+            rows += bench_group(w, s, repeats[w.name], buf, progress, env, peers)
     finally:
         progress.close()
     return rows
@@ -365,8 +383,9 @@ def _fmt_count(n: float) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The human-readable table: one block per workload, the bandwidth measured alongside it."""
+def format_table(rows: list[dict[str, Any]], peers: list[str] | None = None) -> str:
+    """The human-readable table: one block per workload, the bandwidth measured alongside it.
+    ``peers``: the lines of peers that have no rows (not installed, or not run)."""
     if not rows:
         return "(no rows)"
     env = rows[0]
@@ -415,6 +434,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "GB = 1e9 bytes.",
     ]
     out += _moved_notes(rows)
+    setups = [
+        f"{r['impl']} on {r['workload']} {r['setup_s']:.1f} s" for r in rows if r.get("setup_s")
+    ]
+    if setups:
+        out.append(
+            "Setup before the warm-up, untimed (DeepSpeed's JIT build of its CPU op, "
+            f"torch.compile's first step): {', '.join(setups)}."
+        )
+    if peers:
+        out.append(f"Peers without rows: {'; '.join(peers)}.")
     out += _vs_torch_best(rows)
     if noisy:
         out.append(
@@ -558,6 +587,11 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-csv", action="store_true", help="do not write the CSV")
     p.add_argument(
+        "--peers", action="store_true", help="also run the peers that are slow to set up: "
+        "DeepSpeed's CPU Adam and Lion (JIT-built on first use) and torch.compile'd torch.optim "
+        "steps (compiled on the first step); lion-pytorch runs whenever it is installed",
+    )  # fmt: skip
+    p.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="bar chart of achieved GB/s per "
         "implementation and workload, with the measured bandwidth",
     )  # fmt: skip
@@ -634,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = {
         n: args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS[n]) for n in names
     }
-    rows = run(selected, specs, repeats, environment())
-    print(format_table(rows))
+    rows = run(selected, specs, repeats, environment(), args.peers)
+    print(format_table(rows, peer_status(args.peers)))
     if csv_path is not None:
         append_csv(csv_path, rows)
         print(f"appended {len(rows)} rows to {csv_path}", file=sys.stderr)

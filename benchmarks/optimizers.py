@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -361,6 +363,142 @@ def train_loop_rows(label: str) -> dict[str, Factory]:
         "torch-fused": _torch_train_loop(fused=True),
         "torch-foreach": _torch_train_loop(foreach=True),
     }
+
+
+# -- peers: what users would pick instead of fusedopt (Note [peers]) ----------------------------
+#
+# Note [peers]
+# Besides torch.optim's three implementations, a row for each CPU optimizer a user could pick
+# instead, where its package is installed: DeepSpeed's DeepSpeedCPUAdam / DeepSpeedCPULion (what
+# ZeRO-Offload steps on the host), lion-pytorch's Lion, and torch.optim's step under
+# torch.compile. Each gets the same hyperparameters as the fusedopt row (betas and weight decay
+# passed explicitly where the peer's defaults differ) and keeps its state in the params' dtype.
+# Setup that happens once, on first use -- DeepSpeed JIT-builds its C++ op when the optimizer is
+# built, torch.compile compiles on the first step -- runs before the warm-up, untimed, and is
+# reported under the table. Those two are slow to set up (tens of seconds to minutes), so they
+# run only with ``--peers``; a peer whose package is missing is listed as not installed.
+
+
+class Peer:
+    """A peer package: its name, the module it needs, whether its setup is slow (then its rows
+    run only with ``--peers``), and (row name, factory) per optimizer spec name."""
+
+    def __init__(
+        self, name: str, module: str, pip: str, slow: bool, rows: dict[str, tuple[str, Factory]]
+    ) -> None:
+        self.name, self.module, self.pip, self.slow = name, module, pip, slow
+        self.rows = rows
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+class _Timed:
+    """A peer row whose construction plus first step (JIT build, compile) is its setup time."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        self.opt = make()
+        self.opt.step()
+        self.setup_seconds = time.perf_counter() - t0
+
+    def step(self) -> None:
+        self.opt.step()
+
+
+def _deepspeed(kind: str, kw: Mapping[str, Any]) -> Factory:
+    def make(ps: list[Tensor]) -> _Timed:
+        def build() -> Any:
+            if kind == "adam":
+                from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+                return DeepSpeedCPUAdam(ps, adamw_mode=True, fp32_optimizer_states=False, **kw)
+            from deepspeed.ops.lion import DeepSpeedCPULion
+
+            return DeepSpeedCPULion(ps, fp32_optimizer_states=False, **kw)
+
+        return _Timed(build)
+
+    return make
+
+
+def _lion_pytorch(kw: Mapping[str, Any]) -> Factory:
+    def make(ps: list[Tensor]) -> Any:
+        from lion_pytorch import Lion
+
+        return Lion(ps, use_triton=False, **kw)
+
+    return make
+
+
+class _CompiledStep:
+    """torch.optim's step under torch.compile (the recipe of torch's "compiling the optimizer"
+    tutorial); the first call compiles."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self._step = torch.compile(opt.step, fullgraph=False)
+
+    def step(self) -> None:
+        self._step()
+
+
+def _torch_compiled(name: str, kw: Mapping[str, Any]) -> Factory:
+    def make(ps: list[Tensor]) -> _Timed:
+        return _Timed(lambda: _CompiledStep(getattr(torch.optim, name)(ps, **kw)))
+
+    return make
+
+
+ADAMW_KW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+LION_KW = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+
+PEERS: tuple[Peer, ...] = (
+    Peer(
+        "deepspeed", "deepspeed", "deepspeed", True,
+        {
+            "AdamW": ("deepspeed-cpuadam", _deepspeed("adam", ADAMW_KW)),
+            "Lion": ("deepspeed-cpulion", _deepspeed("lion", LION_KW)),
+        },
+    ),
+    Peer(
+        "lion-pytorch", "lion_pytorch", "lion-pytorch", False,
+        {"Lion": ("lion-pytorch", _lion_pytorch(LION_KW))},
+    ),
+    Peer(
+        "torch.compile", "torch", "torch", True,
+        {
+            "AdamW": ("torch-compiled", _torch_compiled("AdamW", ADAMW_KW)),
+            "SGD": ("torch-compiled", _torch_compiled("SGD", {"lr": 1e-2, "momentum": 0.9})),
+        },
+    ),
+)  # fmt: skip
+# torch.compile traces one graph over every tensor: on `tiny` (2,000 tensors) that compile takes
+# many minutes, so the compiled rows run on the other workloads only.
+PEER_WORKLOADS = {"torch.compile": ("flat", "gpt", "gpt-bf16")}
+
+
+def peer_status(peers: bool) -> list[str]:
+    """One line per peer: installed (and run or not), or not installed."""
+    out = []
+    for peer in PEERS:
+        if not peer.installed():
+            out.append(f"{peer.name}: not installed (pip install {peer.pip})")
+        elif peer.slow and not peers:
+            out.append(f"{peer.name}: installed, not run (slow setup: pass --peers)")
+    return out
+
+
+def peer_rows(spec: OptimizerSpec, workload: str, peers: bool) -> dict[str, Factory]:
+    """The peer rows of ``spec`` on ``workload``: installed peers, the slow ones with ``peers``."""
+    out = {}
+    for peer in PEERS:
+        if spec.name not in peer.rows or (peer.slow and not peers) or not peer.installed():
+            continue
+        if workload in PEER_WORKLOADS.get(peer.name, (workload,)):
+            name, factory = peer.rows[spec.name]
+            out[name] = factory
+    return out
 
 
 OPTIMIZERS: tuple[OptimizerSpec, ...] = (

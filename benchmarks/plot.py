@@ -7,15 +7,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Fixed colours so a row keeps its colour across plots; fusedopt stands out, torch in greys/blue.
+# Fixed colours so a row keeps its colour across plots; fusedopt stands out, torch in greys/blue,
+# the peers (Note [peers] in optimizers.py) in green and purple.
 IMPL_COLORS = {
     "fusedopt": "#d62728",
     "fusedopt-reference": "#ff9896",
     "torch-forloop": "#c7c7c7",
     "torch-foreach": "#8c8c8c",
     "torch-fused": "#1f77b4",
+    "torch-compiled": "#aec7e8",
+    "deepspeed-cpuadam": "#2ca02c",
+    "deepspeed-cpulion": "#2ca02c",
+    "lion-pytorch": "#9467bd",
 }
-_EXTRA_COLORS = ["#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#bcbd22", "#e377c2"]
+_EXTRA_COLORS = ["#ff7f0e", "#17becf", "#bcbd22", "#e377c2", "#8c564b", "#98df8a"]
 GROUPS_PER_PANEL = 4  # beyond this the group labels crowd each other at a readable size
 
 

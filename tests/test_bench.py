@@ -235,7 +235,10 @@ def test_quick_run_csv(quick_run):
     specs = [s for s in optimizers.available()]
     wl = workloads.workloads(quick=True)
     expected = sum(
-        len(optimizers.implementations(s)) for s in specs for w in s.workloads if w in wl
+        len(optimizers.implementations(s)) + len(optimizers.peer_rows(s, w, peers=False))
+        for s in specs
+        for w in s.workloads
+        if w in wl
     )
     assert len(rows) == expected
     assert len({r["run_id"] for r in rows}) == 1
@@ -403,3 +406,85 @@ def test_default_csv_location():
         assert path == root / "benchmarks" / "results" / "bench.csv"
     else:
         assert path == Path.cwd() / "bench.csv"
+
+
+# -- peers (Note [peers] in optimizers.py): which rows exist, without timing or building them ----
+@pytest.mark.parametrize("installed", [True, False])
+def test_peer_rows_follow_installed_packages(installed, monkeypatch):
+    real = optimizers.importlib.util.find_spec
+    peer_modules = {p.module for p in optimizers.PEERS} - {"torch"}
+    monkeypatch.setattr(
+        optimizers.importlib.util,
+        "find_spec",
+        lambda name, *a: real(name, *a) if installed or name not in peer_modules else None,
+    )
+    if installed:
+        for peer in optimizers.PEERS:
+            if peer.module != "torch" and real(peer.module) is None:
+                pytest.skip(f"{peer.pip} is not installed here")
+    specs = {s.name: s for s in optimizers.OPTIMIZERS}
+    rows = {
+        (name, w, peers): sorted(optimizers.peer_rows(specs[name], w, peers))
+        for name in ("AdamW", "Lion", "SGD", "LAMB")
+        for w in ("gpt", "tiny")
+        for peers in (False, True)
+    }
+    ds = ["deepspeed-cpuadam"] if installed else []
+    assert rows["AdamW", "gpt", True] == sorted(ds + ["torch-compiled"])
+    assert rows["AdamW", "tiny", True] == ds  # no torch.compile over 2,000 tensors
+    assert rows["AdamW", "gpt", False] == []  # the slow peers need --peers
+    assert rows["Lion", "gpt", False] == (["lion-pytorch"] if installed else [])
+    assert rows["Lion", "gpt", True] == (["deepspeed-cpulion", "lion-pytorch"] if installed else [])
+    assert rows["SGD", "gpt", True] == ["torch-compiled"]
+    assert rows["LAMB", "gpt", True] == []
+    status = optimizers.peer_status(peers=False)
+    if installed:
+        assert status == [
+            "deepspeed: installed, not run (slow setup: pass --peers)",
+            "torch.compile: installed, not run (slow setup: pass --peers)",
+        ]
+        assert optimizers.peer_status(peers=True) == []
+    else:
+        assert status[:2] == [
+            "deepspeed: not installed (pip install deepspeed)",
+            "lion-pytorch: not installed (pip install lion-pytorch)",
+        ]
+        assert optimizers.peer_status(peers=True)[:2] == status[:2]
+
+
+def test_peer_setup_runs_once_before_timing():
+    calls = []
+
+    class Opt:
+        def step(self):
+            calls.append("step")
+
+    timed = optimizers._Timed(lambda: calls.append("build") or Opt())
+    assert calls == ["build", "step"] and timed.setup_seconds >= 0
+    timed.step()
+    assert calls == ["build", "step", "step"]
+
+
+def test_table_notes_peer_setup_and_missing_peers():
+    env = {k: "x" for k in ("run_id", "git_commit", "machine", "torch_version", "fusedopt_version")}
+    row = {
+        **env, "threads": 2, "workload": "gpt", "dtype": "fp32", "optimizer": "AdamW",
+        "params": 10**6, "tensors": 3, "ms_median": 1.0, "ms_p10": 0.9, "ms_p90": 1.2,
+        "params_per_s": 1e9, "bytes_per_param": 28.0, "gb_per_s": 28.0, "bandwidth_gb_per_s": 50.0,
+        "frac_bandwidth": 0.56, "ratio_to_torch_fused": 1.0, "bytes_is_estimate": 0,
+        "other_cpu_share": 0.0,
+    }  # fmt: skip
+    rows = [
+        {**row, "impl": "fusedopt"},
+        {**row, "impl": "deepspeed-cpuadam", "setup_s": 61.25},
+    ]
+    table = bench.format_table(rows, ["lion-pytorch: not installed (pip install lion-pytorch)"])
+    assert "deepspeed-cpuadam on gpt 61.2 s" in table
+    assert "Peers without rows: lion-pytorch: not installed (pip install lion-pytorch)." in table
+    plain = bench.format_table(rows[:1])
+    assert "Setup before the warm-up" not in plain and "Peers without rows" not in plain
+
+
+def test_peers_flag_in_help(capsys):
+    assert bench.main(["--help"]) == 0
+    assert "--peers" in capsys.readouterr().out

@@ -78,29 +78,34 @@ void MultiTensor::stage() {
     t.numel = numel;
     t.index = static_cast<int64_t>(i);
     // The reference layout: the param's own if it is dense, else a contiguous staging copy.
-    at::Tensor ref = params[i];
-    if (!ref.is_non_overlapping_and_dense()) {
-      at::Tensor staged = ref.contiguous();
+    // Pointers, not Tensor copies: with thousands of small tensors the reference-count traffic
+    // of a copy per list and tensor is a measurable part of the step.
+    const at::Tensor* ref = &params[i];
+    at::Tensor staged_param;  // the staging copy, when the param is not dense
+    if (!ref->is_non_overlapping_and_dense()) {
+      staged_param = ref->contiguous();
       if (lists_[0].written) {
-        writeback_.emplace_back(ref, staged);
+        writeback_.emplace_back(*ref, staged_param);
       } else {
-        keep_alive_.push_back(staged);
+        keep_alive_.push_back(staged_param);
       }
-      ref = staged;
+      ref = &staged_param;
     }
-    for (size_t k = 0; k < lists_.size(); ++k) {
-      at::Tensor x = k == 0 ? ref : lists_[k].tensors[i];
-      if (k != 0 && !dense_with_strides(x, ref.strides())) {
-        at::Tensor staged = at::empty_like(ref, ref.options().dtype(x.scalar_type()));
-        staged.copy_(x);
-        if (lists_[k].written) {
-          writeback_.emplace_back(x, staged);
-        } else {
-          keep_alive_.push_back(staged);
-        }
-        x = staged;
+    t.ptr[0] = ref->data_ptr();
+    for (size_t k = 1; k < lists_.size(); ++k) {
+      const at::Tensor& x = lists_[k].tensors[i];
+      if (dense_with_strides(x, ref->strides())) {
+        t.ptr[k] = x.data_ptr();
+        continue;
       }
-      t.ptr[k] = x.data_ptr();
+      at::Tensor staged = at::empty_like(*ref, ref->options().dtype(x.scalar_type()));
+      staged.copy_(x);
+      t.ptr[k] = staged.data_ptr();
+      if (lists_[k].written) {
+        writeback_.emplace_back(x, std::move(staged));
+      } else {
+        keep_alive_.push_back(std::move(staged));
+      }
     }
     total += numel;
     tuples_.push_back(t);

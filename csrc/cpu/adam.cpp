@@ -2,7 +2,9 @@
 #include <ATen/OpMathType.h>
 
 #include <cmath>
+#include <type_traits>
 
+#include "bf16_simd.h"
 #include "fusedopt/math.h"
 #include "isa.h"
 #include "ops.h"
@@ -12,6 +14,7 @@ namespace {
 
 // The loop the compiler vectorizes, once per ISA (Note [SIMD by target attribute]). param_t and
 // state_t are the storage dtypes; MODE how the param is read and written (common/mixed.h).
+// bf16 params take the chunked loop where the CPU has AVX512-BF16 (Note [bf16 chunks]).
 template <typename param_t, typename state_t, typename opmath_t, int MODE, bool DECOUPLED,
           bool AMSGRAD, bool MAXIMIZE>
 struct AdamBody {
@@ -19,6 +22,18 @@ struct AdamBody {
                                   state_t* __restrict m, state_t* __restrict v,
                                   state_t* __restrict vmax, float* __restrict master, int64_t n,
                                   const AdamScalars<opmath_t>* scalars, uint32_t key, int64_t j0) {
+#if FUSEDOPT_X86
+    if constexpr (kChunked) {
+      if (avx512_bf16_in_use()) return chunks(p, g, m, v, vmax, n, scalars);
+    }
+#endif
+    loop(p, g, m, v, vmax, master, n, scalars, key, j0);
+  }
+
+  FUSEDOPT_INLINE static void loop(param_t* __restrict p, const param_t* __restrict g,
+                                   state_t* __restrict m, state_t* __restrict v,
+                                   state_t* __restrict vmax, float* __restrict master, int64_t n,
+                                   const AdamScalars<opmath_t>* scalars, uint32_t key, int64_t j0) {
     const AdamScalars<opmath_t> s = *scalars;
     for (int64_t i = 0; i < n; ++i) {
       opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
@@ -32,6 +47,37 @@ struct AdamBody {
       if (AMSGRAD) vmax[i] = static_cast<state_t>(vmi);
     }
   }
+
+#if FUSEDOPT_X86
+  static constexpr bool kChunked =
+      MODE == kPlain && std::is_same_v<param_t, c10::BFloat16> && std::is_same_v<opmath_t, float>;
+
+  // Not inlined: compiled for AVX512-BF16, called from every level's copy of run().
+  __attribute__((noinline)) FUSEDOPT_TARGET_AVX512BF16 static void chunks(
+      param_t* __restrict p, const param_t* __restrict g, state_t* __restrict m,
+      state_t* __restrict v, state_t* __restrict vmax, int64_t n,
+      const AdamScalars<opmath_t>* scalars) {
+    using namespace bf16x32;
+    const AdamScalars<opmath_t> s = *scalars;
+    int64_t i = 0;
+    for (; i + kChunk <= n; i += kChunk) {
+      alignas(64) float pc[kChunk], gc[kChunk], mc[kChunk], vc[kChunk], xc[kChunk];
+      load(p + i, pc);
+      load(g + i, gc);
+      load(m + i, mc);
+      load(v + i, vc);
+      if (AMSGRAD) load(vmax + i, xc);
+      for (int j = 0; j < kChunk; ++j) {
+        adam_element<DECOUPLED, AMSGRAD, MAXIMIZE>(pc[j], gc[j], mc[j], vc[j], xc[j], s);
+      }
+      store(pc, p + i);
+      store(mc, m + i);
+      store(vc, v + i);
+      if (AMSGRAD) store(xc, vmax + i);
+    }
+    loop(p + i, g + i, m + i, v + i, AMSGRAD ? vmax + i : vmax, nullptr, n - i, scalars, 0, 0);
+  }
+#endif
 };
 
 template <typename param_t, typename state_t, int MODE, bool DECOUPLED, bool AMSGRAD, bool MAXIMIZE>

@@ -53,6 +53,15 @@ bool set_isa(Isa isa) {
   return true;
 }
 
+bool avx512_bf16_in_use() {
+#if FUSEDOPT_X86
+  static const bool has = detected_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  return has && current_isa() == Isa::kAvx512;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

@@ -23,12 +23,19 @@ Isa current_isa();
 // Returns false (and changes nothing) when the CPU lacks `isa`.
 bool set_isa(Isa isa);
 const char* isa_name(Isa isa);
+// Whether the kAvx512 level may use the AVX512-BF16 instructions: the CPU has them and the level
+// in use is kAvx512.
+bool avx512_bf16_in_use();
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FUSEDOPT_X86 1
 #define FUSEDOPT_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi2")))
 #define FUSEDOPT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2")))
+// AVX-512 with the BF16 conversions (Cooper Lake, Sapphire Rapids, Zen 4 and later): not a level
+// of its own, a feature the kAvx512 level uses where the CPU has it (cpu/bf16_simd.h).
+#define FUSEDOPT_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c,bmi2")))
 #else
 #define FUSEDOPT_X86 0
 #endif
