@@ -6,7 +6,7 @@
 // step for 2,000 tensors and six lists, as long as the update itself of 2,000 x 1,024 floats).
 // Of those lists only the grads change between steps (`p.grad` is a new tensor after each
 // backward); params, states, step counters, masters and seeds are the same tensor objects until
-// the Python plan (Note [step plans] in fusedopt/optim/_base.py) is rebuilt. A StepPlan keeps
+// the Python plan (Note [step plans] in fusedopt/optim/_plan.py) is rebuilt. A StepPlan keeps
 // them in C++ vectors; a step passes only the grads and the other arguments and calls the op
 // through its typed (unboxed) dispatcher handle, so device dispatch, validation and the kernels
 // are exactly those of torch.ops.fusedopt.<op>. The optimizers use it in eager mode only: under

@@ -1,7 +1,7 @@
 // The host side of the CUDA ops, one function of the op's argument struct each (HostOp<Op, B>,
-// registered through Entry for every op of the registry): validation (shared with the CPU
-// kernels: fusedopt::MultiTensor), staging of odd layouts, scalars, planning, then a backend
-// runs the job. Written once for two backends B, each with static config(device),
+// registered through ByArgs (common/op_glue.h) for every op of the registry): validation (shared
+// with the CPU kernels: fusedopt::MultiTensor), staging of odd layouts, scalars, planning, then a
+// backend runs the job. Written once for two backends B, each with static config(device),
 // run<Op>(job, params), sum_partials(...) and increment_steps(...):
 //   GpuBackend (register.cpp)  the kernels in this folder, on the params' CUDA device
 //   SimBackend (sim.cpp)       the same block bodies run on the host over CPU tensors, for tests
@@ -26,6 +26,7 @@
 #include "../common/common.h"
 #include "../common/mixed.h"
 #include "../common/multi_tensor.h"
+#include "../common/op_glue.h"
 #include "functors.h"
 #include "fusedopt/ops_generated.h"
 #include "jobs.h"
@@ -81,7 +82,7 @@ inline bool skipped_on_host(const ScalarArg& found_inf) {
 }
 
 // Step counters: one-element float32/float64 tensors on the params' device (torch's fused and
-// capturable layout; fusedopt.optim keeps them there: _base.py _zero_step), one per param.
+// capturable layout; fusedopt.optim keeps them there: _plan.py _zero_step), one per param.
 inline StepList check_steps(const char* op, at::TensorList steps, size_t n, c10::Device device) {
   TORCH_CHECK(steps.size() == n, op, ": expected state_steps to have ", n,
               " tensors (one per param), got ", steps.size());
@@ -183,13 +184,6 @@ inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
   if (cfg.max_blocks > 0) cap.blocks = std::min(cap.blocks, cfg.max_blocks);
   job.plan = plan_launches(numels, cfg.chunk_size, cap, first_block);
   return job;
-}
-
-// "fusedopt.<op>", the op's name in error messages (the CPU kernels' too).
-template <class Op>
-const char* op_label() {
-  static const std::string label = std::string("fusedopt.") + Op::name;
-  return label.c_str();
 }
 
 // The checks of an update op's arguments that come before its own (all before anything is
@@ -375,24 +369,16 @@ struct HostOp<ops::sum_sq, B> {
     const c10::Device device = tensors[0].device();
     const ExecConfig cfg = B::config(device);
     // Grads of different dtypes may be mixed: one job per dtype, all writing one partials array.
-    std::vector<std::vector<at::Tensor>> groups;
-    std::vector<at::ScalarType> dtypes;
-    for (const at::Tensor& t : tensors) {
-      TORCH_CHECK(t.defined(), op, ": a tensor is undefined");
-      const auto k = std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) - dtypes.begin();
-      if (k == static_cast<int64_t>(dtypes.size())) {
-        dtypes.push_back(t.scalar_type());
-        groups.emplace_back();
-      }
-      groups[k].push_back(t);
-    }
+    for (const at::Tensor& t : tensors) TORCH_CHECK(t.defined(), op, ": a tensor is undefined");
+    const std::vector<std::vector<at::Tensor>> groups = group_by_dtype(tensors);
     std::vector<MultiTensor> mts;
     mts.reserve(groups.size());
     std::vector<Job> jobs;
     int64_t total = 0;
     for (size_t k = 0; k < groups.size(); ++k) {
       mts.emplace_back(op, std::vector<ListSpec>{{groups[k], "tensors", false}}, device);
-      jobs.push_back(make_job(mts.back(), 1, nullptr, nullptr, dtypes[k], device, cfg, total));
+      jobs.push_back(make_job(mts.back(), 1, nullptr, nullptr, groups[k][0].scalar_type(), device,
+                              cfg, total));
       total += jobs.back().plan.total_blocks;
     }
     const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
@@ -404,15 +390,6 @@ struct HostOp<ops::sum_sq, B> {
     B::sum_partials(device, partials.data_ptr<double>(), total, out.data_ptr<double>());
     return out;
   }
-};
-
-// Entry<Op, B>::call has the op's unboxed signature (Op::Sig), the dispatcher's registration
-// target: it gathers the arguments into Op::Args and runs HostOp<Op, B>.
-template <class Op, class B, class Sig = typename Op::Sig>
-struct Entry;
-template <class Op, class B, class R, class... A>
-struct Entry<Op, B, R(A...)> {
-  static R call(A... args) { return HostOp<Op, B>::call(typename Op::Args{args...}); }
 };
 
 }  // namespace fusedopt::cuda

@@ -10,7 +10,8 @@
 namespace fusedopt::cuda {
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
-#define FUSEDOPT_CUDA_IMPL(op) m.impl(ops::op::name, &Entry<ops::op, GpuBackend>::call);
+#define FUSEDOPT_CUDA_IMPL(op) \
+  m.impl(ops::op::name, &ByArgs<ops::op, &HostOp<ops::op, GpuBackend>::call>::call);
   FUSEDOPT_FOR_EACH_OP(FUSEDOPT_CUDA_IMPL)
 #undef FUSEDOPT_CUDA_IMPL
 }

@@ -129,7 +129,8 @@ void reset() {
 // Schemas inferred from the C++ signatures (positional arguments, no alias annotations): the
 // simulation is called by tests with the real ops' arguments, never traced.
 TORCH_LIBRARY(fusedopt_sim, m) {
-#define FUSEDOPT_SIM_DEF(op) m.def(ops::op::name, &Entry<ops::op, SimBackend>::call);
+#define FUSEDOPT_SIM_DEF(op) \
+  m.def(ops::op::name, &ByArgs<ops::op, &HostOp<ops::op, SimBackend>::call>::call);
   FUSEDOPT_FOR_EACH_OP(FUSEDOPT_SIM_DEF)
 #undef FUSEDOPT_SIM_DEF
 }
