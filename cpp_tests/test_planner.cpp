@@ -91,7 +91,8 @@ FO_TEST(random_plans) {
 }
 
 FO_TEST(tables_fit_and_capacities) {
-  FO_CHECK(tables_fit<kArgBytesSmall>() && tables_fit<kArgBytesLarge>());
+  constexpr auto depths = std::make_integer_sequence<int, kMaxDepth>{};
+  FO_CHECK(tables_fit<kArgBytesSmall>(depths) && tables_fit<kArgBytesLarge>(depths));
   FO_CHECK(table_capacity(4, kArgBytesLarge).slots == 495);
   FO_CHECK(table_capacity(4, kArgBytesSmall).slots == 54);
   FO_CHECK(kernel_arg_bytes(12010, 7) == kArgBytesLarge);
