@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fusedopt/ops_generated.h"
@@ -30,6 +32,15 @@ template <class Op, auto Fn, class R, class... A>
 struct ByArgs<Op, Fn, R(A...)> {
   static R call(A... args) { return Fn(typename Op::Args{args...}); }
 };
+
+// Whether an op's Args has per-param step counters (C++17: torch < 2.13 builds extensions so).
+template <class Args, class = void>
+struct HasStateSteps : std::false_type {};
+template <class Args>
+struct HasStateSteps<Args, std::void_t<decltype(std::declval<const Args&>().state_steps)>>
+    : std::true_type {};
+template <class Args>
+inline constexpr bool has_state_steps = HasStateSteps<Args>::value;
 
 // "fusedopt.<op>", the op's name in error messages.
 template <class Op>

@@ -56,7 +56,7 @@ struct Update {
     for (const StateList& s : states) lists.push_back({s.tensors, s.name, s.written, mx.state});
     master_list = static_cast<int>(lists.size());
     if (mx.mode == kMaster) lists.push_back({*a.master_params, "master_params", true, at::kFloat});
-    constexpr bool has_steps = requires { a.state_steps; };
+    constexpr bool has_steps = has_state_steps<Args>;
     if constexpr (has_steps) check_steps(op, a.state_steps, a.params.size());
     lr = scalar_value(a.lr, "lr");
     lr_dt = lr_dtype(a.lr);

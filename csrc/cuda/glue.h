@@ -212,7 +212,7 @@ struct Update {
     }
     add_master_list(lists, mixed, a.master_params);
     arrays = static_cast<int>(lists.size());
-    if constexpr (requires { a.state_steps; }) {
+    if constexpr (has_state_steps<typename Op::Args>) {
       steps = check_steps(op, a.state_steps, a.params.size(), device);
     }
     cfg = B::config(device);
