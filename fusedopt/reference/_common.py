@@ -296,7 +296,7 @@ def begin(
     op: str, args: dict[str, Any], states: tuple[str, ...], like: bool = True, advance: bool = True
 ) -> tuple[list[Tensor | None], list[Tensor | None], float] | None:
     """The prologue of every update, in the compiled ops' order, from the update's arguments
-    ``args`` (its ``locals()`` on entry): with ``like``, the grads and the ``states`` lists
+    ``args`` (its arguments by name; not ``locals()``, which torch 2.11's dynamo cannot trace): with ``like``, the grads and the ``states`` lists
     against the params (check_like_params); the mixed-precision arguments and the states'
     dtype (check_mixed); one step counter per param, for an op with ``state_steps``
     (check_steps). Then None if GradScaler found inf/NaN (the step changes nothing), else the SR

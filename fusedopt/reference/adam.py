@@ -44,7 +44,23 @@ def adam_(
     (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
     states = ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if amsgrad else ())
-    mixed = begin("fusedopt.adam_", locals(), states, like=False)
+    mixed = begin(
+        "fusedopt.adam_",
+        dict(
+            params=params,
+            grads=grads,
+            exp_avgs=exp_avgs,
+            exp_avg_sqs=exp_avg_sqs,
+            max_exp_avg_sqs=max_exp_avg_sqs,
+            state_steps=state_steps,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            master_params=master_params,
+            sr_seeds=sr_seeds,
+        ),
+        states,
+        like=False,
+    )
     if mixed is None:
         return
     masters, seeds, s = mixed

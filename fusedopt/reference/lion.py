@@ -32,7 +32,20 @@ def lion_(
 
     The operation order is lion-pytorch's. ``torch.sign`` maps NaN to 0.
     """
-    mixed = begin("fusedopt.lion_", locals(), ("exp_avgs",))
+    mixed = begin(
+        "fusedopt.lion_",
+        dict(
+            params=params,
+            grads=grads,
+            exp_avgs=exp_avgs,
+            state_steps=state_steps,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            master_params=master_params,
+            sr_seeds=sr_seeds,
+        ),
+        ("exp_avgs",),
+    )
     if mixed is None:
         return
     masters, seeds, s = mixed

@@ -48,7 +48,21 @@ def sophia_(
     with ``b`` the batch size ``bs``; ``hessians`` (h) is only read (see
     :func:`sophia_update_hessian_`).
     """
-    mixed = begin("fusedopt.sophia_", locals(), ("exp_avgs", "hessians"))
+    mixed = begin(
+        "fusedopt.sophia_",
+        dict(
+            params=params,
+            grads=grads,
+            exp_avgs=exp_avgs,
+            hessians=hessians,
+            state_steps=state_steps,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            master_params=master_params,
+            sr_seeds=sr_seeds,
+        ),
+        ("exp_avgs", "hessians"),
+    )
     if mixed is None:
         return
     masters, seeds, s = mixed
