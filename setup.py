@@ -135,10 +135,17 @@ def _extensions():
     here = os.path.dirname(os.path.abspath(__file__))
     # The C++ side of the op registry (Note [op registry] in fusedopt/_opdefs.py), written
     # before anything compiles; run as a script: the package itself needs the extension.
-    subprocess.run(
-        [sys.executable, os.path.join(here, "fusedopt", "_opdefs.py"), "--header", _GENERATED],
-        check=True,
-    )
+    # With CUDA it also writes one translation unit of GPU kernels per op into the build folder.
+    registry = [
+        sys.executable,
+        os.path.join(here, "fusedopt", "_opdefs.py"),
+        "--header",
+        _GENERATED,
+    ]
+    if build_cuda:
+        registry += ["--cuda", os.path.join("build", "generated_cuda")]
+    generated_cu = subprocess.run(registry, check=True, capture_output=True, text=True).stdout
+    generated_cu = [os.path.relpath(p) for p in generated_cu.split()]
     # The compile flags and source globs, shared with CMakeLists.txt (csrc/build.json).
     # csrc/cuda/*.cpp is host code, built either way: the CUDA ops' glue (registered only with
     # CUDA) and its host simulation, which the CPU test suite runs (csrc/cuda/sim.h).
@@ -154,7 +161,7 @@ def _extensions():
     cxx = [*build["cxx_flags"], "-fopenmp"]
     macros = [("FUSEDOPT_CUDA_SKIP_CODE", str(skip_code))]
     if build_cuda:
-        sources += sorted(p for g in build["cuda_sources"] for p in glob.glob(g))
+        sources += sorted(p for g in build["cuda_sources"] for p in glob.glob(g)) + generated_cu
         macros.append(("FUSEDOPT_WITH_CUDA", None))
         # --fmad=false: no contraction into fused multiply-adds, as -ffp-contract=off on the
         # CPU, so that the device runs the same roundings in the same order as the CPU kernels

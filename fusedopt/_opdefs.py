@@ -436,6 +436,24 @@ def _write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
+def cuda_sources(folder: str) -> list[str]:
+    """Writes the GPU kernels' translation units into ``folder`` (a build folder), one per op
+    (``<name>.cu``, a ``FUSEDOPT_GPU_KERNELS`` line: csrc/cuda/runner.cuh) so that nvcc compiles
+    the ops in parallel, each only if its text changed; returns their paths."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runner = os.path.relpath(os.path.join(here, "csrc", "cuda", "runner.cuh"), folder)
+    paths = []
+    for d in _DEFS:
+        path = os.path.join(folder, d.name.rstrip("_") + ".cu")
+        text = f'{_GENERATED_LINE}\n#include "{runner}"\n\nFUSEDOPT_GPU_KERNELS({d.name})\n'
+        _write_if_changed(path, text)
+        paths.append(path)
+    return paths
+
+
 def write_header(path: str) -> None:
     """Writes the header ``path`` (ops_generated.h) and mixed_generated.h beside it, each only
     if its text changed."""
@@ -448,6 +466,12 @@ def write_header(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--header":
-        sys.exit("usage: python fusedopt/_opdefs.py --header PATH")
+    if (
+        len(sys.argv) not in (3, 5)
+        or sys.argv[1] != "--header"
+        or sys.argv[3:4] not in ([], ["--cuda"])
+    ):
+        sys.exit("usage: python fusedopt/_opdefs.py --header PATH [--cuda FOLDER]")
     write_header(sys.argv[2])
+    if len(sys.argv) == 5:
+        print("\n".join(cuda_sources(sys.argv[4])))

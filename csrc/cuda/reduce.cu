@@ -106,5 +106,3 @@ ExecConfig GpuBackend::config(c10::Device device) {
 }
 
 }  // namespace fusedopt::cuda
-
-FUSEDOPT_GPU_KERNELS(sum_sq)

@@ -1,4 +1,0 @@
-// Lion on the GPU (functors.h).
-#include "runner.cuh"
-
-FUSEDOPT_GPU_KERNELS(lion_)
