@@ -25,9 +25,10 @@ import torch
 import fusedopt
 from fusedopt import _dispatch, reference
 from fusedopt._ext import _C
+from fusedopt._opdefs import AUX, GRAD, LR, OPS, PARAM, STATE, STEP
 from fusedopt.reference._common import sr_key, sr_round_bf16
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
-from optim_info import matrix
+from optim_info import OPTIMS, matrix
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
 
@@ -205,144 +206,82 @@ def _steps(n, dtype=torch.float32):
     return [torch.tensor(float(3 + i % 4), dtype=dtype) for i in range(n)]
 
 
-def _mixed(kw, first, idx):
-    """The trailing master_params / sr_seeds arguments (None: not used), at positions first and
-    first + 1; the given ones are written by the op."""
-    args = (kw.get("master_params"), kw.get("sr_seeds"))
-    return args, idx + [first + k for k, a in enumerate(args) if a is not None]
+# The op-level tests' scalar values by name (kw overrides them): floats not named take 0.5,
+# bools False, ints their default; states with these keys are made non-negative.
+_SCALARS = {
+    "beta1": 0.9,
+    "beta2": 0.99,
+    "weight_decay": 0.1,
+    "eps": 1e-8,
+    "momentum": 0.9,
+    "dampening": 0.1,
+    "rho": 0.04,
+    "bs": 5.0,
+    "trust_clip": None,
+    "decoupled_weight_decay": True,
+    "bias_correction": True,
+}
+_NON_NEGATIVE = {"exp_avg_sq", "max_exp_avg_sq", "hessian"}
+# Auxiliary outputs given to the op, by name, made for n params.
+_AUX = {"tensor_norms": lambda n: torch.full((n, 2), -1.0)}
 
 
-# Op argument builders: (args, indices of the arguments the op writes).
-def _adam(t, dtype, sizes, kw):
-    ams = kw.get("amsgrad", False)
-    args = (
-        t(0),
-        t(1),
-        t(2),
-        t(3, True),
-        t(4, True) if ams else [],
-        _steps(len(sizes), kw.get("step_dtype", torch.float32)),
-        kw.get("lr", torch.tensor(1e-2, dtype=torch.float64)),
-        0.9,
-        0.99,
-        kw.get("weight_decay", 0.1),
-        1e-8,
-        ams,
-        kw.get("maximize", False),
-        kw.get("decoupled", True),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
-    extra, idx = _mixed(kw, len(args), [0, 2, 3, 4, 5])
-    return args + extra, idx
+def _state_when(op):
+    """{state key: the scalar that says whether the op gets the list} of op's optimizer."""
+    for info in OPTIMS:
+        if info.op == op:
+            return info.cls._state_when
+    return {}
 
 
-def _sgd(t, dtype, sizes, kw):
-    mom = kw.get("momentum", 0.9)
-    args = (
-        t(0),
-        t(1),
-        t(2) if mom else [],
-        kw.get("lr", torch.tensor(0.1, dtype=torch.float64)),
-        mom,
-        kw.get("dampening", 0.1),
-        0.01,
-        kw.get("nesterov", False),
-        kw.get("maximize", False),
-        kw.get("first", False),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
-    extra, idx = _mixed(kw, len(args), [0, 2])
-    return args + extra, idx
+def _build(op, t, sizes, kw):
+    """Op ``op``'s arguments from its registry entry (lists by name: t(name, non-negative)), and
+    the indices of the ones it writes."""
+    d = OPS[op]
+    n = len(sizes)
+    when = _state_when(op)
+
+    def scalar(a):
+        default = a.py_default if a.default is not None else 0.5 if a.type == "float" else False
+        return kw.get(a.name, _SCALARS.get(a.name, default))
+
+    def value(a):
+        if a.role in (PARAM, GRAD):
+            return t(a.name)
+        if a.role == STATE:
+            option = when.get(a.key)
+            if option is not None and not kw.get(option, _SCALARS.get(option, False)):
+                return []
+            return t(a.name, a.key in _NON_NEGATIVE)
+        if a.role == STEP:
+            return _steps(n, kw.get("step_dtype", torch.float32))
+        if a.role == LR:
+            return kw.get("lr", torch.tensor(1e-2, dtype=torch.float64))
+        if a.role == AUX and a.name in _AUX and a.name not in kw:
+            return _AUX[a.name](n)
+        if a.is_list or a.type.startswith("Tensor"):
+            return kw.get(a.name)
+        return scalar(a)
+
+    args = tuple(value(a) for a in d.args)
+    return args, [i for i, a in enumerate(d.args) if a.write and args[i] is not None]
 
 
-def _lion(t, dtype, sizes, kw):
-    args = (
-        t(0),
-        t(1),
-        t(2),
-        _steps(len(sizes)),
-        kw.get("lr", torch.tensor(1e-3, dtype=torch.float64)),
-        0.9,
-        0.99,
-        0.1,
-        kw.get("maximize", False),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
-    extra, idx = _mixed(kw, len(args), [0, 2, 3])
-    return args + extra, idx
-
-
-def _lamb(t, dtype, sizes, kw):
-    args = (
-        t(0),
-        t(1),
-        t(2),
-        t(3, True),
-        _steps(len(sizes)),
-        kw.get("lr", torch.tensor(1e-2, dtype=torch.float64)),
-        0.9,
-        0.999,
-        kw.get("weight_decay", 0.01),
-        1e-6,
-        kw.get("bias_correction", True),
-        kw.get("trust_clip"),
-        kw.get("maximize", False),
-        torch.full((len(sizes), 2), -1.0),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
-    extra, idx = _mixed(kw, len(args), [0, 2, 3, 4, 13])
-    sq_sums = kw.get("sq_sums")
-    if sq_sums is not None:
-        idx = idx + [len(args) + 3]
-    return args + extra + (kw.get("phase", 0), sq_sums), idx
-
-
-def _sophia(t, dtype, sizes, kw):
-    args = (
-        t(0),
-        t(1),
-        t(2),
-        t(3, True),
-        _steps(len(sizes)),
-        kw.get("lr", torch.tensor(1e-3, dtype=torch.float64)),
-        0.965,
-        0.04,
-        kw.get("bs", 5.0),
-        0.1,
-        kw.get("maximize", False),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
-    extra, idx = _mixed(kw, len(args), [0, 2, 4])
-    return args + extra, idx
-
-
-def _hessian(t, dtype, sizes, kw):
-    # the hessians are a state (list 3: the state dtype), the grads the params' dtype
-    return (t(3, True), t(1), 0.99, kw.get("grad_scale"), kw.get("found_inf")), [0]
-
-
+# Op argument builders: (args, indices of the arguments the op writes); every op but sum_sq.
 BUILDERS = {
-    "adam_": _adam,
-    "sgd_": _sgd,
-    "lion_": _lion,
-    "lamb_": _lamb,
-    "sophia_": _sophia,
-    "sophia_update_hessian_": _hessian,
+    name: (lambda t, dtype, sizes, kw, name=name: _build(name, t, sizes, kw))
+    for name in OPS
+    if name != "sum_sq"
 }
 
 # (op, mode kwargs): every template mode of every op at least once.
 OP_CASES = [
     ("adam_", {}),
     ("adam_", {"amsgrad": True, "maximize": True}),
-    ("adam_", {"decoupled": False, "weight_decay": 0.05}),
-    ("adam_", {"amsgrad": True, "decoupled": False, "step_dtype": torch.float64}),
+    ("adam_", {"decoupled_weight_decay": False, "weight_decay": 0.05}),
+    ("adam_", {"amsgrad": True, "decoupled_weight_decay": False, "step_dtype": torch.float64}),
     ("sgd_", {}),
-    ("sgd_", {"first": True, "nesterov": True}),
+    ("sgd_", {"is_first_step": True, "nesterov": True}),
     ("sgd_", {"momentum": 0.0, "dampening": 0.0, "maximize": True}),
     ("sgd_", {"nesterov": True, "maximize": True, "dampening": 0.0}),
     ("lion_", {}),
@@ -368,16 +307,16 @@ def build(op, kw, dtype, layout="mixed", sizes=SIZES, seed=0, state_dtype=None, 
     n = len(sizes)
     cache = {}
 
-    def t(lst, positive=False):
-        if lst not in cache:
-            dt = dtype if lst < 2 else (state_dtype or dtype)  # params, grads; then states
-            cache[lst] = _tensors(sizes, dt, _offsets(layout, n, lst), gen, positive)
-        return cache[lst]
+    def t(name, positive=False):
+        if name not in cache:
+            dt = dtype if name in ("params", "grads") else (state_dtype or dtype)
+            cache[name] = _tensors(sizes, dt, _offsets(layout, n, len(cache)), gen, positive)
+        return cache[name]
 
     kw = dict(kw)
     if mode == "master":
         masters = []
-        for p, off in zip(t(0), _offsets(layout, n, 5)):
+        for p, off in zip(t("params"), _offsets(layout, n, 5)):
             buf = torch.zeros(p.numel() + off + 3, dtype=torch.float32)
             masters.append(buf[off : off + p.numel()].view(p.shape).copy_(p))
         kw["master_params"] = masters
