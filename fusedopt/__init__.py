@@ -12,17 +12,13 @@ from . import amp, schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
 from .clip import clip_grad_norm_
-from .optim import LAMB, SGD, Adam, AdamW, Lion, Sophia
+from .optim import *  # noqa: F403  (the optimizers: fusedopt.optim.__all__)
+from .optim import __all__ as _optimizers
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LAMB",
-    "SGD",
-    "Adam",
-    "AdamW",
-    "Lion",
-    "Sophia",
+    *_optimizers,
     "BackendInfo",
     "amp",
     "backends",
