@@ -40,7 +40,7 @@ import torch
 
 import fusedopt
 
-from .optimizers import adamw_bytes, lamb_bytes, lion_bytes, sgd_momentum_bytes, sophia_bytes
+from . import optimizers
 from .workloads import gpt_shapes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
@@ -56,29 +56,25 @@ class Opt:
     torch_fused: Callable[..., torch.optim.Optimizer] | None
 
 
+def _torch_fused(name: str | None) -> Callable[..., torch.optim.Optimizer] | None:
+    if name is None:
+        return None
+    return lambda ps, **kw: getattr(torch.optim, name)(ps, fused=True, **kw)
+
+
+# A row per optimizer of the CPU benchmark's list (benchmarks/optimizers.py), weight decay on.
 OPTIMIZERS = [
-    Opt(
-        "AdamW",
-        {"lr": 1e-3, "weight_decay": 0.1},
-        adamw_bytes,
-        lambda ps, **kw: torch.optim.AdamW(ps, fused=True, **kw),
-    ),
-    Opt(
-        "SGD",
-        {"lr": 1e-2, "momentum": 0.9},
-        sgd_momentum_bytes,
-        lambda ps, **kw: torch.optim.SGD(ps, fused=True, **kw),
-    ),
-    Opt("Lion", {"lr": 1e-4, "weight_decay": 0.1}, lion_bytes, None),
-    Opt("LAMB", {"lr": 1e-3, "weight_decay": 0.01}, lamb_bytes, None),
-    Opt("Sophia", {"lr": 1e-4, "weight_decay": 0.1}, sophia_bytes, None),
+    Opt(s.name, {**s.kwargs, "weight_decay": 0.1}, s.bytes_model, _torch_fused(s.torch_name))
+    for s in optimizers.OPTIMIZERS
+    if s.rows is None
+] + [
     # The widest kernels (a fifth array), which the two-blocks-per-SM register bound makes
     # spill (benchmarks/check_registers.py): whether that costs bandwidth shows here.
     Opt(
         "AdamW-amsgrad",
         {"lr": 1e-3, "weight_decay": 0.1, "amsgrad": True},
-        lambda dtype: adamw_bytes(dtype) * 9 / 7,  # + read and write max_exp_avg_sq
-        lambda ps, **kw: torch.optim.AdamW(ps, fused=True, **kw),
+        lambda dtype: optimizers.adamw_bytes(dtype) * 9 / 7,  # + read and write max_exp_avg_sq
+        _torch_fused("AdamW"),
     ),
 ]
 

@@ -13,7 +13,8 @@ structure is not known is marked as an estimate; an optimizer that cannot be one
 trust ratio needs per-tensor norms before the update) counts the passes its kernel makes.
 
 To add an optimizer: write its bytes model as a function here, then one OptimizerSpec entry in
-OPTIMIZERS. It gets rows as soon as ``fusedopt`` has a class of that name.
+OPTIMIZERS. It gets rows as soon as ``fusedopt`` has a class of that name, here and in the GPU
+benchmark (benchmarks/gpu_bench.py).
 
 Note [train loop]
 The ``train-loop`` rows time the optimizer's part of one mixed-precision training iteration, end
