@@ -66,6 +66,10 @@ class Arg:
     write: bool = False
     default: str | None = None  # schema text of the default ("None", "0"); None: required
     key: str | None = None  # STATE lists: the per-param state key (e.g. "exp_avg")
+    # STATE lists: the scalar that says whether a call has the list (empty when the scalar is
+    # false or 0; Adam's max_exp_avg_sqs: amsgrad); a group keeps the state under the option
+    # of that name. None: always.
+    when: str | None = None
 
     @property
     def is_list(self) -> bool:
@@ -164,8 +168,8 @@ def _grads() -> Arg:
     return Arg("grads", "Tensor[]", GRAD)
 
 
-def _state(name: str, key: str, write: bool = True) -> Arg:
-    return Arg(name, "Tensor[]", STATE, write=write, key=key)
+def _state(name: str, key: str, write: bool = True, when: str | None = None) -> Arg:
+    return Arg(name, "Tensor[]", STATE, write=write, key=key, when=when)
 
 
 def _steps() -> Arg:
@@ -207,7 +211,7 @@ _DEFS = (
             _grads(),
             _state("exp_avgs", "exp_avg"),
             _state("exp_avg_sqs", "exp_avg_sq"),
-            _state("max_exp_avg_sqs", "max_exp_avg_sq"),
+            _state("max_exp_avg_sqs", "max_exp_avg_sq", when="amsgrad"),
             _steps(),
             _lr(),
             _f("beta1"),
@@ -220,14 +224,14 @@ _DEFS = (
             *_AMP,
             *_MIXED,
         ),
-        doc="Adam / AdamW (max_exp_avg_sqs empty unless amsgrad).",
+        doc="Adam / AdamW.",
     ),
     OpDef(
         "sgd_",
         (
             _params(),
             _grads(),
-            _state("momentum_buffers", "momentum_buffer"),
+            _state("momentum_buffers", "momentum_buffer", when="momentum"),
             _lr(),
             _f("momentum"),
             _f("dampening"),
@@ -238,7 +242,7 @@ _DEFS = (
             *_AMP,
             *_MIXED,
         ),
-        doc="SGD with momentum (momentum_buffers empty when momentum is 0).",
+        doc="SGD with momentum.",
     ),
     OpDef(
         "lion_",

@@ -28,7 +28,7 @@ from fusedopt._ext import _C
 from fusedopt._opdefs import AUX, GRAD, LR, OPS, PARAM, STATE, STEP
 from fusedopt.reference._common import sr_key, sr_round_bf16
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
-from optim_info import OPTIMS, matrix
+from optim_info import matrix
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
 
@@ -226,20 +226,12 @@ _NON_NEGATIVE = {"exp_avg_sq", "max_exp_avg_sq", "hessian"}
 _AUX = {"tensor_norms": lambda n: torch.full((n, 2), -1.0)}
 
 
-def _state_when(op):
-    """{state key: the scalar that says whether the op gets the list} of op's optimizer."""
-    for info in OPTIMS:
-        if info.op == op:
-            return info.cls._state_when
-    return {}
-
-
 def _build(op, t, sizes, kw):
-    """Op ``op``'s arguments from its registry entry (lists by name: t(name, non-negative)), and
-    the indices of the ones it writes."""
+    """Op ``op``'s arguments from its registry entry (lists by name: t(name, non-negative); a
+    state list with a ``when`` scalar empty when that is false), and the indices of the ones it
+    writes."""
     d = OPS[op]
     n = len(sizes)
-    when = _state_when(op)
 
     def scalar(a):
         default = a.py_default if a.default is not None else 0.5 if a.type == "float" else False
@@ -249,8 +241,7 @@ def _build(op, t, sizes, kw):
         if a.role in (PARAM, GRAD):
             return t(a.name)
         if a.role == STATE:
-            option = when.get(a.key)
-            if option is not None and not kw.get(option, _SCALARS.get(option, False)):
+            if a.when is not None and not kw.get(a.when, _SCALARS.get(a.when, False)):
                 return []
             return t(a.name, a.key in _NON_NEGATIVE)
         if a.role == STEP:

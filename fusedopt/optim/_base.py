@@ -2,11 +2,12 @@
 
 Note [declarative optimizers]
 An optimizer class declares what differs: the op it calls (``_op``, a name of
-fusedopt._opdefs.OPS), which of the op's state lists a group keeps (``_state_when``), how the
-group's options map to the op's scalars (``_scalars``), and its param-group keys. The rest is
-derived from the registry: the state keys (each state list's ``Arg.key``), whether there is a
-per-param ``step``, every call (``fn(*OPS[op].bind(**values))``, or the bucket's StepPlan), and
-the two-phase step of sharded params for an op with ``phase``/``sq_sums`` arguments. The
+fusedopt._opdefs.OPS), how the group's options map to the op's scalars (``_scalars``), and its
+param-group keys. The rest is derived from the registry: the state keys (each state list's
+``Arg.key``) and which of them a group keeps (``Arg.when``: Adam's max_exp_avg_sq under
+amsgrad), whether there is a per-param ``step``, every call (``fn(*OPS[op].bind(**values))``,
+or the bucket's StepPlan), and the two-phase step of sharded params for an op with
+``phase``/``sq_sums`` arguments. The
 concerns around the call live in their own modules: plans (_plan.py), norms and AMP
 (_norms.py), checkpoints (_checkpoint.py), DTensor params (_dtensor.py) and the mixed-precision
 options (_mixed.py).
@@ -69,9 +70,6 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
 
     _op: str = ""
     _sparse_error: str = ""
-    #: State key -> the group option that must be true for a group to keep it (Adam's
-    #: max_exp_avg_sq: amsgrad); a state key not named here is always kept.
-    _state_when: dict[str, str] = {}
     #: Group keys an older or foreign state dict may lack, with the value they then take.
     _group_fallbacks: dict[str, Any] = {}
     _has_step: bool = True  # derived from the op: it has a step list
@@ -105,6 +103,11 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         super().__init_subclass__(**kwargs)
         if cls._op:
             cls._has_step = bool(OPS[cls._op].role(STEP))
+        if "_state_when" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__}._state_when: say it in the op registry (Arg.when of the state "
+                "list in fusedopt/_opdefs.py)"
+            )
         _lr_sched_marker(cls)
 
     @property
@@ -143,7 +146,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         return tuple(
             a.key  # type: ignore[misc]
             for a in OPS[self._op].role(STATE)
-            if a.key not in self._state_when or group[self._state_when[a.key]]
+            if a.when is None or group[a.when]
         )
 
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,6 @@ class Adam(FusedOptimizer):
 
     _op = "adam_"
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
-    _state_when = {"max_exp_avg_sq": "amsgrad"}
     _group_fallbacks = {
         "amsgrad": False,
         "maximize": False,

@@ -46,7 +46,6 @@ class SGD(FusedOptimizer):
 
     _op = "sgd_"
     _sparse_error = "`_fused_sgd` does not support sparse gradients"
-    _state_when = {"momentum_buffer": "momentum"}
     _group_fallbacks = {
         "nesterov": False,
         "maximize": False,
