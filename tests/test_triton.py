@@ -947,7 +947,7 @@ class _Counting:
 def test_one_launch_for_many_tensors(monkeypatch):
     """100 parameters, one update launch (and one for the step counters): not one per tensor."""
     counters = {}
-    for name in ("_adam_kernel", "_increment_steps_kernel"):
+    for name in ("_update_kernel", "_increment_steps_kernel"):
         counters[name] = _Counting(getattr(_kernels, name))
         monkeypatch.setattr(_kernels, name, counters[name])
     params = [torch.randn(1 + i % 3, device=DEVICE, requires_grad=True) for i in range(100)]
@@ -960,7 +960,7 @@ def test_one_launch_for_many_tensors(monkeypatch):
     ours.step()
     theirs.step()
     assert {k: c.launches for k, c in counters.items()} == {
-        "_adam_kernel": 1,
+        "_update_kernel": 1,
         "_increment_steps_kernel": 1,
     }
     for p, q in zip(params, ref):
@@ -1002,8 +1002,7 @@ class _Recording(_Counting):
         return run
 
 
-ALIGNED_KERNELS = ["_adam_kernel", "_sgd_kernel", "_lion_kernel", "_sophia_kernel",
-                   "_sophia_hessian_kernel", "_lamb_norms_kernel", "_lamb_apply_kernel",
+ALIGNED_KERNELS = ["_update_kernel", "_lamb_norms_kernel", "_lamb_apply_kernel",
                    "_sum_sq_kernel"]  # fmt: skip
 
 
@@ -1537,25 +1536,26 @@ for i, (pt, st, mode) in enumerate(CASES):
     master = dict(MASTER=mode == "master", MASTER_COL=4 if mode == "master" else 0)
     sr = dict(SR=mode == "sr", SEED_COL=4 if mode == "sr" else 0)
     lr = dict(LR_FROM_PTR=True)
-    adam_w = 7 if mode else 6
-    v4 = build(K._adam_kernel, dict(upd, **hp), dict(c, **lr, **lrt, **master, **sr, STEP_T=F32,
-               W=adam_w, DECOUPLED=True, AMSGRAD=True, MAXIMIZE=True, WEIGHT_DECAY=True,
-               LERP_LOW=True))
-    # 5 streams (4 with a master copy: the param is not read) of 16-byte vectors
-    assert v4 >= 5 - (mode == "master"), f"adam {pt} {st} {mode}: {v4} vector loads"
-    m2 = dict(MASTER=mode == "master", MASTER_COL=2 if mode == "master" else 0)
-    s2 = dict(SR=mode == "sr", SEED_COL=2 if mode == "sr" else 0)
-    build(K._sgd_kernel, dict(upd, momentum=F64, dampening=F64, weight_decay=F64),
-          dict(c, **lr, **m2, **s2, W=4 if mode else 3, MOMENTUM=True, FIRST=False,
-               NESTEROV=True, MAXIMIZE=True, WEIGHT_DECAY=True))
-    build(K._lion_kernel, dict(upd, beta1=F64, beta2=F64, weight_decay=F64),
-          dict(c, **lr, **lrt, **m2, **s2, W=5 if mode else 4, MAXIMIZE=True))
     m3 = dict(MASTER=mode == "master", MASTER_COL=3 if mode == "master" else 0)
     s3 = dict(SR=mode == "sr", SEED_COL=3 if mode == "sr" else 0)
-    build(K._sophia_kernel, dict(upd, beta1=F64, rho_bs=F64, weight_decay=F64, eps=F64),
-          dict(c, **lr, **lrt, **m3, **s3, W=6 if mode else 5, MAXIMIZE=True))
-    build(K._sophia_hessian_kernel, dict(table=P64, grads=P64, chunks=P64, beta2=F64, **amp),
-          dict(c, W=2))
+    # the update kernel with every tile: (tile, states, W, steps, op flags); W counts list 0,
+    # the states, a master or seed column, the step and numel
+    for name, states, steps, flags in (("adam", 3, True, 5), ("sgd", 1, False, 5),
+                                       ("lion", 1, True, 1), ("sophia", 2, True, 1),
+                                       ("sophia_update_hessian", 0, False, 0)):  # fmt: skip
+        params = name != "sophia_update_hessian"
+        col = 1 + states if params else 0
+        width = 2 + states + steps + (bool(mode) and params)
+        mm = dict(MASTER=params and mode == "master", MASTER_COL=col if mode == "master" else 0)
+        ss = dict(SR=params and mode == "sr", SEED_COL=col if mode == "sr" else 0)
+        f = (mm["MASTER"], ss["SR"], True) + (True,) * flags
+        v = build(K._update_kernel, dict(upd, **{f"h{i}": F64 for i in range(8)}),
+                  dict(c, **lr, **lrt, **mm, **ss, STEP_T=F32, W=width, PARAMS=params,
+                       STATES=states, STEPS=steps, F=f, SCALARS=getattr(K, f"_{name}_scalars"),
+                       TILE=getattr(K, f"_{name}_tile")))
+        if name == "adam":
+            # 5 streams (4 with a master copy: the param is not read) of 16-byte vectors
+            assert v >= 5 - (mode == "master"), f"adam {pt} {st} {mode}: {v} vector loads"
     lamb = dict(c, **m3, STEP_T=F32, W=6 if mode else 5, EXACT=st == ct, BIAS_CORRECTION=True,
                 MAXIMIZE=True, WEIGHT_DECAY=True)
     base = dict(table=P64, grads=P64, chunks=P64, **amp, **hp)

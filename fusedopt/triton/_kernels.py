@@ -349,6 +349,98 @@ def _increment_steps_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# the elementwise update kernel
+
+
+@triton.jit
+def _update_kernel(
+    table,  # int64 [n, W]: list 0, the state lists[, master][, seed][, step], numel (Note
+    # [pointer tables])
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element) of each program's chunk
+    lr_ptr,  # the learning rate, a 0-d tensor on the device (LR_FROM_PTR)
+    grad_scale_ptr,  # GradScaler's scale (HAS_GRAD_SCALE): grads are divided by it
+    found_inf_ptr,  # GradScaler's found_inf (HAS_FOUND_INF): nonzero -> change nothing
+    lr_value: tl.float64,  # the learning rate when not LR_FROM_PTR
+    h0: tl.float64,  # h0..h7: the op's hyperparameters, in the order its SCALARS reads them
+    h1: tl.float64,
+    h2: tl.float64,
+    h3: tl.float64,
+    h4: tl.float64,
+    h5: tl.float64,
+    h6: tl.float64,
+    h7: tl.float64,
+    PT: tl.constexpr,  # param and grad storage dtype (Note [kernel dtypes])
+    ST: tl.constexpr,  # state storage dtype
+    CT: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 params
+    MASTER: tl.constexpr,  # fp32 master copies in column MASTER_COL
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,  # stochastic rounding with the seed in column SEED_COL
+    SEED_COL: tl.constexpr,
+    STEP_T: tl.constexpr,  # step counter dtype
+    W: tl.constexpr,  # table width
+    LR_FROM_PTR: tl.constexpr,
+    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,  # every address 16-byte aligned
+    CHUNK: tl.constexpr,  # elements per program
+    BLOCK: tl.constexpr,  # elements per tile
+    PARAMS: tl.constexpr,  # list 0 is the params (else the op's first state list)
+    STATES: tl.constexpr,  # the state lists after list 0 in this call (columns 1..STATES)
+    STEPS: tl.constexpr,  # the rows have step counters
+    F: tl.constexpr,  # the tile's flags: (MASTER, SR, HAS_GRAD_SCALE, the op's own...)
+    SCALARS: tl.constexpr,  # the op's scalars function
+    TILE: tl.constexpr,  # the op's tile function
+):
+    """Note [update kernel]
+    Every elementwise update op: ``SCALARS(hp, key, inv_scale, step, lr, CT, LR_T)`` turns the
+    op's fp64 hyperparameters ``hp`` (h0..h7), this tensor's SR key, GradScaler's 1/scale, its
+    step and the lr (fp64) into the tile's per-tensor scalars ``sc`` (Note [scalars in fp64]),
+    then ``TILE`` sweeps the chunk (Note [tiles]) with the pointers ``(param, master, grad,
+    state 1, state 2, state 3)``: the master is the param's without MASTER; a state list the call
+    lacks (STATES smaller) points at the grad and is not touched. Without PARAMS, list 0 takes
+    the param's place, in the state dtype."""
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    if PARAMS:
+        p_ptr, w_ptr, key = _param_ptrs(
+            table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED
+        )
+    else:
+        p_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
+        w_ptr = p_ptr
+        key = _sr_key(table, row, W, SEED_COL, False)
+    s1 = g_ptr
+    s2 = g_ptr
+    s3 = g_ptr
+    if STATES >= 1:
+        s1 = _ptr(table, row, W, 1, ST, ALIGNED)
+    if STATES >= 2:
+        s2 = _ptr(table, row, W, 2, ST, ALIGNED)
+    if STATES >= 3:
+        s3 = _ptr(table, row, W, 3, ST, ALIGNED)
+    if STEPS:
+        step = _step(table, row, W, STEP_T)
+    else:
+        step = tl.full((), 0.0, tl.float64)
+    hp = (
+        tl.full((), h0, tl.float64),
+        tl.full((), h1, tl.float64),
+        tl.full((), h2, tl.float64),
+        tl.full((), h3, tl.float64),
+        tl.full((), h4, tl.float64),
+        tl.full((), h5, tl.float64),
+        tl.full((), h6, tl.float64),
+        tl.full((), h7, tl.float64),
+    )
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    sc = SCALARS(hp, key, _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE), step, lr, CT, LR_T)
+    ptrs = (p_ptr, w_ptr, g_ptr, s1, s2, s3)
+    _sweep(TILE, ptrs, sc, _no_acc(), start, end, PT, ST, CT, F, BLOCK)
+
+
+# ---------------------------------------------------------------------------------------------
 # Adam / AdamW
 
 
@@ -402,82 +494,21 @@ def _adam_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
 
 
 @triton.jit
-def _adam_kernel(
-    table,  # int64 [n, W]: param, exp_avg, exp_avg_sq[, max_exp_avg_sq][, master][, seed], step,
-    # numel (Note [pointer tables])
-    grads,  # int64 [n]: address of each grad
-    chunks,  # int64 [programs, 2]: (table row, first element) of each program's chunk
-    lr_ptr,  # the learning rate, a 0-d tensor on the device (LR_FROM_PTR)
-    grad_scale_ptr,  # GradScaler's scale (HAS_GRAD_SCALE): grads are divided by it
-    found_inf_ptr,  # GradScaler's found_inf (HAS_FOUND_INF): nonzero -> change nothing
-    lr_value: tl.float64,  # the learning rate when not LR_FROM_PTR
-    beta1: tl.float64,
-    beta2: tl.float64,
-    log2_beta1: tl.float64,  # log2(beta1), for beta1^t (Note [scalars in fp64])
-    log2_beta2: tl.float64,
-    weight_decay: tl.float64,
-    eps: tl.float64,
-    PT: tl.constexpr,  # param and grad storage dtype (Note [kernel dtypes])
-    ST: tl.constexpr,  # state storage dtype
-    CT: tl.constexpr,  # compute dtype: fp32, or fp64 for fp64 params
-    MASTER: tl.constexpr,  # fp32 master copies in column MASTER_COL
-    MASTER_COL: tl.constexpr,
-    SR: tl.constexpr,  # stochastic rounding with the seed in column SEED_COL
-    SEED_COL: tl.constexpr,
-    STEP_T: tl.constexpr,  # step counter dtype
-    W: tl.constexpr,  # table width
-    DECOUPLED: tl.constexpr,  # AdamW: decay the param, not the grad
-    AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0 (coupled decay adds wd*p to the grad)
-    LERP_LOW: tl.constexpr,  # 1 - beta1 < 0.5: which form of torch.lerp
-    LR_FROM_PTR: tl.constexpr,
-    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    ALIGNED: tl.constexpr,  # every address 16-byte aligned
-    CHUNK: tl.constexpr,  # elements per program
-    BLOCK: tl.constexpr,  # elements per tile
-):
-    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
-    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    vmax_ptr = m_ptr
-    if AMSGRAD:
-        vmax_ptr = _ptr(table, row, W, 3, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-
-    step = _step(table, row, W, STEP_T)
-    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    bc1 = 1.0 - tl.exp2(step * tl.full((), log2_beta1, tl.float64))
-    bc2 = 1.0 - tl.exp2(step * tl.full((), log2_beta2, tl.float64))
-    b2 = tl.full((), beta2, tl.float64)
-    sc = (
+def _adam_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: beta1, beta2, log2(beta1), log2(beta2), weight_decay, eps."""
+    bc1 = 1.0 - tl.exp2(step * hp[2])
+    bc2 = 1.0 - tl.exp2(step * hp[3])
+    return (
         key,
-        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
-        _lr_decay(lr, weight_decay, LR_T).to(CT),
-        tl.full((), weight_decay, tl.float64).to(CT),
-        (1.0 - tl.full((), beta1, tl.float64)).to(CT),
-        b2.to(CT),
-        (1.0 - b2).to(CT),
-        tl.full((), eps, tl.float64).to(CT),
+        inv_scale.to(CT),
+        _lr_decay(lr, hp[4], LR_T).to(CT),
+        hp[4].to(CT),
+        (1.0 - hp[0]).to(CT),
+        hp[1].to(CT),
+        (1.0 - hp[1]).to(CT),
+        hp[5].to(CT),
         (-_lr_div(lr, bc1, LR_T)).to(CT),
         tl.sqrt(bc2).to(CT),
-    )
-    ptrs = (p_ptr, w_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr)
-    _sweep(
-        _adam_tile,
-        ptrs,
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, SR, HAS_GRAD_SCALE, DECOUPLED, AMSGRAD, MAXIMIZE, WEIGHT_DECAY, LERP_LOW),
-        BLOCK,
     )
 
 
@@ -487,7 +518,7 @@ def _adam_kernel(
 
 @triton.jit
 def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
-    p_ptr, w_ptr, g_ptr, buf_ptr = ptrs
+    p_ptr, w_ptr, g_ptr, buf_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
     key, inv_scale, neg_lr, wd, momentum, omd = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
@@ -522,67 +553,9 @@ def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT:
 
 
 @triton.jit
-def _sgd_kernel(
-    table,  # int64 [n, W]: param[, momentum_buffer][, master][, seed], numel
-    grads,  # int64 [n]: address of each grad
-    chunks,  # int64 [programs, 2]: (table row, first element)
-    lr_ptr,  # 0-d learning rate tensor (LR_FROM_PTR)
-    grad_scale_ptr,  # (HAS_GRAD_SCALE)
-    found_inf_ptr,  # (HAS_FOUND_INF)
-    lr_value: tl.float64,  # learning rate when not LR_FROM_PTR
-    momentum: tl.float64,
-    dampening: tl.float64,
-    weight_decay: tl.float64,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    MASTER_COL: tl.constexpr,
-    SR: tl.constexpr,
-    SEED_COL: tl.constexpr,
-    W: tl.constexpr,
-    MOMENTUM: tl.constexpr,  # momentum buffers exist (momentum != 0)
-    FIRST: tl.constexpr,  # the buffers are created by this step
-    NESTEROV: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0
-    LR_FROM_PTR: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-    buf_ptr = g_ptr  # (unused without momentum)
-    if MOMENTUM:
-        buf_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-
-    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    sc = (
-        key,
-        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
-        (-lr).to(CT),
-        tl.full((), weight_decay, tl.float64).to(CT),
-        tl.full((), momentum, tl.float64).to(CT),
-        (1.0 - tl.full((), dampening, tl.float64)).to(CT),
-    )
-    ptrs = (p_ptr, w_ptr, g_ptr, buf_ptr)
-    _sweep(
-        _sgd_tile,
-        ptrs,
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, SR, HAS_GRAD_SCALE, MOMENTUM, FIRST, NESTEROV, MAXIMIZE, WEIGHT_DECAY),
-        BLOCK,
-    )
+def _sgd_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: momentum, dampening, weight_decay."""
+    return (key, inv_scale.to(CT), (-lr).to(CT), hp[2].to(CT), hp[0].to(CT), (1.0 - hp[1]).to(CT))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +564,7 @@ def _sgd_kernel(
 
 @triton.jit
 def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
-    p_ptr, w_ptr, g_ptr, m_ptr = ptrs
+    p_ptr, w_ptr, g_ptr, m_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
     key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
@@ -614,64 +587,17 @@ def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
 
 
 @triton.jit
-def _lion_kernel(
-    table,  # int64 [n, W]: param, exp_avg[, master][, seed], step; numel
-    grads,  # int64 [n]: address of each grad
-    chunks,  # int64 [programs, 2]: (table row, first element)
-    lr_ptr,  # (LR_FROM_PTR)
-    grad_scale_ptr,  # (HAS_GRAD_SCALE)
-    found_inf_ptr,  # (HAS_FOUND_INF)
-    lr_value: tl.float64,
-    beta1: tl.float64,
-    beta2: tl.float64,
-    weight_decay: tl.float64,
-    PT: tl.constexpr,
-    ST: tl.constexpr,
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    MASTER_COL: tl.constexpr,
-    SR: tl.constexpr,
-    SEED_COL: tl.constexpr,
-    W: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    LR_FROM_PTR: tl.constexpr,
-    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
-    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-
-    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    b1 = tl.full((), beta1, tl.float64)
-    b2 = tl.full((), beta2, tl.float64)
-    sc = (
+def _lion_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: beta1, beta2, weight_decay."""
+    return (
         key,
-        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        inv_scale.to(CT),
         (-lr).to(CT),
-        _lr_decay(lr, weight_decay, LR_T).to(CT),
-        b1.to(CT),
-        (1.0 - b1).to(CT),
-        b2.to(CT),
-        (1.0 - b2).to(CT),
-    )
-    _sweep(
-        _lion_tile,
-        (p_ptr, w_ptr, g_ptr, m_ptr),
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, SR, HAS_GRAD_SCALE, MAXIMIZE),
-        BLOCK,
+        _lr_decay(lr, hp[2], LR_T).to(CT),
+        hp[0].to(CT),
+        (1.0 - hp[0]).to(CT),
+        hp[1].to(CT),
+        (1.0 - hp[1]).to(CT),
     )
 
 
@@ -683,7 +609,7 @@ def _lion_kernel(
 def _sophia_tile(
     ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
-    p_ptr, w_ptr, g_ptr, m_ptr, h_ptr = ptrs
+    p_ptr, w_ptr, g_ptr, m_ptr, h_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]
     key, inv_scale, neg_lr, decay, beta1, omb1, rho_bs, eps = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
@@ -711,76 +637,27 @@ def _sophia_tile(
 
 
 @triton.jit
-def _sophia_kernel(
-    table,  # int64 [n, W]: param, exp_avg, hessian (read only)[, master][, seed], step; numel
-    grads,  # int64 [n]: address of each grad
-    chunks,  # int64 [programs, 2]: (table row, first element)
-    lr_ptr,  # (LR_FROM_PTR)
-    grad_scale_ptr,  # (HAS_GRAD_SCALE)
-    found_inf_ptr,  # (HAS_FOUND_INF)
-    lr_value: tl.float64,
-    beta1: tl.float64,
-    rho_bs: tl.float64,  # rho * bs
-    weight_decay: tl.float64,
-    eps: tl.float64,  # the authors' 1e-15
-    PT: tl.constexpr,
-    ST: tl.constexpr,  # exp_avgs and hessians
-    CT: tl.constexpr,
-    MASTER: tl.constexpr,
-    MASTER_COL: tl.constexpr,
-    SR: tl.constexpr,
-    SEED_COL: tl.constexpr,
-    W: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    LR_FROM_PTR: tl.constexpr,
-    LR_T: tl.constexpr,  # the lr's dtype (Note [Tensor lr arithmetic])
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
-    m_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
-    h_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-
-    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
-    b1 = tl.full((), beta1, tl.float64)
-    sc = (
+def _sophia_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: beta1, rho * bs, weight_decay, eps (the authors' 1e-15)."""
+    return (
         key,
-        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        inv_scale.to(CT),
         (-lr).to(CT),
-        _lr_decay(lr, weight_decay, LR_T).to(CT),
-        b1.to(CT),
-        (1.0 - b1).to(CT),
-        tl.full((), rho_bs, tl.float64).to(CT),
-        tl.full((), eps, tl.float64).to(CT),
-    )
-    ptrs = (p_ptr, w_ptr, g_ptr, m_ptr, h_ptr)
-    _sweep(
-        _sophia_tile,
-        ptrs,
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, SR, HAS_GRAD_SCALE, MAXIMIZE),
-        BLOCK,
+        _lr_decay(lr, hp[2], LR_T).to(CT),
+        hp[0].to(CT),
+        (1.0 - hp[0]).to(CT),
+        hp[1].to(CT),
+        hp[3].to(CT),
     )
 
 
 @triton.jit
-def _sophia_hessian_tile(
+def _sophia_update_hessian_tile(
     ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
-    h_ptr, g_ptr = ptrs
+    h_ptr, g_ptr = ptrs[0], ptrs[2]
     inv_scale, beta2, omb2 = sc
-    HAS_GRAD_SCALE: tl.constexpr = F[0]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
     h = _load(h_ptr, offs, mask, ST, CT)
     g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
@@ -791,41 +668,11 @@ def _sophia_hessian_tile(
 
 
 @triton.jit
-def _sophia_hessian_kernel(
-    table,  # int64 [n, W]: address of each hessian; numel
-    grads,  # int64 [n]: address of each grad
-    chunks,  # int64 [programs, 2]: (table row, first element)
-    grad_scale_ptr,  # (HAS_GRAD_SCALE)
-    found_inf_ptr,  # (HAS_FOUND_INF)
-    beta2: tl.float64,
-    PT: tl.constexpr,  # the grads' dtype (the params')
-    ST: tl.constexpr,  # the hessians' dtype (Sophia's state dtype)
-    CT: tl.constexpr,  # the grads' compute dtype
-    W: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
+def _sophia_update_hessian_scalars(
+    hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr
 ):
-    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
-    h_ptr = _ptr(table, row, W, 0, ST, ALIGNED)
-    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
-    b2 = tl.full((), beta2, tl.float64)
-    sc = (_inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT), b2.to(CT), (1.0 - b2).to(CT))
-    _sweep(
-        _sophia_hessian_tile,
-        (h_ptr, g_ptr),
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (HAS_GRAD_SCALE,),
-        BLOCK,
-    )
+    """hp: beta2."""
+    return (inv_scale.to(CT), hp[0].to(CT), (1.0 - hp[0]).to(CT))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SEED, STATE, STEP, OpDef
+from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SCALAR, SEED, STATE, STEP, OpDef
 from .._ops import wrapper
 from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
@@ -186,69 +186,26 @@ def _increment(
 
 @dataclass(frozen=True)
 class Update:
-    """What an elementwise update op adds to the generic launch (Note [generic launch]).
+    """What an elementwise update op adds to the generic launch (Note [generic launch]), where
+    the registry does not say it: ``hp``, the names of its hyperparameters in the order its
+    SCALARS function in _kernels.py reads them (default: its float scalars); ``flags``, its
+    tile's flags after MASTER, SR and HAS_GRAD_SCALE (default: its bool scalars); ``args(values,
+    call)``, the values of the names in ``hp`` and ``flags`` that are not its arguments;
+    ``grad_dtype``, the grads' dtype when it is not the params' (see _stage)."""
 
-    ``kernel``: its kernel in _kernels.py (taking table, grads, chunks, the arguments of its
-    roles and its own); ``args(values, call)``: its own kernel arguments (hyperparameters,
-    flags); ``states(values)``: the state lists a call has (default: all); ``grad_dtype``:
-    the grads' dtype when it is not the params' (see _stage)."""
-
-    kernel: str
-    args: Callable[[dict[str, Any], _Call], dict[str, Any]]
-    states: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    hp: tuple[str, ...] | None = None
+    flags: tuple[str, ...] | None = None
+    args: Callable[[dict[str, Any], _Call], dict[str, Any]] | None = None
     grad_dtype: Callable[[str, dict[str, Any], mt.Entry], torch.dtype] | None = None
 
 
 def _adam_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
-    e = call.entry
+    """What Adam's and LAMB's kernels derive from their moments' arguments."""
     return dict(
-        beta1=v["beta1"],
-        beta2=v["beta2"],
         log2_beta1=mt.log2(v["beta1"]),
         log2_beta2=mt.log2(v["beta2"]),
-        weight_decay=v["weight_decay"],
-        eps=v["eps"],
-        LR_T=mt.lr_type(v["lr"]),
-        STEP_T=e.step_type,
-        DECOUPLED=v["decoupled_weight_decay"],
-        AMSGRAD=v["amsgrad"],
-        MAXIMIZE=v["maximize"],
-        WEIGHT_DECAY=_nonzero(v["weight_decay"], e.dtype),
-        LERP_LOW=mt.in_compute_type(1.0 - v["beta1"], e.dtype) < 0.5,
-    )
-
-
-def _sgd_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
-    return dict(
-        momentum=v["momentum"],
-        dampening=v["dampening"],
-        weight_decay=v["weight_decay"],
-        MOMENTUM=v["momentum"] != 0,
-        FIRST=v["is_first_step"],
-        NESTEROV=v["nesterov"],
-        MAXIMIZE=v["maximize"],
         WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype),
-    )
-
-
-def _lion_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
-    return dict(
-        beta1=v["beta1"],
-        beta2=v["beta2"],
-        weight_decay=v["weight_decay"],
-        LR_T=mt.lr_type(v["lr"]),
-        MAXIMIZE=v["maximize"],
-    )
-
-
-def _sophia_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
-    return dict(
-        beta1=v["beta1"],
-        rho_bs=v["rho"] * v["bs"],
-        weight_decay=v["weight_decay"],
-        eps=SOPHIA_EPS,
-        LR_T=mt.lr_type(v["lr"]),
-        MAXIMIZE=v["maximize"],
+        LERP_LOW=mt.in_compute_type(1.0 - v["beta1"], call.entry.dtype) < 0.5,
     )
 
 
@@ -268,44 +225,75 @@ def _hessian_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dt
 
 _UPDATES = {
     "adam_": Update(
-        "_adam_kernel",
-        _adam_args,
-        lambda v: ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if v["amsgrad"] else ()),
+        hp=("beta1", "beta2", "log2_beta1", "log2_beta2", "weight_decay", "eps"),
+        flags=("decoupled_weight_decay", "amsgrad", "maximize", "WEIGHT_DECAY", "LERP_LOW"),
+        args=_adam_args,
     ),
     "sgd_": Update(
-        "_sgd_kernel",
-        _sgd_args,
-        lambda v: ("momentum_buffers",) if v["momentum"] != 0 else (),
+        flags=("MOMENTUM", "is_first_step", "nesterov", "maximize", "WEIGHT_DECAY"),
+        args=lambda v, call: dict(
+            MOMENTUM=v["momentum"] != 0, WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype)
+        ),
     ),
-    "lion_": Update("_lion_kernel", _lion_args),
-    "sophia_": Update("_sophia_kernel", _sophia_args),
-    "sophia_update_hessian_": Update(
-        "_sophia_hessian_kernel",
-        lambda v, call: dict(beta2=v["beta2"]),
-        grad_dtype=_hessian_grad_dtype,
+    "sophia_": Update(
+        hp=("beta1", "rho_bs", "weight_decay", "eps"),
+        args=lambda v, call: dict(rho_bs=v["rho"] * v["bs"], eps=SOPHIA_EPS),
     ),
+    "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
+# The ops with passes of their own (below); every other op is an elementwise update.
+_OWN = ("lamb_", "sum_sq")
+_HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
 def _update(name: str, values: dict[str, Any]) -> None:
     """An elementwise update op (Note [generic launch]): steps and seeds +1, then the update."""
-    spec = _UPDATES[name]
-    states = None if spec.states is None else spec.states(values)
+    d = OPS[name]
+    spec = _UPDATES.get(name, Update())
+    first = (d.role(PARAM) or d.role(STATE))[0].name
+    # a state list with a `when` scalar is passed only when that scalar is nonzero
+    states = tuple(
+        a.name for a in d.role(STATE) if a.name != first and (a.when is None or values[a.when])
+    )
     call = _stage(name, values, states, spec.grad_dtype)
     if call is None:
         return
     entry = call.entry
     with _device_ctx(entry.device):
-        _kernel_args(OPS[name], call)
+        _kernel_args(d, call)
+        args = dict(call.kernel_args)
+        named = {**values, **(spec.args(values, call) if spec.args else {})}
+        scalars = [a.name for a in d.role(SCALAR)]
+        hp = spec.hp or tuple(n for n in scalars if d.arg(n).type == "float")
+        flags = spec.flags or tuple(n for n in scalars if d.arg(n).type == "bool")
+        assert len(hp) <= _HP_SLOTS, f"{name}: more hyperparameters than _update_kernel takes"
+        hp_values = [float(named[n]) for n in hp] + [0.0] * (_HP_SLOTS - len(hp))
+        if not d.role(LR):
+            args.update(lr_ptr=entry.table, lr_value=0.0, LR_FROM_PTR=False)
+        args.setdefault("MASTER", False)
+        args.setdefault("MASTER_COL", 0)
+        args.setdefault("SR", False)
+        args.setdefault("SEED_COL", 0)
+        short = name.rstrip("_")
+        k = _k()
         entry.stage_in(call.lists, values["grads"])
         _increment(entry, call.found_inf)
         if entry.programs:
-            getattr(_k(), spec.kernel)[(entry.programs,)](
+            k._update_kernel[(entry.programs,)](
                 entry.table,
                 call.grad_table,
                 entry.chunks,
-                **call.kernel_args,
-                **spec.args(values, call),
+                **args,
+                **{f"h{i}": x for i, x in enumerate(hp_values)},
+                STEP_T=entry.step_type if d.role(STEP) else tl.float32,
+                LR_T=mt.lr_type(values["lr"]) if d.role(LR) else tl.float32,
+                PARAMS=bool(d.role(PARAM)),
+                STATES=len(states),
+                STEPS=bool(d.role(STEP)),
+                F=(args["MASTER"], args["SR"], args["HAS_GRAD_SCALE"])
+                + tuple(bool(named[n]) for n in flags),
+                SCALARS=getattr(k, f"_{short}_scalars"),
+                TILE=getattr(k, f"_{short}_tile"),
                 **_OPTS,
             )
         entry.stage_out(call.lists, call.written())
@@ -385,18 +373,14 @@ def _lamb(values: dict[str, Any]) -> None:
         sr = {"SR": args.pop("SR"), "SEED_COL": args.pop("SEED_COL")}
         common = dict(
             args,
-            beta1=v["beta1"],
-            beta2=v["beta2"],
-            log2_beta1=mt.log2(v["beta1"]),
-            log2_beta2=mt.log2(v["beta2"]),
-            weight_decay=v["weight_decay"],
-            eps=v["eps"],
+            **{k: v[k] for k in ("beta1", "beta2", "weight_decay", "eps")},
+            **_adam_args(v, call),
             STEP_T=entry.step_type,
             EXACT=exact,
             BIAS_CORRECTION=v["bias_correction"],
             MAXIMIZE=v["maximize"],
-            WEIGHT_DECAY=_nonzero(v["weight_decay"], entry.dtype),
         )
+        del common["LERP_LOW"]  # (LAMB's moments are not a torch.lerp)
         if entry.programs and phase != 2:
             k._lamb_norms_kernel[(entry.programs,)](
                 entry.table, call.grad_table, entry.chunks, partials, **common, **_OPTS
@@ -475,7 +459,7 @@ def _sum_sq(tensors: list[Tensor]) -> Tensor:
 
 
 _RUN: dict[str, Callable[..., Any]] = {
-    **{name: (lambda values, name=name: _update(name, values)) for name in _UPDATES},
+    **{name: (lambda values, name=name: _update(name, values)) for name in OPS if name not in _OWN},
     "lamb_": _lamb,
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
