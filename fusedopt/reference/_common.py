@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._opdefs import MIXED
+from .._opdefs import MIXED, OPS, STATE
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -293,21 +293,26 @@ def advance_seeds(seeds: list[Tensor | None]) -> None:
 
 
 def begin(
-    op: str, args: dict[str, Any], states: tuple[str, ...], like: bool = True, advance: bool = True
+    op: str, *values: Any, like: bool = True, advance: bool = True
 ) -> tuple[list[Tensor | None], list[Tensor | None], float] | None:
     """The prologue of every update, in the compiled ops' order, from the update's arguments
-    ``args`` (its arguments by name; not ``locals()``, which torch 2.11's dynamo cannot trace): with ``like``, the grads and the ``states`` lists
-    against the params (check_like_params); the mixed-precision arguments and the states'
-    dtype (check_mixed); one step counter per param, for an op with ``state_steps``
-    (check_steps). Then None if GradScaler found inf/NaN (the step changes nothing), else the SR
-    seeds advanced (``advance``) and (masters, seeds, 1 / grad_scale), per param."""
+    ``values`` (all of them, in the order of the registry's OPS[op], whose names they get:
+    not ``locals()``, which torch 2.11's dynamo cannot trace): with ``like``, the grads and the
+    state lists against the params (check_like_params); the mixed-precision arguments and the
+    states' dtype (check_mixed); one step counter per param, for an op with ``state_steps``
+    (check_steps). A state list with a ``when`` scalar counts only when that is true. Then None
+    if GradScaler found inf/NaN (the step changes nothing), else the SR seeds advanced
+    (``advance``) and (masters, seeds, 1 / grad_scale), per param."""
+    d = OPS[op]
+    args = dict(zip(d.names, values))
+    label = f"fusedopt.{op}"
     params = args["params"]
-    lists = {name: args[name] for name in states}
+    lists = {a.name: args[a.name] for a in d.role(STATE) if a.when is None or args[a.when]}
     if like:
-        check_like_params(op, params, grads=args["grads"], **lists)
-    masters, seeds = check_mixed(op, params, args["master_params"], args["sr_seeds"], **lists)
+        check_like_params(label, params, grads=args["grads"], **lists)
+    masters, seeds = check_mixed(label, params, args["master_params"], args["sr_seeds"], **lists)
     if "state_steps" in args:
-        check_steps(op, params, args["state_steps"])
+        check_steps(label, params, args["state_steps"])
     if skip_step(args["found_inf"]):
         return None
     if advance:

@@ -43,24 +43,9 @@ def adam_(
     The operation order is torch.optim's single-tensor implementation's. Mixed precision
     (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
-    states = ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if amsgrad else ())
-    mixed = begin(
-        "fusedopt.adam_",
-        dict(
-            params=params,
-            grads=grads,
-            exp_avgs=exp_avgs,
-            exp_avg_sqs=exp_avg_sqs,
-            max_exp_avg_sqs=max_exp_avg_sqs,
-            state_steps=state_steps,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        states,
-        like=False,
-    )
+    mixed = begin("adam_", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
+                  beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+                  grad_scale, found_inf, master_params, sr_seeds, like=False)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed

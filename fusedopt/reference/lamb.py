@@ -60,22 +60,10 @@ def lamb_(
             f"fusedopt.lamb_: phase {phase} needs sq_sums of shape ({len(params)}, 2)"
         )
     # Note [LAMB phases]: phase 1 counts the step, phase 2 advances the seeds
-    mixed = begin(
-        "fusedopt.lamb_",
-        dict(
-            params=params,
-            grads=grads,
-            exp_avgs=exp_avgs,
-            exp_avg_sqs=exp_avg_sqs,
-            state_steps=state_steps,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        ("exp_avgs", "exp_avg_sqs"),
-        advance=phase != 1,
-    )
+    mixed = begin("lamb_", params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2,
+                  weight_decay, eps, bias_correction, trust_clip, maximize, tensor_norms,
+                  grad_scale, found_inf, master_params, sr_seeds, phase, sq_sums,
+                  advance=phase != 1)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed

@@ -32,20 +32,8 @@ def lion_(
 
     The operation order is lion-pytorch's. ``torch.sign`` maps NaN to 0.
     """
-    mixed = begin(
-        "fusedopt.lion_",
-        dict(
-            params=params,
-            grads=grads,
-            exp_avgs=exp_avgs,
-            state_steps=state_steps,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        ("exp_avgs",),
-    )
+    mixed = begin("lion_", params, grads, exp_avgs, state_steps, lr, beta1, beta2, weight_decay,
+                  maximize, grad_scale, found_inf, master_params, sr_seeds)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed

@@ -33,20 +33,9 @@ def sgd_(
     (``is_first_step``) their old contents are ignored. Mixed precision: see
     ``_common.check_mixed``.
     """
-    mixed = begin(
-        "fusedopt.sgd_",
-        dict(
-            params=params,
-            grads=grads,
-            momentum_buffers=momentum_buffers,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        ("momentum_buffers",),
-        like=False,
-    )
+    mixed = begin("sgd_", params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                  nesterov, maximize, is_first_step, grad_scale, found_inf, master_params, sr_seeds,
+                  like=False)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed

@@ -48,21 +48,9 @@ def sophia_(
     with ``b`` the batch size ``bs``; ``hessians`` (h) is only read (see
     :func:`sophia_update_hessian_`).
     """
-    mixed = begin(
-        "fusedopt.sophia_",
-        dict(
-            params=params,
-            grads=grads,
-            exp_avgs=exp_avgs,
-            hessians=hessians,
-            state_steps=state_steps,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        ("exp_avgs", "hessians"),
-    )
+    mixed = begin("sophia_", params, grads, exp_avgs, hessians, state_steps, lr, beta1, rho,
+                  bs, weight_decay, maximize, grad_scale, found_inf, master_params,
+                  sr_seeds)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed
