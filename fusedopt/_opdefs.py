@@ -188,6 +188,14 @@ def _b(name: str) -> Arg:
     return Arg(name, "bool")
 
 
+def _adam_head(*more_states: Arg) -> tuple[Arg, ...]:
+    """What Adam's and LAMB's signatures begin with: the lists, two moments (and ``more_states``),
+    the steps, lr, betas, weight decay and eps."""
+    moments = (_state("exp_avgs", "exp_avg"), _state("exp_avg_sqs", "exp_avg_sq"), *more_states)
+    scalars = (_f("beta1"), _f("beta2"), _f("weight_decay"), _f("eps"))
+    return (_params(), _grads(), *moments, _steps(), _lr(), *scalars)
+
+
 _AMP = (
     Arg("grad_scale", "Tensor?", AMP, default="None"),
     Arg("found_inf", "Tensor?", AMP, default="None"),
@@ -207,17 +215,7 @@ _DEFS = (
     OpDef(
         "adam_",
         (
-            _params(),
-            _grads(),
-            _state("exp_avgs", "exp_avg"),
-            _state("exp_avg_sqs", "exp_avg_sq"),
-            _state("max_exp_avg_sqs", "max_exp_avg_sq", when="amsgrad"),
-            _steps(),
-            _lr(),
-            _f("beta1"),
-            _f("beta2"),
-            _f("weight_decay"),
-            _f("eps"),
+            *_adam_head(_state("max_exp_avg_sqs", "max_exp_avg_sq", when="amsgrad")),
             _b("amsgrad"),
             _b("maximize"),
             _b("decoupled_weight_decay"),
@@ -264,16 +262,7 @@ _DEFS = (
     OpDef(
         "lamb_",
         (
-            _params(),
-            _grads(),
-            _state("exp_avgs", "exp_avg"),
-            _state("exp_avg_sqs", "exp_avg_sq"),
-            _steps(),
-            _lr(),
-            _f("beta1"),
-            _f("beta2"),
-            _f("weight_decay"),
-            _f("eps"),
+            *_adam_head(),
             _b("bias_correction"),
             Arg("trust_clip", "float?"),
             _b("maximize"),
