@@ -14,12 +14,15 @@ included (master_params, sr_seeds, state dtypes: Note [mixed dtypes] in _multi_t
 
 Note [generic launch]
 What is common to the ops is read from their registry entries (fusedopt/_opdefs.py), by role:
-the table's lists (the params, or sophia_update_hessian_'s hessians, then the state lists, then
-the masters), the step counters and SR seeds (incremented in one launch before the update), the
-lr, GradScaler's grad_scale / found_inf and the mixed-precision columns: validation, staging and
-these kernel arguments are handled once (:func:`_stage`). An elementwise op adds an
-:class:`Update`: its kernel, which of its state lists a call has, and its own kernel arguments
-(hyperparameters and flags). LAMB's passes and sum_sq's reduction are written out below.
+the table's lists (the params, or sophia_update_hessian_'s hessians, then the state lists the
+call has (a list with a ``when`` scalar only when that is true), then the masters), the step
+counters and SR seeds (incremented in one launch before the update), the lr, GradScaler's
+grad_scale / found_inf and the mixed-precision columns: validation, staging and these kernel
+arguments are handled once (:func:`_stage`). Every op but LAMB and sum_sq (written out below)
+is an elementwise update: one launch of _kernels._update_kernel (Note [update kernel]) with
+the op's tile and scalars functions (``_<name>_tile``, ``_<name>_scalars``), its float scalars
+as the hyperparameters and its bool scalars as the tile's flags, unless an :class:`Update` in
+``_UPDATES`` says otherwise.
 """
 
 from __future__ import annotations
