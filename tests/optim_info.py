@@ -58,12 +58,12 @@ class Config:
 class OptimInfo:
     name: str  # the test id prefix
     cls: type
-    torch_cls: type | None  # torch.optim's twin: the parity judge and the checkpoint partner
     op: str  # its update op in fusedopt._opdefs.OPS
     state_keys: tuple[str, ...]  # per-param state with the default options, in torch's order
     supports: frozenset[str]  # options beyond lr / weight_decay / maximize
     tolerance: str  # "vs_torch" (helpers.TOL_VS_TORCH) or "vs_fp64" (test_lion_lamb_sophia.bound)
     configs: dict[str, Config]
+    torch_cls: type | None = None  # torch.optim's twin: the parity judge and the checkpoint partner
     # state a checkpoint may lack (made again at load, as torch or the common twin does)
     optional_state: tuple[str, ...] = ()
     # (kwargs, exception type): refused with torch.optim's exception and message
@@ -213,7 +213,6 @@ OPTIMS = [
     OptimInfo(
         name="lion",
         cls=fusedopt.Lion,
-        torch_cls=None,
         op="lion_",
         state_keys=("step", "exp_avg"),
         optional_state=("step",),  # lion-pytorch's and timm's checkpoints have no step
@@ -246,7 +245,6 @@ OPTIMS = [
     OptimInfo(
         name="lamb",
         cls=fusedopt.LAMB,
-        torch_cls=None,
         op="lamb_",
         state_keys=("step", "exp_avg", "exp_avg_sq"),
         supports=_COMMON | {"trust_clip", "bias_correction"},
@@ -282,7 +280,6 @@ OPTIMS = [
     OptimInfo(
         name="sophia",
         cls=fusedopt.Sophia,
-        torch_cls=None,
         op="sophia_",
         state_keys=("step", "exp_avg", "hessian"),
         supports=_COMMON | {"update_hessian"},

@@ -246,28 +246,13 @@ def _draw_landscape(ax: Any, land: Landscape) -> None:
     z = z.clip(min=floor)
     ax.contourf(gx, gy, z, levels=levels, norm=LogNorm(), cmap="Greys_r", alpha=0.55)
     ax.contour(gx, gy, z, levels=levels, norm=LogNorm(), colors="0.35", linewidths=0.5, alpha=0.6)
-    mx, my = zip(*land.minima)
-    ax.plot(
-        mx,
-        my,
-        marker="*",
-        ms=16,
-        ls="none",
-        color="gold",
-        markeredgecolor="black",
-        zorder=5,
-        label="minimum",
-    )
-    ax.plot(
-        *land.start,
-        marker="o",
-        ms=9,
-        ls="none",
-        color="white",
-        markeredgecolor="black",
-        zorder=5,
-        label="start",
-    )
+    points = {
+        "minimum": (zip(*land.minima), "*", 16, "gold"),
+        "start": (land.start, "o", 9, "white"),
+    }
+    for label, (xy, marker, size, color) in points.items():
+        style = {"marker": marker, "ms": size, "color": color, "markeredgecolor": "black"}
+        ax.plot(*xy, ls="none", zorder=5, label=label, **style)
     ax.set_xlim(*land.xlim)
     ax.set_ylim(*land.ylim)
     ax.set_xlabel("x")

@@ -154,6 +154,16 @@ def load_param(param: Tensor, master: Tensor | None, dt: torch.dtype) -> Tensor:
     return (master if master is not None else param).to(dt)
 
 
+def load_update(
+    param: Tensor, master: Tensor | None, grad: Tensor, s: float, maximize: bool
+) -> tuple[torch.dtype, Tensor, Tensor]:
+    """(opmath dtype, theta, g) of one param: g the grad times 1 / grad_scale ``s``, negated
+    with ``maximize``."""
+    dt = opmath_dtype(param.dtype)
+    g = grad.to(dt) * s
+    return dt, load_param(param, master, dt), -g if maximize else g
+
+
 def store_param(param: Tensor, master: Tensor | None, seed: Tensor | None, p: Tensor) -> None:
     """Writes the new theta: master + rounded param, stochastically rounded param, or param."""
     if master is not None:

@@ -4,7 +4,7 @@ import math
 
 from torch import Tensor
 
-from ._common import begin, load_param, lr_arith, opmath_dtype, store_param
+from ._common import begin, load_update, lr_arith, store_param
 
 
 def adam_(
@@ -54,11 +54,7 @@ def adam_(
     for i, param in enumerate(params):
         state_steps[i] += 1
         step = float(state_steps[i].item())
-        dt = opmath_dtype(param.dtype)
-        p = load_param(param, masters[i], dt)
-        g = grads[i].to(dt) * s
-        if maximize:
-            g = -g
+        dt, p, g = load_update(param, masters[i], grads[i], s, maximize)
         m = exp_avgs[i].to(dt)
         v = exp_avg_sqs[i].to(dt)
         if decoupled_weight_decay:

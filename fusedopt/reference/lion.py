@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import begin, load_param, lr_arith, opmath_dtype, scalar, store_param
+from ._common import begin, load_update, lr_arith, scalar, store_param
 
 
 def lion_(
@@ -41,11 +41,7 @@ def lion_(
     lr = scalar(lr)
     for i, param in enumerate(params):
         state_steps[i] += 1
-        dt = opmath_dtype(param.dtype)
-        p = load_param(param, masters[i], dt)
-        g = grads[i].to(dt) * s
-        if maximize:
-            g = -g
+        dt, p, g = load_update(param, masters[i], grads[i], s, maximize)
         m = exp_avgs[i].to(dt)
         p = p * decay
         c = (m * beta1).add(g, alpha=1 - beta1)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import begin, load_param, opmath_dtype, scalar, store_param
+from ._common import begin, load_update, scalar, store_param
 
 
 def sgd_(
@@ -41,11 +41,7 @@ def sgd_(
     masters, seeds, s = mixed
     lr = scalar(lr)
     for i, param in enumerate(params):
-        dt = opmath_dtype(param.dtype)
-        p = load_param(param, masters[i], dt)
-        g = grads[i].to(dt) * s
-        if maximize:
-            g = -g
+        dt, p, g = load_update(param, masters[i], grads[i], s, maximize)
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         if momentum != 0:

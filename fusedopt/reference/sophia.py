@@ -6,7 +6,7 @@ from ._common import (
     begin,
     check_like_params,
     inv_scale,
-    load_param,
+    load_update,
     lr_arith,
     opmath_dtype,
     scalar,
@@ -58,11 +58,7 @@ def sophia_(
     lr = scalar(lr)
     for i, param in enumerate(params):
         state_steps[i] += 1
-        dt = opmath_dtype(param.dtype)
-        p = load_param(param, masters[i], dt)
-        g = grads[i].to(dt) * s
-        if maximize:
-            g = -g
+        dt, p, g = load_update(param, masters[i], grads[i], s, maximize)
         m = exp_avgs[i].to(dt)
         h = hessians[i].to(dt)
         p = p * decay

@@ -692,39 +692,38 @@ def _sophia_update_hessian_scalars(
 
 
 @triton.jit
-def _lamb_u(
-    p,
-    g,
-    m,
-    v,
-    inv_scale,
-    beta1,
-    omb1,
-    beta2,
-    omb2,
-    bc1,
-    bc2,
-    eps,
-    wd,
-    MAXIMIZE: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr,
-):
-    """(m, v, u): the new moments and the update direction
-    u = (m/bc1) / (sqrt(v/bc2) + eps) + wd*p."""
-    if HAS_GRAD_SCALE:
-        g = g * inv_scale
-    if MAXIMIZE:
-        g = -g
-    m = m * beta1 + omb1 * g
-    v = v * beta2 + omb2 * g * g
+def _lamb_dir(p, m, v, sc, WEIGHT_DECAY: tl.constexpr):
+    """The update direction u = (m/bc1) / (sqrt(v/bc2) + eps) + wd*p (sc: _lamb_scalars')."""
+    bc1, bc2, eps, wd = sc[5], sc[6], sc[7], sc[8]
     if m.dtype == tl.float32:  # Note [exact rounding]
         u = tl.div_rn(tl.div_rn(m, bc1), tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
     else:
         u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
     if WEIGHT_DECAY:
         u = u + wd * p
-    return m, v, u
+    return u
+
+
+@triton.jit
+def _lamb_u(
+    p,
+    g,
+    m,
+    v,
+    sc,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    """(m, v, u): the new moments and the update direction (sc: _lamb_scalars')."""
+    inv_scale, beta1, omb1, beta2, omb2 = sc[0], sc[1], sc[2], sc[3], sc[4]
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    if MAXIMIZE:
+        g = -g
+    m = m * beta1 + omb1 * g
+    v = v * beta2 + omb2 * g * g
+    return m, v, _lamb_dir(p, m, v, sc, WEIGHT_DECAY)
 
 
 @triton.jit
@@ -734,17 +733,14 @@ def _lamb_scalars(
     grad_scale_ptr,
     W: tl.constexpr,
     STEP_T: tl.constexpr,
-    beta1,
-    beta2,
-    log2_beta1,
-    log2_beta2,
-    eps,
-    weight_decay,
+    hp,
     BIAS_CORRECTION: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     CT: tl.constexpr,
 ):
-    """(inv_scale, beta1, 1-beta1, beta2, 1-beta2, bc1, bc2, eps, wd) in the compute type."""
+    """(inv_scale, beta1, 1-beta1, beta2, 1-beta2, bc1, bc2, eps, wd) in the compute type, from
+    hp = (beta1, beta2, log2(beta1), log2(beta2), eps, weight_decay)."""
+    beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay = hp
     bc1 = tl.full((), 1.0, tl.float64)
     bc2 = tl.full((), 1.0, tl.float64)
     if BIAS_CORRECTION:
@@ -771,7 +767,6 @@ def _lamb_norms_tile(
     ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
     p_ptr, w_ptr, g_ptr, m_ptr, v_ptr = ptrs
-    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc
     MASTER: tl.constexpr = F[0]
     HAS_GRAD_SCALE: tl.constexpr = F[1]
     EXACT: tl.constexpr = F[2]
@@ -782,24 +777,7 @@ def _lamb_norms_tile(
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
-    m, v, u = _lamb_u(
-        p,
-        g,
-        m,
-        v,
-        inv_scale,
-        b1,
-        omb1,
-        b2,
-        omb2,
-        bc1,
-        bc2,
-        eps,
-        wd,
-        MAXIMIZE,
-        HAS_GRAD_SCALE,
-        WEIGHT_DECAY,
-    )
+    m, v, u = _lamb_u(p, g, m, v, sc, MAXIMIZE, HAS_GRAD_SCALE, WEIGHT_DECAY)
     if EXACT:
         _store(m_ptr, offs, m, mask, ST)
         _store(v_ptr, offs, v, mask, ST)
@@ -866,36 +844,13 @@ def _lamb_norms_kernel(
 ):
     row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
     ptrs, _ = _lamb_pointers(table, grads, row, W, PT, ST, MASTER, MASTER_COL, 0, False, ALIGNED)
+    hp = (beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay)
     sc = _lamb_scalars(
-        table,
-        row,
-        grad_scale_ptr,
-        W,
-        STEP_T,
-        beta1,
-        beta2,
-        log2_beta1,
-        log2_beta2,
-        eps,
-        weight_decay,
-        BIAS_CORRECTION,
-        HAS_GRAD_SCALE,
-        CT,
+        table, row, grad_scale_ptr, W, STEP_T, hp, BIAS_CORRECTION, HAS_GRAD_SCALE, CT
     )
     acc = (tl.zeros((BLOCK,), tl.float64), tl.zeros((BLOCK,), tl.float64))
-    acc_pp, acc_uu = _sweep(
-        _lamb_norms_tile,
-        ptrs,
-        sc,
-        acc,
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
-        BLOCK,
-    )
+    flags = (MASTER, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY)
+    acc_pp, acc_uu = _sweep(_lamb_norms_tile, ptrs, sc, acc, start, end, PT, ST, CT, flags, BLOCK)
     pid = tl.program_id(0).to(tl.int64)
     tl.store(partials + 2 * pid, tl.sum(acc_pp, axis=0))
     tl.store(partials + 2 * pid + 1, tl.sum(acc_uu, axis=0))
@@ -966,9 +921,7 @@ def _lamb_apply_tile(
     ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
 ):
     p_ptr, w_ptr, g_ptr, m_ptr, v_ptr = ptrs
-    key = sc[0]
-    neg_step = sc[1]
-    inv_scale, b1, omb1, b2, omb2, bc1, bc2, eps, wd = sc[2]
+    key, neg_step, lamb = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
     HAS_GRAD_SCALE: tl.constexpr = F[2]
@@ -979,32 +932,10 @@ def _lamb_apply_tile(
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
     if EXACT:  # the moments pass 1 stored; u from them, as pass 1 computed it
-        if m.dtype == tl.float32:  # Note [exact rounding]
-            u = tl.div_rn(tl.div_rn(m, bc1), tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
-        else:
-            u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
-        if WEIGHT_DECAY:
-            u = u + wd * p
+        u = _lamb_dir(p, m, v, lamb, WEIGHT_DECAY)
     else:  # the old moments: recompute the new ones and u exactly as pass 1 did
         g = _load(g_ptr, offs, mask, PT, CT)
-        m, v, u = _lamb_u(
-            p,
-            g,
-            m,
-            v,
-            inv_scale,
-            b1,
-            omb1,
-            b2,
-            omb2,
-            bc1,
-            bc2,
-            eps,
-            wd,
-            MAXIMIZE,
-            HAS_GRAD_SCALE,
-            WEIGHT_DECAY,
-        )
+        m, v, u = _lamb_u(p, g, m, v, lamb, MAXIMIZE, HAS_GRAD_SCALE, WEIGHT_DECAY)
         _store(m_ptr, offs, m, mask, ST)
         _store(v_ptr, offs, v, mask, ST)
     p = p + neg_step * u
@@ -1049,36 +980,13 @@ def _lamb_apply_kernel(
     ptrs, key = _lamb_pointers(
         table, grads, row, W, PT, ST, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED
     )
+    hp = (beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay)
     sc = _lamb_scalars(
-        table,
-        row,
-        grad_scale_ptr,
-        W,
-        STEP_T,
-        beta1,
-        beta2,
-        log2_beta1,
-        log2_beta2,
-        eps,
-        weight_decay,
-        BIAS_CORRECTION,
-        HAS_GRAD_SCALE,
-        CT,
+        table, row, grad_scale_ptr, W, STEP_T, hp, BIAS_CORRECTION, HAS_GRAD_SCALE, CT
     )
     sc = (key, tl.load(neg_steps + row).to(CT), sc)
-    _sweep(
-        _lamb_apply_tile,
-        ptrs,
-        sc,
-        _no_acc(),
-        start,
-        end,
-        PT,
-        ST,
-        CT,
-        (MASTER, SR, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
-        BLOCK,
-    )
+    flags = (MASTER, SR, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY)
+    _sweep(_lamb_apply_tile, ptrs, sc, _no_acc(), start, end, PT, ST, CT, flags, BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------
