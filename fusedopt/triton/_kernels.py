@@ -849,8 +849,20 @@ def _lamb_norms_kernel(
         table, row, grad_scale_ptr, W, STEP_T, hp, BIAS_CORRECTION, HAS_GRAD_SCALE, CT
     )
     acc = (tl.zeros((BLOCK,), tl.float64), tl.zeros((BLOCK,), tl.float64))
-    flags = (MASTER, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY)
-    acc_pp, acc_uu = _sweep(_lamb_norms_tile, ptrs, sc, acc, start, end, PT, ST, CT, flags, BLOCK)
+    # (the flags as a literal: a tuple held in a variable loses its constexpr-ness)
+    acc_pp, acc_uu = _sweep(
+        _lamb_norms_tile,
+        ptrs,
+        sc,
+        acc,
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
+        BLOCK,
+    )
     pid = tl.program_id(0).to(tl.int64)
     tl.store(partials + 2 * pid, tl.sum(acc_pp, axis=0))
     tl.store(partials + 2 * pid + 1, tl.sum(acc_uu, axis=0))
@@ -985,8 +997,19 @@ def _lamb_apply_kernel(
         table, row, grad_scale_ptr, W, STEP_T, hp, BIAS_CORRECTION, HAS_GRAD_SCALE, CT
     )
     sc = (key, tl.load(neg_steps + row).to(CT), sc)
-    flags = (MASTER, SR, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY)
-    _sweep(_lamb_apply_tile, ptrs, sc, _no_acc(), start, end, PT, ST, CT, flags, BLOCK)
+    _sweep(
+        _lamb_apply_tile,
+        ptrs,
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, EXACT, MAXIMIZE, WEIGHT_DECAY),
+        BLOCK,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
