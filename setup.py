@@ -144,7 +144,7 @@ def _extensions():
     ]
     if build_cuda:
         registry += ["--cuda", os.path.join("build", "generated_cuda")]
-    generated_cu = subprocess.run(registry, check=True, capture_output=True, text=True).stdout
+    generated_cu = subprocess.run(registry, check=True, stdout=subprocess.PIPE, text=True).stdout
     generated_cu = [os.path.relpath(p) for p in generated_cu.split()]
     # The compile flags and source globs, shared with CMakeLists.txt (csrc/build.json).
     # csrc/cuda/*.cpp is host code, built either way: the CUDA ops' glue (registered only with
