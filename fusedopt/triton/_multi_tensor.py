@@ -355,7 +355,8 @@ def prepare(
     capture = capturing(lists[0][0].device)
     entry = _cache.get(key)
     if entry is None:
-        entry = _build(op, names, lists, steps, master, seeds, capture)
+        checked = _validate(op, names, lists, steps, master, seeds)
+        entry = _build(checked, lists, steps, master, seeds, capture)
         entry.captured = capture
         _cache[key] = entry
         _evict()
@@ -381,15 +382,15 @@ def _evict() -> None:
 
 
 def _build(
-    op: str,
-    names: tuple[str, ...],
+    checked: tuple[torch.device, torch.dtype, torch.dtype],
     lists: list[list[Tensor]],
     steps: list[Tensor] | None,
     master: bool,
     seeds: list[Tensor] | None,
     capture: bool,
 ) -> Entry:
-    device, dtype, state_dtype = _validate(op, names, lists, steps, master, seeds)
+    """The tables of a validated call (``checked``: what _validate returned)."""
+    device, dtype, state_dtype = checked
     assert CHUNK % 16 == 0, "chunk starts must keep 16-element alignment (ALIGNED)"
     stats["builds"] += 1
     params = lists[0]
