@@ -12,7 +12,7 @@ from . import amp, schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
 from .clip import clip_grad_norm_
-from .optim import LAMB, SGD, Adam, AdamW, Lion, Sophia
+from .optim import LAMB, SGD, Adam, AdamW, Lion, ScheduleFreeAdamW, Sophia
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Lion",
+    "ScheduleFreeAdamW",
     "Sophia",
     "BackendInfo",
     "amp",

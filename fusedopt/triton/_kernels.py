@@ -676,6 +676,118 @@ def _lion_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# Schedule-Free AdamW
+
+
+@triton.jit
+def _schedule_free_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    p_ptr, w_ptr, g_ptr, z_ptr, v_ptr = ptrs
+    key, inv_scale, beta2, omb2, bc2, eps, wd, ckp1, y_step, neg_lr = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    WEIGHT_DECAY: tl.constexpr = F[3]
+    LERP_LOW: tl.constexpr = F[4]
+    y = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    z = _load(z_ptr, offs, mask, ST, CT)
+    v = _load(v_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    v = v * beta2
+    v = v + omb2 * g * g
+    if tl.float32 == CT:  # Note [exact rounding]
+        u = tl.div_rn(g, tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
+    else:
+        u = g / (tl.sqrt(v / bc2) + eps)
+    if WEIGHT_DECAY:
+        u = u + wd * y
+    # torch.lerp (ATen Lerp.h): the form depends on the (per-call) weight ckp1.
+    if LERP_LOW:
+        y = y + ckp1 * (z - y)
+    else:
+        y = z - (z - y) * (1.0 - ckp1)
+    y = y + y_step * u
+    z = z + neg_lr * u
+    _store_param(p_ptr, w_ptr, offs, y, mask, key, PT, MASTER, SR)
+    _store(z_ptr, offs, z, mask, ST)
+    _store(v_ptr, offs, v, mask, ST)
+    return acc
+
+
+@triton.jit
+def _schedule_free_kernel(
+    table,  # int64 [n, W]: param (y), z, exp_avg_sq[, master][, seed], numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    lr_ptr,  # (LR_FROM_PTR)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    lr_value: tl.float64,
+    beta1: tl.float64,
+    beta2: tl.float64,
+    eps: tl.float64,
+    weight_decay: tl.float64,
+    sched: tl.float64,
+    ckp1: tl.float64,
+    bias_correction2: tl.float64,
+    PT: tl.constexpr,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
+    W: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,  # weight_decay != 0
+    LERP_LOW: tl.constexpr,  # ckp1 < 0.5: which form of torch.lerp
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
+    z_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    v_ptr = _ptr(table, row, W, 2, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+
+    # schedulefree's Python float arithmetic (fp64), as csrc's make_schedule_free_scalars
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR) * tl.full((), sched, tl.float64)
+    c = tl.full((), ckp1, tl.float64)
+    b2 = tl.full((), beta2, tl.float64)
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        b2.to(CT),
+        (1.0 - b2).to(CT),
+        tl.full((), bias_correction2, tl.float64).to(CT),
+        tl.full((), eps, tl.float64).to(CT),
+        tl.full((), weight_decay, tl.float64).to(CT),
+        c.to(CT),
+        (lr * (tl.full((), beta1, tl.float64) * (1.0 - c) - 1.0)).to(CT),
+        (-lr).to(CT),
+    )
+    _sweep(
+        _schedule_free_tile,
+        (p_ptr, w_ptr, g_ptr, z_ptr, v_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE, WEIGHT_DECAY, LERP_LOW),
+        BLOCK,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # SophiaG
 
 

@@ -2,7 +2,7 @@
 launch a fixed number of kernels per call, whatever the number of tensors:
 
   adam_, lion_, sophia_   increment the step counters (and SR seeds); the update   2 launches
-  sgd_                    (increment the SR seeds;) the update                     1 (2)
+  sgd_, schedule_free_adamw_  (increment the SR seeds;) the update                 1 (2)
   sophia_update_hessian_  the update                                               1
   lamb_                   steps and seeds; partial norms; trust ratios; update     4
       phase 1             steps; partial norms; sums of squares                    3
@@ -241,6 +241,21 @@ def _lion_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
     )
 
 
+def _schedule_free_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    dtype = call.entry.dtype
+    return dict(
+        beta1=v["beta1"],
+        beta2=v["beta2"],
+        eps=v["eps"],
+        weight_decay=v["weight_decay"],
+        sched=v["sched"],
+        ckp1=v["ckp1"],
+        bias_correction2=v["bias_correction2"],
+        WEIGHT_DECAY=_nonzero(v["weight_decay"], dtype),
+        LERP_LOW=mt.in_compute_type(v["ckp1"], dtype) < 0.5,
+    )
+
+
 def _sophia_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
     return dict(
         beta1=v["beta1"],
@@ -278,6 +293,7 @@ _UPDATES = {
         lambda v: ("momentum_buffers",) if v["momentum"] != 0 else (),
     ),
     "lion_": Update("_lion_kernel", _lion_args),
+    "schedule_free_adamw_": Update("_schedule_free_kernel", _schedule_free_args),
     "sophia_": Update("_sophia_kernel", _sophia_args),
     "sophia_update_hessian_": Update(
         "_sophia_hessian_kernel",
