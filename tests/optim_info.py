@@ -90,8 +90,8 @@ class TrainingScheduleFreeAdamW(fusedopt.ScheduleFreeAdamW):
 
 
 class TrainingAdamWScheduleFree(schedulefree.AdamWScheduleFree):
-    """The judge, schedulefree.AdamWScheduleFree, in train mode from its constructor, with the
-    grads it divides in place (``grad.div_(denom)``) restored after each step: the matrices hand
+    """The judge, schedulefree.AdamWScheduleFree, in train mode from its constructor, stepping
+    on copies of the grads, which it divides in place (``grad.div_(denom)``): the matrices hand
     both implementations the same grad tensors."""
 
     @functools.wraps(schedulefree.AdamWScheduleFree.__init__)
@@ -101,14 +101,15 @@ class TrainingAdamWScheduleFree(schedulefree.AdamWScheduleFree):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        grads = [p.grad for g in self.param_groups for p in g["params"]]
-        copies = [None if x is None else x.clone() for x in grads]
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = p.grad.clone()
         try:
             return super().step(closure)
         finally:
-            for g, c in zip(grads, copies):
-                if g is not None:
-                    g.copy_(c)
+            for p, g in zip(params, grads):
+                p.grad = g
 
 
 _ADAM_BAD = (
@@ -248,6 +249,7 @@ OPTIMS = [
         torch_cls=TrainingAdamWScheduleFree,
         op="schedule_free_adamw_",
         state_keys=("z", "exp_avg_sq"),
+        optional_state=("z",),  # without it, schedulefree starts the param's state over
         supports=_COMMON,
         tolerance="vs_torch",
         configs={

@@ -275,6 +275,27 @@ def _lion(t, dtype, sizes, kw):
     return args + extra, idx
 
 
+def _schedule_free(t, dtype, sizes, kw):
+    args = (
+        t(0),
+        t(1),
+        t(2),
+        t(3, True),
+        kw.get("lr", torch.tensor(1e-2, dtype=torch.float64)),
+        0.9,
+        0.99,
+        1e-8,
+        kw.get("weight_decay", 0.1),
+        kw.get("sched", 0.5),
+        kw.get("ckp1", 0.25),
+        0.0199,
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    extra, idx = _mixed(kw, len(args), [0, 2, 3])
+    return args + extra, idx
+
+
 def _lamb(t, dtype, sizes, kw):
     args = (
         t(0),
@@ -330,6 +351,7 @@ BUILDERS = {
     "adam_": _adam,
     "sgd_": _sgd,
     "lion_": _lion,
+    "schedule_free_adamw_": _schedule_free,
     "lamb_": _lamb,
     "sophia_": _sophia,
     "sophia_update_hessian_": _hessian,
@@ -347,6 +369,8 @@ OP_CASES = [
     ("sgd_", {"nesterov": True, "maximize": True, "dampening": 0.0}),
     ("lion_", {}),
     ("lion_", {"maximize": True}),
+    ("schedule_free_adamw_", {}),
+    ("schedule_free_adamw_", {"weight_decay": 0.0, "sched": 1.0, "ckp1": 0.75}),
     ("lamb_", {}),
     ("lamb_", {"maximize": True, "trust_clip": 0.5, "bias_correction": False}),
     ("sophia_", {}),
@@ -636,7 +660,9 @@ def cpu_equals_other(cls, kwargs, dtype, backend, device, around=contextlib.null
     torch.manual_seed(0)
     shapes = [(1,), (17,), (40007,), (), (33, 31), (0,)]
     cpu = [torch.randn(s, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
-    other = [p.detach().to(device).requires_grad_() for p in cpu]
+    # copy=True: on the CPU (the simulation) .to(device) would alias the params, and the
+    # second optimizer would step what the first one already stepped.
+    other = [p.detach().to(device, copy=True).requires_grad_() for p in cpu]
     a = cls(cpu, backend="cpu", **kwargs)
     b = cls(other, backend=backend, **kwargs)
     for t in range(4):

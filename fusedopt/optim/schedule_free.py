@@ -71,6 +71,7 @@ class ScheduleFreeAdamW(FusedOptimizer):
 
     _op = "schedule_free_adamw_"
     _sparse_error = "ScheduleFreeAdamW does not support sparse gradients"
+    _may_lack = ("z",)
 
     def __init__(
         self,
@@ -112,11 +113,13 @@ class ScheduleFreeAdamW(FusedOptimizer):
         super().__init__(params, defaults, locals())
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        # z starts at the point itself (schedulefree clones p), the second moment at zero.
+        # z starts at the point itself (schedulefree clones p), the second moment at zero; as in
+        # schedulefree, a state without z (a checkpoint may lack it) starts over, both of them.
         theta = state.get("master_param", p)
         dtype = self._state_dtype(group, p)
         if state.get("z") is None:
             state["z"] = torch.clone(theta, memory_format=torch.preserve_format).to(dtype)
+            state["exp_avg_sq"] = None
         if state.get("exp_avg_sq") is None:
             state["exp_avg_sq"] = torch.zeros_like(
                 p, dtype=dtype, memory_format=torch.preserve_format
