@@ -40,7 +40,15 @@ import torch
 
 import fusedopt
 
-from .optimizers import adamw_bytes, lamb_bytes, lion_bytes, sgd_momentum_bytes, sophia_bytes
+from .optimizers import (
+    SCHEDULE_FREE_KW,
+    adamw_bytes,
+    lamb_bytes,
+    lion_bytes,
+    schedule_free_bytes,
+    sgd_momentum_bytes,
+    sophia_bytes,
+)
 from .workloads import gpt_shapes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
@@ -70,6 +78,7 @@ OPTIMIZERS = [
         lambda ps, **kw: torch.optim.SGD(ps, fused=True, **kw),
     ),
     Opt("Lion", {"lr": 1e-4, "weight_decay": 0.1}, lion_bytes, None),
+    Opt("ScheduleFreeAdamW", dict(SCHEDULE_FREE_KW), schedule_free_bytes, None),
     Opt("LAMB", {"lr": 1e-3, "weight_decay": 0.01}, lamb_bytes, None),
     Opt("Sophia", {"lr": 1e-4, "weight_decay": 0.1}, sophia_bytes, None),
     # The widest kernels (a fifth array), which the two-blocks-per-SM register bound makes
@@ -149,7 +158,10 @@ def make(impl: str, opt: Opt, params: list[torch.Tensor]) -> torch.optim.Optimiz
     if impl == "torch-fused":
         return opt.torch_fused(params, **opt.kwargs)
     cls = getattr(fusedopt, opt.name.split("-")[0])
-    return cls(params, backend=impl.removeprefix("fusedopt-"), **opt.kwargs)
+    o = cls(params, backend=impl.removeprefix("fusedopt-"), **opt.kwargs)
+    if isinstance(o, fusedopt.ScheduleFreeAdamW):
+        o.train()  # it steps only in train mode
+    return o
 
 
 def _sync(device: str) -> None:
