@@ -15,6 +15,11 @@ _NOT_TRAINING = (
     "Please insert .train() and .eval() calls on the "
     "optimizer. See documentation for details."
 )
+_NOT_COMPILED = (
+    "{}: torch.compile of the step is not supported: its step counter is the param group's "
+    "Python int 'k', as in schedulefree, which a compiled step recompiles for at every step "
+    "(compile the model, and step eagerly: the step is one fused kernel per bucket)"
+)
 # The group keys a step advances (schedulefree keeps them as Python numbers in the group).
 _COUNTERS = ("k", "scheduled_lr", "lr_max", "weight_sum")
 
@@ -186,6 +191,10 @@ class ScheduleFreeAdamW(FusedOptimizer):
         """
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_TRAINING)
+        if torch.compiler.is_compiling():
+            # dynamo specializes on the Python int k of every group, so a compiled step would
+            # recompile at every step (and a Tensor lr is read on the host).
+            raise RuntimeError(_NOT_COMPILED.format(self._where()))
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             # A replay would repeat this step's warmup factor and averaging weight.
             raise RuntimeError(
