@@ -51,8 +51,9 @@ class ScheduleFreeAdamW(FusedOptimizer):
 
     ``eval()`` sets the params to :math:`x = \mathrm{lerp}(y, z, 1 - 1/\beta_1)`, ``train()``
     back to :math:`y = \mathrm{lerp}(x, z, 1 - \beta_1)`, each one foreach pass per group (with
-    master_weights: on the fp32 masters, rounded into the params). Unlike schedulefree, the step
-    leaves ``p.grad`` as it is (schedulefree divides it in place).
+    master_weights: on the fp32 masters, rounded into the params; with stochastic_rounding:
+    on the bf16 params, rounded to nearest). Unlike schedulefree, the step leaves ``p.grad`` as
+    it is (schedulefree divides it in place).
 
     Args:
         params (iterable): parameters or dicts defining parameter groups.
