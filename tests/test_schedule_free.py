@@ -229,3 +229,17 @@ def test_lr_zero_keeps_the_average_weight_zero():
         _step(theirs, theirs_p, g)
     _assert_matches(ours, ours_p, theirs, theirs_p, "lr=0")
     assert ours.param_groups[0]["weight_sum"] == 0.0
+
+
+def test_skipped_first_amp_step_changes_nothing():
+    """A first step GradScaler skips: the params and the counters stay at their start (lr_max
+    -1, with a fractional weight_lr_power too)."""
+    p = torch.randn(4, requires_grad=True)
+    opt = fusedopt.ScheduleFreeAdamW([p], weight_lr_power=0.5)
+    opt.train()
+    y = p.detach().clone()
+    opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(1.0)
+    p.grad = torch.randn(4)
+    opt.step()
+    assert torch.equal(p, y) and opt.param_groups[0]["k"] == 0
+    assert opt.param_groups[0]["lr_max"] == -1.0

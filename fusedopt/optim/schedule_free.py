@@ -170,15 +170,18 @@ class ScheduleFreeAdamW(FusedOptimizer):
                 torch._foreach_copy_(params, thetas)
 
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
-        # From the group's counters, which step() has already advanced to k + 1.
+        # From the group's counters, which step() has already advanced to k + 1 (k = 0: a
+        # skipped first step, which the kernels skip too; lr_max is still -1 then).
         k = group["k"]
         warmup = group["warmup_steps"]
-        weight = (k ** group["r"]) * (group["lr_max"] ** group["weight_lr_power"])
         weight_sum = group["weight_sum"]
+        ckp1 = 0.0
+        if k > 0 and weight_sum != 0:
+            ckp1 = (k ** group["r"]) * (group["lr_max"] ** group["weight_lr_power"]) / weight_sum
         return {
             **super()._scalars(group),
             "sched": k / warmup if 0 < k <= warmup else 1.0,
-            "ckp1": weight / weight_sum if weight_sum != 0 else 0.0,
+            "ckp1": ckp1,
             "bias_correction2": 1 - group["betas"][1] ** k,
         }
 
