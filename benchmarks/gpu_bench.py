@@ -145,7 +145,10 @@ def make(impl: str, opt: Opt, params: list[torch.Tensor]) -> torch.optim.Optimiz
     if impl == "torch-fused":
         return opt.torch_fused(params, **opt.kwargs)
     cls = getattr(fusedopt, opt.name.split("-")[0])
-    return cls(params, backend=impl.removeprefix("fusedopt-"), **opt.kwargs)
+    o = cls(params, backend=impl.removeprefix("fusedopt-"), **opt.kwargs)
+    if isinstance(o, fusedopt.ScheduleFreeAdamW):
+        o.train()  # it steps only in train mode
+    return o
 
 
 def _sync(device: str) -> None:

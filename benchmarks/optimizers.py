@@ -86,6 +86,16 @@ def lion_bytes(dtype: torch.dtype) -> float:
     return 5 * _itemsize(dtype)
 
 
+def schedule_free_bytes(dtype: torch.dtype) -> float:
+    """Schedule-Free AdamW: read y (the param), g, z, exp_avg_sq; write y, z, exp_avg_sq.
+
+    7 arrays: 28 B/param in fp32, as AdamW (z takes exp_avg's place). schedulefree's foreach
+    path makes about ten passes (exp_avg_sq *=, addcmul, denom = div, sqrt, +eps, grad /=, +wd*y,
+    lerp, y +=, z -=), each reading or writing whole lists.
+    """
+    return 7 * _itemsize(dtype)
+
+
 def sophia_bytes(dtype: torch.dtype) -> float:
     """SophiaG ``step()``: read p, g, exp_avg, hessian; write p, exp_avg (hessian is read-only).
 
@@ -423,6 +433,18 @@ def _deepspeed(kind: str, kw: Mapping[str, Any]) -> Factory:
     return make
 
 
+def _schedulefree_foreach(ps: list[Tensor]) -> Any:
+    """schedulefree's AdamWScheduleFree on its foreach path (its default), the package users
+    run; in train mode by the spec's setup."""
+    from schedulefree import AdamWScheduleFree
+
+    return AdamWScheduleFree(ps, foreach=True, **SCHEDULE_FREE_KW)
+
+
+def _train_mode(opt: Any) -> None:
+    opt.train()  # a schedule-free optimizer steps only in train mode
+
+
 def _lion_pytorch(kw: Mapping[str, Any]) -> Factory:
     def make(ps: list[Tensor]) -> Any:
         from lion_pytorch import Lion
@@ -453,6 +475,7 @@ def _torch_compiled(name: str, kw: Mapping[str, Any]) -> Factory:
 
 ADAMW_KW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
 LION_KW = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+SCHEDULE_FREE_KW = {"lr": 2.5e-3, "weight_decay": 0.01, "warmup_steps": 100}
 
 PEERS: tuple[Peer, ...] = (
     Peer(
@@ -510,6 +533,14 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
         "SGD", sgd_momentum_bytes, ("gpt",), {"lr": 1e-2, "momentum": 0.9}, torch_name="SGD"
     ),
     OptimizerSpec("Lion", lion_bytes, ("gpt",), {"lr": 1e-4}),
+    OptimizerSpec(
+        "ScheduleFreeAdamW",
+        schedule_free_bytes,
+        ("gpt",),
+        SCHEDULE_FREE_KW,
+        extra={"schedulefree-foreach": _schedulefree_foreach},
+        setup=_train_mode,
+    ),
     OptimizerSpec("LAMB", lamb_bytes, ("gpt",), {"lr": 1e-3}),
     OptimizerSpec("Sophia", sophia_bytes, ("gpt",), {"lr": 1e-4}, setup=_update_hessian),
     OptimizerSpec(

@@ -279,6 +279,28 @@ _DEFS = (
         doc="LAMB (layer-wise trust ratio ||p|| / ||u||).",
     ),
     OpDef(
+        "schedule_free_adamw_",
+        (
+            _params(),
+            _grads(),
+            _state("zs", "z"),
+            _state("exp_avg_sqs", "exp_avg_sq"),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("eps"),
+            _f("weight_decay"),
+            # the group's step counters, kept by the optimizer as schedulefree keeps them: the
+            # warmup factor of lr, the weight of the new point in the average x, 1 - beta2^(k+1)
+            _f("sched"),
+            _f("ckp1"),
+            _f("bias_correction2"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Schedule-Free AdamW's step on y (the params) and z (no per-param step counter).",
+    ),
+    OpDef(
         "sophia_",
         (
             _params(),

@@ -34,10 +34,12 @@ stay next to the code that applies them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import schedulefree
 import torch
 
 import fusedopt
@@ -70,11 +72,47 @@ class OptimInfo:
     bad_args: tuple[tuple[dict[str, Any], type[Exception]], ...] = ()
     # (kwargs, message pattern): refused with a ValueError (no torch.optim twin to compare with)
     bad_args_own: tuple[tuple[dict[str, Any], str], ...] = ()
+    # matrix -> the message pattern of the error by which the optimizer refuses that setting
+    # (tests/test_optim_info.py excuses it from the matrix, the matrix's test file checks it)
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.op in OPS, self.op
         keys = {a.key for a in OPS[self.op].args if a.role in ("state", "step")}
         assert set(self.state_keys) <= keys, (self.name, keys)
+
+
+class TrainingScheduleFreeAdamW(fusedopt.ScheduleFreeAdamW):
+    """fusedopt.ScheduleFreeAdamW put in train mode by its constructor: a schedule-free step
+    raises in eval mode (its initial one), and every matrix steps right after constructing."""
+
+    @functools.wraps(fusedopt.ScheduleFreeAdamW.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train()
+
+
+class TrainingAdamWScheduleFree(schedulefree.AdamWScheduleFree):
+    """The judge, schedulefree.AdamWScheduleFree, in train mode from its constructor, stepping
+    on copies of the grads, which it divides in place (``grad.div_(denom)``): the matrices hand
+    both implementations the same grad tensors."""
+
+    @functools.wraps(schedulefree.AdamWScheduleFree.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = p.grad.clone()
+        try:
+            return super().step(closure)
+        finally:
+            for p, g in zip(params, grads):
+                p.grad = g
 
 
 _ADAM_BAD = (
@@ -206,6 +244,50 @@ OPTIMS = [
             ({"nesterov": True}, ValueError),
             ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError),
             ({"fused": True, "foreach": True}, RuntimeError),
+        ),
+    ),
+    OptimInfo(
+        name="sfadamw",
+        cls=TrainingScheduleFreeAdamW,
+        torch_cls=TrainingAdamWScheduleFree,
+        op="schedule_free_adamw_",
+        state_keys=("z", "exp_avg_sq"),
+        optional_state=("z",),  # without it, schedulefree starts the param's state over
+        supports=_COMMON,
+        tolerance="vs_torch",
+        configs={
+            "default": Config({"lr": 1e-2}, ("parity", "triton_torch:fp32", "cuda")),
+            # warmup over the test's steps, r and the lr weight: every scalar of the group
+            "warmup-wd": Config(
+                {"lr": 1e-2, "weight_decay": 0.05, "warmup_steps": 5, "r": 0.5},
+                (
+                    "parity",
+                    "tensor_lr",
+                    "simd",
+                    "sim_torch",
+                    "checkpoint",
+                    "training",
+                    "triton_torch:bf16",
+                    "triton_cpu",
+                ),
+            ),
+            # ckp1 >= 0.5 at the second step: the other form of torch.lerp
+            "lowbeta": Config(
+                {"lr": 1e-2, "betas": (0.3, 0.6), "weight_lr_power": 0.0},
+                ("parity", "triton_torch:fp16", "triton_torch:fp64"),
+            ),
+            "wd": Config({"lr": 1e-2, "weight_decay": 0.1}, ("mixed", "mixed_checkpoint")),
+            "defaults": Config({}, ("damaged",)),
+        },
+        # schedulefree's group counter k is a Python int: a compiled step would recompile at
+        # every step
+        unsupported={"compile": "torch.compile of the step is not supported"},
+        bad_args_own=(
+            ({"lr": -1.0}, "Invalid learning rate: -1.0"),
+            ({"eps": -1e-8}, "Invalid epsilon value: -1e-08"),
+            ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0: 1.0"),
+            ({"weight_decay": -0.1}, "Invalid weight_decay value: -0.1"),
+            ({"warmup_steps": -1}, "Invalid warmup_steps value: -1"),
         ),
     ),
     # Lion and Sophia always with non-zero (decoupled) weight decay in the fp64 matrix: a

@@ -180,12 +180,13 @@ def test_step_bumps_version_counters_so_autograd_sees_the_change() -> None:
 
 
 @pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
-@pytest.mark.parametrize("name", [i.cls.__name__ for i in OPTIMS])
-def test_step_plan_path_equals_the_op_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cls", [i.cls for i in OPTIMS], ids=lambda c: c.__name__)
+def test_step_plan_path_equals_the_op_path(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
     """Note [C++ step plans]: a step through the C++ StepPlan (eager) and one through
     torch.ops.fusedopt (what torch.compile traces) are the same call: identical bits."""
     from fusedopt import _dispatch
 
+    name = cls.__name__
     kw = {"lr": 0.01}
     if name in ("Adam", "AdamW"):
         kw["amsgrad"] = True
@@ -197,7 +198,7 @@ def test_step_plan_path_equals_the_op_path(name: str, monkeypatch: pytest.Monkey
             monkeypatch.setattr(_dispatch, "step_plan", lambda *a: None)
         torch.manual_seed(0)
         params = [torch.randn(s, requires_grad=True) for s in [(33, 7), (5,), (0,), (4096,)]]
-        opt = getattr(fusedopt, name)(params, **kw)
+        opt = cls(params, **kw)
         for _ in range(3):
             for p in params:
                 p.grad = torch.randn_like(p)

@@ -17,7 +17,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import fusedopt
 from fusedopt.schedules import WarmupCosine
 from helpers import TOL_VS_TORCH, assert_close_ulp
-from optim_info import BACKENDS, cases
+from optim_info import BACKENDS, OPTIMS, cases
 
 # name -> (class, kwargs but the lr, which each test sets): tests/optim_info.py's "compile" configs
 OPTIMIZERS = {c.id: (c.values[0].cls, c.values[2].kwargs) for c in cases("compile")}
@@ -86,6 +86,26 @@ def test_fullgraph_matches_eager_and_never_recompiles(name: str, backend: str) -
         assert cnt.frame_count == min(i + 1, 2), f"recompiled at step {i + 1}"
     _assert_same(comp, comp_p, eager, eager_p, f"{name} step 20")
     assert cnt.frame_count == 2
+
+
+@pytest.mark.parametrize(
+    "info", [i for i in OPTIMS if "compile" in i.unsupported], ids=lambda i: i.name
+)
+def test_unsupported_compiled_step_is_refused_before_anything_changes(info) -> None:  # noqa: ANN001
+    """An optimizer that cannot be compiled (tests/optim_info.py ``unsupported``) says so under
+    fullgraph compile and changes nothing; compiled without fullgraph, it steps eagerly."""
+    params = _params()
+    opt = info.cls(params, backend="reference")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    with pytest.raises(Exception, match=info.unsupported["compile"]):
+        torch.compile(opt.step, backend="aot_eager", fullgraph=True)()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert groups == [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    torch.compile(opt.step, backend="aot_eager")()
+    assert not all(torch.equal(p, b) for p, b in zip(params, before))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -277,6 +277,8 @@ OP_CASES = [
     ("sgd_", {"nesterov": True, "maximize": True, "dampening": 0.0}),
     ("lion_", {}),
     ("lion_", {"maximize": True}),
+    ("schedule_free_adamw_", {}),
+    ("schedule_free_adamw_", {"weight_decay": 0.0, "sched": 1.0, "ckp1": 0.75}),
     ("lamb_", {}),
     ("lamb_", {"maximize": True, "trust_clip": 0.5, "bias_correction": False}),
     ("sophia_", {}),
@@ -566,7 +568,9 @@ def cpu_equals_other(cls, kwargs, dtype, backend, device, around=contextlib.null
     torch.manual_seed(0)
     shapes = [(1,), (17,), (40007,), (), (33, 31), (0,)]
     cpu = [torch.randn(s, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
-    other = [p.detach().to(device).requires_grad_() for p in cpu]
+    # copy=True: on the CPU (the simulation) .to(device) would alias the params, and the
+    # second optimizer would step what the first one already stepped.
+    other = [p.detach().to(device, copy=True).requires_grad_() for p in cpu]
     a = cls(cpu, backend="cpu", **kwargs)
     b = cls(other, backend=backend, **kwargs)
     for t in range(4):

@@ -27,8 +27,9 @@ OPTIONS = ("amsgrad", "nesterov", "trust_clip", "bias_correction", "max_grad_nor
 def test_every_optimizer_is_in_every_matrix(info):
     have = {u.partition(":")[0] for c in info.configs.values() for u in c.use}
     assert (info.tolerance == "vs_torch") == (info.torch_cls is not None)
-    missing = set(EVERY + JUDGED[info.tolerance]) - have
+    missing = set(EVERY + JUDGED[info.tolerance]) - have - set(info.unsupported)
     assert not missing, f"{info.name}: no config in {sorted(missing)}"
+    assert not have & set(info.unsupported), f"{info.name}: configs in matrices it refuses"
 
 
 def test_every_update_op_is_in_the_cuda_matrix():

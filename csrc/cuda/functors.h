@@ -401,6 +401,48 @@ struct OpKernels<ops::lion_> {
   }
 };
 
+// ---- Schedule-Free AdamW ----------------------------------------------------------------------
+struct ScheduleFreeParams : UpdateScalars {
+  double beta1, beta2, eps, weight_decay, sched, ckp1, bias_correction2;
+};
+
+template <class M>
+struct ScheduleFreeFunctor {
+  // y (the param), g, z, exp_avg_sq[, master]
+  FUSEDOPT_UPDATE(ScheduleFreeParams, UpdateLayout<M, 2, 0x3u, 0x3u, true, true>)
+  using State = Keyed<ScheduleFreeScalars<opmath_t>>;
+
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(make_schedule_free_scalars<opmath_t>(
+                             p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay, p.sched, p.ckp1,
+                             p.bias_correction2, 1.0 / p.grad_scale.get()),
+                         slot);
+  }
+
+  C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
+    schedule_free_adamw_element(x[Layout::kTheta], x[1], x[2], x[3], s.sc);
+    Layout::publish_theta(x);
+  }
+};
+
+template <>
+struct OpKernels<ops::schedule_free_adamw_> {
+  using Args = ops::schedule_free_adamw_::Args;
+  using Params = ScheduleFreeParams;
+  static std::vector<ListSpec> states(const Args& a, const char*) {
+    return {{a.zs, "zs", true}, {a.exp_avg_sqs, "exp_avg_sqs", true}};
+  }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    return {s, a.beta1, a.beta2, a.eps, a.weight_decay, a.sched, a.ckp1, a.bias_correction2};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_schedule_free_adamw_cuda", [&](auto storage) {
+      r.template run<ScheduleFreeFunctor<std::decay_t<decltype(storage)>>>(job, p);
+    });
+  }
+};
+
 // ---- SophiaG ----------------------------------------------------------------------------------
 struct SophiaParams : UpdateScalars {
   double beta1, rho, bs, weight_decay;

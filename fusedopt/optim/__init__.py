@@ -1,7 +1,8 @@
 from .adam import Adam, AdamW
 from .lamb import LAMB
 from .lion import Lion
+from .schedule_free import ScheduleFreeAdamW
 from .sgd import SGD
 from .sophia import Sophia
 
-__all__ = ["LAMB", "SGD", "Adam", "AdamW", "Lion", "Sophia"]
+__all__ = ["LAMB", "SGD", "Adam", "AdamW", "Lion", "ScheduleFreeAdamW", "Sophia"]

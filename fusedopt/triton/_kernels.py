@@ -602,6 +602,69 @@ def _lion_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.const
 
 
 # ---------------------------------------------------------------------------------------------
+# Schedule-Free AdamW
+
+
+@triton.jit
+def _schedule_free_adamw_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    p_ptr, w_ptr, g_ptr, z_ptr, v_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]
+    key, inv_scale, beta2, omb2, bc2, eps, wd, ckp1, y_step, neg_lr = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    WEIGHT_DECAY: tl.constexpr = F[3]
+    LERP_LOW: tl.constexpr = F[4]
+    y = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    z = _load(z_ptr, offs, mask, ST, CT)
+    v = _load(v_ptr, offs, mask, ST, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    v = v * beta2
+    v = v + omb2 * g * g
+    if tl.float32 == CT:  # Note [exact rounding]
+        u = tl.div_rn(g, tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
+    else:
+        u = g / (tl.sqrt(v / bc2) + eps)
+    if WEIGHT_DECAY:
+        u = u + wd * y
+    # torch.lerp (ATen Lerp.h): the form depends on the (per-call) weight ckp1.
+    if LERP_LOW:
+        y = y + ckp1 * (z - y)
+    else:
+        y = z - (z - y) * (1.0 - ckp1)
+    y = y + y_step * u
+    z = z + neg_lr * u
+    _store_param(p_ptr, w_ptr, offs, y, mask, key, PT, MASTER, SR)
+    _store(z_ptr, offs, z, mask, ST)
+    _store(v_ptr, offs, v, mask, ST)
+    return acc
+
+
+@triton.jit
+def _schedule_free_adamw_scalars(
+    hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr
+):
+    """hp: beta1, beta2, eps, weight_decay, sched, ckp1, bias_correction2; in fp64 as
+    schedulefree's Python float arithmetic (csrc's make_schedule_free_scalars)."""
+    lr = lr * hp[4]
+    return (
+        key,
+        inv_scale.to(CT),
+        hp[1].to(CT),
+        (1.0 - hp[1]).to(CT),
+        hp[6].to(CT),
+        hp[2].to(CT),
+        hp[3].to(CT),
+        hp[5].to(CT),
+        (lr * (hp[0] * (1.0 - hp[5]) - 1.0)).to(CT),
+        (-lr).to(CT),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # SophiaG
 
 

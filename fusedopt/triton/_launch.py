@@ -2,7 +2,7 @@
 launch a fixed number of kernels per call, whatever the number of tensors:
 
   adam_, lion_, sophia_   increment the step counters (and SR seeds); the update   2 launches
-  sgd_                    (increment the SR seeds;) the update                     1 (2)
+  sgd_, schedule_free_adamw_  (increment the SR seeds;) the update                 1 (2)
   sophia_update_hessian_  the update                                               1
   lamb_                   steps and seeds; partial norms; trust ratios; update     4
       phase 1             steps; partial norms; sums of squares                    3
@@ -236,6 +236,13 @@ _UPDATES = {
         flags=("MOMENTUM", "is_first_step", "nesterov", "maximize", "WEIGHT_DECAY"),
         args=lambda v, call: dict(
             MOMENTUM=v["momentum"] != 0, WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype)
+        ),
+    ),
+    "schedule_free_adamw_": Update(
+        flags=("WEIGHT_DECAY", "LERP_LOW"),
+        args=lambda v, call: dict(
+            WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype),
+            LERP_LOW=mt.in_compute_type(v["ckp1"], call.entry.dtype) < 0.5,
         ),
     ),
     "sophia_": Update(

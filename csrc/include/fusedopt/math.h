@@ -262,6 +262,56 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void lamb_apply(T& p, T u, T neg_step) {
   p = p + neg_step * u;
 }
 
+template <typename T>
+struct ScheduleFreeScalars {
+  T beta2, one_minus_beta2;
+  T bias_correction2;  // 1 - beta2^(k+1)
+  T eps;
+  T weight_decay;
+  T ckp1;            // the weight of the new point in the average x (a lerp weight)
+  T y_step;          // lr*(beta1*(1 - ckp1) - 1), lr the warmed-up one
+  T neg_lr;          // -lr
+  T inv_grad_scale;  // 1/grad_scale (which carries the max_grad_norm clip factor too)
+};
+
+// See Note [per-tensor scalars]. lr*sched and the y coefficient are schedulefree's Python
+// float arithmetic (fp64), rounded once.
+template <typename T>
+C10_HOST_DEVICE inline ScheduleFreeScalars<T> make_schedule_free_scalars(
+    double lr, double beta1, double beta2, double eps, double weight_decay, double sched,
+    double ckp1, double bias_correction2, double inv_grad_scale) {
+  const double scheduled_lr = lr * sched;
+  ScheduleFreeScalars<T> s;
+  s.beta2 = static_cast<T>(beta2);
+  s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+  s.bias_correction2 = static_cast<T>(bias_correction2);
+  s.eps = static_cast<T>(eps);
+  s.weight_decay = static_cast<T>(weight_decay);
+  s.ckp1 = static_cast<T>(ckp1);
+  s.y_step = static_cast<T>(scheduled_lr * (beta1 * (1.0 - ckp1) - 1.0));
+  s.neg_lr = static_cast<T>(-scheduled_lr);
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
+
+// One Schedule-Free AdamW element (Defazio et al., 2024), y the param, in the order of
+// schedulefree.AdamWScheduleFree.step:
+//   v = beta2 v + (1-beta2) g^2;  u = g / (sqrt(v / bc2) + eps) + wd*y;
+//   y = lerp(y, z, ckp1) + lr*(beta1*(1-ckp1) - 1)*u;  z = z - lr*u.
+// It divides by bc2 as schedulefree does (not a reciprocal product), to stay within its ulp.
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE void schedule_free_adamw_element(T& y, T g, T& z, T& v,
+                                                                 const ScheduleFreeScalars<T>& s) {
+  g = g * s.inv_grad_scale;
+  v = v * s.beta2;
+  v = v + s.one_minus_beta2 * g * g;  // addcmul_
+  T u = g / (sqrt_(v / s.bias_correction2) + s.eps);
+  u = s.weight_decay != T(0) ? u + s.weight_decay * y : u;  // 0 * inf would be NaN
+  y = lerp_(y, z, s.ckp1);
+  y = y + s.y_step * u;
+  z = z + s.neg_lr * u;  // sub_(u, alpha=lr)
+}
+
 // The authors' constant keeping |m| / (rho*bs*h + eps) finite where h = 0.
 constexpr double kSophiaEps = 1e-15;
 

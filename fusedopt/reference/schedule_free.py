@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import begin, load_param, opmath_dtype, scalar, store_param
+
+
+def schedule_free_adamw_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    zs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    sched: float,
+    ckp1: float,
+    bias_correction2: float,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
+) -> None:
+    r"""Schedule-Free AdamW (Defazio et al., 2024), one parameter at a time; the params are y.
+
+    .. math::
+        g &\leftarrow \nabla / s \qquad (s: \text{AMP grad scale}) \\
+        v &\leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        u &\leftarrow g / (\sqrt{v / b_2} + \epsilon) + \lambda y \\
+        y &\leftarrow \mathrm{lerp}(y, z, c) + \gamma(\beta_1 (1 - c) - 1)\, u \\
+        z &\leftarrow z - \gamma u
+
+    with :math:`\gamma` = lr * sched, :math:`c` = ckp1 and :math:`b_2` = bias_correction2 (the
+    optimizer's per-group scalars). The operation order is schedulefree.AdamWScheduleFree's.
+    """
+    mixed = begin("schedule_free_adamw_", params, grads, zs, exp_avg_sqs, lr, beta1, beta2, eps,
+                  weight_decay, sched, ckp1, bias_correction2, grad_scale, found_inf,
+                  master_params, sr_seeds)  # fmt: skip
+    if mixed is None:
+        return
+    masters, seeds, s = mixed
+    lr = scalar(lr) * sched
+    y_step = lr * (beta1 * (1 - ckp1) - 1)
+    for i, param in enumerate(params):
+        dt = opmath_dtype(param.dtype)
+        y = load_param(param, masters[i], dt)
+        g = grads[i].to(dt) * s
+        z = zs[i].to(dt)
+        v = (exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
+        u = g / ((v / bias_correction2).sqrt() + eps)
+        if weight_decay != 0:
+            u = u.add(y, alpha=weight_decay)
+        y = y.lerp(z, ckp1).add(u, alpha=y_step)
+        z = z.sub(u, alpha=lr)
+        store_param(param, masters[i], seeds[i], y)
+        zs[i].copy_(z)
+        exp_avg_sqs[i].copy_(v)
