@@ -243,3 +243,10 @@ def test_skipped_first_amp_step_changes_nothing():
     opt.step()
     assert torch.equal(p, y) and opt.param_groups[0]["k"] == 0
     assert opt.param_groups[0]["lr_max"] == -1.0
+
+
+def test_options_schedulefree_lacks_are_refused_as_it_refuses_them():
+    for kwargs in ({"differentiable": True}, {"maximize": True}, {"amsgrad": True}):
+        for cls in (fusedopt.ScheduleFreeAdamW, schedulefree.AdamWScheduleFree):
+            with pytest.raises(TypeError, match="unexpected keyword argument"):
+                cls([torch.randn(2, requires_grad=True)], **kwargs)
