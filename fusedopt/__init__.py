@@ -12,13 +12,14 @@ from . import amp, schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
 from .clip import clip_grad_norm_
-from .optim import LAMB, SGD, Adam, AdamW, Lion, Sophia
+from .optim import LAMB, SGD, Adafactor, Adam, AdamW, Lion, Sophia
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LAMB",
     "SGD",
+    "Adafactor",
     "Adam",
     "AdamW",
     "Lion",

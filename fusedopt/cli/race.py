@@ -80,6 +80,7 @@ LANDSCAPES = {
             "lion": 3e-3,
             "lamb": 1e-2,
             "sophia": 1e-2,
+            "adafactor": 0.1,
         },
         zoom=(-1.62, -1.22, 1.55, 2.12),
         zoom_at=(0.36, 0.56, 0.38, 0.37),
@@ -100,6 +101,7 @@ LANDSCAPES = {
             "lion": 0.01,
             "lamb": 0.03,
             "sophia": 0.01,
+            "adafactor": 0.1,
         },
         legend="lower right",
     ),
@@ -119,6 +121,7 @@ LANDSCAPES = {
             "lion": 0.01,
             "lamb": 0.01,
             "sophia": 0.01,
+            "adafactor": 0.1,
         },
         legend="upper right",
     ),
@@ -138,6 +141,7 @@ LANDSCAPES = {
             "lion": 1e-2,
             "lamb": 1e-2,
             "sophia": 1e-2,
+            "adafactor": 0.1,
         },
     ),
 }
@@ -160,6 +164,7 @@ RACERS = (
     Racer("lion", "Lion", "Lion", {"weight_decay": 0.0}),
     Racer("lamb", "LAMB", "LAMB", {"weight_decay": 0.0}),
     Racer("sophia", "Sophia", "Sophia", {"weight_decay": 0.0}),
+    Racer("adafactor", "Adafactor", "Adafactor", {}),
 )
 
 
