@@ -113,10 +113,10 @@ def adafactor_bytes(dtype: torch.dtype) -> float:
       pass 1: read p, g; reduce sum p^2, the row and the column sums of g^2        (2)
       pass 2: read g; reduce sum u^2 (u from g and the new row/column statistics)  (1)
       pass 3: read p, g; write p                                                   (3)
-    6 arrays: 24 B/param in fp32 (the row/column statistics are O(m + n)). A vector (bias,
-    norm weight) reads and writes its variance too, in two passes (8 arrays); a GPT's vectors
-    are under 1% of its params, hence "~". torch's foreach step moves about 21 arrays per
-    matrix element (84 B/param in fp32).
+    6 arrays: 24 B/param in fp32 (the row/column statistics are O(m + n)). The model counts
+    matrices: a vector (bias, norm weight) reads and writes its variance too, in two passes
+    (8 arrays), and a GPT's vectors are under 0.5% of its params (0.1% of the B/param).
+    torch's foreach step moves about 21 arrays per matrix element (84 B/param in fp32).
     """
     return 6 * _itemsize(dtype)
 
@@ -540,7 +540,6 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
             "torch-forloop": _torch_adafactor(),
             "torch-foreach": _torch_adafactor(foreach=True),
         },
-        estimate=True,
     ),
     OptimizerSpec(
         "AdamW-master",
