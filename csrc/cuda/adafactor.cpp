@@ -15,12 +15,14 @@
 #include <vector>
 
 #include "../common/adafactor.h"
+#include "../common/common.h"
 
 namespace fusedopt::cuda {
 
 void adafactor_aten(const ops::adafactor_::Args& a, const char* op) {
   const size_t n = a.params.size();
   check_adafactor_args(a, op);
+  check_unshared(op, "state_steps", a.state_steps, "step counter");
   TORCH_CHECK(a.lr.numel() == 1, "Tensor lr must be 1-element");
   if (a.found_inf.has_value() && a.found_inf->defined() && a.found_inf->item<double>() != 0) {
     return;

@@ -490,7 +490,9 @@ def _adafactor(values: dict[str, Any]) -> None:
     Per param the passes of the CPU kernel (Note [Adafactor passes] in csrc/cpu/adafactor.cpp):
     a matrix (batched over its leading dims) is 3 launches, a vector 2; the O(m + n) row and
     column statistics between them, and the per-tensor scalars, are torch ops on the device
-    (no host sync). fp16/bf16 params are computed on fp32 copies (one more read and write)."""
+    (the host reads the lr, grad_scale and found_inf once per call, as the reference does, and
+    nothing per param). fp16/bf16 params are computed on fp32 copies (one more read and write),
+    so their rounding is torch's."""
     from ..reference._common import begin, opmath_dtype, scalar
     from ..reference.adafactor import check_aux_state
 
