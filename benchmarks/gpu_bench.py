@@ -40,7 +40,14 @@ import torch
 
 import fusedopt
 
-from .optimizers import adamw_bytes, lamb_bytes, lion_bytes, sgd_momentum_bytes, sophia_bytes
+from .optimizers import (
+    adafactor_bytes,
+    adamw_bytes,
+    lamb_bytes,
+    lion_bytes,
+    sgd_momentum_bytes,
+    sophia_bytes,
+)
 from .workloads import gpt_shapes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
@@ -72,6 +79,9 @@ OPTIMIZERS = [
     Opt("Lion", {"lr": 1e-4, "weight_decay": 0.1}, lion_bytes, None),
     Opt("LAMB", {"lr": 1e-3, "weight_decay": 0.01}, lamb_bytes, None),
     Opt("Sophia", {"lr": 1e-4, "weight_decay": 0.1}, sophia_bytes, None),
+    # its CUDA backend is ATen calls for now (csrc/cuda/adafactor.cpp); its Triton kernels are
+    # fused (Note [Adafactor in Triton])
+    Opt("Adafactor", {"lr": 1e-2}, adafactor_bytes, None),
     # The widest kernels (a fifth array), which the two-blocks-per-SM register bound makes
     # spill (benchmarks/check_registers.py): whether that costs bandwidth shows here.
     Opt(
