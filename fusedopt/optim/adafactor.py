@@ -10,6 +10,11 @@ from ..reference.adafactor import factored_shapes
 from ._base import FusedOptimizer
 from ._plan import Bucket
 
+#: torch.optim.Adafactor's param-group keys.
+_GROUP_KEYS = ("lr", "beta2_decay", "eps", "d", "weight_decay", "foreach", "maximize")
+#: The mixed-precision options, which Adafactor does not offer.
+_NO_MIXED = {"master_weights": False, "stochastic_rounding": False, "state_dtype": None}
+
 
 class Adafactor(FusedOptimizer):
     r"""Adafactor (Shazeer & Stern, 2018) as torch.optim.Adafactor computes it, fused.
@@ -94,24 +99,9 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps": eps,
-            "d": d,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        args = {
-            "backend": backend,
-            "max_grad_norm": max_grad_norm,
-            "master_weights": False,
-            "stochastic_rounding": False,
-            "state_dtype": None,
-            "fused_amp": fused_amp,
-        }
-        super().__init__(params, defaults, args)
+        args = locals()
+        defaults = {k: args[k] for k in _GROUP_KEYS}
+        super().__init__(params, defaults, {**args, **_NO_MIXED})
 
     def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
         shapes = factored_shapes(p)

@@ -52,6 +52,27 @@ def check_aux_state(
                 )
 
 
+def begin_adafactor(
+    op: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    row_vars: list[Tensor],
+    col_vars: list[Tensor],
+    variances: list[Tensor],
+    state_steps: list[Tensor],
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> float | None:
+    """The checks of every backend's adafactor_ (begin's, then check_aux_state), before any
+    write; then None if GradScaler found inf/NaN (the step changes nothing), else 1 /
+    grad_scale."""
+    names = ("params", "grads", "state_steps", "grad_scale", "found_inf")
+    values = (params, grads, state_steps, grad_scale, found_inf)
+    mixed = begin(op, dict(zip(names, values), master_params=None, sr_seeds=None), ())
+    check_aux_state(op, params, row_vars, col_vars, variances)
+    return None if mixed is None else mixed[2]
+
+
 def adafactor_(
     params: list[Tensor],
     grads: list[Tensor],
@@ -91,24 +112,12 @@ def adafactor_(
     the optimizer resolves torch's None (the param dtype's machine epsilon). A param with no
     elements only counts its step (torch.optim.Adafactor raises ZeroDivisionError on it).
     """
-    op = "fusedopt.adafactor_"
-    mixed = begin(
-        op,
-        dict(
-            params=params,
-            grads=grads,
-            state_steps=state_steps,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=None,
-            sr_seeds=None,
-        ),
-        (),
-    )
-    check_aux_state(op, params, row_vars, col_vars, variances)
-    if mixed is None:
+    s = begin_adafactor(
+        "fusedopt.adafactor_", params, grads, row_vars, col_vars, variances, state_steps,
+        grad_scale, found_inf,
+    )  # fmt: skip
+    if s is None:
         return
-    _, _, s = mixed
     lr = scalar(lr)
     for i, param in enumerate(params):
         state_steps[i] += 1

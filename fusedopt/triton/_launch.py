@@ -493,29 +493,17 @@ def _adafactor(values: dict[str, Any]) -> None:
     (the host reads the lr, grad_scale and found_inf once per call, as the reference does, and
     nothing per param). fp16/bf16 params are computed on fp32 copies (one more read and write),
     so their rounding is torch's."""
-    from ..reference._common import begin, opmath_dtype, scalar
-    from ..reference.adafactor import check_aux_state
+    from ..reference._common import opmath_dtype, scalar
+    from ..reference.adafactor import begin_adafactor
 
-    op = "fusedopt.adafactor_ (triton)"
     params, grads, steps = values["params"], values["grads"], values["state_steps"]
     rows_l, cols_l, vars_l = values["row_vars"], values["col_vars"], values["variances"]
-    mixed = begin(
-        op,
-        dict(
-            params=params,
-            grads=grads,
-            state_steps=steps,
-            grad_scale=values["grad_scale"],
-            found_inf=values["found_inf"],
-            master_params=None,
-            sr_seeds=None,
-        ),
-        (),
-    )
-    check_aux_state(op, params, rows_l, cols_l, vars_l)
-    if mixed is None:
+    s = begin_adafactor(
+        "fusedopt.adafactor_ (triton)", params, grads, rows_l, cols_l, vars_l, steps,
+        values["grad_scale"], values["found_inf"],
+    )  # fmt: skip
+    if s is None:
         return
-    s = mixed[2]
     lr = scalar(values["lr"])
     eps1, eps2, d = values["eps1"], values["eps2"], values["d"]
     eps1_sq = eps1 * eps1
