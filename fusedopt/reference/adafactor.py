@@ -53,19 +53,12 @@ def check_aux_state(
 
 
 def begin_adafactor(
-    op: str,
-    params: list[Tensor],
-    grads: list[Tensor],
-    row_vars: list[Tensor],
-    col_vars: list[Tensor],
-    variances: list[Tensor],
-    state_steps: list[Tensor],
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
+    op: str, lists: tuple[list[Tensor], ...], grad_scale: Tensor | None, found_inf: Tensor | None
 ) -> float | None:
-    """The checks of every backend's adafactor_ (begin's, then check_aux_state), before any
-    write; then None if GradScaler found inf/NaN (the step changes nothing), else 1 /
-    grad_scale."""
+    """The checks of every backend's adafactor_ (begin's, then check_aux_state) on ``lists``
+    (params, grads, row_vars, col_vars, variances, state_steps), before any write; then None
+    if GradScaler found inf/NaN (the step changes nothing), else 1 / grad_scale."""
+    params, grads, row_vars, col_vars, variances, state_steps = lists
     names = ("params", "grads", "state_steps", "grad_scale", "found_inf")
     values = (params, grads, state_steps, grad_scale, found_inf)
     mixed = begin(op, dict(zip(names, values), master_params=None, sr_seeds=None), ())
@@ -112,10 +105,8 @@ def adafactor_(
     the optimizer resolves torch's None (the param dtype's machine epsilon). A param with no
     elements only counts its step (torch.optim.Adafactor raises ZeroDivisionError on it).
     """
-    s = begin_adafactor(
-        "fusedopt.adafactor_", params, grads, row_vars, col_vars, variances, state_steps,
-        grad_scale, found_inf,
-    )  # fmt: skip
+    lists = (params, grads, row_vars, col_vars, variances, state_steps)
+    s = begin_adafactor("fusedopt.adafactor_", lists, grad_scale, found_inf)
     if s is None:
         return
     lr = scalar(lr)

@@ -496,12 +496,11 @@ def _adafactor(values: dict[str, Any]) -> None:
     from ..reference._common import opmath_dtype, scalar
     from ..reference.adafactor import begin_adafactor
 
+    op = "fusedopt.adafactor_ (triton)"
     params, grads, steps = values["params"], values["grads"], values["state_steps"]
     rows_l, cols_l, vars_l = values["row_vars"], values["col_vars"], values["variances"]
-    s = begin_adafactor(
-        "fusedopt.adafactor_ (triton)", params, grads, rows_l, cols_l, vars_l, steps,
-        values["grad_scale"], values["found_inf"],
-    )  # fmt: skip
+    lists = (params, grads, rows_l, cols_l, vars_l, steps)
+    s = begin_adafactor(op, lists, values["grad_scale"], values["found_inf"])
     if s is None:
         return
     lr = scalar(values["lr"])
