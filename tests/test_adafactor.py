@@ -283,3 +283,24 @@ def test_no_params_with_grads_and_sparse_and_complex():
     p.grad = torch.randn(3).to_sparse()
     with pytest.raises(RuntimeError, match="Adafactor does not support sparse gradients"):
         fusedopt.Adafactor([p]).step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_grad_norm_is_torchs_clipping_then_the_step(backend):
+    # fp32: the optimizers' clip factor is an fp32 value (Note [clipping inside the step])
+    ours_p, ours = _run(
+        lambda ps: fusedopt.Adafactor(ps, backend=backend, max_grad_norm=0.5),
+        torch.float32,
+        4,
+        keep=NONEMPTY,
+    )
+    theirs_p = _params(torch.float32)
+    theirs = torch.optim.Adafactor([theirs_p[i] for i in NONEMPTY], foreach=False)
+    for s in range(4):
+        grads = _grads(theirs_p, s)
+        for i in NONEMPTY:
+            theirs_p[i].grad = grads[i]
+        torch.nn.utils.clip_grad_norm_([theirs_p[i] for i in NONEMPTY], 0.5)
+        theirs.step()
+    for i in NONEMPTY:
+        torch.testing.assert_close(ours_p[i], theirs_p[i], rtol=2e-5, atol=2e-6)
