@@ -117,6 +117,25 @@ def lamb_bytes(dtype: torch.dtype) -> float:
     return 10 * _itemsize(dtype)
 
 
+def adafactor_bytes(dtype: torch.dtype) -> float:
+    """Adafactor on a matrix: the update needs the row and column means of g^2 over the whole
+    matrix, and its RMS over the whole update, before any element of p may change, so the
+    kernel makes three passes (csrc/cpu/adafactor.cpp, Note [Adafactor passes]):
+      pass 1: read p, g; reduce sum p^2, the row and the column sums of g^2        (2)
+      pass 2: read g; reduce sum u^2 (u from g and the new row/column statistics)  (1)
+      pass 3: read p, g; write p                                                   (3)
+    6 arrays: 24 B/param in fp32 (the row/column statistics are O(m + n)). The model counts
+    matrices: a vector (bias, norm weight) reads and writes its variance too, in two passes
+    (8 arrays), and a GPT's vectors are under 0.5% of its params (0.1% of the B/param).
+    torch's foreach step moves about 21 arrays per matrix element (84 B/param in fp32).
+    """
+    return 6 * _itemsize(dtype)
+
+
+def _torch_adafactor(**flags: bool) -> Factory:
+    return lambda ps: torch.optim.Adafactor(ps, lr=1e-2, **flags)
+
+
 # -- fp32 master weights for bf16 params (Note [mixed precision] in fusedopt/math.h) ------------
 
 
@@ -543,6 +562,17 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     ),
     OptimizerSpec("LAMB", lamb_bytes, ("gpt",), {"lr": 1e-3}),
     OptimizerSpec("Sophia", sophia_bytes, ("gpt",), {"lr": 1e-4}, setup=_update_hessian),
+    # torch.optim.Adafactor has no fused=True: its default (the for-loop) and foreach=True
+    OptimizerSpec(
+        "Adafactor",
+        adafactor_bytes,
+        ("gpt",),
+        {"lr": 1e-2},
+        extra={
+            "torch-forloop": _torch_adafactor(),
+            "torch-foreach": _torch_adafactor(foreach=True),
+        },
+    ),
     OptimizerSpec(
         "AdamW-master",
         master_weights_bytes,

@@ -38,6 +38,10 @@ STEP = "step"  # per-param step counters (state["step"]), incremented by the op
 MASTER = "master"  # fp32 master copies of half-precision params (state["master_param"])
 SEED = "seed"  # stochastic-rounding seeds (state["sr_seed"]), advanced by the op
 AUX = "aux"  # other tensors: per-param or per-op outputs and inputs that are not param-shaped
+# A list of role AUX with a ``key`` is *auxiliary state*: per-param state kept in state[p][key]
+# like STATE, but whose tensors have their own shapes (Adafactor's row/column statistics), given
+# per param by the optimizer class (Note [auxiliary state] in fusedopt/optim/_plan.py). A slot
+# whose param keeps no such state holds an empty placeholder tensor.
 LR = "lr"  # the learning rate, a one-element Tensor
 AMP = "amp"  # GradScaler's grad_scale / found_inf
 SCALAR = "scalar"  # hyperparameters: float, bool, int
@@ -94,12 +98,15 @@ class Arg:
 @dataclass(frozen=True)
 class OpDef:
     """One op: ``name`` (with the trailing underscore of an in-place op), its arguments in
-    schema order, its return type ("()" or "Tensor") and a line of documentation."""
+    schema order, its return type ("()" or "Tensor") and a line of documentation; ``kernels``:
+    its CUDA backend runs the shared multi-tensor kernels (csrc/cuda/runner.cuh), each op in a
+    generated translation unit, else a host op of its own (csrc/cuda/glue.h's HostOp)."""
 
     name: str
     args: tuple[Arg, ...]
     returns: str = "()"
     doc: str = ""
+    kernels: bool = True
 
     def schema(self, with_name: bool = True) -> str:
         """The TORCH_LIBRARY schema; written lists and tensors get alias annotations (a!)..."""
@@ -140,6 +147,11 @@ class OpDef:
         return tuple(a.name for a in self.args if not a.is_list)
 
     @property
+    def aux_state(self) -> tuple[Arg, ...]:
+        """The auxiliary state lists (AUX lists with a state key)."""
+        return tuple(a for a in self.args if a.role == AUX and a.is_list and a.key is not None)
+
+    @property
     def written(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.args if a.write)
 
@@ -170,6 +182,10 @@ def _grads() -> Arg:
 
 def _state(name: str, key: str, write: bool = True, when: str | None = None) -> Arg:
     return Arg(name, "Tensor[]", STATE, write=write, key=key, when=when)
+
+
+def _aux_state(name: str, key: str) -> Arg:
+    return Arg(name, "Tensor[]", AUX, write=True, key=key)
 
 
 def _steps() -> Arg:
@@ -329,6 +345,30 @@ _DEFS = (
         ),
         doc="Sophia's hessian EMA: h = beta2 h + (1 - beta2) g*g.",
     ),
+    OpDef(
+        "adafactor_",
+        (
+            _params(),
+            _grads(),
+            # params of 2 or more dims: the means of g^2 over the last dim (shape [..., m, 1])
+            # and over the one before it ([..., 1, n]); the others: v, param-shaped
+            _aux_state("row_vars", "row_var"),
+            _aux_state("col_vars", "col_var"),
+            _aux_state("variances", "variance"),
+            _steps(),
+            _lr(),
+            _f("beta2_decay"),
+            _f("eps1"),
+            _f("eps2"),
+            _f("d"),
+            _f("weight_decay"),
+            _b("maximize"),
+            *_AMP,
+        ),
+        doc="Adafactor (torch.optim.Adafactor: factored second moments, relative step size, "
+        "update clipping).",
+        kernels=False,
+    ),
 )
 
 #: Every op by name, in registration order.
@@ -461,7 +501,7 @@ def cuda_sources(folder: str) -> list[str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runner = os.path.relpath(os.path.join(here, "csrc", "cuda", "runner.cuh"), folder)
     paths = []
-    for d in _DEFS:
+    for d in (d for d in _DEFS if d.kernels):
         path = os.path.join(folder, d.name.rstrip("_") + ".cu")
         text = f'{_GENERATED_LINE}\n#include "{runner}"\n\nFUSEDOPT_GPU_KERNELS({d.name})\n'
         _write_if_changed(path, text)

@@ -75,10 +75,12 @@ class OptimInfo:
     # matrix -> the message pattern of the error by which the optimizer refuses that setting
     # (tests/test_optim_info.py excuses it from the matrix, the matrix's test file checks it)
     unsupported: dict[str, str] = field(default_factory=dict)
+    # matrix -> why the optimizer is not in it (tests/test_optim_info.py requires a reason)
+    exempt: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.op in OPS, self.op
-        keys = {a.key for a in OPS[self.op].args if a.role in ("state", "step")}
+        keys = {a.key for a in OPS[self.op].args if a.role in ("state", "step", "aux")}
         assert set(self.state_keys) <= keys, (self.name, keys)
 
 
@@ -391,6 +393,43 @@ OPTIMS = [
             ({"betas": (0.965, 1.5)}, "Invalid beta parameter at index 1: 1.5"),
             ({"weight_decay": -1.0}, "Invalid weight_decay value"),
         ),
+    ),
+    OptimInfo(
+        name="adafactor",
+        cls=fusedopt.Adafactor,
+        torch_cls=torch.optim.Adafactor,
+        op="adafactor_",
+        # a vector's state (row_var, col_var for params of 2 or more dims)
+        state_keys=("step", "variance"),
+        supports=frozenset({"tensor_lr", "max_grad_norm"}),
+        tolerance="vs_torch",
+        configs={
+            "defaults": Config({}, ("compile",)),
+            "wd-maximize": Config({"weight_decay": 0.1, "maximize": True}, ("compile",)),
+        },
+        bad_args=(
+            ({"lr": -1.0}, ValueError),
+            ({"lr": torch.tensor([1e-3, 1e-3])}, ValueError),
+            ({"beta2_decay": 0.5}, ValueError),
+            ({"eps": (-1.0, 1e-3)}, ValueError),
+            ({"eps": (None, -1e-3)}, ValueError),
+            ({"d": 0.5}, ValueError),
+            ({"weight_decay": -0.1}, ValueError),
+        ),
+        exempt={
+            **{
+                m: "torch.optim.Adafactor cannot step the matrix's empty param (it divides by "
+                "its size: ZeroDivisionError); tests/test_adafactor.py compares without it"
+                for m in ("parity", "tensor_lr", "checkpoint", "triton_torch")
+            },
+            "damaged": "its checks take master_weights/stochastic_rounding, which Adafactor "
+            "does not offer (tests/test_adafactor.py checks its damaged checkpoints)",
+            "mixed": "no master weights, stochastic rounding or state dtypes",
+            "triton_cpu": "its reductions run in another order in Triton than on the CPU; "
+            "tests/test_adafactor.py compares both with the reference",
+            "cuda": "the CUDA backend runs ATen calls for Adafactor (tests/test_adafactor.py "
+            "checks its simulation against the CPU kernel)",
+        },
     ),
 ]
 INFO = {i.name: i for i in OPTIMS}

@@ -68,6 +68,12 @@ def _args(op: str, device: str, steps: list[torch.Tensor]) -> list:
                 None, None, None, None, None, 0, None]  # fmt: skip
     if op == "sophia_":
         return [p, g, m, v, steps, lr, 0.96, 0.04, 10.0, 0.1, False, None, None, None, None]
+    if op == "adafactor_":
+        rows = [torch.empty(0, device=device), torch.rand(3, 1, device=device)]
+        cols = [torch.empty(0, device=device), torch.rand(1, 2, device=device)]
+        var = [m[0].abs(), torch.empty(0, device=device), m[2].abs()]
+        return [p, g, [rows[0], rows[1], rows[0]], [cols[0], cols[1], cols[0]], var, steps, lr,
+                -0.8, 1e-30, 1e-3, 1.0, 0.1, False, None, None]  # fmt: skip
     raise AssertionError(op)
 
 

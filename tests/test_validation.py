@@ -34,16 +34,28 @@ def test_same_error_as_torch(info, kwargs, exc):
     assert (o_type, o_msg) == (t_type, t_msg)
 
 
-# The twins with torch.optim's `differentiable` (schedulefree's has none: it raises TypeError for
-# it, as ours does).
-@pytest.mark.parametrize(
-    "cls",
-    [i.cls for i in with_torch() if "differentiable" in inspect.signature(i.torch_cls).parameters],
-    ids=lambda c: c.__name__,
-)
+# The twins that take torch.optim's `differentiable` (schedulefree's and torch's Adafactor do not:
+# they raise TypeError for it, as ours do).
+_DIFFERENTIABLE = [
+    i.cls for i in with_torch() if "differentiable" in inspect.signature(i.torch_cls).parameters
+]
+
+
+@pytest.mark.parametrize("cls", _DIFFERENTIABLE, ids=lambda c: c.__name__)
 def test_differentiable_is_refused(cls):
     with pytest.raises(RuntimeError, match="does not support `differentiable`"):
         cls([torch.randn(2, requires_grad=True)], differentiable=True)
+
+
+@pytest.mark.parametrize(
+    "info", [i for i in with_torch() if i.cls not in _DIFFERENTIABLE], ids=lambda i: i.name
+)
+def test_differentiable_is_refused_as_by_the_twin(info):
+    p = [torch.randn(2, requires_grad=True)]
+    with pytest.raises(TypeError, match="differentiable"):
+        info.torch_cls(p, differentiable=True)
+    with pytest.raises(TypeError, match="differentiable"):
+        info.cls(p, differentiable=True)
 
 
 @pytest.mark.parametrize(

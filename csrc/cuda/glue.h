@@ -27,6 +27,7 @@
 #include "../common/mixed.h"
 #include "../common/multi_tensor.h"
 #include "../common/op_glue.h"
+#include "adafactor.h"
 #include "functors.h"
 #include "fusedopt/ops_generated.h"
 #include "jobs.h"
@@ -389,6 +390,14 @@ struct HostOp<ops::sum_sq, B> {
       B::template run<ops::sum_sq>(job, SumSqParams{partials.data_ptr<double>()});
     B::sum_partials(device, partials.data_ptr<double>(), total, out.data_ptr<double>());
     return out;
+  }
+};
+
+// Not a kernel of this folder yet: ATen calls (adafactor.cpp).
+template <class B>
+struct HostOp<ops::adafactor_, B> {
+  static void call(const ops::adafactor_::Args& a) {
+    adafactor_aten(a, op_label<ops::adafactor_>());
   }
 };
 

@@ -92,6 +92,8 @@ RECIPES = (
     ),
     Recipe("lion", "Lion", "Lion", {"lr": 3e-4, "weight_decay": 0.1}),
     Recipe("lamb", "LAMB", "LAMB", {"lr": 1e-2, "weight_decay": 0.01}),
+    # torch.optim.Adafactor's defaults: lr caps the relative step size (Adafactor's docstring)
+    Recipe("adafactor", "Adafactor", "Adafactor", {"lr": 1e-2}, torch_twin=True),
     Recipe(
         "sophia",
         "Sophia",

@@ -81,6 +81,7 @@ LANDSCAPES = {
             "lamb": 1e-2,
             "sophia": 1e-2,
             "sfadamw": 0.1,
+            "adafactor": 0.1,
         },
         zoom=(-1.62, -1.22, 1.55, 2.12),
         zoom_at=(0.36, 0.56, 0.38, 0.37),
@@ -102,6 +103,7 @@ LANDSCAPES = {
             "lamb": 0.03,
             "sophia": 0.01,
             "sfadamw": 0.1,
+            "adafactor": 0.1,
         },
         legend="lower right",
     ),
@@ -122,6 +124,7 @@ LANDSCAPES = {
             "lamb": 0.01,
             "sophia": 0.01,
             "sfadamw": 0.1,
+            "adafactor": 0.1,
         },
         legend="upper right",
     ),
@@ -142,6 +145,7 @@ LANDSCAPES = {
             "lamb": 1e-2,
             "sophia": 1e-2,
             "sfadamw": 0.1,
+            "adafactor": 0.1,
         },
     ),
 }
@@ -165,6 +169,7 @@ RACERS = (
     Racer("lamb", "LAMB", "LAMB", {"weight_decay": 0.0}),
     Racer("sophia", "Sophia", "Sophia", {"weight_decay": 0.0}),
     Racer("sfadamw", "SF-AdamW", "ScheduleFreeAdamW", {"weight_decay": 0.0}),
+    Racer("adafactor", "Adafactor", "Adafactor", {}),
 )
 
 

@@ -1,3 +1,4 @@
+from .adafactor import Adafactor
 from .adam import Adam, AdamW
 from .lamb import LAMB
 from .lion import Lion
@@ -5,4 +6,4 @@ from .schedule_free import ScheduleFreeAdamW
 from .sgd import SGD
 from .sophia import Sophia
 
-__all__ = ["LAMB", "SGD", "Adam", "AdamW", "Lion", "ScheduleFreeAdamW", "Sophia"]
+__all__ = ["LAMB", "SGD", "Adafactor", "Adam", "AdamW", "Lion", "ScheduleFreeAdamW", "Sophia"]

@@ -149,6 +149,11 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             if a.when is None or group[a.when]
         )
 
+    def _aux_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The op's auxiliary state keys (Note [auxiliary state] in _plan.py); the class says
+        their shapes (``_aux_shape``)."""
+        return tuple(a.key for a in OPS[self._op].aux_state)  # type: ignore[misc]
+
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
         """The op's scalar arguments by registry name: each from the group option of that name
         (beta1/beta2 from ``betas``) in the registry's type; subclasses add the others."""

@@ -58,8 +58,11 @@ class Checkpoints:
                 continue
             pstate = self.state[p]
             keys = self._state_keys(group)  # type: ignore[attr-defined]
+            aux = self._aux_keys(group)  # type: ignore[attr-defined]
             for k, v in saved[pid].items():
-                if k == "master_param":
+                if k in aux and v.is_floating_point():
+                    want = self._aux_dtype(group, p)  # type: ignore[attr-defined]
+                elif k == "master_param":
                     want = torch.float32
                 elif k == "sr_seed":
                     want = torch.int64
@@ -96,7 +99,8 @@ class Checkpoints:
             if pid not in owner or not isinstance(pstate, dict):
                 continue
             p, group = owner[pid]
-            keys = self._state_keys(group)  # type: ignore[attr-defined]
+            shapes = self._kept_shapes(group, p)  # type: ignore[attr-defined]
+            keys = tuple(shapes)
             required = (*keys, "step") if self._has_step else keys
             for key in required if pstate else ():
                 if key not in self._may_lack and pstate.get(key) is None:
@@ -105,7 +109,7 @@ class Checkpoints:
                         f"{', '.join(map(repr, pstate))}): the checkpoint is damaged or "
                         "from another optimizer; nothing was loaded"
                     )
-            shaped = {*keys, "master_param"}
+            shapes["master_param"] = tuple(p.shape)
             for key, value in pstate.items():
                 if key == "step":
                     _check_loaded_step(where, pid, value)
@@ -117,10 +121,15 @@ class Checkpoints:
                             f"loaded state for parameter {pid}: {key!r} must have "
                             f"one element, got shape {tuple(value.shape)}"
                         )
-                elif key in shaped and value.shape != p.shape:
+                elif key in shapes and tuple(value.shape) != shapes[key]:
+                    what = (
+                        f"the parameter has shape {tuple(p.shape)}"
+                        if shapes[key] == tuple(p.shape)
+                        else f"for a parameter of shape {tuple(p.shape)} it must be {shapes[key]}"
+                    )
                     raise ValueError(
                         f"loaded state for parameter {pid}: {key!r} has shape "
-                        f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}"
+                        f"{tuple(value.shape)}, but {what}"
                     )
 
 

@@ -12,6 +12,19 @@ group's plan (its buckets and their StepPlans with it) is rebuilt when that set 
 frozen param, a param without a grad this step), and all are dropped on add_param_group,
 load_state_dict and unpickling. State tensors replaced by hand
 (``opt.state[p]["exp_avg"] = t``) need ``opt.invalidate_plans()``.
+
+Note [auxiliary state]
+Some state is per param but not param-shaped: Adafactor's row and column statistics, the
+per-block scales of quantized states. The op registry marks such a list as auxiliary state
+(an AUX list with a state key, fusedopt/_opdefs.py); the optimizer class says per param which
+of those keys it keeps and their shapes (``_aux_shape``) and dtype (``_aux_dtype``). A bucket
+carries them like the other state lists, one slot per param: state[p][key] where the param
+keeps it, else an empty placeholder tensor the op does not read (Adafactor's 1-D params keep
+a ``variance`` and no row/column statistics, its matrices the reverse). They are created,
+checked against their shapes, saved and loaded (Note [damaged checkpoints]) as the other
+state is; the StepPlans hold them as any other list. Params that are DTensors are refused
+for now: a shard's statistics would need reductions across the ranks (the row sums of a
+row-sharded matrix are local, its column sums are not).
 """
 
 from __future__ import annotations
@@ -50,6 +63,11 @@ class Bucket:
     def sharded(self) -> bool:
         """Some params are shards: norms over them need an all-reduce."""
         return self.mesh_dims is not None and bool(self.mesh_dims[1])
+
+
+def _placeholder(p: Tensor, dtype: torch.dtype) -> Tensor:
+    """The slot of an auxiliary state a param does not keep: empty, never read."""
+    return torch.empty(0, dtype=dtype, device=p.device)
 
 
 class Plan:
@@ -100,6 +118,27 @@ class Plans:
     def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
         return _mixed.state_dtype(self, p)
 
+    def _aux_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The auxiliary state keys this group's op carries (Note [auxiliary state])."""
+        return ()
+
+    def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
+        """The shape of p's auxiliary state ``key``, or None where p keeps none."""
+        raise NotImplementedError
+
+    def _aux_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+        return self._state_dtype(group, p)
+
+    def _kept_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple[int, ...]]:
+        """Every state key param p keeps but "step" (and the mixed-precision ones), with its
+        shape."""
+        out = {k: tuple(p.shape) for k in self._state_keys(group)}
+        for k in self._aux_keys(group):
+            shape = self._aux_shape(k, p)
+            if shape is not None:
+                out[k] = shape
+        return out
+
     def _zero_step(self, p: Tensor) -> Tensor:
         # torch keeps `step` on the CPU unless fused/capturable; fused kernels on a GPU want it
         # on the param's device, as torch's fused=True does. A meta param has no values to
@@ -119,6 +158,10 @@ class Plans:
                 state[key] = torch.zeros_like(
                     p, dtype=self._state_dtype(group, p), memory_format=torch.preserve_format
                 )
+        for key in self._aux_keys(group):
+            shape = self._aux_shape(key, p)
+            if shape is not None and state.get(key) is None:
+                state[key] = torch.zeros(shape, dtype=self._aux_dtype(group, p), device=p.device)
 
     def _build_plan(
         self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
@@ -126,7 +169,14 @@ class Plans:
         where = self._where()
         mesh = _dtensor.group_mesh(group["params"], where)
         keys = self._state_keys(group)
-        stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
+        aux = self._aux_keys(group)
+        if aux and mesh is not None:
+            raise NotImplementedError(
+                f"{where} does not support DTensor params: its state {', '.join(aux)} is not "
+                "shaped like the params (Note [auxiliary state])"
+            )
+        # e.g. SGD without momentum keeps no state
+        stateless = not keys and not aux and not self._has_step
         buckets: dict[tuple[Any, ...], Bucket] = {}
         # A param listed twice in a group (torch warns, and steps it twice): its second entry
         # goes to a bucket launched after the first, as one kernel updating the same memory
@@ -155,7 +205,7 @@ class Plans:
             if b is None:
                 backend = _dispatch.resolve(self.backend, p.device)
                 b = buckets[key] = Bucket(backend, p.device, None if mesh is None else (mesh, dims))
-                kept = (*keys, "step") if self._has_step else keys
+                kept = (*keys, *aux, "step") if self._has_step else (*keys, *aux)
                 b.lists = {k: [] for k in (*kept, mode_key) if k is not None}
             b.idx.append(i)
             b.params.append(p if mesh is None else _dtensor.local(p))
@@ -172,7 +222,8 @@ class Plans:
             if stateless:
                 continue
             state = self.state[p]
-            missing_state = any(state.get(k) is None for k in keys)
+            kept_shapes = self._kept_shapes(group, p) if aux else None
+            missing_state = any(state.get(k) is None for k in kept_shapes or keys)
             fresh = first_fresh or missing_state
             repeats[id(p)] = (repeat + 1, fresh)
             if self._has_step and "step" not in state:
@@ -184,6 +235,20 @@ class Plans:
                 t = state[k]
                 self._check_state_tensor(i, p, k, t, sdt, mesh)
                 b.lists[k].append(t if mesh is None else _dtensor.local(t))
+            adt = self._aux_dtype(group, p) if aux else None
+            for k in aux:
+                shape = kept_shapes.get(k)  # type: ignore[union-attr]
+                if shape is None:
+                    b.lists[k].append(_placeholder(p, adt))  # type: ignore[arg-type]
+                    continue
+                t = state[k]
+                if tuple(t.shape) != shape or t.dtype != adt or t.device != p.device:
+                    raise RuntimeError(
+                        f"{where}: state {k!r} of parameter {i} has shape {tuple(t.shape)}, "
+                        f"dtype {t.dtype}, device {t.device}, but must have shape {shape}, "
+                        f"dtype {adt}, device {p.device}"
+                    )
+                b.lists[k].append(t)
             if self._has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step

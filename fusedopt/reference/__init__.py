@@ -7,6 +7,7 @@ The tests run these in fp64 as the ground truth, and ``backend="reference"`` run
 """
 
 from ._common import opmath_dtype, sum_sq
+from .adafactor import adafactor_
 from .adam import adam_
 from .lamb import lamb_
 from .lion import lion_
@@ -15,6 +16,7 @@ from .sgd import sgd_
 from .sophia import sophia_, sophia_update_hessian_
 
 __all__ = [
+    "adafactor_",
     "adam_",
     "lamb_",
     "lion_",

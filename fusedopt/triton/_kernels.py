@@ -1121,3 +1121,144 @@ def _sum_kernel(
         k = c + tl.arange(0, BLOCK)
         acc += tl.load(x + k, mask=k < n, other=0.0)
     tl.store(out, tl.sum(acc, axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adafactor (fusedopt/triton/_launch.py: _adafactor; the passes: Note [Adafactor passes] in
+# csrc/cpu/adafactor.cpp). One program per BR rows of one matrix of a batch of matrices
+# [B, M, N], looping over column tiles of BC; the partial sums are stored per program and added
+# up in a fixed order by the host.
+
+
+@triton.jit
+def _adafactor_direction(v, g, eps1_sq, CT: tl.constexpr):
+    v = tl.where(v < eps1_sq, eps1_sq, v)  # clamp_(min=): NaN stays NaN
+    if tl.float32 == CT:  # Note [exact rounding]
+        return tl.div_rn(1.0, tl.sqrt_rn(v)) * g
+    return (1.0 / tl.sqrt(v)) * g
+
+
+@triton.jit
+def _adafactor_rows(pid, RB, M, N, BR: tl.constexpr):
+    b = pid // RB
+    rows = (pid % RB) * BR + tl.arange(0, BR)
+    return b, rows, rows < M
+
+
+@triton.jit
+def _adafactor_sums_kernel(
+    p, g, rowsum, colpart, pp_part, s, M, N, RB, CT: tl.constexpr, BR: tl.constexpr,
+    BC: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: the row sums of (s g)^2 (rowsum[b, rows]), this program's column sums
+    (colpart[pid, :]) and sum p^2 (pp_part[pid])."""
+    pid = tl.program_id(0)
+    b, rows, rmask = _adafactor_rows(pid, RB, M, N, BR)
+    racc = tl.zeros((BR,), CT)
+    pacc = tl.zeros((BR,), CT)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        cmask = cols < N
+        m = rmask[:, None] & cmask[None, :]
+        off = b * M * N + rows[:, None] * N + cols[None, :]
+        gv = tl.load(g + off, mask=m, other=0.0).to(CT) * s
+        gg = gv * gv
+        racc += tl.sum(gg, axis=1)
+        tl.store(colpart + pid * N + cols, tl.sum(gg, axis=0), mask=cmask)
+        pv = tl.load(p + off, mask=m, other=0.0).to(CT)
+        pacc += tl.sum(pv * pv, axis=1)
+    tl.store(rowsum + b * M + rows, racc, mask=rmask)
+    tl.store(pp_part + pid, tl.sum(pacc, axis=0))
+
+
+@triton.jit
+def _adafactor_norm_kernel(
+    g, r, c, rmean, uu_part, s, eps1_sq, M, N, RB, CT: tl.constexpr, BR: tl.constexpr,
+    BC: tl.constexpr,
+):  # fmt: skip
+    """Pass 2: this program's sum of u^2 (uu_part[pid])."""
+    pid = tl.program_id(0)
+    b, rows, rmask = _adafactor_rows(pid, RB, M, N, BR)
+    rv = tl.load(r + b * M + rows, mask=rmask, other=0.0).to(CT)
+    rm = tl.load(rmean + b).to(CT)
+    acc = tl.zeros((BR,), CT)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        cmask = cols < N
+        m = rmask[:, None] & cmask[None, :]
+        cv = tl.load(c + b * N + cols, mask=cmask, other=0.0).to(CT)
+        gv = tl.load(g + b * M * N + rows[:, None] * N + cols[None, :], mask=m, other=0.0)
+        if tl.float32 == CT:
+            v = tl.div_rn(rv[:, None] * cv[None, :], rm)
+        else:
+            v = (rv[:, None] * cv[None, :]) / rm
+        u = _adafactor_direction(v, gv.to(CT) * s, eps1_sq, CT)
+        acc += tl.sum(tl.where(m, u * u, 0.0), axis=1)
+    tl.store(uu_part + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _adafactor_apply_kernel(
+    p, g, r, c, rmean, s, eps1_sq, decay, neg_step_ptr, M, N, RB, CT: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    """Pass 3: p = p * decay + neg_step * u."""
+    pid = tl.program_id(0)
+    b, rows, rmask = _adafactor_rows(pid, RB, M, N, BR)
+    rv = tl.load(r + b * M + rows, mask=rmask, other=0.0).to(CT)
+    rm = tl.load(rmean + b).to(CT)
+    neg_step = tl.load(neg_step_ptr).to(CT)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        cmask = cols < N
+        m = rmask[:, None] & cmask[None, :]
+        off = b * M * N + rows[:, None] * N + cols[None, :]
+        cv = tl.load(c + b * N + cols, mask=cmask, other=0.0).to(CT)
+        gv = tl.load(g + off, mask=m, other=0.0).to(CT) * s
+        if tl.float32 == CT:
+            v = tl.div_rn(rv[:, None] * cv[None, :], rm)
+        else:
+            v = (rv[:, None] * cv[None, :]) / rm
+        u = _adafactor_direction(v, gv, eps1_sq, CT)
+        pv = tl.load(p + off, mask=m, other=0.0).to(CT)
+        pv = pv * decay
+        pv = pv + neg_step * u
+        tl.store(p + off, pv.to(p.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _adafactor_vector_kernel(
+    p, g, v, pp_part, uu_part, s, w_ptr, eps1_sq, n, CT: tl.constexpr, BLOCK: tl.constexpr
+):
+    """A vector's pass 1: v lerped toward (s g)^2 and stored, sums of p^2 and u^2 per
+    program."""
+    pid = tl.program_id(0)
+    k = pid * BLOCK + tl.arange(0, BLOCK)
+    m = k < n
+    w = tl.load(w_ptr).to(CT)
+    gv = tl.load(g + k, mask=m, other=0.0).to(CT) * s
+    vv = tl.load(v + k, mask=m, other=0.0).to(CT)
+    gg = gv * gv
+    # torch.lerp (ATen Lerp.h): the form depends on the weight
+    vv = tl.where(w < 0.5, vv + w * (gg - vv), gg - (gg - vv) * (1 - w))
+    tl.store(v + k, vv.to(v.dtype.element_ty), mask=m)
+    u = _adafactor_direction(vv, gv, eps1_sq, CT)
+    pv = tl.load(p + k, mask=m, other=0.0).to(CT)
+    tl.store(pp_part + pid, tl.sum(pv * pv, axis=0))
+    tl.store(uu_part + pid, tl.sum(tl.where(m, u * u, 0.0), axis=0))
+
+
+@triton.jit
+def _adafactor_vector_apply_kernel(
+    p, g, v, s, eps1_sq, decay, neg_step_ptr, n, CT: tl.constexpr, BLOCK: tl.constexpr
+):
+    pid = tl.program_id(0)
+    k = pid * BLOCK + tl.arange(0, BLOCK)
+    m = k < n
+    neg_step = tl.load(neg_step_ptr).to(CT)
+    gv = tl.load(g + k, mask=m, other=0.0).to(CT) * s
+    u = _adafactor_direction(tl.load(v + k, mask=m, other=1.0).to(CT), gv, eps1_sq, CT)
+    pv = tl.load(p + k, mask=m, other=0.0).to(CT)
+    pv = pv * decay
+    pv = pv + neg_step * u
+    tl.store(p + k, pv.to(p.dtype.element_ty), mask=m)

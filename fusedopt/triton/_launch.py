@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -252,7 +253,7 @@ _UPDATES = {
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq")
+_OWN = ("lamb_", "sum_sq", "adafactor_")
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -468,9 +469,112 @@ def _sum_sq(tensors: list[Tensor]) -> Tensor:
     return total
 
 
+# Rows and columns of a tile of the matrix kernels, elements of a block of the vector ones.
+_AF_ROWS, _AF_COLS, _AF_BLOCK = 8, 128, 1024
+
+
+def _dense(t: Tensor, dt: torch.dtype) -> Tensor:
+    """t in the compute dtype, dense: t itself if it is (the kernels write it in place), else a
+    copy the caller writes back."""
+    return t if t.dtype == dt and t.is_contiguous() else t.to(dt).contiguous()
+
+
+def _adafactor(values: dict[str, Any]) -> None:
+    """Note [Adafactor in Triton]
+    Per param the passes of the CPU kernel (Note [Adafactor passes] in csrc/cpu/adafactor.cpp):
+    a matrix (batched over its leading dims) is 3 launches, a vector 2; the O(m + n) row and
+    column statistics between them, and the per-tensor scalars, are torch ops on the device
+    (the host reads the lr, grad_scale and found_inf once per call, as the reference does, and
+    nothing per param). fp16/bf16 params are computed on fp32 copies (one more read and write),
+    so their rounding is torch's."""
+    from ..reference._common import opmath_dtype, scalar
+    from ..reference.adafactor import begin_adafactor
+
+    op = "fusedopt.adafactor_ (triton)"
+    params, grads, steps = values["params"], values["grads"], values["state_steps"]
+    rows_l, cols_l, vars_l = values["row_vars"], values["col_vars"], values["variances"]
+    lists = (params, grads, rows_l, cols_l, vars_l, steps)
+    s = begin_adafactor(op, lists, values["grad_scale"], values["found_inf"])
+    if s is None:
+        return
+    lr = scalar(values["lr"])
+    eps1, eps2, d = values["eps1"], values["eps2"], values["d"]
+    eps1_sq = eps1 * eps1
+    wd = values["weight_decay"]
+    decay = 1 - lr * wd if wd != 0 else 1.0
+    gs = -s if values["maximize"] else s
+    k = _k()
+    for i, param in enumerate(params):
+        steps[i] += 1
+        n = param.numel()
+        if n == 0:
+            continue  # it only counts its step
+        dt = opmath_dtype(param.dtype)
+        ct = tl.float64 if dt == torch.float64 else tl.float32
+        step = steps[i].to(param.device, torch.float64)
+        w = step ** values["beta2_decay"]
+        rho = torch.clamp(1 / step.sqrt(), max=lr)
+        p = _dense(param, dt)
+        g = _dense(grads[i], dt)
+        with _device_ctx(param.device):
+            if param.dim() >= 2:
+                m_, n_ = param.shape[-2], param.shape[-1]
+                b_ = math.prod(param.shape[:-2])
+                rb = triton.cdiv(m_, _AF_ROWS)
+                programs = b_ * rb
+                rowsum = torch.zeros(b_ * m_, dtype=dt, device=param.device)
+                colpart = torch.zeros(programs, n_, dtype=dt, device=param.device)
+                pp_part = torch.zeros(programs, dtype=dt, device=param.device)
+                uu_part = torch.zeros(programs, dtype=dt, device=param.device)
+                tile = {"CT": ct, "BR": _AF_ROWS, "BC": _AF_COLS, **_OPTS}
+                k._adafactor_sums_kernel[(programs,)](
+                    p, g, rowsum, colpart, pp_part, s, m_, n_, rb, **tile
+                )
+                # the statistics, as the CPU kernel computes them (fp64 sums, one rounding)
+                colsum = colpart.double().view(b_, rb, n_).sum(1)
+                wt = w.to(dt)
+                r = rows_l[i].to(dt).lerp((rowsum.double() / n_).to(dt).view(rows_l[i].shape), wt)
+                c = cols_l[i].to(dt).lerp((colsum / m_).to(dt).view(cols_l[i].shape), wt)
+                rows_l[i].copy_(r)
+                cols_l[i].copy_(c)
+                r = _dense(rows_l[i], dt)
+                c = _dense(cols_l[i], dt)
+                rmean = (r.double().view(b_, m_).sum(1) / m_).to(dt).clamp(min=eps1)
+                k._adafactor_norm_kernel[(programs,)](
+                    g, r, c, rmean, uu_part, gs, eps1_sq, m_, n_, rb, **tile
+                )
+            else:
+                v = _dense(vars_l[i], dt)
+                programs = triton.cdiv(n, _AF_BLOCK)
+                pp_part = torch.zeros(programs, dtype=dt, device=param.device)
+                uu_part = torch.zeros(programs, dtype=dt, device=param.device)
+                block = {"CT": ct, "BLOCK": _AF_BLOCK, **_OPTS}
+                k._adafactor_vector_kernel[(programs,)](
+                    p, g, v, pp_part, uu_part, gs, w.to(dt), eps1_sq, n, **block
+                )
+                if v is not vars_l[i]:
+                    vars_l[i].copy_(v)
+            sq_n = math.sqrt(n)
+            rms = pp_part.double().sum().sqrt() / sq_n
+            alpha = torch.where(rms > eps2, rms, eps2) * rho
+            clip = uu_part.double().sum().sqrt() / (sq_n * d)
+            neg_step = -alpha / torch.where(clip > 1, clip, 1.0)
+            if param.dim() >= 2:
+                k._adafactor_apply_kernel[(programs,)](
+                    p, g, r, c, rmean, gs, eps1_sq, decay, neg_step, m_, n_, rb, **tile
+                )
+            else:
+                k._adafactor_vector_apply_kernel[(programs,)](
+                    p, g, v, gs, eps1_sq, decay, neg_step, n, **block
+                )
+        if p is not param:
+            param.copy_(p)
+
+
 _RUN: dict[str, Callable[..., Any]] = {
     **{name: (lambda values, name=name: _update(name, values)) for name in OPS if name not in _OWN},
     "lamb_": _lamb,
+    "adafactor_": _adafactor,
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 

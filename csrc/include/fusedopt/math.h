@@ -312,6 +312,28 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void schedule_free_adamw_element(T& y, T g, T& z
   z = z + s.neg_lr * u;  // sub_(u, alpha=lr)
 }
 
+// Adafactor (torch.optim.Adafactor's for-loop, torch/optim/_adafactor.py), element by element.
+// A matrix's variance estimate is (r * c) / rmean, with r its row's row_var, c its column's
+// col_var and rmean = max(mean(row_var), eps1) (torch's row_var @ col_var, then div_); a
+// vector's is its variance. The update direction is then rsqrt(max(v, eps1^2)) * g.
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_factored(T r, T c, T rmean) {
+  return (r * c) / rmean;
+}
+
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_direction(T v, T g, T eps1_sq) {
+  v = v < eps1_sq ? eps1_sq : v;  // clamp_(min=): NaN stays NaN
+  return (T(1) / sqrt_(v)) * g;
+}
+
+// p.mul_(1 - lr*wd) (decay 1 without weight decay), then p.add_(u, alpha=-alpha/denom).
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE void adafactor_apply(T& p, T u, T decay, T neg_step) {
+  p = p * decay;
+  p = p + neg_step * u;
+}
+
 // The authors' constant keeping |m| / (rho*bs*h + eps) finite where h = 0.
 constexpr double kSophiaEps = 1e-15;
 
