@@ -12,7 +12,17 @@ from . import amp, schedules
 from ._dispatch import BackendInfo, backends
 from ._ext import LOAD_ERROR as _LOAD_ERROR
 from .clip import clip_grad_norm_
-from .optim import LAMB, SGD, Adam, AdamW, Lion, Sophia
+from .optim import (
+    LAMB,
+    SGD,
+    Adam,
+    AdamW,
+    Lion,
+    Muon,
+    MuonWithAuxAdam,
+    Sophia,
+    muon_param_groups,
+)
 
 __version__ = "0.1.0"
 
@@ -22,7 +32,10 @@ __all__ = [
     "Adam",
     "AdamW",
     "Lion",
+    "Muon",
+    "MuonWithAuxAdam",
     "Sophia",
+    "muon_param_groups",
     "BackendInfo",
     "amp",
     "backends",

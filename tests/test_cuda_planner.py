@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import _dispatch, reference
+from fusedopt import _dispatch, _opdefs, reference
 from fusedopt._ext import _C
 from fusedopt.reference._common import sr_key, sr_round_bf16
 from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
@@ -326,6 +326,28 @@ def _hessian(t, dtype, sizes, kw):
     return (t(3, True), t(1), 0.99, kw.get("grad_scale"), kw.get("found_inf")), [0]
 
 
+def _muon_momentum(t, dtype, sizes, kw):
+    # the buffers are a state (list 2: the state dtype), the grads the params' dtype; the
+    # updates bf16 (what Newton-Schulz reads), only written
+    updates = [torch.zeros(x.shape, dtype=torch.bfloat16) for x in t(1)]
+    args = (t(2), t(1), updates, 0.95, kw.get("nesterov", True))
+    return args + (kw.get("grad_scale"), kw.get("found_inf")), [0, 2]
+
+
+def _muon(t, dtype, sizes, kw):
+    args = (
+        t(0),
+        t(1),
+        kw.get("lr", torch.tensor(2e-2, dtype=torch.float64)),
+        kw.get("weight_decay", 0.1),
+        1.5,
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
+    extra, idx = _mixed(kw, len(args), [0])
+    return args + extra, idx
+
+
 BUILDERS = {
     "adam_": _adam,
     "sgd_": _sgd,
@@ -333,7 +355,12 @@ BUILDERS = {
     "lamb_": _lamb,
     "sophia_": _sophia,
     "sophia_update_hessian_": _hessian,
+    "muon_momentum_": _muon_momentum,
+    "muon_": _muon,
 }
+
+# The ops without params (no master_params / sr_seeds).
+NO_PARAMS = ("sophia_update_hessian_", "muon_momentum_")
 
 # (op, mode kwargs): every template mode of every op at least once.
 OP_CASES = [
@@ -352,6 +379,9 @@ OP_CASES = [
     ("sophia_", {}),
     ("sophia_", {"maximize": True, "bs": 100.0}),
     ("sophia_update_hessian_", {}),
+    ("muon_momentum_", {}),
+    ("muon_momentum_", {"nesterov": False}),
+    ("muon_", {}),
 ]
 OP_IDS = [f"{op.rstrip('_')}-{i}" for i, (op, _) in enumerate(OP_CASES)]
 
@@ -501,7 +531,7 @@ FOUND_INF_STORAGE = [
 @pytest.mark.parametrize("op", list(BUILDERS))
 def test_found_inf_changes_nothing(sim, op, by_pointer, dtype, state_dtype, mode):
     """Params, states, step counters, masters and seeds all keep their bits."""
-    if op == "sophia_update_hessian_" and mode != "plain":
+    if op in NO_PARAMS and mode != "plain":
         pytest.skip("no params")
     sim.configure(chunk_size=16, threads=4, max_blocks=4, scalars_by_pointer=by_pointer)
     kw = {"found_inf": torch.tensor([1.0])}
@@ -741,8 +771,8 @@ MIXED = [
     pytest.param(FP16, FP32, "plain", id="fp16-fp32states"),
     pytest.param(FP16, BF16, "plain", id="fp16-bf16states"),
 ]
-UPDATE_CASES = [c for c in OP_CASES if c[0] != "sophia_update_hessian_"]
-UPDATE_IDS = [i for i, c in zip(OP_IDS, OP_CASES) if c[0] != "sophia_update_hessian_"]
+UPDATE_CASES = [c for c in OP_CASES if c[0] not in NO_PARAMS]
+UPDATE_IDS = [i for i, c in zip(OP_IDS, OP_CASES) if c[0] not in NO_PARAMS]
 
 
 def arg_index(op, name):
@@ -812,7 +842,7 @@ def resync(ours, theirs, idx, step):
 def test_mixed_precision_matches_reference(sim, op, kw, dtype, state_dtype, mode):
     """Three steps of every op mode in every mixed combination, on tensors spanning many blocks
     and launches (an empty one among them), vector and scalar paths, against the reference."""
-    if op == "sophia_update_hessian_" and mode != "plain":
+    if op in NO_PARAMS and mode != "plain":
         pytest.skip("no params")
     sim.configure(chunk_size=16, threads=4, max_slots=3, max_blocks=5)
     ours, idx = build(op, kw, dtype, state_dtype=state_dtype, mode=mode)
@@ -1043,10 +1073,13 @@ def _bad_mixed(op):
     """(kwargs of build, expected message): mixed-precision arguments the ops refuse."""
     n = len(SIZES)
     bf = build(op, {}, BF16)[0]
+    # an op without state lists (muon_) has no state dtype to refuse
+    stateful = any(a.role == "state" for a in _opdefs.OPS[op].args)
+    states = [({"dtype": torch.float64, "state_dtype": FP32}, "state dtype Float is not supported")]
     return [
         ({"dtype": FP32, "mode": "master"}, "master_params need float16 or bfloat16 params"),
         ({"dtype": FP16, "mode": "sr"}, "stochastic rounding .* needs bfloat16 params"),
-        ({"dtype": torch.float64, "state_dtype": FP32}, "state dtype Float is not supported"),
+        *(states if stateful else []),
         (
             {
                 "dtype": BF16,
@@ -1066,7 +1099,7 @@ def _bad_mixed(op):
     ]
 
 
-@pytest.mark.parametrize("op", [o for o in BUILDERS if o != "sophia_update_hessian_"])
+@pytest.mark.parametrize("op", [o for o in BUILDERS if o not in NO_PARAMS])
 def test_mixed_arguments_are_checked(sim, op):
     for spec, match in _bad_mixed(op):
         args, idx = build(

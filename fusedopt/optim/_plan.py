@@ -97,6 +97,11 @@ class Plans:
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def _group_has_step(self, group: dict[str, Any]) -> bool:
+        """Whether the group's params keep a ``step`` (per group where one optimizer runs two
+        ops: fusedopt.MuonWithAuxAdam)."""
+        return self._has_step
+
     def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
         return _mixed.state_dtype(self, p)
 
@@ -126,7 +131,8 @@ class Plans:
         where = self._where()
         mesh = _dtensor.group_mesh(group["params"], where)
         keys = self._state_keys(group)
-        stateless = not keys and not self._has_step  # e.g. SGD without momentum keeps no state
+        has_step = self._group_has_step(group)
+        stateless = not keys and not has_step  # e.g. SGD without momentum keeps no state
         buckets: dict[tuple[Any, ...], Bucket] = {}
         # A param listed twice in a group (torch warns, and steps it twice): its second entry
         # goes to a bucket launched after the first, as one kernel updating the same memory
@@ -155,7 +161,7 @@ class Plans:
             if b is None:
                 backend = _dispatch.resolve(self.backend, p.device)
                 b = buckets[key] = Bucket(backend, p.device, None if mesh is None else (mesh, dims))
-                kept = (*keys, "step") if self._has_step else keys
+                kept = (*keys, "step") if has_step else keys
                 b.lists = {k: [] for k in (*kept, mode_key) if k is not None}
             b.idx.append(i)
             b.params.append(p if mesh is None else _dtensor.local(p))
@@ -175,7 +181,7 @@ class Plans:
             missing_state = any(state.get(k) is None for k in keys)
             fresh = first_fresh or missing_state
             repeats[id(p)] = (repeat + 1, fresh)
-            if self._has_step and "step" not in state:
+            if has_step and "step" not in state:
                 state["step"] = self._zero_step(p)
             if missing_state:
                 self._init_state(p, state, group)
@@ -184,7 +190,7 @@ class Plans:
                 t = state[k]
                 self._check_state_tensor(i, p, k, t, sdt, mesh)
                 b.lists[k].append(t if mesh is None else _dtensor.local(t))
-            if self._has_step:
+            if has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step
                     step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())

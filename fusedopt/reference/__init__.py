@@ -10,6 +10,7 @@ from ._common import opmath_dtype, sum_sq
 from .adam import adam_
 from .lamb import lamb_
 from .lion import lion_
+from .muon import muon_, muon_momentum_
 from .sgd import sgd_
 from .sophia import sophia_, sophia_update_hessian_
 
@@ -17,6 +18,8 @@ __all__ = [
     "adam_",
     "lamb_",
     "lion_",
+    "muon_",
+    "muon_momentum_",
     "sgd_",
     "sophia_",
     "sophia_update_hessian_",

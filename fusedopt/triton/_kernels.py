@@ -676,6 +676,172 @@ def _lion_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# Muon (the elementwise parts around the batched Newton-Schulz matmuls)
+
+
+@triton.jit
+def _rounded(x, ST: tl.constexpr, CT: tl.constexpr):
+    """x rounded to storage dtype ST as _store rounds it, back in the compute type CT."""
+    if tl.bfloat16 == ST:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        bits = tl.where(x != x, 0x7FC0, bits)
+        return (bits << 16).to(tl.float32, bitcast=True).to(CT)
+    else:
+        return x.to(ST).to(CT)
+
+
+@triton.jit
+def _lerp(a, b, w, LOW: tl.constexpr):
+    """torch.lerp's formula (lerp_ in math.h); LOW: w < 0.5 in the compute type."""
+    if LOW:
+        return a + w * (b - a)
+    else:
+        return b - (b - a) * (1.0 - w)
+
+
+@triton.jit
+def _muon_momentum_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    b_ptr, g_ptr, u_ptr = ptrs
+    inv_scale, mu, omm = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[0]
+    NESTEROV: tl.constexpr = F[1]
+    BT: tl.constexpr = F[2]
+    OMM_LOW: tl.constexpr = F[3]
+    MU_LOW: tl.constexpr = F[4]
+    b = _load(b_ptr, offs, mask, BT, CT)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    # Each a tensor of its own dtype in torch.optim.Muon: b rounded to the buffers' dtype
+    # before the nesterov lerp reads it, that lerp to the grads' (muon_momentum_element).
+    b = _rounded(_lerp(b, g, omm, OMM_LOW), BT, CT)
+    _store(b_ptr, offs, b, mask, BT)
+    if NESTEROV:
+        u = _rounded(_lerp(g, b, mu, MU_LOW), PT, CT)
+    else:
+        u = b
+    _store(u_ptr, offs, u, mask, ST)
+    return acc
+
+
+@triton.jit
+def _muon_momentum_kernel(
+    table,  # int64 [n, W]: momentum buffer, update; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    momentum: tl.float64,
+    PT: tl.constexpr,  # the grads' dtype (the params')
+    ST: tl.constexpr,  # the updates' dtype
+    BT: tl.constexpr,  # the momentum buffers' dtype (Muon's state dtype)
+    CT: tl.constexpr,  # the grads' compute dtype
+    W: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    OMM_LOW: tl.constexpr,  # 1 - momentum < 0.5 (in CT)
+    MU_LOW: tl.constexpr,  # momentum < 0.5 (in CT)
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    b_ptr = _ptr(table, row, W, 0, BT, ALIGNED)
+    u_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    mu = tl.full((), momentum, tl.float64)
+    sc = (_inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT), mu.to(CT), (1.0 - mu).to(CT))
+    _sweep(
+        _muon_momentum_tile,
+        (b_ptr, g_ptr, u_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (HAS_GRAD_SCALE, NESTEROV, BT, OMM_LOW, MU_LOW),
+        BLOCK,
+    )
+
+
+@triton.jit
+def _muon_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
+    p_ptr, w_ptr, o_ptr = ptrs
+    key, inv_scale, neg_step, decay = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    o = _load(o_ptr, offs, mask, PT, CT)
+    if HAS_GRAD_SCALE:
+        o = o * inv_scale
+    p = p * decay
+    p = p + neg_step * o
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
+    return acc
+
+
+@triton.jit
+def _muon_kernel(
+    table,  # int64 [n, W]: param[, master][, seed]; numel
+    grads,  # int64 [n]: address of each orthogonalized update O
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    lr_ptr,  # (LR_FROM_PTR)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    lr_value: tl.float64,
+    weight_decay: tl.float64,
+    lr_ratio: tl.float64,
+    PT: tl.constexpr,
+    ST: tl.constexpr,
+    CT: tl.constexpr,
+    MASTER: tl.constexpr,
+    MASTER_COL: tl.constexpr,
+    SR: tl.constexpr,
+    SEED_COL: tl.constexpr,
+    W: tl.constexpr,
+    LR_FROM_PTR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    p_ptr, w_ptr, key = _param_ptrs(table, row, W, PT, MASTER, MASTER_COL, SEED_COL, SR, ALIGNED)
+    o_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    # torch.optim.Muon reads a Tensor lr as a Python float: fp64 products (make_muon_scalars).
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    wd = tl.full((), weight_decay, tl.float64)
+    ratio = tl.full((), lr_ratio, tl.float64)
+    sc = (
+        key,
+        _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT),
+        (-(lr * ratio)).to(CT),
+        (1.0 - lr * wd).to(CT),
+    )
+    _sweep(
+        _muon_tile,
+        (p_ptr, w_ptr, o_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (MASTER, SR, HAS_GRAD_SCALE),
+        BLOCK,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # SophiaG
 
 

@@ -4,6 +4,7 @@ launch a fixed number of kernels per call, whatever the number of tensors:
   adam_, lion_, sophia_   increment the step counters (and SR seeds); the update   2 launches
   sgd_                    (increment the SR seeds;) the update                     1 (2)
   sophia_update_hessian_  the update                                               1
+  muon_, muon_momentum_   (increment the SR seeds;) the update                     1 (2)
   lamb_                   steps and seeds; partial norms; trust ratios; update     4
       phase 1             steps; partial norms; sums of squares                    3
       phase 2             (seeds;) trust ratios; update                            2 (3)
@@ -266,6 +267,46 @@ def _hessian_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dt
     return grad_dtype
 
 
+def _muon_momentum_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dtype:
+    """The grads have the params' dtype, the buffers Muon's state dtype (the table's first
+    list) and the updates bf16 or the grads' dtype (its second)."""
+    grads, bufs = v["grads"], v["momentum_buffers"]
+    grad_dtype = grads[0].dtype if len(grads) == len(bufs) else entry.dtype
+    if grad_dtype not in mt.ST or not mt.state_dtype_ok(grad_dtype, entry.dtype):
+        raise RuntimeError(
+            f"{op}: momentum_buffers of dtype {entry.dtype} do not go with grads of dtype "
+            f"{grad_dtype} (supported: the grads' dtype, or float32 / bfloat16 for float32, "
+            "float16 and bfloat16 grads)"
+        )
+    if entry.state_dtype not in (torch.bfloat16, grad_dtype):
+        raise RuntimeError(
+            f"{op}: updates must be bfloat16 or the grads' dtype, got {entry.state_dtype}"
+        )
+    return grad_dtype
+
+
+def _muon_momentum_states(v: dict[str, Any]) -> tuple[str, ...]:
+    """The updates, the table's second list; their dtype checked first, with the compiled
+    ops' message."""
+    updates, grads = v["updates"], v["grads"]
+    if updates and grads and updates[0].dtype not in (torch.bfloat16, grads[0].dtype):
+        raise RuntimeError(
+            "fusedopt.muon_momentum_ (triton): updates must be bfloat16 or the grads' dtype, "
+            f"got {updates[0].dtype}"
+        )
+    return ("updates",)
+
+
+def _muon_momentum_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    return dict(
+        momentum=v["momentum"],
+        BT=mt.ST[call.entry.dtype],
+        NESTEROV=v["nesterov"],
+        OMM_LOW=mt.in_compute_type(1.0 - v["momentum"], call.grad_dtype) < 0.5,
+        MU_LOW=mt.in_compute_type(v["momentum"], call.grad_dtype) < 0.5,
+    )
+
+
 _UPDATES = {
     "adam_": Update(
         "_adam_kernel",
@@ -279,6 +320,16 @@ _UPDATES = {
     ),
     "lion_": Update("_lion_kernel", _lion_args),
     "sophia_": Update("_sophia_kernel", _sophia_args),
+    "muon_": Update(
+        "_muon_kernel",
+        lambda v, call: dict(weight_decay=v["weight_decay"], lr_ratio=v["lr_ratio"]),
+    ),
+    "muon_momentum_": Update(
+        "_muon_momentum_kernel",
+        _muon_momentum_args,
+        _muon_momentum_states,
+        grad_dtype=_muon_momentum_grad_dtype,
+    ),
     "sophia_update_hessian_": Update(
         "_sophia_hessian_kernel",
         lambda v, call: dict(beta2=v["beta2"]),
