@@ -532,7 +532,6 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
         ("gpt-2d",),
         {"lr": 0.02},
         extra={"torch-forloop": _torch_muon({"lr": 0.02})},
-        estimate=True,
     ),
     OptimizerSpec(
         "AdamW-master",

@@ -42,6 +42,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
             optimizers.master_weights_torch_moved, torch.bfloat16, 40, id="master-torch-bf16"
         ),
         pytest.param(optimizers.train_loop_bytes, torch.bfloat16, 16, id="train-loop-bf16"),
+        pytest.param(optimizers.muon_bytes, torch.float32, 32, id="muon"),
+        pytest.param(optimizers.muon_bytes, torch.bfloat16, 14, id="muon-bf16"),
         pytest.param(optimizers.train_loop_fusedopt_moved, torch.float32, 32, id="loop-fusedopt"),
         pytest.param(optimizers.train_loop_torch_fused_moved, torch.float32, 48, id="loop-fused"),
         pytest.param(

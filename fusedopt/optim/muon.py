@@ -104,7 +104,8 @@ class Muon(FusedOptimizer):
 
     Distributed: DDP needs nothing (the grads are all-reduced before the step). FSDP2's sharded
     DTensor params raise NotImplementedError at the first step: orthogonalizing needs each
-    whole matrix. Replicated DTensor params work.
+    whole matrix (gathering it would cost an all-gather and a re-shard of every matrix, every
+    step).
 
     Args:
         params (iterable): 2-D parameters or dicts defining parameter groups.
@@ -174,7 +175,7 @@ class Muon(FusedOptimizer):
         if any(b.sharded for b in plan.buckets):
             raise NotImplementedError(
                 f"{self._where()}: sharded (FSDP2) DTensor params are not supported: "
-                "Newton-Schulz needs each whole matrix (gather it, or use replicated params)"
+                "Newton-Schulz needs each whole matrix (use DDP for Muon's params)"
             )
         return plan
 
