@@ -161,6 +161,20 @@ def test_update_op_matches_reference(backend, dtype):
 
 # -- the optimizer --------------------------------------------------------------------------
 
+
+def _torch_takes(adjust_lr_fn: str) -> bool:
+    try:
+        torch.optim.Muon([torch.zeros(2, 2, requires_grad=True)], adjust_lr_fn=adjust_lr_fn)
+    except ValueError:
+        return False
+    return True
+
+
+# torch 2.11's Muon has no "spectral_unclamped" (fusedopt takes it, as torch 2.14 does)
+TORCH_ADJUST_LR_FNS = [None] + [
+    f for f in ("original", "match_rms_adamw", "spectral_unclamped") if _torch_takes(f)
+]
+
 # Params within this many lr x 2^-8 (x the largest update element, ~1) of torch.optim.Muon per
 # step: bf16 roundings of the iteration that batched and single matmuls make differently.
 NS_TOL = 2.0
@@ -196,6 +210,8 @@ def _run(opt_a, a, opt_b, b, steps, seed=10):
     ids=["default", "plain-nowd", "match_rms", "tensor_lr-spectral", "lowmomentum-coeffs"],
 )
 def test_matches_torch_muon(backend, kwargs):
+    if kwargs.get("adjust_lr_fn") not in TORCH_ADJUST_LR_FNS:
+        pytest.skip(f"torch {torch.__version__}'s Muon has no {kwargs['adjust_lr_fn']}")
     steps = 25
     ps = _params()
     ours = [p.clone().requires_grad_() for p in ps]
@@ -497,3 +513,24 @@ def test_muon_with_aux_adam_validation():
         fusedopt.MuonWithAuxAdam([{"params": [b], "use_muon": True}])
     with pytest.raises(ValueError, match="Invalid beta parameter"):
         fusedopt.MuonWithAuxAdam([{"params": [b], "use_muon": False, "betas": (1.0, 0.9)}])
+
+
+def test_max_grad_norm_clips_before_the_momentum():
+    """max_grad_norm inside the step == torch.nn.utils.clip_grad_norm_ before it."""
+    ps = _params()[:5]
+    a = [p.clone().requires_grad_() for p in ps]
+    b = [p.clone().requires_grad_() for p in ps]
+    oa = fusedopt.Muon(a, lr=0.02, max_grad_norm=0.5)
+    ob = fusedopt.Muon(b, lr=0.02)
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(3):
+        for x, y in zip(a, b):
+            g = torch.randn(x.shape, generator=gen)
+            x.grad, y.grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(b, 0.5)
+        oa.step()
+        ob.step()
+    for x, y in zip(a, b):
+        assert _ulps(oa.state[x]["momentum_buffer"], ob.state[y]["momentum_buffer"],
+                     torch.float32, ob.state[y]["momentum_buffer"].abs().max()) <= 8  # fmt: skip
+        assert (x - y).abs().max().item() <= NS_TOL * 3 * 0.02 * 2 * 2**-8
