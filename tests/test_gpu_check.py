@@ -85,7 +85,8 @@ def test_benchmark_blocks_and_table():
 
 def test_sanitizer_run_covers_every_op():
     ops = {op for _, op, _ in sanitize_kernels.calls(small=True)}
-    assert ops == {"adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_", "sum_sq"}
+    assert ops == {"adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_",
+                   "muon_momentum_", "muon_", "sum_sq"}  # fmt: skip
 
 
 def test_deadline_plugin(tmp_path):
