@@ -187,6 +187,19 @@ def _params(dtype=torch.float32, seed=0):
     return ps
 
 
+def _pair(dtype=torch.float32, backend="auto", **kwargs):
+    """fusedopt.Muon and torch.optim.Muon on copies of the same params: (ours, a, theirs, b)."""
+    ps = _params(dtype)
+    ours = [p.clone().requires_grad_() for p in ps]
+    theirs = [p.clone().requires_grad_() for p in ps]
+    return (
+        ours,
+        fusedopt.Muon(ours, backend=backend, **kwargs),
+        theirs,
+        torch.optim.Muon(theirs, **kwargs),
+    )
+
+
 def _run(opt_a, a, opt_b, b, steps, seed=10):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -213,11 +226,7 @@ def test_matches_torch_muon(backend, kwargs):
     if kwargs.get("adjust_lr_fn") not in TORCH_ADJUST_LR_FNS:
         pytest.skip(f"torch {torch.__version__}'s Muon has no {kwargs['adjust_lr_fn']}")
     steps = 25
-    ps = _params()
-    ours = [p.clone().requires_grad_() for p in ps]
-    theirs = [p.clone().requires_grad_() for p in ps]
-    a = fusedopt.Muon(ours, backend=backend, **kwargs)
-    b = torch.optim.Muon(theirs, **kwargs)
+    ours, a, theirs, b = _pair(backend=backend, **kwargs)
     _run(a, ours, b, theirs, steps)
     lr = float(kwargs["lr"])
     for i, (x, y) in enumerate(zip(ours, theirs)):
@@ -234,11 +243,7 @@ def test_matches_torch_muon(backend, kwargs):
 def test_momentum_is_torchs():
     """The momentum buffer depends on the grads only: torch's to a few ulps of the grads (cpu;
     torch's vectorized lerp contracts a multiply-add, ours does not)."""
-    ps = _params()
-    ours = [p.clone().requires_grad_() for p in ps]
-    theirs = [p.clone().requires_grad_() for p in ps]
-    a = fusedopt.Muon(ours, lr=0.02)
-    b = torch.optim.Muon(theirs, lr=0.02)
+    ours, a, theirs, b = _pair(lr=0.02)
     _run(a, ours, b, theirs, 3)
     for x, y in zip(ours, theirs):
         bx, by = a.state[x]["momentum_buffer"], b.state[y]["momentum_buffer"]
@@ -266,11 +271,7 @@ def test_bf16_params_match_torch():
     """bf16 params, step by step from the same state (re-synced to torch's after each step):
     torch rounds the param twice per step (mul_, then add_), fusedopt once, so they may be one
     bf16 ulp apart, plus the iteration's roundings."""
-    ps = _params(torch.bfloat16)
-    ours = [p.clone().requires_grad_() for p in ps]
-    theirs = [p.clone().requires_grad_() for p in ps]
-    a = fusedopt.Muon(ours, lr=0.02)
-    b = torch.optim.Muon(theirs, lr=0.02)
+    ours, a, theirs, b = _pair(torch.bfloat16, lr=0.02)
     gen = torch.Generator().manual_seed(6)
     for step in range(6):
         for x, y in zip(ours, theirs):
@@ -344,11 +345,7 @@ def test_sparse_and_complex_are_refused():
 
 
 def test_checkpoints_round_trip_and_load_torchs_both_ways():
-    ps = _params()
-    ours = [p.clone().requires_grad_() for p in ps]
-    theirs = [p.clone().requires_grad_() for p in ps]
-    a = fusedopt.Muon(ours, lr=0.02)
-    b = torch.optim.Muon(theirs, lr=0.02)
+    ours, a, theirs, b = _pair(lr=0.02)
     _run(a, ours, b, theirs, 3)
     # fusedopt -> fusedopt: bit-identical state, and the same next steps (a copy, as torch.save
     # makes: a state_dict shares the optimizer's tensors).
@@ -470,11 +467,15 @@ def test_muon_with_aux_adam_matches_torch_pair():
         rg[1]["params"], lr=3e-4, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.01, foreach=False
     )
     gen = torch.Generator().manual_seed(3)
-    for _ in range(8):
+
+    def backward(*models: torch.nn.Module) -> None:
         x = torch.randint(0, 11, (4, 5), generator=gen)
-        for model in (net, ref):
+        for model in models:
             model.zero_grad()
             model(x).square().mean().backward()
+
+    for _ in range(8):
+        backward(net, ref)
         opt.step()
         tm.step()
         ta.step()
@@ -492,10 +493,7 @@ def test_muon_with_aux_adam_matches_torch_pair():
     for p, q in zip(net.parameters(), net2.parameters()):
         for k, v in opt.state[p].items():
             assert torch.equal(v, opt2.state[q][k]), k
-    x = torch.randint(0, 11, (4, 5), generator=gen)
-    for model in (net, net2):
-        model.zero_grad()
-        model(x).square().mean().backward()
+    backward(net, net2)
     opt.step()
     opt2.step()
     for p, q in zip(net.parameters(), net2.parameters()):
