@@ -267,6 +267,16 @@ def test_batched_newton_schulz_is_torchs_per_matrix(shape):
         assert err <= 4 * 2**-8 * want.float().abs().max().item(), (k, err)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp64_params_match_torch(backend):
+    ours, a, theirs, b = _pair(torch.float64, backend=backend, lr=0.02)
+    _run(a, ours, b, theirs, 5)
+    for i, (x, y) in enumerate(zip(ours, theirs)):
+        assert x.dtype == torch.float64
+        diff = (x - y).abs().max().item() if x.numel() else 0.0
+        assert diff <= NS_TOL * 5 * 0.02 * 2 * 2**-8, i
+
+
 def test_bf16_params_match_torch():
     """bf16 params, step by step from the same state (re-synced to torch's after each step):
     torch rounds the param twice per step (mul_, then add_), fusedopt once, so they may be one

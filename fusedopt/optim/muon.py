@@ -12,6 +12,7 @@ from .. import _dispatch
 from .._opdefs import OPS
 from ._base import FusedOptimizer
 from ._plan import Bucket, Plan
+from ._validate import check_args
 
 # Keller Jordan's quintic coefficients and step count, torch.optim.Muon's defaults.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -196,8 +197,13 @@ class Muon(FusedOptimizer):
             shapes.setdefault(tuple(p.shape), []).append(i)
         stacks = {}
         updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+        # fp64 params: an fp64 stack, rounded to bf16 below (torch's grad.bfloat16() of its fp64
+        # update), as the Triton tables have no (fp64 buffer, bf16 update) pair
+        stack_dtype = (
+            torch.float64 if params and params[0].dtype == torch.float64 else torch.bfloat16
+        )
         for shape, idx in shapes.items():
-            stack = torch.empty((len(idx), *shape), dtype=torch.bfloat16, device=b.device)
+            stack = torch.empty((len(idx), *shape), dtype=stack_dtype, device=b.device)
             stacks[shape] = stack
             for k, i in enumerate(idx):
                 updates[i] = stack[k]
@@ -213,7 +219,7 @@ class Muon(FusedOptimizer):
         _dispatch.kernel(b.backend, "muon_momentum_")(*momentum)
         masters, seeds = values.get("master_params"), values.get("sr_seeds")
         for shape, idx in shapes.items():
-            o = newton_schulz(stacks[shape], coefficients, ns_steps, float(group["eps"]))
+            o = newton_schulz(stacks[shape].bfloat16(), coefficients, ns_steps, float(group["eps"]))
             dtype = params[idx[0]].dtype
             if o.dtype != dtype or not o.is_contiguous():
                 o = torch.empty(o.shape, dtype=dtype, device=o.device).copy_(o)
@@ -359,8 +365,6 @@ class MuonWithAuxAdam(Muon):
 
 
 def _check_adam_group(g: dict[str, Any]) -> None:
-    from ._validate import check_args
-
     g["betas"] = check_args(g["lr"], g["betas"])
     if not g["eps"] >= 0.0:
         raise ValueError(f"Invalid epsilon value: {g['eps']}")
