@@ -139,6 +139,20 @@ def _torch_adafactor(**flags: bool) -> Factory:
 # -- fp32 master weights for bf16 params (Note [mixed precision] in fusedopt/math.h) ------------
 
 
+def muon_bytes(dtype: torch.dtype) -> float:
+    """Muon's elementwise passes (csrc/cpu/muon.cpp): the momentum op reads g, b and writes b
+    and the bf16 matrix (3S + 2); the update op reads p and O and writes p (3S), and O is
+    first converted from the bf16 stack into the params' dtype (2 + S) unless that is bf16.
+    The Newton-Schulz matmuls (bf16, 5 iterations of three batched products) are compute-bound
+    and dominate: this model is not what bounds the step (benchmarks/README.md, Muon)."""
+    s = _itemsize(dtype)
+    return 3 * s + 2 + 3 * s + (0 if dtype == torch.bfloat16 else 2 + s)
+
+
+def _torch_muon(kw: Mapping[str, Any]) -> Factory:
+    return lambda ps: torch.optim.Muon(ps, **kw)
+
+
 def master_weights_bytes(dtype: torch.dtype) -> float:
     """AdamW with fp32 master weights and fp32 moments for half-precision params, in one pass:
     read g (half), master, exp_avg, exp_avg_sq (fp32); write master, exp_avg, exp_avg_sq (fp32)
@@ -572,6 +586,14 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
             "torch-forloop": _torch_adafactor(),
             "torch-foreach": _torch_adafactor(foreach=True),
         },
+    ),
+    # torch.optim.Muon has only its for-loop (foreach=True raises): that is its row.
+    OptimizerSpec(
+        "Muon",
+        muon_bytes,
+        ("gpt-2d",),
+        {"lr": 0.02},
+        extra={"torch-forloop": _torch_muon({"lr": 0.02})},
     ),
     OptimizerSpec(
         "AdamW-master",

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_cuda_planner import (  # noqa: E402
     MIXED,
+    NO_PARAMS,
     OP_CASES,
     _lamb,
     _with_phase,
@@ -66,7 +67,7 @@ def calls(small: bool):
     for op, mode_kw in OP_CASES:
         first.setdefault(op, mode_kw)
     for op, mode_kw in first.items():
-        if op == "sophia_update_hessian_":
+        if op in NO_PARAMS:  # no params: no master_params / sr_seeds
             continue
         for p in MIXED[:1] if small else MIXED:
             dtype, state_dtype, mode = p.values

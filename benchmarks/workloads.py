@@ -89,5 +89,12 @@ def workloads(quick: bool = False) -> dict[str, Workload]:
             Workload("gpt", gpt_desc, tuple(gpt)),
             Workload("tiny", f"{n_tiny} tensors of 1,024 params", ((1024,),) * n_tiny),
             Workload("gpt-bf16", gpt_desc, tuple(gpt), torch.bfloat16),
+            # Muon's params: the list's matrices (embeddings included, as torch.optim.Muon
+            # would take them), 2 + 4 * n_layer of them
+            Workload(
+                "gpt-2d",
+                f"the GPT-like list's {sum(len(s) == 2 for s in gpt)} matrices",
+                tuple(s for s in gpt if len(s) == 2),
+            ),
         )
     }

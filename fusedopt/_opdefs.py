@@ -369,6 +369,34 @@ _DEFS = (
         "update clipping).",
         kernels=False,
     ),
+    OpDef(
+        "muon_momentum_",
+        (
+            _state("momentum_buffers", "momentum_buffer"),
+            _grads(),
+            # the matrices Newton-Schulz orthogonalizes, one per param, of its shape (bf16 views
+            # of a stacked buffer, in fusedopt.Muon); only written
+            Arg("updates", "Tensor[]", AUX, write=True),
+            _f("momentum"),
+            _b("nesterov"),
+            *_AMP,
+        ),
+        doc="Muon's momentum: b = lerp(b, g, 1 - mu); updates = lerp(g, b, mu) if nesterov else b.",
+    ),
+    OpDef(
+        "muon_",
+        (
+            _params(),
+            # the orthogonalized updates O (Newton-Schulz's output, in the params' dtype)
+            _grads(),
+            _lr(),
+            _f("weight_decay"),
+            _f("lr_ratio"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Muon's update: p = p (1 - lr wd) - lr lr_ratio O, O the orthogonalized momentum.",
+    ),
 )
 
 #: Every op by name, in registration order.

@@ -43,6 +43,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
             optimizers.master_weights_torch_moved, torch.bfloat16, 40, id="master-torch-bf16"
         ),
         pytest.param(optimizers.train_loop_bytes, torch.bfloat16, 16, id="train-loop-bf16"),
+        pytest.param(optimizers.muon_bytes, torch.float32, 32, id="muon"),
+        pytest.param(optimizers.muon_bytes, torch.bfloat16, 14, id="muon-bf16"),
         pytest.param(optimizers.train_loop_fusedopt_moved, torch.float32, 32, id="loop-fusedopt"),
         pytest.param(optimizers.train_loop_torch_fused_moved, torch.float32, 48, id="loop-fused"),
         pytest.param(
@@ -145,12 +147,13 @@ def test_gpt_shapes_default():
 
 def test_workloads():
     full, quick = workloads.workloads(), workloads.workloads(quick=True)
-    assert list(full) == list(quick) == ["flat", "gpt", "tiny", "gpt-bf16"]
+    assert list(full) == list(quick) == ["flat", "gpt", "tiny", "gpt-bf16", "gpt-2d"]
     assert full["flat"].tensors == 1 and full["flat"].params == 64 * 2**20
     assert full["tiny"].shapes == ((1024,),) * 2000
     assert (
         full["gpt-bf16"].dtype == torch.bfloat16 and full["gpt-bf16"].shapes == full["gpt"].shapes
     )
+    assert full["gpt-2d"].shapes == tuple(s for s in full["gpt"].shapes if len(s) == 2)
     assert all(quick[k].params < full[k].params for k in full)
     params, grads = quick["gpt"].make(seed=0)
     again, _ = quick["gpt"].make(seed=0)

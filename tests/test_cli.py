@@ -34,7 +34,8 @@ plots = _needs("matplotlib")
 digits = _needs("matplotlib", "sklearn")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-NEW_OPTIMIZERS = ("Lion", "LAMB", "Sophia")  # skipped, with a note, by fusedopt versions without
+# skipped, with a note, by fusedopt versions without them
+NEW_OPTIMIZERS = ("Lion", "LAMB", "Sophia", "Muon")
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import _dispatch, reference
+from fusedopt import _dispatch, _opdefs, reference
 from fusedopt._ext import _C
 from fusedopt._opdefs import AUX, GRAD, LR, OPS, PARAM, STATE, STEP
 from fusedopt.reference._common import sr_key, sr_round_bf16
@@ -258,12 +258,23 @@ def _build(op, t, sizes, kw):
     return args, [i for i, a in enumerate(d.args) if a.write and args[i] is not None]
 
 
-# Op argument builders: (args, indices of the arguments the op writes); every op but sum_sq.
+def _muon_momentum(t, dtype, sizes, kw):
+    # the updates bf16 (what Newton-Schulz reads), of the grads' shapes, only written
+    updates = [torch.zeros(g.shape, dtype=torch.bfloat16) for g in t("grads")]
+    return _build("muon_momentum_", t, sizes, {"updates": updates, **kw})
+
+
+# Op argument builders: (args, indices of the arguments the op writes); every op with kernels
+# (OpDef.kernels) but sum_sq.
 BUILDERS = {
     name: (lambda t, dtype, sizes, kw, name=name: _build(name, t, sizes, kw))
     for name in OPS
-    if name != "sum_sq"
+    if name != "sum_sq" and OPS[name].kernels
 }
+BUILDERS["muon_momentum_"] = _muon_momentum
+
+# The ops without params (no master_params / sr_seeds).
+NO_PARAMS = ("sophia_update_hessian_", "muon_momentum_")
 
 # (op, mode kwargs): every template mode of every op at least once.
 OP_CASES = [
@@ -284,6 +295,9 @@ OP_CASES = [
     ("sophia_", {}),
     ("sophia_", {"maximize": True, "bs": 100.0}),
     ("sophia_update_hessian_", {}),
+    ("muon_momentum_", {"nesterov": True}),
+    ("muon_momentum_", {"nesterov": False}),
+    ("muon_", {}),
 ]
 OP_IDS = [f"{op.rstrip('_')}-{i}" for i, (op, _) in enumerate(OP_CASES)]
 
@@ -433,7 +447,7 @@ FOUND_INF_STORAGE = [
 @pytest.mark.parametrize("op", list(BUILDERS))
 def test_found_inf_changes_nothing(sim, op, by_pointer, dtype, state_dtype, mode):
     """Params, states, step counters, masters and seeds all keep their bits."""
-    if op == "sophia_update_hessian_" and mode != "plain":
+    if op in NO_PARAMS and mode != "plain":
         pytest.skip("no params")
     sim.configure(chunk_size=16, threads=4, max_blocks=4, scalars_by_pointer=by_pointer)
     kw = {"found_inf": torch.tensor([1.0])}
@@ -675,8 +689,8 @@ MIXED = [
     pytest.param(FP16, FP32, "plain", id="fp16-fp32states"),
     pytest.param(FP16, BF16, "plain", id="fp16-bf16states"),
 ]
-UPDATE_CASES = [c for c in OP_CASES if c[0] != "sophia_update_hessian_"]
-UPDATE_IDS = [i for i, c in zip(OP_IDS, OP_CASES) if c[0] != "sophia_update_hessian_"]
+UPDATE_CASES = [c for c in OP_CASES if c[0] not in NO_PARAMS]
+UPDATE_IDS = [i for i, c in zip(OP_IDS, OP_CASES) if c[0] not in NO_PARAMS]
 
 
 def arg_index(op, name):
@@ -746,7 +760,7 @@ def resync(ours, theirs, idx, step):
 def test_mixed_precision_matches_reference(sim, op, kw, dtype, state_dtype, mode):
     """Three steps of every op mode in every mixed combination, on tensors spanning many blocks
     and launches (an empty one among them), vector and scalar paths, against the reference."""
-    if op == "sophia_update_hessian_" and mode != "plain":
+    if op in NO_PARAMS and mode != "plain":
         pytest.skip("no params")
     sim.configure(chunk_size=16, threads=4, max_slots=3, max_blocks=5)
     ours, idx = build(op, kw, dtype, state_dtype=state_dtype, mode=mode)
@@ -977,10 +991,13 @@ def _bad_mixed(op):
     """(kwargs of build, expected message): mixed-precision arguments the ops refuse."""
     n = len(SIZES)
     bf = build(op, {}, BF16)[0]
+    # an op without state lists (muon_) has no state dtype to refuse
+    stateful = any(a.role == "state" for a in _opdefs.OPS[op].args)
+    states = [({"dtype": torch.float64, "state_dtype": FP32}, "state dtype Float is not supported")]
     return [
         ({"dtype": FP32, "mode": "master"}, "master_params need float16 or bfloat16 params"),
         ({"dtype": FP16, "mode": "sr"}, "stochastic rounding .* needs bfloat16 params"),
-        ({"dtype": torch.float64, "state_dtype": FP32}, "state dtype Float is not supported"),
+        *(states if stateful else []),
         (
             {
                 "dtype": BF16,
@@ -1000,7 +1017,7 @@ def _bad_mixed(op):
     ]
 
 
-@pytest.mark.parametrize("op", [o for o in BUILDERS if o != "sophia_update_hessian_"])
+@pytest.mark.parametrize("op", [o for o in BUILDERS if o not in NO_PARAMS])
 def test_mixed_arguments_are_checked(sim, op):
     for spec, match in _bad_mixed(op):
         args, idx = build(

@@ -102,6 +102,29 @@ def test_ddp_matches_torch_adamw(tmp_path) -> None:  # noqa: ANN001
     _spawn(_ddp, tmp_path)
 
 
+def _ddp_muon(rank: int, tmp: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    runs = {}
+    for name in ("fusedopt", "torch"):
+        model = DDP(_model())
+        matrices = [p for p in model.parameters() if p.ndim == 2]
+        if name == "fusedopt":
+            opt = fusedopt.Muon(matrices, lr=0.02)
+        else:
+            opt = torch.optim.Muon(matrices, lr=0.02)
+        runs[name] = _train(model, opt, rank, range(STEPS))
+    # Muon's bf16 Newton-Schulz: within a few lr x 2^-8 (tests/test_muon.py), not fp32 ulps
+    for step, (a, b) in enumerate(zip(runs["fusedopt"], runs["torch"])):
+        for i, (x, y) in enumerate(zip(a, b)):
+            bound = 2.0 * (step + 1) * 0.02 * 2 * 2**-8
+            assert (x - y).abs().max().item() <= bound, f"DDP Muon rank {rank} step {step} [{i}]"
+
+
+def test_ddp_matches_torch_muon(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_ddp_muon, tmp_path)
+
+
 # -- ZeroRedundancyOptimizer ------------------------------------------------------------------
 
 
@@ -236,6 +259,22 @@ def _fsdp_errors(rank: int, tmp: str) -> None:
 
 def test_fsdp2_bad_groups_raise_before_any_change(tmp_path) -> None:  # noqa: ANN001
     _spawn(_fsdp_errors, tmp_path)
+
+
+def _fsdp_muon(rank: int, tmp: str) -> None:
+    model, _ = _sharded_model()
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    opt = fusedopt.Muon(matrices, lr=0.02)
+    torch.nn.functional.mse_loss(model(torch.randn(2, 8)), torch.zeros(2, 3)).backward()
+    before = [_full(p) for p in matrices]
+    with pytest.raises(NotImplementedError, match="sharded"):
+        opt.step()
+    for p, b in zip(matrices, before):
+        assert torch.equal(_full(p), b)
+
+
+def test_fsdp2_muon_raises_not_implemented(tmp_path) -> None:  # noqa: ANN001
+    _spawn(_fsdp_muon, tmp_path)
 
 
 def _fsdp_other_optimizers(rank: int, tmp: str) -> None:

@@ -328,10 +328,17 @@ def _op_args(
     if op == "sophia_update_hessian_":
         assert not kwargs, "the op has no master_params / sr_seeds"
         return [v, g, 0.99], {}
+    if op == "muon_momentum_":
+        assert not kwargs, "the op has no master_params / sr_seeds"
+        updates = odd([torch.zeros(x.shape, dtype=torch.bfloat16, device=device) for x in p], 3)
+        return [m, g, updates, 0.95, True], {}
+    if op == "muon_":
+        return [p, g, lr, 0.1, 1.7], kwargs
     raise AssertionError(op)
 
 
-OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_"]
+OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_", "muon_momentum_",
+       "muon_"]  # fmt: skip
 
 
 def _at_odd_offset(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -473,7 +480,7 @@ def test_lr_by_value_equals_lr_by_pointer(monkeypatch):
 # a master-copy param is its master rounded to nearest; a stochastically rounded param is
 # sr_round_bf16 of the fp32 theta (tests below), and Lion's update is exact in fp32, so its
 # rounded params equal the reference's outright.
-UPDATE_OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_"]
+UPDATE_OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "muon_"]
 BF16, FP16, FP32, FP64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
 
 # (id, param dtype, state dtype, mode)
@@ -1001,7 +1008,7 @@ class _Recording(_Counting):
 
 
 ALIGNED_KERNELS = ["_update_kernel", "_lamb_norms_kernel", "_lamb_apply_kernel",
-                   "_sum_sq_kernel"]  # fmt: skip
+                   "_muon_momentum_kernel", "_sum_sq_kernel"]  # fmt: skip
 
 
 def _record_aligned(monkeypatch) -> list[_Recording]:
@@ -1445,7 +1452,7 @@ def test_op_bumps_the_versions_of_what_it_writes(op, mode):
     sr_seeds, LAMB's sq_sums) works and bumps the version counter of every tensor passed in
     a written argument, and of no other (torch < 2.13 indexed the written arguments by
     position there and raised IndexError)."""
-    if mode and op == "sophia_update_hessian_":
+    if mode and op in ("sophia_update_hessian_", "muon_momentum_"):
         pytest.skip("the op has no master_params")
     args, kwargs = _op_args(op, BF16 if mode else FP32, state_dtype=FP32, mode=mode)
     schema = getattr(torch.ops.fusedopt_triton, op).default._schema

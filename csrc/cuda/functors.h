@@ -443,6 +443,110 @@ struct OpKernels<ops::schedule_free_adamw_> {
   }
 };
 
+// ---- Muon -------------------------------------------------------------------------------------
+// Muon's update with the orthogonalized momentum O in the grad's place: an update op without
+// state lists.
+struct MuonParams : UpdateScalars {
+  double weight_decay, lr_ratio;
+};
+
+template <class M>
+struct MuonFunctor {
+  // p, O[, master]
+  FUSEDOPT_UPDATE(MuonParams, UpdateLayout<M, 0, 0x0u, 0x0u, true, true>)
+  using State = Keyed<MuonScalars<opmath_t>>;
+
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(make_muon_scalars<opmath_t>(p.lr.get(), p.weight_decay, p.lr_ratio,
+                                                     1.0 / p.grad_scale.get()),
+                         slot);
+  }
+
+  C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
+    muon_element(x[Layout::kTheta], x[1], s.sc);
+    Layout::publish_theta(x);
+  }
+};
+
+template <>
+struct OpKernels<ops::muon_> {
+  using Args = ops::muon_::Args;
+  using Params = MuonParams;
+  static std::vector<ListSpec> states(const Args&, const char*) { return {}; }
+  static Params params(const Args& a, const UpdateScalars& s) {
+    return {s, a.weight_decay, a.lr_ratio};
+  }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_muon_cuda", [&](auto storage) {
+      r.template run<MuonFunctor<std::decay_t<decltype(storage)>>>(job, p);
+    });
+  }
+};
+
+// Muon's momentum: buffers in the state dtype, grads in the params', the updates written in
+// bf16 or the grads' dtype (OUT), math in the params' opmath (M::kMode is kPlain). Not an
+// update op: its host glue is its own (glue.h).
+struct MuonMomentumParams {
+  ScalarArg grad_scale, found_inf;
+  double momentum;
+  int32_t nesterov, out_bf16;
+};
+
+template <class M, class OUT, bool NESTEROV>
+struct MuonMomentumFunctor {
+  using opmath_t = typename M::opmath_t;
+  using Arrays = ArrayTypes<typename M::state_t, typename M::param_t, OUT>;  // b, g, update
+  static constexpr int kArrays = 3;
+  static constexpr int kDepth = 3;
+  static constexpr bool kSeeded = false;
+  static constexpr int kSrArray = -1;
+  static constexpr unsigned kRead = 0x3;
+  static constexpr unsigned kWrite = 0x5;
+  using Params = MuonMomentumParams;
+  using State = MuonMomentumScalars<opmath_t>;
+  static constexpr int kReduce = 0;
+  static constexpr bool kFinish = false;
+  Params p;
+
+  C10_HOST_DEVICE bool skip() const { return p.found_inf.get() != 0.0; }
+
+  C10_HOST_DEVICE State prologue(const SlotInfo&) const {
+    State s;
+    s.momentum = static_cast<opmath_t>(p.momentum);
+    s.one_minus_momentum = static_cast<opmath_t>(1.0 - p.momentum);
+    s.inv_grad_scale = static_cast<opmath_t>(1.0 / p.grad_scale.get());
+    return s;
+  }
+
+  C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
+    x[2] = muon_momentum_element<NESTEROV, typename M::state_t, typename M::param_t>(x[1], x[0], s);
+  }
+};
+
+template <>
+struct OpKernels<ops::muon_momentum_> {
+  using Params = MuonMomentumParams;
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_muon_momentum_cuda", [&](auto storage) {
+      using M = std::decay_t<decltype(storage)>;
+      if constexpr (M::kMode == kPlain) {
+        with_bool(p.nesterov != 0, [&](auto nesterov) {
+          if (p.out_bf16) {
+            r.template run<MuonMomentumFunctor<M, c10::BFloat16, FUSEDOPT_V(nesterov)>>(job, p);
+          } else {
+            r.template run<MuonMomentumFunctor<M, typename M::param_t, FUSEDOPT_V(nesterov)>>(job,
+                                                                                              p);
+          }
+        });
+      } else {
+        TORCH_CHECK(false, "fusedopt.muon_momentum_: no param mode");
+      }
+    });
+  }
+};
+
 // ---- SophiaG ----------------------------------------------------------------------------------
 struct SophiaParams : UpdateScalars {
   double beta1, rho, bs, weight_decay;

@@ -361,6 +361,47 @@ struct HostOp<ops::sophia_update_hessian_, B> {
   }
 };
 
+// The buffers are Muon's state (dtype S), the grads the params' (P), the updates bf16 or P.
+template <class B>
+struct HostOp<ops::muon_momentum_, B> {
+  static void call(const ops::muon_momentum_::Args& a) {
+    const char* op = op_label<ops::muon_momentum_>();
+    const at::TensorList bufs = a.momentum_buffers;
+    const at::TensorList grads = a.grads;
+    if (bufs.empty()) {
+      TORCH_CHECK(grads.empty() && a.updates.empty(), op,
+                  ": expected grads and updates to have 0 tensors (one per param), got ",
+                  grads.size(), " and ", a.updates.size());
+      return;
+    }
+    const c10::Device device = bufs[0].device();
+    const ExecConfig cfg = B::config(device);
+    MuonMomentumParams p{amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg),
+                         amp_arg(a.found_inf, 0.0, op, "found_inf", device, cfg), a.momentum,
+                         a.nesterov, 1};
+    std::optional<at::ScalarType> grad_dtype;
+    MixedArgs mixed;
+    if (!grads.empty() && grads[0].defined()) {
+      grad_dtype = grads[0].scalar_type();
+      mixed = check_mixed_args(op, grads, {bufs}, std::nullopt, std::nullopt, device);
+    }
+    const at::ScalarType out =
+        a.updates.empty() || !a.updates[0].defined() ? at::kBFloat16 : a.updates[0].scalar_type();
+    TORCH_CHECK(out == at::kBFloat16 || (grad_dtype.has_value() && out == *grad_dtype), op,
+                ": updates must be bfloat16 or the grads' dtype, got ", out);
+    p.out_bf16 = out == at::kBFloat16;
+    MultiTensor mt(op,
+                   {{bufs, "momentum_buffers", true},
+                    {grads, "grads", false, grad_dtype},
+                    {a.updates, "updates", true, out}},
+                   device);
+    if (skipped_on_host(p.found_inf)) return;
+    const Job job = make_job(mt, 3, nullptr, &mixed, grads[0].scalar_type(), device, cfg);
+    B::template run<ops::muon_momentum_>(job, p);
+    mt.copy_back();
+  }
+};
+
 template <class B>
 struct HostOp<ops::sum_sq, B> {
   static at::Tensor call(const ops::sum_sq::Args& a) {

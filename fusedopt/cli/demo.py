@@ -110,6 +110,14 @@ RECIPES = (
         {"lr": 2.5e-3, "weight_decay": 0.01, "warmup_steps": 20},
         schedule_free=True,
     ),
+    # Muon on the two hidden matrices, AdamW (the post's settings) on the output layer and the
+    # biases; Muon's lr is the Muon repository's 0.02.
+    Recipe(
+        "muon",
+        "Muon",
+        "MuonWithAuxAdam",
+        {"muon": {"lr": 0.02, "weight_decay": 0.01}, "adam": {"lr": 1e-3, "weight_decay": 0.01}},
+    ),
 )
 WARMUP_FRACTION = 0.05  # AdamW+cosine: linear warmup over the first 5% of the steps
 
@@ -269,6 +277,18 @@ def make_model(in_features: int, seed: int) -> nn.Module:
         )
 
 
+def muon_groups(model: nn.Module, muon: dict[str, Any], adam: dict[str, Any]) -> list[dict]:
+    """MuonWithAuxAdam's groups for make_model's network: the hidden layers' weights to Muon,
+    the output layer and the biases to AdamW."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    hidden = [m.weight for m in linears[:-1]]
+    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    return [
+        {"params": hidden, "use_muon": True, **muon},
+        {"params": rest, "use_muon": False, **adam},
+    ]
+
+
 def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
     """LambdaLR factor: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total``."""
 
@@ -349,7 +369,10 @@ def train(
     """
     model = make_model(data.x_train.shape[1], seed)
     params = list(model.parameters())
-    if use_torch:
+    if recipe.cls == "MuonWithAuxAdam":
+        opt = fusedopt.MuonWithAuxAdam(muon_groups(model, **recipe.kwargs), backend=cfg.backend)
+        impl = f"fusedopt ({cfg.resolved})"
+    elif use_torch:
         opt = getattr(torch.optim, recipe.cls)(params, **recipe.kwargs)
         impl = "torch.optim"
     else:

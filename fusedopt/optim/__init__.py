@@ -2,8 +2,21 @@ from .adafactor import Adafactor
 from .adam import Adam, AdamW
 from .lamb import LAMB
 from .lion import Lion
+from .muon import Muon, MuonWithAuxAdam, muon_param_groups
 from .schedule_free import ScheduleFreeAdamW
 from .sgd import SGD
 from .sophia import Sophia
 
-__all__ = ["LAMB", "SGD", "Adafactor", "Adam", "AdamW", "Lion", "ScheduleFreeAdamW", "Sophia"]
+__all__ = [
+    "LAMB",
+    "SGD",
+    "Adafactor",
+    "Adam",
+    "AdamW",
+    "Lion",
+    "Muon",
+    "MuonWithAuxAdam",
+    "ScheduleFreeAdamW",
+    "Sophia",
+    "muon_param_groups",
+]

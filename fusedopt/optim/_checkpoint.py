@@ -101,7 +101,8 @@ class Checkpoints:
             p, group = owner[pid]
             shapes = self._kept_shapes(group, p)  # type: ignore[attr-defined]
             keys = tuple(shapes)
-            required = (*keys, "step") if self._has_step else keys
+            has_step = self._group_has_step(group)  # type: ignore[attr-defined]
+            required = (*keys, "step") if has_step else keys
             for key in required if pstate else ():
                 if key not in self._may_lack and pstate.get(key) is None:
                     raise KeyError(

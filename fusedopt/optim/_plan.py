@@ -115,6 +115,11 @@ class Plans:
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def _group_has_step(self, group: dict[str, Any]) -> bool:
+        """Whether the group's params keep a ``step`` (per group where one optimizer runs two
+        ops: fusedopt.MuonWithAuxAdam)."""
+        return self._has_step
+
     def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
         return _mixed.state_dtype(self, p)
 
@@ -175,8 +180,8 @@ class Plans:
                 f"{where} does not support DTensor params: its state {', '.join(aux)} is not "
                 "shaped like the params (Note [auxiliary state])"
             )
-        # e.g. SGD without momentum keeps no state
-        stateless = not keys and not aux and not self._has_step
+        has_step = self._group_has_step(group)
+        stateless = not keys and not aux and not has_step  # e.g. SGD without momentum
         buckets: dict[tuple[Any, ...], Bucket] = {}
         # A param listed twice in a group (torch warns, and steps it twice): its second entry
         # goes to a bucket launched after the first, as one kernel updating the same memory
@@ -205,7 +210,7 @@ class Plans:
             if b is None:
                 backend = _dispatch.resolve(self.backend, p.device)
                 b = buckets[key] = Bucket(backend, p.device, None if mesh is None else (mesh, dims))
-                kept = (*keys, *aux, "step") if self._has_step else (*keys, *aux)
+                kept = (*keys, *aux, "step") if has_step else (*keys, *aux)
                 b.lists = {k: [] for k in (*kept, mode_key) if k is not None}
             b.idx.append(i)
             b.params.append(p if mesh is None else _dtensor.local(p))
@@ -226,7 +231,7 @@ class Plans:
             missing_state = any(state.get(k) is None for k in kept_shapes or keys)
             fresh = first_fresh or missing_state
             repeats[id(p)] = (repeat + 1, fresh)
-            if self._has_step and "step" not in state:
+            if has_step and "step" not in state:
                 state["step"] = self._zero_step(p)
             if missing_state:
                 self._init_state(p, state, group)
@@ -249,7 +254,7 @@ class Plans:
                         f"dtype {adt}, device {p.device}"
                     )
                 b.lists[k].append(t)
-            if self._has_step:
+            if has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step
                     step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())

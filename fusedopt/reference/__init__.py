@@ -11,6 +11,7 @@ from .adafactor import adafactor_
 from .adam import adam_
 from .lamb import lamb_
 from .lion import lion_
+from .muon import muon_, muon_momentum_
 from .schedule_free import schedule_free_adamw_
 from .sgd import sgd_
 from .sophia import sophia_, sophia_update_hessian_
@@ -20,6 +21,8 @@ __all__ = [
     "adam_",
     "lamb_",
     "lion_",
+    "muon_",
+    "muon_momentum_",
     "schedule_free_adamw_",
     "sgd_",
     "sophia_",

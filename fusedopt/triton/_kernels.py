@@ -665,6 +665,125 @@ def _schedule_free_adamw_scalars(
 
 
 # ---------------------------------------------------------------------------------------------
+# Muon (the elementwise parts around the batched Newton-Schulz matmuls)
+
+
+@triton.jit
+def _rounded(x, ST: tl.constexpr, CT: tl.constexpr):
+    """x rounded to storage dtype ST as _store rounds it, back in the compute type CT."""
+    if tl.bfloat16 == ST:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        bits = tl.where(x != x, 0x7FC0, bits)
+        return (bits << 16).to(tl.float32, bitcast=True).to(CT)
+    else:
+        return x.to(ST).to(CT)
+
+
+@triton.jit
+def _lerp(a, b, w, LOW: tl.constexpr):
+    """torch.lerp's formula (lerp_ in math.h); LOW: w < 0.5 in the compute type."""
+    if LOW:
+        return a + w * (b - a)
+    else:
+        return b - (b - a) * (1.0 - w)
+
+
+@triton.jit
+def _muon_momentum_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    b_ptr, g_ptr, u_ptr = ptrs
+    inv_scale, mu, omm = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[0]
+    NESTEROV: tl.constexpr = F[1]
+    BT: tl.constexpr = F[2]
+    OMM_LOW: tl.constexpr = F[3]
+    MU_LOW: tl.constexpr = F[4]
+    b = _load(b_ptr, offs, mask, BT, CT)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    if HAS_GRAD_SCALE:
+        g = g * inv_scale
+    # Each a tensor of its own dtype in torch.optim.Muon: b rounded to the buffers' dtype
+    # before the nesterov lerp reads it, that lerp to the grads' (muon_momentum_element).
+    b = _rounded(_lerp(b, g, omm, OMM_LOW), BT, CT)
+    _store(b_ptr, offs, b, mask, BT)
+    if NESTEROV:
+        u = _rounded(_lerp(g, b, mu, MU_LOW), PT, CT)
+    else:
+        u = b
+    _store(u_ptr, offs, u, mask, ST)
+    return acc
+
+
+@triton.jit
+def _muon_momentum_kernel(
+    table,  # int64 [n, W]: momentum buffer, update; numel
+    grads,  # int64 [n]: address of each grad
+    chunks,  # int64 [programs, 2]: (table row, first element)
+    grad_scale_ptr,  # (HAS_GRAD_SCALE)
+    found_inf_ptr,  # (HAS_FOUND_INF)
+    momentum: tl.float64,
+    PT: tl.constexpr,  # the grads' dtype (the params')
+    ST: tl.constexpr,  # the updates' dtype
+    BT: tl.constexpr,  # the momentum buffers' dtype (Muon's state dtype)
+    CT: tl.constexpr,  # the grads' compute dtype
+    W: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    OMM_LOW: tl.constexpr,  # 1 - momentum < 0.5 (in CT)
+    MU_LOW: tl.constexpr,  # momentum < 0.5 (in CT)
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row, start, end = _chunk(chunks, table, W, found_inf_ptr, HAS_FOUND_INF, CHUNK, ALIGNED)
+    b_ptr = _ptr(table, row, W, 0, BT, ALIGNED)
+    u_ptr = _ptr(table, row, W, 1, ST, ALIGNED)
+    g_ptr = _ptr(grads, row, 1, 0, PT, ALIGNED)
+    mu = tl.full((), momentum, tl.float64)
+    sc = (_inv_scale(grad_scale_ptr, HAS_GRAD_SCALE).to(CT), mu.to(CT), (1.0 - mu).to(CT))
+    _sweep(
+        _muon_momentum_tile,
+        (b_ptr, g_ptr, u_ptr),
+        sc,
+        _no_acc(),
+        start,
+        end,
+        PT,
+        ST,
+        CT,
+        (HAS_GRAD_SCALE, NESTEROV, BT, OMM_LOW, MU_LOW),
+        BLOCK,
+    )
+
+
+@triton.jit
+def _muon_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
+    p_ptr, w_ptr, o_ptr = ptrs[0], ptrs[1], ptrs[2]
+    key, inv_scale, neg_step, decay = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    o = _load(o_ptr, offs, mask, PT, CT)
+    if HAS_GRAD_SCALE:
+        o = o * inv_scale
+    p = p * decay
+    p = p + neg_step * o
+    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
+    return acc
+
+
+@triton.jit
+def _muon_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: weight_decay, lr_ratio. torch.optim.Muon reads a Tensor lr as a Python float: fp64
+    products (make_muon_scalars)."""
+    return (key, inv_scale.to(CT), (-(lr * hp[1])).to(CT), (1.0 - lr * hp[0]).to(CT))
+
+
+# ---------------------------------------------------------------------------------------------
 # SophiaG
 
 

@@ -4,6 +4,7 @@ launch a fixed number of kernels per call, whatever the number of tensors:
   adam_, lion_, sophia_   increment the step counters (and SR seeds); the update   2 launches
   sgd_, schedule_free_adamw_  (increment the SR seeds;) the update                 1 (2)
   sophia_update_hessian_  the update                                               1
+  muon_, muon_momentum_   (increment the SR seeds;) the update                     1 (2)
   lamb_                   steps and seeds; partial norms; trust ratios; update     4
       phase 1             steps; partial norms; sums of squares                    3
       phase 2             (seeds;) trust ratios; update                            2 (3)
@@ -227,6 +228,46 @@ def _hessian_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dt
     return grad_dtype
 
 
+def _muon_momentum_grad_dtype(op: str, v: dict[str, Any], entry: mt.Entry) -> torch.dtype:
+    """The grads have the params' dtype, the buffers Muon's state dtype (the table's first
+    list) and the updates bf16 or the grads' dtype (its second)."""
+    grads, bufs = v["grads"], v["momentum_buffers"]
+    grad_dtype = grads[0].dtype if len(grads) == len(bufs) else entry.dtype
+    if grad_dtype not in mt.ST or not mt.state_dtype_ok(grad_dtype, entry.dtype):
+        raise RuntimeError(
+            f"{op}: momentum_buffers of dtype {entry.dtype} do not go with grads of dtype "
+            f"{grad_dtype} (supported: the grads' dtype, or float32 / bfloat16 for float32, "
+            "float16 and bfloat16 grads)"
+        )
+    if entry.state_dtype not in (torch.bfloat16, grad_dtype):
+        raise RuntimeError(
+            f"{op}: updates must be bfloat16 or the grads' dtype, got {entry.state_dtype}"
+        )
+    return grad_dtype
+
+
+def _muon_momentum_states(v: dict[str, Any]) -> tuple[str, ...]:
+    """The updates, the table's second list; their dtype checked first, with the compiled
+    ops' message."""
+    updates, grads = v["updates"], v["grads"]
+    if updates and grads and updates[0].dtype not in (torch.bfloat16, grads[0].dtype):
+        raise RuntimeError(
+            "fusedopt.muon_momentum_ (triton): updates must be bfloat16 or the grads' dtype, "
+            f"got {updates[0].dtype}"
+        )
+    return ("updates",)
+
+
+def _muon_momentum_args(v: dict[str, Any], call: _Call) -> dict[str, Any]:
+    return dict(
+        momentum=v["momentum"],
+        BT=mt.ST[call.entry.dtype],
+        NESTEROV=v["nesterov"],
+        OMM_LOW=mt.in_compute_type(1.0 - v["momentum"], call.grad_dtype) < 0.5,
+        MU_LOW=mt.in_compute_type(v["momentum"], call.grad_dtype) < 0.5,
+    )
+
+
 _UPDATES = {
     "adam_": Update(
         hp=("beta1", "beta2", "log2_beta1", "log2_beta2", "weight_decay", "eps"),
@@ -253,7 +294,7 @@ _UPDATES = {
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq", "adafactor_")
+_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_")
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -305,6 +346,30 @@ def _update(name: str, values: dict[str, Any]) -> None:
                 + tuple(bool(named[n]) for n in flags),
                 SCALARS=getattr(k, f"_{short}_scalars"),
                 TILE=getattr(k, f"_{short}_tile"),
+                **_OPTS,
+            )
+        entry.stage_out(call.lists, call.written())
+
+
+def _muon_momentum(values: dict[str, Any]) -> None:
+    """Muon's momentum: a pass of its own, its three lists in three dtypes (the buffers, the
+    grads and the updates: _muon_momentum_grad_dtype)."""
+    call = _stage(
+        "muon_momentum_", values, _muon_momentum_states(values), _muon_momentum_grad_dtype
+    )
+    if call is None:
+        return
+    entry = call.entry
+    with _device_ctx(entry.device):
+        _kernel_args(OPS["muon_momentum_"], call)
+        entry.stage_in(call.lists, values["grads"])
+        if entry.programs:
+            _k()._muon_momentum_kernel[(entry.programs,)](
+                entry.table,
+                call.grad_table,
+                entry.chunks,
+                **call.kernel_args,
+                **_muon_momentum_args(values, call),
                 **_OPTS,
             )
         entry.stage_out(call.lists, call.written())
@@ -575,6 +640,7 @@ _RUN: dict[str, Callable[..., Any]] = {
     **{name: (lambda values, name=name: _update(name, values)) for name in OPS if name not in _OWN},
     "lamb_": _lamb,
     "adafactor_": _adafactor,
+    "muon_momentum_": _muon_momentum,
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 

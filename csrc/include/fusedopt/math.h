@@ -395,6 +395,54 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void sophia_hessian_element(T& h, T g,
   h = h * s.beta2 + s.one_minus_beta2 * g * g;
 }
 
+template <typename T>
+struct MuonMomentumScalars {
+  T momentum, one_minus_momentum;
+  T inv_grad_scale;
+};
+
+// Muon's momentum, in torch.optim.Muon's order: b.lerp_(g, 1 - mu), then the matrix to
+// orthogonalize, g.lerp(b, mu) with nesterov (else b). Each is a tensor of its own dtype in
+// torch, so b is rounded to the state dtype S before the nesterov lerp reads it, and the
+// result to the grads' dtype G before the caller rounds it into the updates' dtype. b is
+// returned in opmath, already rounded to S.
+template <bool NESTEROV, typename S, typename G, typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE T muon_momentum_element(T g, T& b,
+                                                        const MuonMomentumScalars<T>& s) {
+  g = g * s.inv_grad_scale;
+  b = static_cast<T>(static_cast<S>(lerp_(b, g, s.one_minus_momentum)));
+  if (!NESTEROV) return b;
+  return static_cast<T>(static_cast<G>(lerp_(g, b, s.momentum)));
+}
+
+template <typename T>
+struct MuonScalars {
+  T decay_factor;  // 1 - lr*wd
+  T neg_step;      // -lr*lr_ratio
+  T inv_grad_scale;
+};
+
+// torch.optim.Muon turns a Tensor lr into a Python float, so both scalars are fp64 products
+// whatever the lr's dtype (unlike Note [Tensor lr arithmetic]).
+template <typename T>
+C10_HOST_DEVICE inline MuonScalars<T> make_muon_scalars(double lr, double weight_decay,
+                                                        double lr_ratio, double inv_grad_scale) {
+  MuonScalars<T> s;
+  s.decay_factor = static_cast<T>(1.0 - lr * weight_decay);
+  s.neg_step = static_cast<T>(-(lr * lr_ratio));
+  s.inv_grad_scale = static_cast<T>(inv_grad_scale);
+  return s;
+}
+
+// Muon's update with the orthogonalized momentum o: p.mul_(1 - lr*wd), then
+// p.add_(o, alpha=-lr*ratio).
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE void muon_element(T& p, T o, const MuonScalars<T>& s) {
+  o = o * s.inv_grad_scale;
+  p = p * s.decay_factor;
+  p = p + s.neg_step * o;
+}
+
 // Note [mixed precision]
 // An op may get, besides params (dtype P) and grads (P):
 //   * states in their own dtype S (one S for all state lists of a call): S == P, or S in
