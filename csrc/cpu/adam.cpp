@@ -62,6 +62,13 @@ struct AdamBody {
     int64_t i = 0;
     for (; i + kChunk <= n; i += kChunk) {
       alignas(64) float pc[kChunk], gc[kChunk], mc[kChunk], vc[kChunk], xc[kChunk];
+      if (i + kAhead < n) {  // Note [prefetch ahead]
+        prefetch(p, i);
+        prefetch(g, i);
+        prefetch(m, i);
+        prefetch(v, i);
+        if (AMSGRAD) prefetch(vmax, i);
+      }
       load(p + i, pc);
       load(g + i, gc);
       load(m + i, mc);
