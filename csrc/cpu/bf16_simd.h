@@ -12,14 +12,7 @@
 // instruction rounds to nearest even like c10::BFloat16 except for two input classes: it flushes
 // denormals to zero and keeps a NaN's sign and payload (c10 writes 0x7FC0). A chunk holding
 // either is rounded with c10's code instead, so the bits are those of every other ISA level.
-//
-// Note [prefetch ahead]
-// From memory the chunked loop is not compute-bound: at one thread it ran at 60% of its rate on
-// L1-resident data, the hardware prefetchers alone not keeping four streams (p, g, m, v) in
-// flight while the core spends ~35 cycles per 32 elements on them. Requesting each array's line
-// kAhead elements ahead of the chunk being computed lifted it by a third (benchmarks/README.md,
-// "bf16 params: a compute roofline"); 512 to 1,024 elements ahead did best, 2,048 and more less.
-// Prefetches change no result, and past the end of a range they are skipped.
+
 #pragma once
 
 #include "isa.h"
@@ -40,15 +33,6 @@ FUSEDOPT_INLINE FUSEDOPT_TARGET_AVX512BF16 __m512 widen(const c10::BFloat16* src
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
   const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, bits);
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
-}
-
-constexpr int64_t kAhead = 1024;
-
-// Requests the lines of x's chunk kAhead elements after element i into L1.
-template <typename T>
-FUSEDOPT_INLINE FUSEDOPT_TARGET_AVX512BF16 void prefetch(const T* x, int64_t i) {
-  const char* line = reinterpret_cast<const char*>(x + i + kAhead);
-  for (size_t b = 0; b < kChunk * sizeof(T); b += 64) _mm_prefetch(line + b, _MM_HINT_T0);
 }
 
 FUSEDOPT_INLINE FUSEDOPT_TARGET_AVX512BF16 void load(const c10::BFloat16* src, float* dst) {
