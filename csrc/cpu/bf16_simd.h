@@ -12,7 +12,6 @@
 // instruction rounds to nearest even like c10::BFloat16 except for two input classes: it flushes
 // denormals to zero and keeps a NaN's sign and payload (c10 writes 0x7FC0). A chunk holding
 // either is rounded with c10's code instead, so the bits are those of every other ISA level.
-
 #pragma once
 
 #include "isa.h"
