@@ -47,7 +47,8 @@ bool avx512_bf16_in_use();
 // bandwidth one core moves. Requesting each array's lines kPrefetchAhead elements ahead of the
 // block being computed lifted the bf16 loop by a third and the fp32 one by a seventh
 // (benchmarks/README.md, "What bounds the CPU step"); 512 to 1,024 elements ahead did best,
-// 2,048 and more less. Prefetches change no result; near the end of a range they are skipped.
+// 2,048 and more less. Prefetches change no result; a block whose lines ahead would pass the end
+// of the range requests none.
 constexpr int64_t kPrefetchAhead = 512;
 
 // Requests into L1 the lines of x[at, at + kCount).
