@@ -40,7 +40,7 @@ struct AdamBody {
     constexpr int64_t kBlock = 32;
     int64_t i0 = 0;
     for (; i0 + kBlock <= n; i0 += kBlock) {
-      if (i0 + kPrefetchAhead + kBlock <= n) {
+      if (n >= kPrefetchMin && i0 + kPrefetchAhead + kBlock <= n) {
         prefetch(p, g, m, v, vmax, master, i0 + kPrefetchAhead);
       }
       for (int64_t i = i0; i < i0 + kBlock; ++i) element(p, g, m, v, vmax, master, i, s, key, j0);
@@ -89,7 +89,9 @@ struct AdamBody {
     int64_t i = 0;
     for (; i + kChunk <= n; i += kChunk) {
       alignas(64) float pc[kChunk], gc[kChunk], mc[kChunk], vc[kChunk], xc[kChunk];
-      if (i + kPrefetchAhead + kChunk <= n) prefetch(p, g, m, v, vmax, nullptr, i + kPrefetchAhead);
+      if (n >= kPrefetchMin && i + kPrefetchAhead + kChunk <= n) {
+        prefetch(p, g, m, v, vmax, nullptr, i + kPrefetchAhead);
+      }
       load(p + i, pc);
       load(g + i, gc);
       load(m + i, mc);
