@@ -113,3 +113,25 @@ def test_checker_catches_a_1pct_lr_error(info, name, config, monkeypatch):
     for t in range(1, 4):
         what = f"step {t} param[6]"  # make_params' 40001-element param
         assert fractions.get(what, 0.0) >= 2 / 3, (what, fractions.get(what))
+
+
+def test_params_at_different_step_counts_in_one_call():
+    """AdamW's CPU op computes the per-tensor scalars once per run of equal step counts
+    (csrc/cpu/adam.cpp): params of one call whose counts differ still get their own."""
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(37, generator=g, dtype=torch.float64) for _ in range(5)]
+    ours = [p.clone().requires_grad_() for p in base]
+    theirs = [p.clone().requires_grad_() for p in base]
+    opt = fusedopt.AdamW(ours, lr=1e-2, weight_decay=0.1, backend="cpu")
+    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(6):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            grad = torch.randn(37, generator=g, dtype=torch.float64)
+            skip = step < 4 and (i + step) % 3 == 0
+            a.grad = None if skip else grad.clone()
+            b.grad = None if skip else grad.clone()
+        opt.step()
+        ref.step()
+    assert [float(opt.state[p]["step"]) for p in ours] == [4.0, 5.0, 5.0, 4.0, 5.0]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-16)

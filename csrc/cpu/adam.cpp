@@ -35,17 +35,44 @@ struct AdamBody {
                                    state_t* __restrict vmax, float* __restrict master, int64_t n,
                                    const AdamScalars<opmath_t>* scalars, uint32_t key, int64_t j0) {
     const AdamScalars<opmath_t> s = *scalars;
-    for (int64_t i = 0; i < n; ++i) {
-      opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
-      opmath_t mi = static_cast<opmath_t>(m[i]);
-      opmath_t vi = static_cast<opmath_t>(v[i]);
-      opmath_t vmi = AMSGRAD ? static_cast<opmath_t>(vmax[i]) : opmath_t(0);
-      adam_element<DECOUPLED, AMSGRAD, MAXIMIZE>(pi, static_cast<opmath_t>(g[i]), mi, vi, vmi, s);
-      store_param<MODE, opmath_t>(p, master, i, pi, key, j0);
-      m[i] = static_cast<state_t>(mi);
-      v[i] = static_cast<state_t>(vi);
-      if (AMSGRAD) vmax[i] = static_cast<state_t>(vmi);
+    // Blocks of kBlock elements, each requesting the lines kPrefetchAhead elements after it
+    // (Note [prefetch ahead] in isa.h); the compiler vectorizes the block's loop.
+    constexpr int64_t kBlock = 32;
+    int64_t i0 = 0;
+    for (; i0 + kBlock <= n; i0 += kBlock) {
+      if (n >= kPrefetchMin && i0 + kPrefetchAhead + kBlock <= n) {
+        prefetch(p, g, m, v, vmax, master, i0 + kPrefetchAhead);
+      }
+      for (int64_t i = i0; i < i0 + kBlock; ++i) element(p, g, m, v, vmax, master, i, s, key, j0);
     }
+    for (int64_t i = i0; i < n; ++i) element(p, g, m, v, vmax, master, i, s, key, j0);
+  }
+
+  FUSEDOPT_INLINE static void element(param_t* __restrict p, const param_t* __restrict g,
+                                      state_t* __restrict m, state_t* __restrict v,
+                                      state_t* __restrict vmax, float* __restrict master, int64_t i,
+                                      const AdamScalars<opmath_t>& s, uint32_t key, int64_t j0) {
+    opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
+    opmath_t mi = static_cast<opmath_t>(m[i]);
+    opmath_t vi = static_cast<opmath_t>(v[i]);
+    opmath_t vmi = AMSGRAD ? static_cast<opmath_t>(vmax[i]) : opmath_t(0);
+    adam_element<DECOUPLED, AMSGRAD, MAXIMIZE>(pi, static_cast<opmath_t>(g[i]), mi, vi, vmi, s);
+    store_param<MODE, opmath_t>(p, master, i, pi, key, j0);
+    m[i] = static_cast<state_t>(mi);
+    v[i] = static_cast<state_t>(vi);
+    if (AMSGRAD) vmax[i] = static_cast<state_t>(vmi);
+  }
+
+  // The lines of a 32-element block at element `at` of every array the update reads.
+  FUSEDOPT_INLINE static void prefetch(const param_t* p, const param_t* g, const state_t* m,
+                                       const state_t* v, const state_t* vmax, const float* master,
+                                       int64_t at) {
+    prefetch_lines<32>(p, at);  // written in every mode: its line is then owned already
+    if (MODE == kMaster) prefetch_lines<32>(master, at);
+    prefetch_lines<32>(g, at);
+    prefetch_lines<32>(m, at);
+    prefetch_lines<32>(v, at);
+    if (AMSGRAD) prefetch_lines<32>(vmax, at);
   }
 
 #if FUSEDOPT_X86
@@ -62,6 +89,9 @@ struct AdamBody {
     int64_t i = 0;
     for (; i + kChunk <= n; i += kChunk) {
       alignas(64) float pc[kChunk], gc[kChunk], mc[kChunk], vc[kChunk], xc[kChunk];
+      if (n >= kPrefetchMin && i + kPrefetchAhead + kChunk <= n) {
+        prefetch(p, g, m, v, vmax, nullptr, i + kPrefetchAhead);
+      }
       load(p + i, pc);
       load(g + i, gc);
       load(m + i, mc);
@@ -122,8 +152,12 @@ void adam_(const ops::adam_::Args& a) {
     using opmath_t = at::opmath_type<param_t>;
     std::vector<AdamScalars<opmath_t>> sc(a.params.size());
     for (size_t i = 0; i < a.params.size(); ++i) {
-      sc[i] = make_adam_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps, a.weight_decay,
-                                          u.steps[i], u.inv_scale);
+      // The params of a group mostly share their step: two pow() per tensor are a visible part
+      // of a step over thousands of small tensors.
+      sc[i] = i > 0 && u.steps[i] == u.steps[i - 1]
+                  ? sc[i - 1]
+                  : make_adam_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps,
+                                                a.weight_decay, u.steps[i], u.inv_scale);
     }
     adam_dispatch<param_t, state_t, MODE>(*u.mt, sc, u.keys, u.master_list,
                                           a.decoupled_weight_decay, a.amsgrad, a.maximize);

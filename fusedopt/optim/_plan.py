@@ -29,6 +29,8 @@ row-sharded matrix are local, its column sums are not).
 
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import Any
 
 import torch
@@ -291,7 +293,9 @@ class Plans:
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             grads = [p.grad for p in params]
-            missing = [i for i, g in enumerate(grads) if g is None]
+            # The scan for None runs in C (`None in grads` would call Tensor.__eq__).
+            none = any(map(operator.is_, grads, itertools.repeat(None)))
+            missing = [i for i, g in enumerate(grads) if g is None] if none else []
             plan = self._plans.get(gi)
             stale = plan is None or plan.n != len(params) or plan.missing != missing
             seen.append((group, grads, missing, stale))
