@@ -5,7 +5,15 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import begin, opmath_dtype, scalar
+from ._common import (
+    check_like_params,
+    check_mixed,
+    check_steps,
+    inv_scale,
+    opmath_dtype,
+    scalar,
+    skip_step,
+)
 
 
 def factored_shapes(p: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -59,11 +67,13 @@ def begin_adafactor(
     (params, grads, row_vars, col_vars, variances, state_steps), before any write; then None
     if GradScaler found inf/NaN (the step changes nothing), else 1 / grad_scale."""
     params, grads, row_vars, col_vars, variances, state_steps = lists
-    names = ("params", "grads", "state_steps", "grad_scale", "found_inf")
-    values = (params, grads, state_steps, grad_scale, found_inf)
-    mixed = begin(op, dict(zip(names, values), master_params=None, sr_seeds=None), ())
+    # the checks of _common.begin (whose preamble needs the mixed-precision arguments this op
+    # has not), then the auxiliary states'
+    check_like_params(op, params, grads=grads)
+    check_mixed(op, params, None, None)
+    check_steps(op, params, state_steps)
     check_aux_state(op, params, row_vars, col_vars, variances)
-    return None if mixed is None else mixed[2]
+    return None if skip_step(found_inf) else inv_scale(grad_scale)
 
 
 def adafactor_(

@@ -70,18 +70,8 @@ def muon_(
     with ``r`` = ``lr_ratio`` (the shape's learning-rate adjustment). torch.optim.Muon turns a
     Tensor lr into a Python float first, so both scalars are fp64 products here too.
     """
-    mixed = begin(
-        "fusedopt.muon_",
-        dict(
-            params=params,
-            grads=grads,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            master_params=master_params,
-            sr_seeds=sr_seeds,
-        ),
-        (),
-    )
+    mixed = begin("muon_", params, grads, lr, weight_decay, lr_ratio, grad_scale, found_inf,
+                  master_params, sr_seeds)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed
