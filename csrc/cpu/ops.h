@@ -58,8 +58,10 @@ struct Update {
     if (mx.mode == kMaster) lists.push_back({*a.master_params, "master_params", true, at::kFloat});
     constexpr bool has_steps = has_state_steps<Args>;
     if constexpr (has_steps) check_steps(op, a.state_steps, a.params.size());
-    lr = scalar_value(a.lr, "lr");
-    lr_dt = lr_dtype(a.lr);
+    if constexpr (has_lr<Args>) {
+      lr = scalar_value(a.lr, "lr");
+      lr_dt = lr_dtype(a.lr);
+    }
     inv_scale = inv_grad_scale(a.grad_scale);
     mt.emplace(op, std::move(lists));
     skip = skip_for_found_inf(a.found_inf);
