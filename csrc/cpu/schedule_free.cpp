@@ -37,21 +37,6 @@ struct ScheduleFreeBody {
   }
 };
 
-template <typename param_t, typename state_t, typename opmath_t, int MODE>
-struct SwapBody {
-  FUSEDOPT_INLINE static void run(param_t* __restrict p, const param_t* __restrict z,
-                                  float* __restrict master, int64_t n,
-                                  const ScheduleFreeSwapScalars<opmath_t>* scalars, uint32_t key,
-                                  int64_t j0) {
-    const ScheduleFreeSwapScalars<opmath_t> s = *scalars;
-    for (int64_t i = 0; i < n; ++i) {
-      opmath_t theta = load_param<MODE, opmath_t>(p, master, i);
-      schedule_free_swap_element(theta, static_cast<opmath_t>(z[i]), s);
-      store_param<MODE, opmath_t>(p, master, i, theta, key, j0);
-    }
-  }
-};
-
 }  // namespace
 
 void schedule_free_swap_(const ops::schedule_free_swap_::Args& a) {
@@ -61,7 +46,8 @@ void schedule_free_swap_(const ops::schedule_free_swap_::Args& a) {
   dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
     const ScheduleFreeSwapScalars<opmath_t> s{static_cast<opmath_t>(a.weight)};
-    using Body = SwapBody<param_t, state_t, opmath_t, MODE>;
+    using Body = ThetaAndOneBody<param_t, opmath_t, MODE, ScheduleFreeSwapScalars<opmath_t>,
+                                 &schedule_free_swap_element<opmath_t>>;
     run_update<Body, param_t, state_t, MODE>(*u.mt, &s, false, u.keys, u.master_list);
   });
 }
