@@ -317,6 +317,19 @@ _DEFS = (
         doc="Schedule-Free AdamW's step on y (the params) and z (no per-param step counter).",
     ),
     OpDef(
+        "schedule_free_swap_",
+        (
+            _params(),
+            # the z states, read only, in the params' dtype (as Muon's O)
+            _grads(),
+            _f("weight"),
+            # found_inf set: nothing changes; grad_scale is not applied (z is not a grad)
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Schedule-Free's train/eval swap: theta = lerp(theta, z, weight), z in the grads' place.",
+    ),
+    OpDef(
         "sophia_",
         (
             _params(),

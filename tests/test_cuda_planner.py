@@ -290,6 +290,11 @@ OP_CASES = [
     ("lion_", {"maximize": True}),
     ("schedule_free_adamw_", {}),
     ("schedule_free_adamw_", {"weight_decay": 0.0, "sched": 1.0, "ckp1": 0.75}),
+    # eval's weight 1 - 1/beta1 at beta1 = 0.9 and 0.4 (torch.lerp's two forms: |w| < 0.5 or
+    # not), train's 1 - beta1 at beta1 = 0.3
+    ("schedule_free_swap_", {"weight": 1 - 1 / 0.9}),
+    ("schedule_free_swap_", {"weight": 1 - 1 / 0.4}),
+    ("schedule_free_swap_", {"weight": 0.7}),
     ("lamb_", {}),
     ("lamb_", {"maximize": True, "trust_clip": 0.5, "bias_correction": False}),
     ("sophia_", {}),

@@ -77,6 +77,41 @@ def test_fifty_steps_with_warmup_and_train_eval_round_trips(backend, foreach):
             _assert_matches(ours, ours_p, theirs, theirs_p, f"train after step {t + 1}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("beta1", [0.9, 0.4], ids=["w-small", "w-large"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "triton"])
+def test_train_and_eval_are_schedulefrees_lerps(backend, beta1, dtype):
+    """From the same y and an unrelated z, eval() and train() give schedulefree's params:
+    torch.lerp's formula with its Python float weight, in both of its forms (|1 - 1/beta1| >= 0.5
+    at beta1 = 0.4 takes the other one). The reference backend is torch.lerp itself, bit for bit;
+    the kernels make no fused multiply-adds, where torch's vectorized CPU lerp does: an ulp."""
+    if backend == "triton" and not fusedopt.backends()["triton"].available:
+        pytest.skip("triton is not installed")
+    params = _params(dtype)
+    ours_p, theirs_p = _clone(params), _clone(params)
+    kw = {**KW, "betas": (beta1, 0.99)}
+    ours = fusedopt.ScheduleFreeAdamW(ours_p, backend=backend, **kw)
+    theirs = schedulefree.AdamWScheduleFree(theirs_p, **kw)
+    ours.train()
+    theirs.train()
+    _step(ours, ours_p, _grads(params, 0))
+    _step(theirs, theirs_p, _grads(params, 0))
+    with torch.no_grad():
+        for p, q, z in zip(ours_p, theirs_p, _grads(params, 1)):
+            q.copy_(p)
+            ours.state[p]["z"].copy_(z)
+            theirs.state[q]["z"].copy_(z)
+    for switch in ("eval", "train", "eval"):
+        getattr(ours, switch)()
+        getattr(theirs, switch)()
+        for i, (p, q) in enumerate(zip(ours_p, theirs_p)):
+            what = f"{switch} param[{i}]"
+            if backend == "reference":
+                assert torch.equal(p.detach(), q.detach()), what
+            else:
+                assert_close_ulp(p.detach(), q.detach(), TOL_VS_TORCH[dtype], what)
+
+
 def test_a_step_in_eval_mode_raises_as_schedulefrees():
     def message(cls: type) -> tuple[type, str]:
         p = torch.randn(3, requires_grad=True)

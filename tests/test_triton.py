@@ -334,11 +334,13 @@ def _op_args(
         return [m, g, updates, 0.95, True], {}
     if op == "muon_":
         return [p, g, lr, 0.1, 1.7], kwargs
+    if op == "schedule_free_swap_":
+        return [p, g, 1 - 1 / 0.9], kwargs
     raise AssertionError(op)
 
 
 OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "sophia_update_hessian_", "muon_momentum_",
-       "muon_"]  # fmt: skip
+       "muon_", "schedule_free_swap_"]  # fmt: skip
 
 
 def _at_odd_offset(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -480,7 +482,7 @@ def test_lr_by_value_equals_lr_by_pointer(monkeypatch):
 # a master-copy param is its master rounded to nearest; a stochastically rounded param is
 # sr_round_bf16 of the fp32 theta (tests below), and Lion's update is exact in fp32, so its
 # rounded params equal the reference's outright.
-UPDATE_OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "muon_"]
+UPDATE_OPS = ["adam_", "sgd_", "lion_", "lamb_", "sophia_", "muon_", "schedule_free_swap_"]
 BF16, FP16, FP32, FP64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
 
 # (id, param dtype, state dtype, mode)

@@ -42,6 +42,14 @@ struct HasStateSteps<Args, std::void_t<decltype(std::declval<const Args&>().stat
 template <class Args>
 inline constexpr bool has_state_steps = HasStateSteps<Args>::value;
 
+// Whether an op's Args has a learning rate (schedule_free_swap_ has none).
+template <class Args, class = void>
+struct HasLr : std::false_type {};
+template <class Args>
+struct HasLr<Args, std::void_t<decltype(std::declval<const Args&>().lr)>> : std::true_type {};
+template <class Args>
+inline constexpr bool has_lr = HasLr<Args>::value;
+
 // "fusedopt.<op>", the op's name in error messages.
 template <class Op>
 const char* op_label() {

@@ -33,20 +33,6 @@ struct MuonMomentumBody {
   }
 };
 
-template <typename param_t, typename state_t, typename opmath_t, int MODE>
-struct MuonBody {
-  FUSEDOPT_INLINE static void run(param_t* __restrict p, const param_t* __restrict o,
-                                  float* __restrict master, int64_t n,
-                                  const MuonScalars<opmath_t>* scalars, uint32_t key, int64_t j0) {
-    const MuonScalars<opmath_t> s = *scalars;
-    for (int64_t i = 0; i < n; ++i) {
-      opmath_t pi = load_param<MODE, opmath_t>(p, master, i);
-      muon_element(pi, static_cast<opmath_t>(o[i]), s);
-      store_param<MODE, opmath_t>(p, master, i, pi, key, j0);
-    }
-  }
-};
-
 template <typename grad_t, typename state_t, typename out_t, bool NESTEROV>
 void momentum_run(MultiTensor& mt, const MuonMomentumScalars<at::opmath_type<grad_t>>& s) {
   using Body = MuonMomentumBody<grad_t, state_t, out_t, at::opmath_type<grad_t>, NESTEROV>;
@@ -107,7 +93,8 @@ void muon_(const ops::muon_::Args& a) {
     using opmath_t = at::opmath_type<param_t>;
     const MuonScalars<opmath_t> s =
         make_muon_scalars<opmath_t>(u.lr, a.weight_decay, a.lr_ratio, u.inv_scale);
-    using Body = MuonBody<param_t, state_t, opmath_t, MODE>;
+    using Body =
+        ThetaAndOneBody<param_t, opmath_t, MODE, MuonScalars<opmath_t>, &muon_element<opmath_t>>;
     run_update<Body, param_t, state_t, MODE>(*u.mt, &s, false, u.keys, u.master_list);
   });
 }

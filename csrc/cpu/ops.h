@@ -58,8 +58,10 @@ struct Update {
     if (mx.mode == kMaster) lists.push_back({*a.master_params, "master_params", true, at::kFloat});
     constexpr bool has_steps = has_state_steps<Args>;
     if constexpr (has_steps) check_steps(op, a.state_steps, a.params.size());
-    lr = scalar_value(a.lr, "lr");
-    lr_dt = lr_dtype(a.lr);
+    if constexpr (has_lr<Args>) {
+      lr = scalar_value(a.lr, "lr");
+      lr_dt = lr_dtype(a.lr);
+    }
     inv_scale = inv_grad_scale(a.grad_scale);
     mt.emplace(op, std::move(lists));
     skip = skip_for_found_inf(a.found_inf);
@@ -92,5 +94,23 @@ void run_update(MultiTensor& mt, const S* scalars, bool per_tensor,
     }(std::make_index_sequence<sizeof...(USE)>{});
   });
 }
+
+// The loop of an update whose one other list is read in the params' dtype (Muon's O,
+// Schedule-Free's z): ELEMENT(theta, x, scalars) on each element, theta read and written as
+// MODE says. A Body for run_update without state lists.
+template <typename param_t, typename opmath_t, int MODE, class S,
+          void (*ELEMENT)(opmath_t&, opmath_t, const S&)>
+struct ThetaAndOneBody {
+  FUSEDOPT_INLINE static void run(param_t* __restrict p, const param_t* __restrict x,
+                                  float* __restrict master, int64_t n, const S* scalars,
+                                  uint32_t key, int64_t j0) {
+    const S s = *scalars;
+    for (int64_t i = 0; i < n; ++i) {
+      opmath_t theta = load_param<MODE, opmath_t>(p, master, i);
+      ELEMENT(theta, static_cast<opmath_t>(x[i]), s);
+      store_param<MODE, opmath_t>(p, master, i, theta, key, j0);
+    }
+  }
+};
 
 }  // namespace fusedopt::cpu

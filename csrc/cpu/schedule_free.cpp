@@ -1,6 +1,10 @@
 // Schedule-Free AdamW on the CPU: one parallel region per (dtype) group, math from
 // fusedopt/math.h.
 //
+// The train/eval swap (schedule_free_swap_): read theta, z; write theta: 3*S, where
+// schedulefree's foreach lerp moves the same and a state_dtype other than the params' adds its
+// conversion of z.
+//
 // Bytes per parameter and step (storage dtype of size S, all lists share it): read y, g, z, v and
 // write y, z, v: 7*S (28 B in fp32, 14 B in bf16/fp16). With an fp32 master: + read/write 4 B
 // each, and y is written but not read.
@@ -34,6 +38,19 @@ struct ScheduleFreeBody {
 };
 
 }  // namespace
+
+void schedule_free_swap_(const ops::schedule_free_swap_::Args& a) {
+  Update u(op_label<ops::schedule_free_swap_>(), a, {});
+  if (u.skip || a.params.empty()) return;
+
+  dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
+    using opmath_t = at::opmath_type<param_t>;
+    const ScheduleFreeSwapScalars<opmath_t> s{static_cast<opmath_t>(a.weight)};
+    using Body = ThetaAndOneBody<param_t, opmath_t, MODE, ScheduleFreeSwapScalars<opmath_t>,
+                                 &schedule_free_swap_element<opmath_t>>;
+    run_update<Body, param_t, state_t, MODE>(*u.mt, &s, false, u.keys, u.master_list);
+  });
+}
 
 void schedule_free_adamw_(const ops::schedule_free_adamw_::Args& a) {
   Update u(op_label<ops::schedule_free_adamw_>(), a,

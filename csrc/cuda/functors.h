@@ -443,6 +443,42 @@ struct OpKernels<ops::schedule_free_adamw_> {
   }
 };
 
+// Schedule-Free's train/eval swap: theta = lerp(theta, z, weight), z in the grad's place (an
+// update op without state lists or lr).
+struct ScheduleFreeSwapParams : UpdateScalars {
+  double weight;
+};
+
+template <class M>
+struct ScheduleFreeSwapFunctor {
+  // theta (the param), z[, master]
+  FUSEDOPT_UPDATE(ScheduleFreeSwapParams, UpdateLayout<M, 0, 0x0u, 0x0u, true, true>)
+  using State = Keyed<ScheduleFreeSwapScalars<opmath_t>>;
+
+  C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
+    return keyed<Layout>(ScheduleFreeSwapScalars<opmath_t>{static_cast<opmath_t>(p.weight)}, slot);
+  }
+
+  C10_HOST_DEVICE FUSEDOPT_INLINE void apply(opmath_t* x, const State& s, double*) const {
+    schedule_free_swap_element(x[Layout::kTheta], x[1], s.sc);
+    Layout::publish_theta(x);
+  }
+};
+
+template <>
+struct OpKernels<ops::schedule_free_swap_> {
+  using Args = ops::schedule_free_swap_::Args;
+  using Params = ScheduleFreeSwapParams;
+  static std::vector<ListSpec> states(const Args&, const char*) { return {}; }
+  static Params params(const Args& a, const UpdateScalars& s) { return {s, a.weight}; }
+  template <class Runner>
+  static void run(Runner& r, const Job& job, const Params& p) {
+    dispatch_storage(job, "fusedopt_schedule_free_swap_cuda", [&](auto storage) {
+      r.template run<ScheduleFreeSwapFunctor<std::decay_t<decltype(storage)>>>(job, p);
+    });
+  }
+};
+
 // ---- Muon -------------------------------------------------------------------------------------
 // Muon's update with the orthogonalized momentum O in the grad's place: an update op without
 // state lists.

@@ -108,6 +108,17 @@ inline c10::Device op_device(at::TensorList params, const at::Tensor& fallback) 
   return params.empty() ? fallback.device() : params[0].device();
 }
 
+// An op without an lr (schedule_free_swap_) and without params has no device: the host's, where
+// the op returns after its checks.
+template <class Args>
+c10::Device op_device(const Args& a) {
+  if constexpr (has_lr<Args>) {
+    return op_device(a.params, a.lr);
+  } else {
+    return a.params.empty() ? c10::Device(c10::kCPU) : a.params[0].device();
+  }
+}
+
 // An update op's mixed-precision arguments, checked (fusedopt::check_mixed, before anything is
 // written): the state lists' dtype, the master list appended to `lists` (kMaster), the seeds'
 // pointers (kStochastic).
@@ -201,8 +212,7 @@ struct Update {
   ExecConfig cfg;
   UpdateScalars scalars;
 
-  Update(const typename Op::Args& a, std::vector<ListSpec> states)
-      : device(op_device(a.params, a.lr)) {
+  Update(const typename Op::Args& a, std::vector<ListSpec> states) : device(op_device(a)) {
     std::vector<at::TensorList> state_lists;
     for (const ListSpec& s : states) state_lists.push_back(s.tensors);
     mixed = check_mixed_args(op, a.params, state_lists, a.master_params, a.sr_seeds, device);
@@ -217,8 +227,9 @@ struct Update {
       steps = check_steps(op, a.state_steps, a.params.size(), device);
     }
     cfg = B::config(device);
-    scalars = {lr_arg(a.lr, op, device, cfg),
-               amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg),
+    ScalarArg lr = host_scalar(0.0);
+    if constexpr (has_lr<typename Op::Args>) lr = lr_arg(a.lr, op, device, cfg);
+    scalars = {lr, amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg),
                amp_arg(a.found_inf, 0.0, op, "found_inf", device, cfg)};
   }
 

@@ -82,6 +82,7 @@ LANDSCAPES = {
             "sophia": 1e-2,
             "sfadamw": 0.1,
             "adafactor": 0.1,
+            "muon": 0.01,
         },
         zoom=(-1.62, -1.22, 1.55, 2.12),
         zoom_at=(0.36, 0.56, 0.38, 0.37),
@@ -104,6 +105,7 @@ LANDSCAPES = {
             "sophia": 0.01,
             "sfadamw": 0.1,
             "adafactor": 0.1,
+            "muon": 0.03,
         },
         legend="lower right",
     ),
@@ -125,6 +127,7 @@ LANDSCAPES = {
             "sophia": 0.01,
             "sfadamw": 0.1,
             "adafactor": 0.1,
+            "muon": 0.03,
         },
         legend="upper right",
     ),
@@ -146,6 +149,7 @@ LANDSCAPES = {
             "sophia": 1e-2,
             "sfadamw": 0.1,
             "adafactor": 0.1,
+            "muon": 0.01,
         },
     ),
 }
@@ -157,6 +161,8 @@ class Racer:
     label: str
     cls: str  # class name in fusedopt
     kwargs: dict[str, Any]
+    # the shape of the param holding the point (x, y): Muon orthogonalizes matrices only
+    shape: tuple[int, ...] = (2,)
 
 
 # Decay off except for AdamW (the post's 0.01): on a landscape it only moves the minimum.
@@ -170,6 +176,7 @@ RACERS = (
     Racer("sophia", "Sophia", "Sophia", {"weight_decay": 0.0}),
     Racer("sfadamw", "SF-AdamW", "ScheduleFreeAdamW", {"weight_decay": 0.0}),
     Racer("adafactor", "Adafactor", "Adafactor", {}),
+    Racer("muon", "Muon", "Muon", {"weight_decay": 0.0}, shape=(1, 2)),
 )
 
 
@@ -196,7 +203,8 @@ def race_one(
     racer: Racer, land: Landscape, lr: float, steps: int, tol: float, backend: str
 ) -> Trace:
     """Run ``racer`` for ``steps`` steps from the landscape's start."""
-    p = torch.nn.Parameter(torch.tensor(land.start, dtype=torch.float32))
+    p = torch.nn.Parameter(torch.tensor(land.start, dtype=torch.float32).reshape(racer.shape))
+    xy = p.view(-1)
     opt = optimizer_class(racer.cls)(  # type: ignore[misc]
         [p], lr=lr, backend=backend, **racer.kwargs
     )
@@ -205,7 +213,7 @@ def race_one(
     trace = Trace(racer, lr, path=[land.start])
     is_sophia = racer.cls == "Sophia"
     for step in range(steps + 1):
-        loss = land.f(p[0], p[1])
+        loss = land.f(xy[0], xy[1])
         value = loss.item()
         trace.losses.append(value)
         if not math.isfinite(value) or max(abs(v) for v in trace.path[-1]) > 1e6:
@@ -225,7 +233,7 @@ def race_one(
             opt.step(bs=1)
         else:
             opt.step()
-        x, y = p.detach().tolist()
+        x, y = xy.detach().tolist()
         trace.path.append((x, y))
     return trace
 

@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from .. import _dispatch
+from .._opdefs import OPS
+from . import _dtensor
 from ._base import FusedOptimizer
 from ._validate import check_args
 
@@ -50,9 +53,10 @@ class ScheduleFreeAdamW(FusedOptimizer):
         \end{aligned}
 
     ``eval()`` sets the params to :math:`x = \mathrm{lerp}(y, z, 1 - 1/\beta_1)`, ``train()``
-    back to :math:`y = \mathrm{lerp}(x, z, 1 - \beta_1)`, each one foreach pass per group (with
-    master_weights: on the fp32 masters, rounded into the params; with stochastic_rounding:
-    on the bf16 params, rounded to nearest). Unlike schedulefree, the step leaves ``p.grad`` as
+    back to :math:`y = \mathrm{lerp}(x, z, 1 - \beta_1)`, each one fused pass per (device, dtype)
+    list, torch.lerp's arithmetic as in schedulefree (with master_weights: on the fp32 masters,
+    rounded to nearest into the params; with stochastic_rounding: on the bf16 params, rounded
+    stochastically as a step rounds them). Unlike schedulefree, the step leaves ``p.grad`` as
     it is (schedulefree divides it in place).
 
     Args:
@@ -148,26 +152,39 @@ class ScheduleFreeAdamW(FusedOptimizer):
                 group["train_mode"] = True
 
     def _swap(self, group: dict[str, Any], weight: float) -> None:
-        """theta = lerp(theta, z, weight) for every param with state, theta the master if there
-        is one (then rounded into the param): a foreach lerp per dtype pair."""
-        lists: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+        """theta = lerp(theta, z, weight) for every param with state, theta the fp32 master if
+        there is one (then rounded into the param): one fused pass (schedule_free_swap_) per
+        (device, dtype, mode) list. An fp32 z with a master is lerped in fp32 as it is: the op
+        runs on the masters as its params (z in their dtype), then they are rounded into the
+        params."""
+        calls: dict[tuple[Any, ...], dict[str, list[Tensor]]] = {}
         for p in group["params"]:
             state = self.state[p]
             if "z" not in state:
                 continue
-            theta = state.get("master_param", p)
-            z = state["z"].to(p.device)
-            key = (theta.device, theta.dtype, z.dtype)
-            thetas, zs, params = lists.setdefault(key, ([], [], []))
-            thetas.append(theta)
-            zs.append(z)
-            params.append(p)
-        for (_, dtype, zdtype), (thetas, zs, params) in lists.items():
-            if zdtype != dtype:  # a state_dtype other than the params': lerp in the params'
-                zs = [z.to(dtype) for z in zs]
-            torch._foreach_lerp_(thetas, zs, weight)
-            if thetas[0] is not params[0]:
-                torch._foreach_copy_(params, thetas)
+            p = _local(p)
+            master, seed = state.get("master_param"), state.get("sr_seed")
+            z = _local(state["z"]).to(p.device)
+            if master is not None and z.dtype != p.dtype:
+                theta, mode, master, z = _local(master), "masters", None, z.to(master.dtype)
+            else:
+                theta, mode, z = p, "master" if master is not None else "", z.to(p.dtype)
+            mode += "sr" if seed is not None else ""
+            lists = calls.setdefault((theta.device, theta.dtype, mode), {})
+            for key, t in (("params", theta), ("grads", z), ("rounded", p)):
+                lists.setdefault(key, []).append(t)
+            if master is not None:
+                lists.setdefault("master_params", []).append(_local(master))
+            if seed is not None:
+                lists.setdefault("sr_seeds", []).append(seed)
+        for (device, _, mode), lists in calls.items():
+            rounded = lists.pop("rounded")
+            backend = _dispatch.resolve(self.backend, device)
+            _dispatch.kernel(backend, "schedule_free_swap_")(
+                *OPS["schedule_free_swap_"].bind(weight=weight, **lists)
+            )
+            if mode == "masters":
+                torch._foreach_copy_(rounded, lists["params"])
 
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
         # From the group's counters, which step() has already advanced to k + 1 (k = 0: a
@@ -217,6 +234,12 @@ class ScheduleFreeAdamW(FusedOptimizer):
             for group, counters in zip(self.param_groups, before):
                 group.update(counters)
             raise
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's shard (the swap is elementwise), else the tensor."""
+    dtensor = _dtensor.dtensor_type()
+    return _dtensor.local(t) if dtensor is not None and isinstance(t, dtensor) else t
 
 
 def _advance(group: dict[str, Any]) -> None:

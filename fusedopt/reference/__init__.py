@@ -12,7 +12,7 @@ from .adam import adam_
 from .lamb import lamb_
 from .lion import lion_
 from .muon import muon_, muon_momentum_
-from .schedule_free import schedule_free_adamw_
+from .schedule_free import schedule_free_adamw_, schedule_free_swap_
 from .sgd import sgd_
 from .sophia import sophia_, sophia_update_hessian_
 
@@ -24,6 +24,7 @@ __all__ = [
     "muon_",
     "muon_momentum_",
     "schedule_free_adamw_",
+    "schedule_free_swap_",
     "sgd_",
     "sophia_",
     "sophia_update_hessian_",

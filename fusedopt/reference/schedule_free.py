@@ -57,3 +57,40 @@ def schedule_free_adamw_(
         store_param(param, masters[i], seeds[i], y)
         zs[i].copy_(z)
         exp_avg_sqs[i].copy_(v)
+
+
+def schedule_free_swap_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    weight: float,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    master_params: list[Tensor] | None = None,
+    sr_seeds: list[Tensor] | None = None,
+) -> None:
+    r"""Schedule-Free's train/eval swap, with the z states in the grads' place:
+
+    .. math::
+        \theta \leftarrow \mathrm{lerp}(\theta, z, w)
+
+    as schedulefree's ``train()`` (:math:`w = 1 - \beta_1`: x to y) and ``eval()``
+    (:math:`w = 1 - 1/\beta_1`: y to x) do it, torch.lerp with a Python float weight. grad_scale
+    is not applied: z is not a grad.
+    """
+    mixed = begin(
+        "schedule_free_swap_",
+        params,
+        grads,
+        weight,
+        grad_scale,
+        found_inf,
+        master_params,
+        sr_seeds,
+    )
+    if mixed is None:
+        return
+    masters, seeds, _ = mixed
+    for i, param in enumerate(params):
+        dt = opmath_dtype(param.dtype)
+        p = load_param(param, masters[i], dt).lerp(grads[i].to(dt), weight)
+        store_param(param, masters[i], seeds[i], p)

@@ -664,6 +664,29 @@ def _schedule_free_adamw_scalars(
     )
 
 
+@triton.jit
+def _schedule_free_swap_tile(
+    ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F
+):
+    p_ptr, w_ptr, z_ptr = ptrs[0], ptrs[1], ptrs[2]
+    key, weight = sc
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    LERP_LOW: tl.constexpr = F[3]
+    theta = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    z = _load(z_ptr, offs, mask, PT, CT)
+    theta = _lerp(theta, z, weight, LERP_LOW)
+    _store_param(p_ptr, w_ptr, offs, theta, mask, key, PT, MASTER, SR)
+    return acc
+
+
+@triton.jit
+def _schedule_free_swap_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr):
+    """hp: weight (schedulefree's Python float, rounded to the compute type as torch.lerp
+    rounds a scalar weight)."""
+    return (key, hp[0].to(CT))
+
+
 # ---------------------------------------------------------------------------------------------
 # Muon (the elementwise parts around the batched Newton-Schulz matmuls)
 
@@ -682,7 +705,7 @@ def _rounded(x, ST: tl.constexpr, CT: tl.constexpr):
 
 @triton.jit
 def _lerp(a, b, w, LOW: tl.constexpr):
-    """torch.lerp's formula (lerp_ in math.h); LOW: w < 0.5 in the compute type."""
+    """torch.lerp's formula (lerp_ in math.h); LOW: |w| < 0.5 in the compute type."""
     if LOW:
         return a + w * (b - a)
     else:

@@ -5,6 +5,7 @@ launch a fixed number of kernels per call, whatever the number of tensors:
   sgd_, schedule_free_adamw_  (increment the SR seeds;) the update                 1 (2)
   sophia_update_hessian_  the update                                               1
   muon_, muon_momentum_   (increment the SR seeds;) the update                     1 (2)
+  schedule_free_swap_     (increment the SR seeds;) the update                     1 (2)
   lamb_                   steps and seeds; partial norms; trust ratios; update     4
       phase 1             steps; partial norms; sums of squares                    3
       phase 2             (seeds;) trust ratios; update                            2 (3)
@@ -285,6 +286,12 @@ _UPDATES = {
         args=lambda v, call: dict(
             WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype),
             LERP_LOW=mt.in_compute_type(v["ckp1"], call.entry.dtype) < 0.5,
+        ),
+    ),
+    "schedule_free_swap_": Update(
+        flags=("LERP_LOW",),
+        args=lambda v, call: dict(
+            LERP_LOW=abs(mt.in_compute_type(v["weight"], call.entry.dtype)) < 0.5,
         ),
     ),
     "sophia_": Update(

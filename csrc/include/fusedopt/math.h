@@ -34,11 +34,13 @@ C10_HOST_DEVICE FUSEDOPT_INLINE T sqrt_(T x) {
   return std::sqrt(x);
 }
 
-// torch.lerp's formula (ATen Lerp.h): two forms for accuracy at either end of the weight.
-// The weight is a per-tensor constant, so the branch is uniform across a loop.
+// torch.lerp's formula (ATen Lerp.h): two forms for accuracy at either end of the weight, the
+// first for |weight| < 0.5 (Schedule-Free's eval() weight 1 - 1/beta1 is negative). The weight
+// is a per-tensor constant, so the branch is uniform across a loop.
 template <typename T>
 C10_HOST_DEVICE FUSEDOPT_INLINE T lerp_(T self, T end, T weight) {
-  return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
+  return weight < T(0.5) && weight > T(-0.5) ? self + weight * (end - self)
+                                             : end - (end - self) * (T(1) - weight);
 }
 
 // Note [Tensor lr arithmetic]
@@ -310,6 +312,20 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void schedule_free_adamw_element(T& y, T g, T& z
   y = lerp_(y, z, s.ckp1);
   y = y + s.y_step * u;
   z = z + s.neg_lr * u;  // sub_(u, alpha=lr)
+}
+
+// Schedule-Free's train/eval swap, theta.lerp_(z, w) as schedulefree's train() and eval() do it:
+// w = 1 - beta1 moves x to y (train), w = 1 - 1/beta1 moves y back to x (eval). The weight is a
+// Python float there, so it is rounded to the math type first (fp32, or fp64 for fp64 params).
+template <typename T>
+struct ScheduleFreeSwapScalars {
+  T weight;
+};
+
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE void schedule_free_swap_element(
+    T& theta, T z, const ScheduleFreeSwapScalars<T>& s) {
+  theta = lerp_(theta, z, s.weight);
 }
 
 // Adafactor (torch.optim.Adafactor's for-loop, torch/optim/_adafactor.py), element by element.
