@@ -62,11 +62,12 @@ def _torch_fused(name: str | None) -> Callable[..., torch.optim.Optimizer] | Non
     return lambda ps, **kw: getattr(torch.optim, name)(ps, fused=True, **kw)
 
 
-# A row per optimizer of the CPU benchmark's list (benchmarks/optimizers.py), weight decay on.
+# A row per optimizer of the CPU benchmark's list (benchmarks/optimizers.py), weight decay on,
+# that runs on the GPT-like list (its 1-D tensors rule out Muon, whose row is on gpt-2d).
 OPTIMIZERS = [
     Opt(s.name, {**s.kwargs, "weight_decay": 0.1}, s.bytes_model, _torch_fused(s.torch_name))
     for s in optimizers.OPTIMIZERS
-    if s.rows is None
+    if s.rows is None and "gpt" in s.workloads
 ] + [
     # The widest kernels (a fifth array), which the two-blocks-per-SM register bound makes
     # spill (benchmarks/check_registers.py): whether that costs bandwidth shows here.
