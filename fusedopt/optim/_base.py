@@ -15,6 +15,8 @@ options (_mixed.py).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,8 @@ from ._checkpoint import Checkpoints
 from ._norms import NormsAndAmp
 from ._plan import Bucket, Plans
 
-#: The optimizer-wide options (not param-group keys) and their values in an old pickle.
+#: The optimizer-wide options (not param-group keys): their defaults, also their values in an
+#: old pickle, and their annotations (Note [optimizer-wide options]).
 _OPTIONS = {
     "backend": "auto",
     "max_grad_norm": None,
@@ -37,6 +40,14 @@ _OPTIONS = {
     "stochastic_rounding": False,
     "state_dtype": None,
     "fused_amp": True,
+}
+_OPTION_TYPES = {
+    "backend": "str",
+    "max_grad_norm": "float | None",
+    "master_weights": "bool",
+    "stochastic_rounding": "bool",
+    "state_dtype": "torch.dtype | None",
+    "fused_amp": "bool",
 }
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "float": float,
@@ -73,10 +84,13 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
     #: Group keys an older or foreign state dict may lack, with the value they then take.
     _group_fallbacks: dict[str, Any] = {}
     _has_step: bool = True  # derived from the op: it has a step list
+    #: The optimizer-wide options the constructor takes (Note [optimizer-wide options]).
+    _options: tuple[str, ...] = tuple(_OPTIONS)
 
-    def __init__(self, params: Any, defaults: dict[str, Any], args: dict[str, Any]) -> None:
-        """``args``: the subclass constructor's arguments (its ``locals()``), from which the
-        optimizer-wide options are read."""
+    def __init__(self, params: Any, defaults: dict[str, Any], options: dict[str, Any]) -> None:
+        """``options``: the optimizer-wide options the subclass constructor was given (its
+        ``**options``); the others take their defaults."""
+        args = {**_OPTIONS, **options}
         backend = args["backend"]
         max_grad_norm = args["max_grad_norm"]
         _dispatch.require(backend)
@@ -101,6 +115,8 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_options(cls, cls.__dict__["__init__"])  # type: ignore[misc]
         if cls._op:
             cls._has_step = bool(OPS[cls._op].role(STEP))
         if "_state_when" in cls.__dict__:
@@ -277,6 +293,45 @@ def _by_step_init() -> dict[str, Any]:
     the write (dynamo wraps optimizers in a variable of their own that it does not register
     for attribute writes)."""
     return {"last_grad_norm": None, "opt_called": False, "amp_work": None}
+
+
+def group_defaults(args: dict[str, Any]) -> dict[str, Any]:
+    """The param-group defaults of a constructor from its ``locals()`` ``args``, taken before
+    anything but its arguments is assigned: every argument but ``params`` and the
+    optimizer-wide ``options``, in order, as validated (the betas as floats)."""
+    skip = ("self", "params", "options", "__class__")
+    return {k: v for k, v in args.items() if k not in skip}
+
+
+def _with_options(cls: type, init: Callable[..., None]) -> Callable[..., None]:
+    """Note [optimizer-wide options]
+    Every constructor ends with the same keyword-only options (backend, max_grad_norm, the
+    mixed-precision options, fused_amp: ``cls._options`` of _OPTIONS), handled by the base
+    class. A constructor takes them as ``**options``; this wraps it so that its signature
+    (``inspect.signature``) names them in place of ``**options``, with their defaults, and any
+    other keyword raises Python's TypeError before the constructor runs."""
+    sig = inspect.signature(init)
+    params = list(sig.parameters.values())
+    if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
+        return init
+    names = set(sig.parameters) - {params[-1].name}
+    allowed = set(cls._options)  # type: ignore[attr-defined]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    options = [
+        inspect.Parameter(k, kw, default=_OPTIONS[k], annotation=_OPTION_TYPES[k])
+        for k in _OPTIONS
+        if k in allowed
+    ]
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        for k in kwargs:
+            if k not in names and k not in allowed:
+                raise TypeError(f"{init.__qualname__}() got an unexpected keyword argument {k!r}")
+        init(self, *args, **kwargs)
+
+    checked.__signature__ = sig.replace(parameters=params[:-1] + options)  # type: ignore[attr-defined]
+    return checked
 
 
 def _lr_sched_marker(cls: type) -> None:

@@ -7,13 +7,8 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ..reference.adafactor import factored_shapes
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._plan import Bucket
-
-#: torch.optim.Adafactor's param-group keys.
-_GROUP_KEYS = ("lr", "beta2_decay", "eps", "d", "weight_decay", "foreach", "maximize")
-#: The mixed-precision options, which Adafactor does not offer.
-_NO_MIXED = {"master_weights": False, "stochastic_rounding": False, "state_dtype": None}
 
 
 class Adafactor(FusedOptimizer):
@@ -68,6 +63,7 @@ class Adafactor(FusedOptimizer):
     _op = "adafactor_"
     _sparse_error = "Adafactor does not support sparse gradients"
     _group_fallbacks = {"foreach": None}
+    _options = ("backend", "max_grad_norm", "fused_amp")  # no mixed-precision options
 
     def __init__(
         self,
@@ -80,9 +76,7 @@ class Adafactor(FusedOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         # torch.optim.Adafactor's checks and messages, in its order.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -99,9 +93,7 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        args = locals()
-        defaults = {k: args[k] for k in _GROUP_KEYS}
-        super().__init__(params, defaults, {**args, **_NO_MIXED})
+        super().__init__(params, group_defaults(locals()), options)
 
     def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
         shapes = factored_shapes(p)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._validate import check_args, check_fused_flags
 
 
@@ -96,29 +97,11 @@ class Adam(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         betas = check_args(lr, betas, eps, weight_decay)
         check_fused_flags(foreach, differentiable, fused)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)
 
 
 class AdamW(Adam):
@@ -145,15 +128,10 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        super().__init__(**args, decoupled_weight_decay=True)
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "options")}
+        super().__init__(**args, **options, decoupled_weight_decay=True)
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._validate import check_args
 
 
@@ -75,26 +75,12 @@ class LAMB(FusedOptimizer):
         bias_correction: bool = True,
         trust_clip: float | None = None,
         maximize: bool = False,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         betas = check_args(lr, betas, eps, weight_decay)
         if trust_clip is not None and not trust_clip > 0.0:
             raise ValueError(f"Invalid trust_clip value: {trust_clip}")
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "bias_correction": bias_correction,
-            "trust_clip": trust_clip,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)
 
     def _setstate_groups(self) -> None:
         for group in self.param_groups:

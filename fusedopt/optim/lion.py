@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._validate import check_args
 
 
@@ -56,13 +57,7 @@ class Lion(FusedOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         betas = check_args(lr, betas, weight_decay=weight_decay)
-        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)

@@ -10,7 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from .. import _dispatch
 from .._opdefs import OPS
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._plan import Bucket, Plan
 from ._validate import check_args
 
@@ -143,26 +143,10 @@ class Muon(FusedOptimizer):
         eps: float = NS_EPS,
         ns_steps: int = NS_STEPS,
         adjust_lr_fn: str | None = None,
-        *,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         _check_muon_args(lr, weight_decay, momentum, adjust_lr_fn)
-        defaults = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_coefficients": ns_coefficients,
-            "eps": eps,
-            "ns_steps": ns_steps,
-            "adjust_lr_fn": adjust_lr_fn,
-        }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)
         for group in self.param_groups:
             _check_2d(group["params"])
 
@@ -299,13 +283,7 @@ class MuonWithAuxAdam(Muon):
     def __init__(
         self,
         param_groups: Iterable[dict[str, Any]],
-        *,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         groups = []
         for g in param_groups:
@@ -331,7 +309,7 @@ class MuonWithAuxAdam(Muon):
             else:
                 _check_adam_group(g)
             groups.append(g)
-        FusedOptimizer.__init__(self, groups, {}, locals())
+        FusedOptimizer.__init__(self, groups, {}, options)
         for group in self.param_groups:
             if group["use_muon"]:
                 _check_2d(group["params"])

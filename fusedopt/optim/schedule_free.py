@@ -94,13 +94,7 @@ class ScheduleFreeAdamW(FusedOptimizer):
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         foreach: bool | None = True,
-        *,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         betas = check_args(lr, betas, eps, weight_decay)
         if not warmup_steps >= 0:
@@ -120,7 +114,7 @@ class ScheduleFreeAdamW(FusedOptimizer):
             "weight_decay": weight_decay,
             "foreach": foreach,
         }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, defaults, options)
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         # z starts at the point itself (schedulefree clones p), the second moment at zero; as in

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from .._opdefs import OPS
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._plan import Bucket
 from ._validate import check_fused_flags, check_lr
 
@@ -69,12 +68,7 @@ class SGD(FusedOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         check_lr(lr)
         if momentum < 0.0:
@@ -84,18 +78,7 @@ class SGD(FusedOptimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_fused_flags(foreach, differentiable, fused)
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)
 
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
         return {**super()._scalars(group), "is_first_step": False}

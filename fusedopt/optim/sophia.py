@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, group_defaults
 from ._validate import check_args
 
 
@@ -90,26 +90,14 @@ class Sophia(FusedOptimizer):
         weight_decay: float = 1e-1,
         *,
         maximize: bool = False,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
-        fused_amp: bool = True,
+        **options: Any,
     ) -> None:
         betas = check_args(lr, betas)
         if not rho >= 0.0:
             raise ValueError(f"Invalid rho value: {rho}")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "rho": rho,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, locals())
+        super().__init__(params, group_defaults(locals()), options)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None, bs: float = 5120) -> float | None:  # type: ignore[override]

@@ -3,6 +3,9 @@ validation the compiled ops do (run before anything is written), and mixed preci
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
@@ -162,6 +165,14 @@ def load_update(
     dt = opmath_dtype(param.dtype)
     g = grad.to(dt) * s
     return dt, load_param(param, master, dt), -g if maximize else g
+
+
+def load_step(
+    a: Any, i: int, masters: list[Tensor | None], s: float
+) -> tuple[torch.dtype, Tensor, Tensor]:
+    """load_update of param ``i`` of an op's arguments ``a`` (spec), its step counted first."""
+    a.state_steps[i] += 1
+    return load_update(a.params[i], masters[i], a.grads[i], s, a.maximize)
 
 
 def store_param(param: Tensor, master: Tensor | None, seed: Tensor | None, p: Tensor) -> None:
@@ -328,3 +339,57 @@ def begin(
     if advance:
         advance_seeds(seeds)
     return masters, seeds, inv_scale(args["grad_scale"])
+
+
+def begin_unmixed(op: str, a: Any) -> tuple[float] | None:
+    """The prologue of an op without params (muon_momentum_, sophia_update_hessian_): its other
+    lists against its first (check_like_params); then None if GradScaler found inf/NaN, else
+    (1 / grad_scale,)."""
+    lists = [x.name for x in OPS[op].args if x.is_list]
+    others = {name: getattr(a, name) for name in lists[1:]}
+    check_like_params(f"fusedopt.{op}", getattr(a, lists[0]), **others)
+    return None if skip_step(a.found_inf) else (inv_scale(a.grad_scale),)
+
+
+def spec(
+    op: str, prologue: Callable[[Any], tuple | None] | None = None, **options: bool
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Note [reference functions]
+    The reference function of ``op`` from its math ``body(a, *prologue's result)``: the function
+    takes the registry's arguments (OPS[op]: names, order, defaults; its ``__signature__`` says
+    so), binds them into ``a``, a named tuple of them, and runs the prologue, by default
+    ``begin(op, *a, **options)`` (``begin_unmixed`` for an op without mixed-precision
+    arguments); ``body`` runs unless that returned None (GradScaler found inf/NaN)."""
+    d = OPS[op]
+    names = d.names
+    defaults = [a.py_default for a in d.args if a.default is not None]
+    Args = namedtuple(op.rstrip("_") + "_args", names, defaults=defaults)
+    if prologue is None and "master_params" in names:
+        prologue = lambda a: begin(op, *a, **options)  # noqa: E731
+    elif prologue is None:
+        prologue = functools.partial(begin_unmixed, op)
+    signature = inspect.Signature(
+        [
+            inspect.Parameter(
+                a.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=inspect.Parameter.empty if a.default is None else a.py_default,
+                annotation=a.py_type,
+            )
+            for a in d.args
+        ],
+        return_annotation="None",
+    )
+
+    def wrap(body: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(body)
+        def run(*args: Any, **kwargs: Any) -> None:
+            a = Args(*args, **kwargs)
+            ready = prologue(a)
+            if ready is not None:
+                body(a, *ready)
+
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        return run
+
+    return wrap

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,6 +14,7 @@ from ._common import (
     opmath_dtype,
     scalar,
     skip_step,
+    spec,
 )
 
 
@@ -76,23 +78,14 @@ def begin_adafactor(
     return None if skip_step(found_inf) else inv_scale(grad_scale)
 
 
-def adafactor_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    row_vars: list[Tensor],
-    col_vars: list[Tensor],
-    variances: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta2_decay: float,
-    eps1: float,
-    eps2: float,
-    d: float,
-    weight_decay: float,
-    maximize: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
+def _begin(a: Any) -> tuple[float] | None:
+    lists = (a.params, a.grads, a.row_vars, a.col_vars, a.variances, a.state_steps)
+    s = begin_adafactor("fusedopt.adafactor_", lists, a.grad_scale, a.found_inf)
+    return None if s is None else (s,)
+
+
+@spec("adafactor_", prologue=_begin)
+def adafactor_(a: Any, s: float) -> None:
     r"""Adafactor as torch.optim.Adafactor's for-loop computes it, one parameter at a time.
 
     .. math::
@@ -115,11 +108,11 @@ def adafactor_(
     the optimizer resolves torch's None (the param dtype's machine epsilon). A param with no
     elements only counts its step (torch.optim.Adafactor raises ZeroDivisionError on it).
     """
-    lists = (params, grads, row_vars, col_vars, variances, state_steps)
-    s = begin_adafactor("fusedopt.adafactor_", lists, grad_scale, found_inf)
-    if s is None:
-        return
-    lr = scalar(lr)
+    params, grads, state_steps = a.params, a.grads, a.state_steps
+    row_vars, col_vars, variances = a.row_vars, a.col_vars, a.variances
+    beta2_decay, eps1, eps2, d = a.beta2_decay, a.eps1, a.eps2, a.d
+    weight_decay, maximize = a.weight_decay, a.maximize
+    lr = scalar(a.lr)
     for i, param in enumerate(params):
         state_steps[i] += 1
         if param.numel() == 0:

@@ -1,32 +1,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from torch import Tensor
-
-from ._common import begin, load_update, lr_arith, store_param
+from ._common import load_step, lr_arith, spec, store_param
 
 
-def adam_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
+@spec("adam_", like=False)
+def adam_(a: Any, masters: list, seeds: list, s: float) -> None:
     r"""Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), one parameter at a time.
 
     .. math::
@@ -43,36 +24,30 @@ def adam_(
     The operation order is torch.optim's single-tensor implementation's. Mixed precision
     (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
-    mixed = begin("adam_", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
-                  beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                  grad_scale, found_inf, master_params, sr_seeds, like=False)  # fmt: skip
-    if mixed is None:
-        return
-    masters, seeds, s = mixed
+    beta1, beta2 = a.beta1, a.beta2
     # Note [Tensor lr arithmetic] in _common.py
-    decay = lr_arith(lr, lambda x: 1 - x * weight_decay)
-    for i, param in enumerate(params):
-        state_steps[i] += 1
-        step = float(state_steps[i].item())
-        dt, p, g = load_update(param, masters[i], grads[i], s, maximize)
-        m = exp_avgs[i].to(dt)
-        v = exp_avg_sqs[i].to(dt)
-        if decoupled_weight_decay:
+    decay = lr_arith(a.lr, lambda x: 1 - x * a.weight_decay)
+    for i, param in enumerate(a.params):
+        dt, p, g = load_step(a, i, masters, s)
+        step = float(a.state_steps[i].item())
+        m = a.exp_avgs[i].to(dt)
+        v = a.exp_avg_sqs[i].to(dt)
+        if a.decoupled_weight_decay:
             p = p * decay
-        elif weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)
+        elif a.weight_decay != 0:
+            g = g.add(p, alpha=a.weight_decay)
         m = m.lerp(g, 1 - beta1)
         v = (v * beta2).addcmul(g, g, value=1 - beta2)
-        if amsgrad:
-            vmax = max_exp_avg_sqs[i].to(dt).maximum(v)
-            max_exp_avg_sqs[i].copy_(vmax)
+        if a.amsgrad:
+            vmax = a.max_exp_avg_sqs[i].to(dt).maximum(v)
+            a.max_exp_avg_sqs[i].copy_(vmax)
             denom_src = vmax
         else:
             denom_src = v
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-        denom = denom_src.sqrt() / bias_correction2_sqrt + eps
-        p = p.addcdiv(m, denom, value=-lr_arith(lr, lambda x, bc1=bias_correction1: x / bc1))
+        denom = denom_src.sqrt() / bias_correction2_sqrt + a.eps
+        p = p.addcdiv(m, denom, value=-lr_arith(a.lr, lambda x, bc1=bias_correction1: x / bc1))
         store_param(param, masters[i], seeds[i], p)
-        exp_avgs[i].copy_(m)
-        exp_avg_sqs[i].copy_(v)
+        a.exp_avgs[i].copy_(m)
+        a.exp_avg_sqs[i].copy_(v)

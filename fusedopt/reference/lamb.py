@@ -1,33 +1,25 @@
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
 
-from ._common import begin, load_param, opmath_dtype, scalar, store_param
+from ._common import begin, load_param, opmath_dtype, scalar, spec, store_param
 
 
-def lamb_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    bias_correction: bool,
-    trust_clip: float | None,
-    maximize: bool,
-    tensor_norms: Tensor | None = None,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-    phase: int = 0,
-    sq_sums: Tensor | None = None,
-) -> None:
+def _begin(a: Any) -> tuple | None:
+    """begin, after the checks of ``phase``; Note [LAMB phases]: phase 1 counts the step,
+    phase 2 advances the seeds."""
+    if a.phase not in (0, 1, 2):
+        raise RuntimeError(f"fusedopt.lamb_: phase must be 0, 1 or 2, got {a.phase}")
+    n = len(a.params)
+    if a.phase and (a.sq_sums is None or tuple(a.sq_sums.shape) != (n, 2)):
+        raise RuntimeError(f"fusedopt.lamb_: phase {a.phase} needs sq_sums of shape ({n}, 2)")
+    return begin("lamb_", *a, advance=a.phase != 1)
+
+
+@spec("lamb_", prologue=_begin)
+def lamb_(a: Any, masters: list, seeds: list, s: float) -> None:
     r"""LAMB (You et al., 2020), one parameter at a time.
 
     .. math::
@@ -53,38 +45,25 @@ def lamb_(
     and updates params and moments (which phase 1 may or may not have stored already). Phase 0
     is both in one call. Mixed precision: see ``_common.check_mixed``.
     """
-    if phase not in (0, 1, 2):
-        raise RuntimeError(f"fusedopt.lamb_: phase must be 0, 1 or 2, got {phase}")
-    if phase and (sq_sums is None or tuple(sq_sums.shape) != (len(params), 2)):
-        raise RuntimeError(
-            f"fusedopt.lamb_: phase {phase} needs sq_sums of shape ({len(params)}, 2)"
-        )
-    # Note [LAMB phases]: phase 1 counts the step, phase 2 advances the seeds
-    mixed = begin("lamb_", params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2,
-                  weight_decay, eps, bias_correction, trust_clip, maximize, tensor_norms,
-                  grad_scale, found_inf, master_params, sr_seeds, phase, sq_sums,
-                  advance=phase != 1)  # fmt: skip
-    if mixed is None:
-        return
-    masters, seeds, s = mixed
-    lr = scalar(lr)
+    beta1, beta2, phase, sq_sums = a.beta1, a.beta2, a.phase, a.sq_sums
+    lr = scalar(a.lr)
     if phase != 2:
-        for step in state_steps:
+        for step in a.state_steps:
             step += 1
-    for i, param in enumerate(params):
-        step = float(state_steps[i].item())
+    for i, param in enumerate(a.params):
+        step = float(a.state_steps[i].item())
         dt = opmath_dtype(param.dtype)
-        g = grads[i].to(dt) * s
-        if maximize:
+        g = a.grads[i].to(dt) * s
+        if a.maximize:
             g = -g
-        m = (exp_avgs[i].to(dt) * beta1).add(g, alpha=1 - beta1)
-        v = (exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
-        bias_correction1 = 1 - beta1**step if bias_correction else 1.0
-        bias_correction2 = 1 - beta2**step if bias_correction else 1.0
+        m = (a.exp_avgs[i].to(dt) * beta1).add(g, alpha=1 - beta1)
+        v = (a.exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step if a.bias_correction else 1.0
+        bias_correction2 = 1 - beta2**step if a.bias_correction else 1.0
         p = load_param(param, masters[i], dt)
-        u = (m / bias_correction1) / ((v / bias_correction2).sqrt() + eps)
-        if weight_decay != 0:
-            u = u.add(p, alpha=weight_decay)
+        u = (m / bias_correction1) / ((v / bias_correction2).sqrt() + a.eps)
+        if a.weight_decay != 0:
+            u = u.add(p, alpha=a.weight_decay)
         if phase == 1:
             sq_sums[i, 0] = p.double().square().sum()
             sq_sums[i, 1] = u.double().square().sum()
@@ -96,11 +75,11 @@ def lamb_(
             p_norm = torch.linalg.vector_norm(p, dtype=torch.float64)
             u_norm = torch.linalg.vector_norm(u, dtype=torch.float64)
         ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, 1.0)
-        if trust_clip is not None:
-            ratio = ratio.clamp(max=trust_clip)
-        if tensor_norms is not None:
-            tensor_norms[i, 0] = p_norm
-            tensor_norms[i, 1] = u_norm
+        if a.trust_clip is not None:
+            ratio = ratio.clamp(max=a.trust_clip)
+        if a.tensor_norms is not None:
+            a.tensor_norms[i, 0] = p_norm
+            a.tensor_norms[i, 1] = u_norm
         store_param(param, masters[i], seeds[i], p + (-lr * ratio).to(dt) * u)
-        exp_avgs[i].copy_(m)
-        exp_avg_sqs[i].copy_(v)
+        a.exp_avgs[i].copy_(m)
+        a.exp_avg_sqs[i].copy_(v)

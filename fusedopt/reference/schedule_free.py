@@ -1,28 +1,12 @@
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
-from ._common import begin, load_param, opmath_dtype, scalar, store_param
+from ._common import load_param, opmath_dtype, scalar, spec, store_param
 
 
-def schedule_free_adamw_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    zs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    sched: float,
-    ckp1: float,
-    bias_correction2: float,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
+@spec("schedule_free_adamw_")
+def schedule_free_adamw_(a: Any, masters: list, seeds: list, s: float) -> None:
     r"""Schedule-Free AdamW (Defazio et al., 2024), one parameter at a time; the params are y.
 
     .. math::
@@ -35,39 +19,27 @@ def schedule_free_adamw_(
     with :math:`\gamma` = lr * sched, :math:`c` = ckp1 and :math:`b_2` = bias_correction2 (the
     optimizer's per-group scalars). The operation order is schedulefree.AdamWScheduleFree's.
     """
-    mixed = begin("schedule_free_adamw_", params, grads, zs, exp_avg_sqs, lr, beta1, beta2, eps,
-                  weight_decay, sched, ckp1, bias_correction2, grad_scale, found_inf,
-                  master_params, sr_seeds)  # fmt: skip
-    if mixed is None:
-        return
-    masters, seeds, s = mixed
-    lr = scalar(lr) * sched
-    y_step = lr * (beta1 * (1 - ckp1) - 1)
-    for i, param in enumerate(params):
+    beta2, ckp1 = a.beta2, a.ckp1
+    lr = scalar(a.lr) * a.sched
+    y_step = lr * (a.beta1 * (1 - ckp1) - 1)
+    for i, param in enumerate(a.params):
         dt = opmath_dtype(param.dtype)
         y = load_param(param, masters[i], dt)
-        g = grads[i].to(dt) * s
-        z = zs[i].to(dt)
-        v = (exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
-        u = g / ((v / bias_correction2).sqrt() + eps)
-        if weight_decay != 0:
-            u = u.add(y, alpha=weight_decay)
+        g = a.grads[i].to(dt) * s
+        z = a.zs[i].to(dt)
+        v = (a.exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
+        u = g / ((v / a.bias_correction2).sqrt() + a.eps)
+        if a.weight_decay != 0:
+            u = u.add(y, alpha=a.weight_decay)
         y = y.lerp(z, ckp1).add(u, alpha=y_step)
         z = z.sub(u, alpha=lr)
         store_param(param, masters[i], seeds[i], y)
-        zs[i].copy_(z)
-        exp_avg_sqs[i].copy_(v)
+        a.zs[i].copy_(z)
+        a.exp_avg_sqs[i].copy_(v)
 
 
-def schedule_free_swap_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    weight: float,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    master_params: list[Tensor] | None = None,
-    sr_seeds: list[Tensor] | None = None,
-) -> None:
+@spec("schedule_free_swap_")
+def schedule_free_swap_(a: Any, masters: list, seeds: list, _: float) -> None:
     r"""Schedule-Free's train/eval swap, with the z states in the grads' place:
 
     .. math::
@@ -77,20 +49,7 @@ def schedule_free_swap_(
     (:math:`w = 1 - 1/\beta_1`: y to x) do it, torch.lerp with a Python float weight. grad_scale
     is not applied: z is not a grad.
     """
-    mixed = begin(
-        "schedule_free_swap_",
-        params,
-        grads,
-        weight,
-        grad_scale,
-        found_inf,
-        master_params,
-        sr_seeds,
-    )
-    if mixed is None:
-        return
-    masters, seeds, _ = mixed
-    for i, param in enumerate(params):
+    for i, param in enumerate(a.params):
         dt = opmath_dtype(param.dtype)
-        p = load_param(param, masters[i], dt).lerp(grads[i].to(dt), weight)
+        p = load_param(param, masters[i], dt).lerp(a.grads[i].to(dt), a.weight)
         store_param(param, masters[i], seeds[i], p)
