@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._opdefs import MIXED, OPS, STATE
+from .._opdefs import LR, MIXED, OPS, STATE
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -374,7 +374,7 @@ def spec(
                 a.name,
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 default=inspect.Parameter.empty if a.default is None else a.py_default,
-                annotation=a.py_type,
+                annotation="float | Tensor" if a.role == LR else a.py_type,
             )
             for a in d.args
         ],
