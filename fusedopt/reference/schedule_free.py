@@ -15,9 +15,8 @@ def schedule_free_adamw_(
     beta2: float,
     eps: float,
     weight_decay: float,
-    sched: float,
-    ckp1: float,
-    bias_correction2: float,
+    ckp1: Tensor,
+    bias_correction2: Tensor,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     master_params: list[Tensor] | None = None,
@@ -32,16 +31,17 @@ def schedule_free_adamw_(
         y &\leftarrow \mathrm{lerp}(y, z, c) + \gamma(\beta_1 (1 - c) - 1)\, u \\
         z &\leftarrow z - \gamma u
 
-    with :math:`\gamma` = lr * sched, :math:`c` = ckp1 and :math:`b_2` = bias_correction2 (the
-    optimizer's per-group scalars). The operation order is schedulefree.AdamWScheduleFree's.
+    with :math:`\gamma` = lr (the warmed-up one), :math:`c` = ckp1 and :math:`b_2` =
+    bias_correction2 (one-element tensors the optimizer derives from its per-group counters). The
+    operation order is schedulefree.AdamWScheduleFree's.
     """
     mixed = begin("schedule_free_adamw_", params, grads, zs, exp_avg_sqs, lr, beta1, beta2, eps,
-                  weight_decay, sched, ckp1, bias_correction2, grad_scale, found_inf,
+                  weight_decay, ckp1, bias_correction2, grad_scale, found_inf,
                   master_params, sr_seeds)  # fmt: skip
     if mixed is None:
         return
     masters, seeds, s = mixed
-    lr = scalar(lr) * sched
+    lr, ckp1, bias_correction2 = scalar(lr), scalar(ckp1), scalar(bias_correction2)
     y_step = lr * (beta1 * (1 - ckp1) - 1)
     for i, param in enumerate(params):
         dt = opmath_dtype(param.dtype)
@@ -52,8 +52,10 @@ def schedule_free_adamw_(
         u = g / ((v / bias_correction2).sqrt() + eps)
         if weight_decay != 0:
             u = u.add(y, alpha=weight_decay)
-        y = y.lerp(z, ckp1).add(u, alpha=y_step)
-        z = z.sub(u, alpha=lr)
+        # Products, then sums (two roundings, as the compiled kernels): an ``alpha=`` of a
+        # scalar read from a tensor cannot be traced by torch.compile (it branches on alpha).
+        y = y.lerp(z, ckp1) + u * y_step
+        z = z - u * lr
         store_param(param, masters[i], seeds[i], y)
         zs[i].copy_(z)
         exp_avg_sqs[i].copy_(v)
