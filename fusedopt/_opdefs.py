@@ -301,16 +301,17 @@ _DEFS = (
             _grads(),
             _state("zs", "z"),
             _state("exp_avg_sqs", "exp_avg_sq"),
+            # the warmed-up lr of this step (lr * min(1, (k+1)/warmup_steps))
             _lr(),
             _f("beta1"),
             _f("beta2"),
             _f("eps"),
             _f("weight_decay"),
-            # the group's step counters, kept by the optimizer as schedulefree keeps them: the
-            # warmup factor of lr, the weight of the new point in the average x, 1 - beta2^(k+1)
-            _f("sched"),
-            _f("ckp1"),
-            _f("bias_correction2"),
+            # from the group's step counters: the weight of the new point in the average x and
+            # 1 - beta2^(k+1), one-element fp64 tensors on the params' device (or the CPU), as
+            # the optimizer derives them from its counters without leaving the device
+            Arg("ckp1", "Tensor", AUX),
+            Arg("bias_correction2", "Tensor", AUX),
             *_AMP,
             *_MIXED,
         ),

@@ -279,11 +279,13 @@ OPTIMS = [
                 ("parity", "triton_torch:fp16", "triton_torch:fp64"),
             ),
             "wd": Config({"lr": 1e-2, "weight_decay": 0.1}, ("mixed", "mixed_checkpoint")),
-            "defaults": Config({}, ("damaged",)),
+            "defaults": Config({}, ("damaged", "compile")),
+            # the warmup ends inside the compiled run: the counters are the graph's inputs
+            "warmup-r": Config(
+                {"weight_decay": 0.05, "warmup_steps": 5, "r": 0.5, "weight_lr_power": 1.5},
+                ("compile",),
+            ),
         },
-        # schedulefree's group counter k is a Python int: a compiled step would recompile at
-        # every step
-        unsupported={"compile": "torch.compile of the step is not supported"},
         bad_args_own=(
             ({"lr": -1.0}, "Invalid learning rate: -1.0"),
             ({"eps": -1e-8}, "Invalid epsilon value: -1e-08"),

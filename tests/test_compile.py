@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import schedulefree
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -282,3 +283,93 @@ def test_fullgraph_mixed_precision_matches_eager(mixed: dict) -> None:
             for k, v in eager.state[a].items():
                 assert torch.equal(v, comp.state[b][k]), f"step {i + 1} state[{j}][{k}]"
     assert cnt.frame_count == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_schedule_free_compiled_across_train_eval_matches_schedulefree(backend: str) -> None:
+    """ScheduleFreeAdamW's compiled step (its group counters are tensors the graph reads and
+    advances) against schedulefree's eager one: 30 steps through the warmup, with eval()/train()
+    round trips between compiled steps, 2 compilations in all; a compiled step in eval mode
+    raises with schedulefree's message and changes nothing; the checkpoint's counters are
+    schedulefree's numbers."""
+    kw = {"lr": 1e-2, "betas": (0.9, 0.99), "weight_decay": 0.05, "warmup_steps": 8, "r": 0.5}
+    ours_p, theirs_p = _params(), _params()
+    ours = fusedopt.ScheduleFreeAdamW(ours_p, backend=backend, **kw)
+    theirs = schedulefree.AdamWScheduleFree(theirs_p, **kw)
+    cnt = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(ours.step, backend=cnt, fullgraph=True)
+    for opt in (ours, theirs):
+        opt.train()
+    for i in range(30):
+        grads = [torch.randn_like(p) for p in ours_p]
+        for p, q, g in zip(ours_p, theirs_p, grads):
+            p.grad, q.grad = g, g.clone()  # schedulefree divides its grads in place
+        step()
+        theirs.step()
+        if i % 10 == 9:
+            for switch in ("eval", "train"):
+                getattr(ours, switch)()
+                getattr(theirs, switch)()
+        for j, (p, q) in enumerate(zip(ours_p, theirs_p)):
+            assert_close_ulp(p.detach(), q.detach(), TOL, f"step {i + 1} param[{j}]")
+            assert_close_ulp(ours.state[p]["z"], theirs.state[q]["z"], TOL, f"step {i + 1} z")
+        assert cnt.frame_count == min(i + 1, 2), f"recompiled at step {i + 1}"
+    ours.eval()
+    theirs.eval()
+    sd, ref = ours.state_dict()["param_groups"][0], theirs.state_dict()["param_groups"][0]
+    for key in ("k", "scheduled_lr", "lr_max", "weight_sum", "train_mode"):
+        assert type(sd[key]) is type(ref[key]) and sd[key] == ref[key], key
+    # In eval mode: schedulefree's Exception, from dynamo's error under fullgraph (dynamo
+    # reports an uncaught exception as Unsupported there, with the message), itself without.
+    before = [p.detach().clone() for p in ours_p]
+    with pytest.raises(Exception, match="not in train mode"):
+        step()
+    with pytest.raises(Exception, match="not in train mode") as caught:
+        torch.compile(ours.step, backend="aot_eager")()
+    assert type(caught.value) is Exception
+    assert all(torch.equal(p, b) for p, b in zip(ours_p, before))
+    assert ours.state_dict()["param_groups"][0]["k"] == 30
+
+
+def _muon(backend: str, params: list[torch.Tensor], aux: list[torch.Tensor] | None):
+    if aux is None:
+        return fusedopt.Muon(params, lr=torch.tensor(0.02), weight_decay=0.1, backend=backend)
+    groups = [
+        {"params": params, "use_muon": True, "lr": torch.tensor(0.02), "weight_decay": 0.1},
+        {"params": aux, "use_muon": False, "lr": torch.tensor(3e-3), "weight_decay": 0.01},
+    ]
+    return fusedopt.MuonWithAuxAdam(groups, backend=backend)
+
+
+@pytest.mark.parametrize("with_adam", [False, True], ids=["muon", "muon_with_aux_adam"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_muon_fullgraph_matches_eager_and_never_recompiles(backend: str, with_adam: bool) -> None:
+    """Muon (2-D params only: its own case, not the registry's 1-D ones) and MuonWithAuxAdam:
+    the momentum kernel, the batched Newton-Schulz matmuls and the update kernels in one graph;
+    compiled == eager (the same ATen matmuls run) with the lrs written every step, 2
+    compilations in all."""
+    shapes = [(8, 4), (4, 8), (8, 4), (5, 3)]
+
+    def make() -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        torch.manual_seed(0)
+        mats = [torch.randn(s).requires_grad_() for s in shapes]
+        aux = [torch.randn(7).requires_grad_(), torch.randn(3, 2).requires_grad_()]
+        return mats, aux if with_adam else None
+
+    (eager_m, eager_a), (comp_m, comp_a) = make(), make()
+    eager, comp = _muon(backend, eager_m, eager_a), _muon(backend, comp_m, comp_a)
+    eager_p = eager_m + (eager_a or [])
+    comp_p = comp_m + (comp_a or [])
+    cnt = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(comp.step, backend=cnt, fullgraph=True)
+    for i in range(8):
+        for opt in (eager, comp):
+            for group in opt.param_groups:
+                group["lr"].mul_(0.9)
+        for p, q in zip(eager_p, comp_p):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        eager.step()
+        compiled()
+        assert cnt.frame_count == min(i + 1, 2), f"recompiled at step {i + 1}"
+    _assert_same(comp, comp_p, eager, eager_p, "8 steps")

@@ -222,8 +222,12 @@ _SCALARS = {
     "bias_correction": True,
 }
 _NON_NEGATIVE = {"exp_avg_sq", "max_exp_avg_sq", "hessian"}
-# Auxiliary outputs given to the op, by name, made for n params.
-_AUX = {"tensor_norms": lambda n: torch.full((n, 2), -1.0)}
+# Auxiliary outputs and Tensor scalars given to the op, by name, made for n params.
+_AUX = {
+    "tensor_norms": lambda n: torch.full((n, 2), -1.0),
+    "ckp1": lambda n: torch.tensor(0.5, dtype=torch.float64),
+    "bias_correction2": lambda n: torch.tensor(0.5, dtype=torch.float64),
+}
 
 
 def _build(op, t, sizes, kw):
@@ -289,7 +293,10 @@ OP_CASES = [
     ("lion_", {}),
     ("lion_", {"maximize": True}),
     ("schedule_free_adamw_", {}),
-    ("schedule_free_adamw_", {"weight_decay": 0.0, "sched": 1.0, "ckp1": 0.75}),
+    (
+        "schedule_free_adamw_",
+        {"weight_decay": 0.0, "ckp1": torch.tensor(0.75, dtype=torch.float64)},
+    ),
     # eval's weight 1 - 1/beta1 at beta1 = 0.9 and 0.4 (torch.lerp's two forms: |w| < 0.5 or
     # not), train's 1 - beta1 at beta1 = 0.3
     ("schedule_free_swap_", {"weight": 1 - 1 / 0.9}),

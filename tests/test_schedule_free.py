@@ -213,7 +213,7 @@ def test_skipped_amp_step_changes_nothing_counters_included():
     _step(ours, ours_p, g)
     _step(theirs, theirs_p, g)
     before = [p.detach().clone() for p in ours_p]
-    counters = {k: ours.param_groups[0][k] for k in COUNTERS}
+    counters = copy.deepcopy({k: ours.param_groups[0][k] for k in COUNTERS})
     ours.grad_scale = torch.tensor(4.0)
     ours.found_inf = torch.tensor(1.0)
     _step(ours, ours_p, _grads(params, 1))

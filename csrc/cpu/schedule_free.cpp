@@ -53,15 +53,17 @@ void schedule_free_swap_(const ops::schedule_free_swap_::Args& a) {
 }
 
 void schedule_free_adamw_(const ops::schedule_free_adamw_::Args& a) {
+  // Read before Update advances the seeds: a bad one changes nothing.
+  const double ckp1 = scalar_value(a.ckp1, "ckp1");
+  const double bias_correction2 = scalar_value(a.bias_correction2, "bias_correction2");
   Update u(op_label<ops::schedule_free_adamw_>(), a,
            {{a.zs, "zs"}, {a.exp_avg_sqs, "exp_avg_sqs"}});
   if (u.skip || a.params.empty()) return;
 
   dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
     using opmath_t = at::opmath_type<param_t>;
-    const ScheduleFreeScalars<opmath_t> s =
-        make_schedule_free_scalars<opmath_t>(u.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.sched,
-                                             a.ckp1, a.bias_correction2, u.inv_scale);
+    const ScheduleFreeScalars<opmath_t> s = make_schedule_free_scalars<opmath_t>(
+        u.lr, a.beta1, a.beta2, a.eps, a.weight_decay, ckp1, bias_correction2, u.inv_scale);
     using Body = ScheduleFreeBody<param_t, state_t, opmath_t, MODE>;
     run_update<Body, param_t, state_t, MODE, true, true>(*u.mt, &s, false, u.keys, u.master_list);
   });

@@ -18,6 +18,7 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -209,6 +210,10 @@ void run_maximize(Runner& r, const Job& job, const Params& p, const char* name) 
 struct UpdateScalars {
   ScalarArg lr, grad_scale, found_inf;
 };
+
+// Reads a one-element Tensor argument as the lr is read (glue.h's scalar_arg), for an op whose
+// OpKernels has `tensor_scalars(params, args, read)`: its Params' other Tensor scalars.
+using ScalarReader = std::function<ScalarArg(const at::Tensor&, const char*)>;
 
 // An elementwise update op's OpKernels also has (glue.h runs them, Note [mixed precision on the
 // GPU] for the arrays):
@@ -403,7 +408,8 @@ struct OpKernels<ops::lion_> {
 
 // ---- Schedule-Free AdamW ----------------------------------------------------------------------
 struct ScheduleFreeParams : UpdateScalars {
-  double beta1, beta2, eps, weight_decay, sched, ckp1, bias_correction2;
+  double beta1, beta2, eps, weight_decay;
+  ScalarArg ckp1, bias_correction2;  // Tensor arguments, read as the lr is
 };
 
 template <class M>
@@ -414,8 +420,8 @@ struct ScheduleFreeFunctor {
 
   C10_HOST_DEVICE State prologue(const SlotInfo& slot) const {
     return keyed<Layout>(make_schedule_free_scalars<opmath_t>(
-                             p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay, p.sched, p.ckp1,
-                             p.bias_correction2, 1.0 / p.grad_scale.get()),
+                             p.lr.get(), p.beta1, p.beta2, p.eps, p.weight_decay, p.ckp1.get(),
+                             p.bias_correction2.get(), 1.0 / p.grad_scale.get()),
                          slot);
   }
 
@@ -433,7 +439,11 @@ struct OpKernels<ops::schedule_free_adamw_> {
     return {{a.zs, "zs", true}, {a.exp_avg_sqs, "exp_avg_sqs", true}};
   }
   static Params params(const Args& a, const UpdateScalars& s) {
-    return {s, a.beta1, a.beta2, a.eps, a.weight_decay, a.sched, a.ckp1, a.bias_correction2};
+    return {s, a.beta1, a.beta2, a.eps, a.weight_decay, host_scalar(0.0), host_scalar(0.0)};
+  }
+  static void tensor_scalars(Params& p, const Args& a, const ScalarReader& read) {
+    p.ckp1 = read(a.ckp1, "ckp1");
+    p.bias_correction2 = read(a.bias_correction2, "bias_correction2");
   }
   template <class Runner>
   static void run(Runner& r, const Job& job, const Params& p) {

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../common/common.h"
@@ -242,12 +243,23 @@ struct Update {
 
 // The host side of op Op on backend B, Op::Args in: an elementwise update op here (its
 // OpKernels: functors.h); lamb_, sophia_update_hessian_ and sum_sq below.
+template <class K, class = void>
+struct HasTensorScalars : std::false_type {};
+template <class K>
+struct HasTensorScalars<K, std::void_t<decltype(&K::tensor_scalars)>> : std::true_type {};
+
 template <class Op, class B>
 struct HostOp {
   static void call(const typename Op::Args& a) {
     using K = OpKernels<Op>;
     Update<Op, B> u(a, K::states(a, op_label<Op>()));
-    const typename K::Params p = K::params(a, u.scalars);
+    typename K::Params p = K::params(a, u.scalars);
+    if constexpr (HasTensorScalars<K>::value) {
+      K::tensor_scalars(p, a, [&](const at::Tensor& t, const char* what) {
+        TORCH_CHECK(t.numel() == 1, "Tensor ", what, " must be 1-element");
+        return scalar_arg(t, u.op, what, u.device, u.cfg);
+      });
+    }
     MultiTensor mt(u.op, std::move(u.lists), u.device);
     if (skipped_on_host(p.found_inf) || a.params.empty()) return;
     B::template run<Op>(u.job(mt, a), p);

@@ -18,13 +18,13 @@ _NOT_TRAINING = (
     "Please insert .train() and .eval() calls on the "
     "optimizer. See documentation for details."
 )
-_NOT_COMPILED = (
-    "{}: torch.compile of the step is not supported: its step counter is the param group's "
-    "Python int 'k', as in schedulefree, which a compiled step recompiles for at every step "
-    "(compile the model, and step eagerly: the step is one fused kernel per bucket)"
-)
-# The group keys a step advances (schedulefree keeps them as Python numbers in the group).
-_COUNTERS = ("k", "scheduled_lr", "lr_max", "weight_sum")
+# The group keys a step advances: schedulefree keeps them as Python numbers in the group, we keep
+# them as one-element tensors on the params' device (k int64, the others fp64), so that a
+# compiled step reads them as inputs instead of recompiling for each new value; state_dict()
+# gives them as schedulefree's Python numbers. Shape (1,), not 0-d: dynamo gives a 0-d CPU
+# int64/fp64 input a symbolic value, and torch.compile then analyses the step twice.
+_COUNTERS = {"k": torch.int64, "scheduled_lr": torch.float64, "lr_max": torch.float64,
+             "weight_sum": torch.float64}  # fmt: skip
 
 
 class ScheduleFreeAdamW(FusedOptimizer):
@@ -34,7 +34,11 @@ class ScheduleFreeAdamW(FusedOptimizer):
 
     A drop-in for ``schedulefree.AdamWScheduleFree``: same arguments, defaults, param-group keys
     (``k``, ``train_mode``, ``weight_sum``, ``lr_max``, ``scheduled_lr``, ...) and state
-    (``z``, ``exp_avg_sq``), so its checkpoints load here and back. No learning-rate schedule is
+    (``z``, ``exp_avg_sq``), so its checkpoints load here and back. The group counters ``k``,
+    ``weight_sum``, ``lr_max`` and ``scheduled_lr`` are one-element tensors on the params' device
+    (advanced there with schedulefree's float64 arithmetic, no host sync; ``state_dict()``
+    gives them as its Python numbers), so that ``torch.compile(opt.step, fullgraph=True)``
+    compiles once for the steady state. No learning-rate schedule is
     needed: the params in training are :math:`y`, an interpolation between the averaged point
     :math:`x` (what to evaluate) and the SGD-like sequence :math:`z`. Call
     ``optimizer.train()`` before training steps and ``optimizer.eval()`` before evaluating or
@@ -61,9 +65,7 @@ class ScheduleFreeAdamW(FusedOptimizer):
 
     Args:
         params (iterable): parameters or dicts defining parameter groups.
-        lr (float, Tensor, optional): learning rate :math:`\gamma` (default: 0.0025). A Tensor
-            lr is read on the host every step: the averaging weights are per-group Python
-            numbers, as schedulefree keeps them.
+        lr (float, Tensor, optional): learning rate :math:`\gamma` (default: 0.0025).
         betas (Tuple[float, float], optional): :math:`\beta_1` the interpolation, :math:`\beta_2`
             the second-moment average (default: (0.9, 0.999)).
         eps (float, optional): added to the denominator (default: 1e-8).
@@ -74,9 +76,8 @@ class ScheduleFreeAdamW(FusedOptimizer):
             largest lr so far to this power (default: 2.0).
         foreach (bool, optional): accepted for compatibility; fusedopt is always fused.
         backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
-            as in :class:`fusedopt.Adam`. Under GradScaler with fused_amp, the step reads
-            found_inf on the host (one sync) so that a skipped step does not advance the
-            group's counters, as GradScaler's own skip would not.
+            as in :class:`fusedopt.Adam`. Under GradScaler with fused_amp, a skipped step does
+            not advance the group's counters either, as GradScaler's own skip would not.
     """
 
     _op = "schedule_free_adamw_"
@@ -180,21 +181,44 @@ class ScheduleFreeAdamW(FusedOptimizer):
             if mode == "masters":
                 torch._foreach_copy_(rounded, lists["params"])
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _counters_to_tensors(self.param_groups[-1])
+
+    def _setstate_groups(self) -> None:
+        # A loaded checkpoint (schedulefree's or ours) or an old pickle has Python numbers.
+        for group in self.param_groups:
+            _counters_to_tensors(group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's layout, the group counters as schedulefree's Python numbers (one host
+        read each on a GPU)."""
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            for c in _COUNTERS:
+                if isinstance(group.get(c), Tensor):
+                    group[c] = int(group[c]) if c == "k" else float(group[c])
+        return sd
+
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
-        # From the group's counters, which step() has already advanced to k + 1 (k = 0: a
-        # skipped first step, which the kernels skip too; lr_max is still -1 then).
-        k = group["k"]
-        warmup = group["warmup_steps"]
-        weight_sum = group["weight_sum"]
-        ckp1 = 0.0
-        if k > 0 and weight_sum != 0:
-            ckp1 = (k ** group["r"]) * (group["lr_max"] ** group["weight_lr_power"]) / weight_sum
+        new = _advanced(group)
         return {
             **super()._scalars(group),
-            "sched": k / warmup if 0 < k <= warmup else 1.0,
-            "ckp1": ckp1,
-            "bias_correction2": 1 - group["betas"][1] ** k,
+            "ckp1": new["ckp1"],
+            "bias_correction2": new["bias_correction2"],
+            "warmed_lr": new["scheduled_lr"],
         }
+
+    def _launch(self, b: Any, values: dict[str, Any]) -> None:
+        # The op's lr is the warmed-up one; its tensor scalars where the bucket's kernel reads
+        # them (a group may span devices).
+        values = dict(values)
+        values["lr"] = values.pop("warmed_lr")
+        for name in ("lr", "ckp1", "bias_correction2"):
+            t = values[name]
+            if t.device != b.device and not (t.device.type == "cpu" and b.device.type != "cpu"):
+                values[name] = t.to(b.device)
+        super()._launch(b, values)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> float | None:  # type: ignore[override]
@@ -206,43 +230,70 @@ class ScheduleFreeAdamW(FusedOptimizer):
         """
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_TRAINING)
-        if torch.compiler.is_compiling():
-            # dynamo specializes on the Python int k of every group, so a compiled step would
-            # recompile at every step (and a Tensor lr is read on the host).
-            raise RuntimeError(_NOT_COMPILED.format(self._where()))
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            # A replay would repeat this step's warmup factor and averaging weight.
+        if (
+            not torch.compiler.is_compiling()
+            and torch.cuda.is_available()
+            and torch.cuda.is_current_stream_capturing()
+        ):
             raise RuntimeError(
-                f"{self._where()}: a step cannot be captured in a CUDA graph (its per-step "
-                "scalars are the param groups' Python numbers, as in schedulefree)"
+                f"{self._where()}: a step cannot be captured in a CUDA graph (not supported: "
+                "the Triton backend reads its averaging weight on the host)"
             )
         found_inf = getattr(self, "found_inf", None)
-        skipped = found_inf is not None and bool(found_inf.item() != 0)
-        before = [{c: group[c] for c in _COUNTERS} for group in self.param_groups]
-        if not skipped:
-            for group in self.param_groups:
-                _advance(group)
-        try:
-            return super().step(closure)
-        except BaseException:
-            for group, counters in zip(self.param_groups, before):
-                group.update(counters)
-            raise
+        loss = super().step(closure)
+        # The counters advance after the kernels ran (a step that raises advances nothing),
+        # except where GradScaler skipped it (found_inf set), as its own skip would.
+        for group in self.param_groups:
+            new = _advanced(group)
+            skip = None if found_inf is None else found_inf.to(group["k"].device) != 0
+            for c in _COUNTERS:
+                group[c].copy_(new[c] if skip is None else torch.where(skip, group[c], new[c]))
+        return loss
+
+
+def _counters_to_tensors(group: dict[str, Any]) -> None:
+    """The group's counters as one-element tensors on its params' device (new ones: a loaded value is
+    never shared)."""
+    device = next((p.device for p in group["params"]), torch.device("cpu"))
+    for c, dtype in _COUNTERS.items():
+        group[c] = torch.tensor(
+            [group[c].item() if isinstance(group[c], Tensor) else group[c]],
+            dtype=dtype,
+            device=device,
+        )
+
+
+def _advanced(group: dict[str, Any]) -> dict[str, Tensor]:
+    """schedulefree's per-group bookkeeping of a step, in its order and float64 arithmetic,
+    on the counters' device: the counters after the step and the op's ckp1 (the weight of the
+    new point in the average) and bias_correction2 from them. The powers take tensor
+    exponents: torch's pow by a Python float has shortcuts (x*x for 2, sqrt for 0.5) where
+    schedulefree's ``**`` is libm's pow."""
+    k = group["k"]
+    k1 = (k + 1).to(torch.float64)
+    warmup = group["warmup_steps"]
+    # k < warmup: (k+1)/warmup (<= 1), else 1.0
+    sched = (k1 / warmup).clamp(max=1.0) if warmup > 0 else torch.ones_like(k1)
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        lr = lr.to(device=k1.device, dtype=torch.float64)
+    scheduled_lr = lr * sched
+    lr_max = torch.maximum(scheduled_lr, group["lr_max"])
+    weight = torch.pow(k1, torch.full_like(k1, group["r"])) * torch.pow(
+        lr_max, torch.full_like(k1, group["weight_lr_power"])
+    )
+    weight_sum = group["weight_sum"] + weight
+    return {
+        "k": k + 1,
+        "scheduled_lr": scheduled_lr,
+        "lr_max": lr_max,
+        "weight_sum": weight_sum,
+        "ckp1": torch.where(weight_sum != 0, weight / weight_sum, 0.0),
+        "bias_correction2": 1 - torch.pow(torch.full_like(k1, group["betas"][1]), k1),
+    }
 
 
 def _local(t: Tensor) -> Tensor:
     """A DTensor's shard (the swap is elementwise), else the tensor."""
     dtensor = _dtensor.dtensor_type()
     return _dtensor.local(t) if dtensor is not None and isinstance(t, dtensor) else t
-
-
-def _advance(group: dict[str, Any]) -> None:
-    """schedulefree's per-group bookkeeping of a step, in its order and float arithmetic."""
-    k = group["k"]
-    sched = (k + 1) / group["warmup_steps"] if k < group["warmup_steps"] else 1.0
-    lr = float(group["lr"]) * sched
-    group["scheduled_lr"] = lr
-    lr_max = group["lr_max"] = max(lr, group["lr_max"])
-    weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
-    group["weight_sum"] = group["weight_sum"] + weight
-    group["k"] = k + 1

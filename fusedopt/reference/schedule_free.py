@@ -16,11 +16,12 @@ def schedule_free_adamw_(a: Any, masters: list, seeds: list, s: float) -> None:
         y &\leftarrow \mathrm{lerp}(y, z, c) + \gamma(\beta_1 (1 - c) - 1)\, u \\
         z &\leftarrow z - \gamma u
 
-    with :math:`\gamma` = lr * sched, :math:`c` = ckp1 and :math:`b_2` = bias_correction2 (the
-    optimizer's per-group scalars). The operation order is schedulefree.AdamWScheduleFree's.
+    with :math:`\gamma` = lr (the warmed-up one), :math:`c` = ckp1 and :math:`b_2` =
+    bias_correction2 (one-element tensors the optimizer derives from its per-group counters). The
+    operation order is schedulefree.AdamWScheduleFree's.
     """
-    beta2, ckp1 = a.beta2, a.ckp1
-    lr = scalar(a.lr) * a.sched
+    lr, ckp1, bias_correction2 = scalar(a.lr), scalar(a.ckp1), scalar(a.bias_correction2)
+    beta2 = a.beta2
     y_step = lr * (a.beta1 * (1 - ckp1) - 1)
     for i, param in enumerate(a.params):
         dt = opmath_dtype(param.dtype)
@@ -28,11 +29,13 @@ def schedule_free_adamw_(a: Any, masters: list, seeds: list, s: float) -> None:
         g = a.grads[i].to(dt) * s
         z = a.zs[i].to(dt)
         v = (a.exp_avg_sqs[i].to(dt) * beta2).addcmul(g, g, value=1 - beta2)
-        u = g / ((v / a.bias_correction2).sqrt() + a.eps)
+        u = g / ((v / bias_correction2).sqrt() + a.eps)
         if a.weight_decay != 0:
             u = u.add(y, alpha=a.weight_decay)
-        y = y.lerp(z, ckp1).add(u, alpha=y_step)
-        z = z.sub(u, alpha=lr)
+        # Products, then sums (two roundings, as the compiled kernels): an ``alpha=`` of a
+        # scalar read from a tensor cannot be traced by torch.compile (it branches on alpha).
+        y = y.lerp(z, ckp1) + u * y_step
+        z = z - u * lr
         store_param(param, masters[i], seeds[i], y)
         a.zs[i].copy_(z)
         a.exp_avg_sqs[i].copy_(v)

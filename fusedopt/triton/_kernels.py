@@ -647,19 +647,18 @@ def _schedule_free_adamw_tile(
 def _schedule_free_adamw_scalars(
     hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.constexpr
 ):
-    """hp: beta1, beta2, eps, weight_decay, sched, ckp1, bias_correction2; in fp64 as
-    schedulefree's Python float arithmetic (csrc's make_schedule_free_scalars)."""
-    lr = lr * hp[4]
+    """hp: beta1, beta2, eps, weight_decay, ckp1, bias_correction2; lr the warmed-up one; in
+    fp64 as schedulefree's Python float arithmetic (csrc's make_schedule_free_scalars)."""
     return (
         key,
         inv_scale.to(CT),
         hp[1].to(CT),
         (1.0 - hp[1]).to(CT),
-        hp[6].to(CT),
+        hp[5].to(CT),
         hp[2].to(CT),
         hp[3].to(CT),
-        hp[5].to(CT),
-        (lr * (hp[0] * (1.0 - hp[5]) - 1.0)).to(CT),
+        hp[4].to(CT),
+        (lr * (hp[0] * (1.0 - hp[4]) - 1.0)).to(CT),
         (-lr).to(CT),
     )
 

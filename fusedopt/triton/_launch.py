@@ -281,11 +281,14 @@ _UPDATES = {
             MOMENTUM=v["momentum"] != 0, WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype)
         ),
     ),
+    # ckp1 and bias_correction2 are one-element tensors, read on the host (one sync each on a
+    # GPU): the lerp's form is a flag of the tile.
     "schedule_free_adamw_": Update(
+        hp=("beta1", "beta2", "eps", "weight_decay", "ckp1", "bias_correction2"),
         flags=("WEIGHT_DECAY", "LERP_LOW"),
         args=lambda v, call: dict(
             WEIGHT_DECAY=_nonzero(v["weight_decay"], call.entry.dtype),
-            LERP_LOW=mt.in_compute_type(v["ckp1"], call.entry.dtype) < 0.5,
+            LERP_LOW=mt.in_compute_type(float(v["ckp1"]), call.entry.dtype) < 0.5,
         ),
     ),
     "schedule_free_swap_": Update(

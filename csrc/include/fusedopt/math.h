@@ -276,13 +276,12 @@ struct ScheduleFreeScalars {
   T inv_grad_scale;  // 1/grad_scale (which carries the max_grad_norm clip factor too)
 };
 
-// See Note [per-tensor scalars]. lr*sched and the y coefficient are schedulefree's Python
-// float arithmetic (fp64), rounded once.
+// See Note [per-tensor scalars]. lr is the warmed-up lr (lr*sched, computed by the optimizer in
+// fp64); the y coefficient is schedulefree's Python float arithmetic (fp64), rounded once.
 template <typename T>
 C10_HOST_DEVICE inline ScheduleFreeScalars<T> make_schedule_free_scalars(
-    double lr, double beta1, double beta2, double eps, double weight_decay, double sched,
-    double ckp1, double bias_correction2, double inv_grad_scale) {
-  const double scheduled_lr = lr * sched;
+    double scheduled_lr, double beta1, double beta2, double eps, double weight_decay, double ckp1,
+    double bias_correction2, double inv_grad_scale) {
   ScheduleFreeScalars<T> s;
   s.beta2 = static_cast<T>(beta2);
   s.one_minus_beta2 = static_cast<T>(1.0 - beta2);
