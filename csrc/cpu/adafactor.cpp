@@ -4,22 +4,32 @@
 // Note [Adafactor passes]
 // A matrix's (a param of 2 or more dims, [..., m, n]) update needs the row and column means of
 // g^2 over the whole matrix before any element's variance estimate is known, and the RMS of the
-// whole update before any element of the param may change. So three parallel passes over all
-// params of the call (each a range of rows of one matrix per task, or a range of a vector):
-//   pass 1  sum p^2, the row sums and the column sums of g^2         read p, g          2*S
+// whole update before any element of the param may change. So three passes over each param
+// (each cut into tasks: ranges of rows of one matrix, or of a vector):
+//   pass 1  sum p^2, the row sums and the column sums of g^2         read p, g
 //   (host)  row_var, col_var lerped toward the means; alpha, mean(row_var)   O(m + n)
-//   pass 2  sum u^2, u = rsqrt(max((r c)/mean(r), eps1^2)) g          read g             S
+//   pass 2  u = rsqrt(max((r c)/mean(r), eps1^2)) g, sum u^2          read g, write u
 //   (host)  the clipping: -alpha / max(1, RMS(u)/d)
-//   pass 3  p = p (1 - lr wd) - alpha' u, u recomputed                read p, g; write p 3*S
-// 6*S per matrix element: 24 B per fp32 parameter, with no temporary of the param's size (u is
-// recomputed, as cheap as storing and reloading it). A vector ([n] or 0-d) keeps a variance v:
-// pass 1 also updates v and sums u^2 (read p, g, v; write v), pass 3 reads v: 2 passes, 8*S.
+//   pass 3  p = p (1 - lr wd) - alpha' u                               read p, u; write p
+// Each thread steps whole params, all three passes of one before the next (largest first, the
+// next param to whichever thread is free): passes 2 and 3 find p and g in the cache pass 1 left
+// them in (the largest GPT matrix, 8192 x 384, is 38 MB of p, g and u), the threads need no
+// barrier between the passes, and while one streams a param from memory in pass 1 the other
+// computes. u is computed once, in pass 2, into a buffer of the thread's: its divisions and
+// square root bound the step where the data is in cache (Note [division by the row mean]).
+// DRAM: p and g read once and p written once, 12 B per fp32 parameter; pass 2 and 3 move
+// another 16 B in the cache. A param larger than kPrivateMax elements, or than a thread's share
+// of the call, is stepped by all threads pass by pass instead, as before: 2 S + S + 3 S from
+// memory (24 B per fp32 parameter) and u recomputed in pass 3, no buffer of its size.
+// A vector ([n] or 0-d) keeps a variance v: pass 1 also updates v and computes u and sum u^2
+// (read p, g, v; write v, u), pass 3 as above.
 // torch's foreach path for a matrix: the param's norm (S), the weight decay (2S), the two
 // vector_norms (2S), the outer product r @ c (S), div_, clamp_, rsqrt_ (2S each), mul_ by g
 // (3S), the update's norm (S), mul_ by alpha (2S), add_ to the param (3S): 21*S.
-// Sums are in fp64 from per-row fp32/opmath lanes; the column sums of each task are fp64
-// partials combined in task order, tasks cut at fixed rows, so the result does not depend on the
-// number of threads (Note [fixed-order reductions]).
+// Sums are in fp64 from per-row fp32/opmath lanes; a matrix's column sums are fp64 partials per
+// task combined in task order, tasks cut at fixed rows, so the result depends neither on the
+// number of threads nor on which thread steps a param, nor on the path (Note [fixed-order
+// reductions]).
 #include "../common/adafactor.h"
 
 #include <ATen/Dispatch.h>
@@ -29,6 +39,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fusedopt/math.h"
@@ -84,13 +96,32 @@ struct SumsBody {
   }
 };
 
+// Note [division by the row mean]
+// (r c) / mean(r) is a division per element, and the divider is what bounds pass 2 (with the
+// square root and the reciprocal of rsqrt, each a division too). With kWide (fp32 math) it is a
+// multiplication in fp64 by 1 / mean(r), rounded to fp32: the same bits. The quotient of two
+// fp32 numbers is never a midpoint between two fp32 numbers, nor within 2^-49 of one (relative:
+// x - m rmean is a nonzero multiple of 2^-47 of m rmean's scale), and the fp64 product is within
+// 2^-52 of the quotient, so both round to the same fp32 number. Not so where the quotient is
+// subnormal; those are below eps1^2 and clamped to it wherever kWide is used (eps1^2 >= FLT_MIN).
+template <typename O, bool kWide>
+FUSEDOPT_INLINE O factored_estimate(O ri, O cj, O rmean, double inv_rmean) {
+  if constexpr (kWide) {
+    return static_cast<O>(static_cast<double>(ri * cj) * inv_rmean);
+  } else {
+    (void)inv_rmean;
+    return adafactor_factored(ri, cj, rmean);
+  }
+}
+
 // Pass 2 over rows of a matrix: sum of u^2 added to *uu; with kStore, u (with its update's sign)
 // stored in out.
-template <typename T, typename O, bool kStore>
+template <typename T, typename O, bool kStore, bool kWide>
 struct DirectionBody {
   FUSEDOPT_INLINE static void run(const T* __restrict g, int64_t rows, int64_t n,
-                                  const T* __restrict r, const T* __restrict c, O rmean, O gs,
-                                  O eps1_sq, O* __restrict out, double* __restrict uu) {
+                                  const T* __restrict r, const T* __restrict c, O rmean,
+                                  double inv_rmean, O gs, O eps1_sq, O* __restrict out,
+                                  double* __restrict uu) {
     double total = 0;
     for (int64_t i = 0; i < rows; ++i) {
       const T* __restrict gr = g + i * n;
@@ -100,14 +131,14 @@ struct DirectionBody {
       int64_t j = 0;
       for (; j + kLanes <= n; j += kLanes) {
         for (int k = 0; k < kLanes; ++k) {
-          const O v = adafactor_factored(ri, static_cast<O>(c[j + k]), rmean);
+          const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j + k]), rmean, inv_rmean);
           const O u = adafactor_direction(v, static_cast<O>(gr[j + k]) * gs, eps1_sq);
           if constexpr (kStore) ur[j + k] = u;
           ua[k] += u * u;
         }
       }
       for (; j < n; ++j) {
-        const O v = adafactor_factored(ri, static_cast<O>(c[j]), rmean);
+        const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j]), rmean, inv_rmean);
         const O u = adafactor_direction(v, static_cast<O>(gr[j]) * gs, eps1_sq);
         if constexpr (kStore) ur[j] = u;
         ua[0] += u * u;
@@ -364,13 +395,21 @@ class Stepper {
     const T* r = sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo;
     const T* c = sl.c.const_data_ptr<T>() + t.batch * sl.cols;
     const O rmean = static_cast<O>(sl.rmean[t.batch]);
-    if (u != nullptr) {
-      run_isa<DirectionBody<T, O, true>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, gs_, eps1_sq_,
-                                         u + t.first, uu_.data() + ti);
-    } else {
-      run_isa<DirectionBody<T, O, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, gs_, eps1_sq_,
-                                          nullptr, uu_.data() + ti);
+    if (u == nullptr) {
+      run_isa<DirectionBody<T, O, false, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0,
+                                                 gs_, eps1_sq_, nullptr, uu_.data() + ti);
+      return;
     }
+    if constexpr (std::is_same_v<O, float>) {
+      if (eps1_sq_ >= std::numeric_limits<O>::min()) {  // Note [division by the row mean]
+        run_isa<DirectionBody<T, O, true, true>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean,
+                                                 1.0 / static_cast<double>(rmean), gs_, eps1_sq_,
+                                                 u + t.first, uu_.data() + ti);
+        return;
+      }
+    }
+    run_isa<DirectionBody<T, O, true, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0, gs_,
+                                              eps1_sq_, u + t.first, uu_.data() + ti);
   }
 
   void clip(Slot& sl) {
