@@ -120,16 +120,19 @@ def lamb_bytes(dtype: torch.dtype) -> float:
 def adafactor_bytes(dtype: torch.dtype) -> float:
     """Adafactor on a matrix: the update needs the row and column means of g^2 over the whole
     matrix, and its RMS over the whole update, before any element of p may change, so the
-    kernel makes three passes (csrc/cpu/adafactor.cpp, Note [Adafactor passes]):
-      pass 1: read p, g; reduce sum p^2, the row and the column sums of g^2        (2)
-      pass 2: read g; reduce sum u^2 (u from g and the new row/column statistics)  (1)
-      pass 3: read p, g; write p                                                   (3)
-    6 arrays: 24 B/param in fp32 (the row/column statistics are O(m + n)). The model counts
-    matrices: a vector (bias, norm weight) reads and writes its variance too, in two passes
-    (8 arrays), and a GPT's vectors are under 0.5% of its params (0.1% of the B/param).
+    kernel makes three passes over each param (csrc/cpu/adafactor.cpp, Note [Adafactor passes]):
+      pass 1: read p, g; reduce sum p^2, the row and the column sums of g^2   (2, memory)
+      pass 2: read g; write u and reduce sum u^2                             (cache)
+      pass 3: read p, u; write p                                             (1, memory)
+    Each thread runs all three passes of one param before the next, so passes 2 and 3 read p
+    and g from the cache pass 1 left them in: 3 arrays from and to memory, 12 B/param in fp32
+    (the row/column statistics are O(m + n)), the fewest any implementation can move. A param
+    too large for that (over 4M elements, or over a thread's share of the call) is stepped
+    pass by pass by all threads and moves 6 arrays (24 B/param). A vector (bias, norm weight)
+    also reads and writes its variance; a GPT's vectors are under 0.5% of its params.
     torch's foreach step moves about 21 arrays per matrix element (84 B/param in fp32).
     """
-    return 6 * _itemsize(dtype)
+    return 3 * _itemsize(dtype)
 
 
 def _torch_adafactor(**flags: bool) -> Factory:

@@ -4,22 +4,32 @@
 // Note [Adafactor passes]
 // A matrix's (a param of 2 or more dims, [..., m, n]) update needs the row and column means of
 // g^2 over the whole matrix before any element's variance estimate is known, and the RMS of the
-// whole update before any element of the param may change. So three parallel passes over all
-// params of the call (each a range of rows of one matrix per task, or a range of a vector):
-//   pass 1  sum p^2, the row sums and the column sums of g^2         read p, g          2*S
+// whole update before any element of the param may change. So three passes over each param
+// (each cut into tasks: ranges of rows of one matrix, or of a vector):
+//   pass 1  sum p^2, the row sums and the column sums of g^2         read p, g
 //   (host)  row_var, col_var lerped toward the means; alpha, mean(row_var)   O(m + n)
-//   pass 2  sum u^2, u = rsqrt(max((r c)/mean(r), eps1^2)) g          read g             S
+//   pass 2  u = rsqrt(max((r c)/mean(r), eps1^2)) g, sum u^2          read g, write u
 //   (host)  the clipping: -alpha / max(1, RMS(u)/d)
-//   pass 3  p = p (1 - lr wd) - alpha' u, u recomputed                read p, g; write p 3*S
-// 6*S per matrix element: 24 B per fp32 parameter, with no temporary of the param's size (u is
-// recomputed, as cheap as storing and reloading it). A vector ([n] or 0-d) keeps a variance v:
-// pass 1 also updates v and sums u^2 (read p, g, v; write v), pass 3 reads v: 2 passes, 8*S.
+//   pass 3  p = p (1 - lr wd) - alpha' u                               read p, u; write p
+// Each thread steps whole params, all three passes of one before the next (largest first, the
+// next param to whichever thread is free): passes 2 and 3 find p and g in the cache pass 1 left
+// them in (the largest GPT matrix, 8192 x 384, is 38 MB of p, g and u), the threads need no
+// barrier between the passes, and while one streams a param from memory in pass 1 the other
+// computes. u is computed once, in pass 2, into a buffer of the thread's: its divisions and
+// square root bound the step where the data is in cache (Note [division by the row mean]).
+// DRAM: p and g read once and p written once, 12 B per fp32 parameter; pass 2 and 3 move
+// another 16 B in the cache. A param larger than kPrivateMax elements, or than a thread's share
+// of the call, is stepped by all threads pass by pass instead, as before: 2 S + S + 3 S from
+// memory (24 B per fp32 parameter) and u recomputed in pass 3, no buffer of its size.
+// A vector ([n] or 0-d) keeps a variance v: pass 1 also updates v and computes u and sum u^2
+// (read p, g, v; write v, u), pass 3 as above.
 // torch's foreach path for a matrix: the param's norm (S), the weight decay (2S), the two
 // vector_norms (2S), the outer product r @ c (S), div_, clamp_, rsqrt_ (2S each), mul_ by g
 // (3S), the update's norm (S), mul_ by alpha (2S), add_ to the param (3S): 21*S.
-// Sums are in fp64 from per-row fp32/opmath lanes; the column sums of each task are fp64
-// partials combined in task order, tasks cut at fixed rows, so the result does not depend on the
-// number of threads (Note [fixed-order reductions]).
+// Sums are in fp64 from per-row fp32/opmath lanes; a matrix's column sums are fp64 partials per
+// task combined in task order, tasks cut at fixed rows, so the result depends neither on the
+// number of threads nor on which thread steps a param, nor on the path (Note [fixed-order
+// reductions]).
 #include "../common/adafactor.h"
 
 #include <ATen/Dispatch.h>
@@ -27,7 +37,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fusedopt/math.h"
@@ -83,28 +96,51 @@ struct SumsBody {
   }
 };
 
-// Pass 2 over rows of a matrix: sum of u^2 added to *uu.
-template <typename T, typename O>
-struct NormBody {
+// Note [division by the row mean]
+// (r c) / mean(r) is a division per element, and the divider is what bounds pass 2 (with the
+// square root and the reciprocal of rsqrt, each a division too). With kWide (fp32 math) it is a
+// multiplication in fp64 by 1 / mean(r), rounded to fp32: the same bits. The quotient of two
+// fp32 numbers is never a midpoint between two fp32 numbers, nor within 2^-49 of one (relative:
+// x - m rmean is a nonzero multiple of 2^-47 of m rmean's scale), and the fp64 product is within
+// 2^-52 of the quotient, so both round to the same fp32 number. Not so where the quotient is
+// subnormal; those are below eps1^2 and clamped to it wherever kWide is used (eps1^2 >= FLT_MIN).
+template <typename O, bool kWide>
+FUSEDOPT_INLINE O factored_estimate(O ri, O cj, O rmean, double inv_rmean) {
+  if constexpr (kWide) {
+    return static_cast<O>(static_cast<double>(ri * cj) * inv_rmean);
+  } else {
+    (void)inv_rmean;
+    return adafactor_factored(ri, cj, rmean);
+  }
+}
+
+// Pass 2 over rows of a matrix: sum of u^2 added to *uu; with kStore, u (with its update's sign)
+// stored in out.
+template <typename T, typename O, bool kStore, bool kWide>
+struct DirectionBody {
   FUSEDOPT_INLINE static void run(const T* __restrict g, int64_t rows, int64_t n,
-                                  const T* __restrict r, const T* __restrict c, O rmean, O s,
-                                  O eps1_sq, double* __restrict uu) {
+                                  const T* __restrict r, const T* __restrict c, O rmean,
+                                  double inv_rmean, O gs, O eps1_sq, O* __restrict out,
+                                  double* __restrict uu) {
     double total = 0;
     for (int64_t i = 0; i < rows; ++i) {
       const T* __restrict gr = g + i * n;
+      O* __restrict ur = kStore ? out + i * n : nullptr;
       const O ri = static_cast<O>(r[i]);
       O ua[kLanes] = {};
       int64_t j = 0;
       for (; j + kLanes <= n; j += kLanes) {
         for (int k = 0; k < kLanes; ++k) {
-          const O v = adafactor_factored(ri, static_cast<O>(c[j + k]), rmean);
-          const O u = adafactor_direction(v, static_cast<O>(gr[j + k]) * s, eps1_sq);
+          const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j + k]), rmean, inv_rmean);
+          const O u = adafactor_direction(v, static_cast<O>(gr[j + k]) * gs, eps1_sq);
+          if constexpr (kStore) ur[j + k] = u;
           ua[k] += u * u;
         }
       }
       for (; j < n; ++j) {
-        const O v = adafactor_factored(ri, static_cast<O>(c[j]), rmean);
-        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * s, eps1_sq);
+        const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j]), rmean, inv_rmean);
+        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * gs, eps1_sq);
+        if constexpr (kStore) ur[j] = u;
         ua[0] += u * u;
       }
       for (int k = 0; k < kLanes; ++k) total += static_cast<double>(ua[k]);
@@ -113,11 +149,24 @@ struct NormBody {
   }
 };
 
-// Pass 3 over rows of a matrix.
+// Pass 3 of a param: p = p (1 - lr wd) + neg_step u, u from pass 2 (pass 1 for a vector).
 template <typename T, typename O>
 struct ApplyBody {
+  FUSEDOPT_INLINE static void run(T* __restrict p, const O* __restrict u, int64_t n, O decay,
+                                  O neg_step) {
+    for (int64_t j = 0; j < n; ++j) {
+      O pj = static_cast<O>(p[j]);
+      adafactor_apply(pj, u[j], decay, neg_step);
+      p[j] = static_cast<T>(pj);
+    }
+  }
+};
+
+// Pass 3 where u was not stored: u recomputed from g (and the statistics, or v).
+template <typename T, typename O>
+struct RecomputeBody {
   FUSEDOPT_INLINE static void run(T* __restrict p, const T* __restrict g, int64_t rows, int64_t n,
-                                  const T* __restrict r, const T* __restrict c, O rmean, O s,
+                                  const T* __restrict r, const T* __restrict c, O rmean, O gs,
                                   O eps1_sq, O decay, O neg_step) {
     for (int64_t i = 0; i < rows; ++i) {
       T* __restrict pr = p + i * n;
@@ -125,7 +174,7 @@ struct ApplyBody {
       const O ri = static_cast<O>(r[i]);
       for (int64_t j = 0; j < n; ++j) {
         const O v = adafactor_factored(ri, static_cast<O>(c[j]), rmean);
-        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * s, eps1_sq);
+        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * gs, eps1_sq);
         O pj = static_cast<O>(pr[j]);
         adafactor_apply(pj, u, decay, neg_step);
         pr[j] = static_cast<T>(pj);
@@ -134,31 +183,49 @@ struct ApplyBody {
   }
 };
 
-// Pass 1 of a vector: v updated (and stored: the update reads it back, as torch's clone
-// does), sums of p^2 and u^2 added to *pp, *uu.
 template <typename T, typename O>
+struct VectorRecomputeBody {
+  FUSEDOPT_INLINE static void run(T* __restrict p, const T* __restrict g, const T* __restrict v,
+                                  int64_t n, O gs, O eps1_sq, O decay, O neg_step) {
+    for (int64_t j = 0; j < n; ++j) {
+      const O u = adafactor_direction(static_cast<O>(v[j]), static_cast<O>(g[j]) * gs, eps1_sq);
+      O pj = static_cast<O>(p[j]);
+      adafactor_apply(pj, u, decay, neg_step);
+      p[j] = static_cast<T>(pj);
+    }
+  }
+};
+
+// Pass 1 of a vector: v updated (and stored: pass 3 reads it back where it recomputes u, as
+// torch's clone does), sums of p^2 and u^2 added to *pp, *uu; with kStore, u (with its update's
+// sign: u^2 is the same for either) stored in out.
+template <typename T, typename O, bool kStore>
 struct VectorBody {
   FUSEDOPT_INLINE static void element(const T* __restrict p, const T* __restrict g, T* __restrict v,
-                                      int64_t e, O s, O w, O eps1_sq, O& pa, O& ua) {
-    const O gk = static_cast<O>(g[e]) * s;
+                                      O* __restrict out, int64_t e, O gs, O w, O eps1_sq, O& pa,
+                                      O& ua) {
+    const O gk = static_cast<O>(g[e]) * gs;
     const T vt = static_cast<T>(lerp_(static_cast<O>(v[e]), gk * gk, w));
     v[e] = vt;
     const O u = adafactor_direction(static_cast<O>(vt), gk, eps1_sq);
+    if constexpr (kStore) out[e] = u;
     ua += u * u;
     const O pk = static_cast<O>(p[e]);
     pa += pk * pk;
   }
 
   FUSEDOPT_INLINE static void run(const T* __restrict p, const T* __restrict g, T* __restrict v,
-                                  int64_t n, O s, O w, O eps1_sq, double* __restrict pp,
-                                  double* __restrict uu) {
+                                  O* __restrict out, int64_t n, O gs, O w, O eps1_sq,
+                                  double* __restrict pp, double* __restrict uu) {
     O pa[kLanes] = {};
     O ua[kLanes] = {};
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
-      for (int k = 0; k < kLanes; ++k) element(p, g, v, j + k, s, w, eps1_sq, pa[k], ua[k]);
+      for (int k = 0; k < kLanes; ++k) {
+        element(p, g, v, out, j + k, gs, w, eps1_sq, pa[k], ua[k]);
+      }
     }
-    for (; j < n; ++j) element(p, g, v, j, s, w, eps1_sq, pa[0], ua[0]);
+    for (; j < n; ++j) element(p, g, v, out, j, gs, w, eps1_sq, pa[0], ua[0]);
     double ps = 0, us = 0;
     for (int k = 0; k < kLanes; ++k) {
       ps += static_cast<double>(pa[k]);
@@ -166,19 +233,6 @@ struct VectorBody {
     }
     *pp += ps;
     *uu += us;
-  }
-};
-
-template <typename T, typename O>
-struct VectorApplyBody {
-  FUSEDOPT_INLINE static void run(T* __restrict p, const T* __restrict g, const T* __restrict v,
-                                  int64_t n, O s, O eps1_sq, O decay, O neg_step) {
-    for (int64_t j = 0; j < n; ++j) {
-      const O u = adafactor_direction(static_cast<O>(v[j]), static_cast<O>(g[j]) * s, eps1_sq);
-      O pj = static_cast<O>(p[j]);
-      adafactor_apply(pj, u, decay, neg_step);
-      p[j] = static_cast<T>(pj);
-    }
   }
 };
 
@@ -190,79 +244,126 @@ struct Slot {
   double w = 0, rho = 0, pp = 0, uu = 0, neg_step = 0;
   std::vector<double> rowsum, colsum;  // batches x rows, batches x cols
   std::vector<double> rmean;           // per batch: max(mean(row_var), eps1)
+  size_t task0 = 0, task1 = 0;         // its tasks
 };
 
 // A range of one param: rows [lo, hi) of batch `batch` of a matrix, or elements of a vector.
 struct Task {
   size_t slot;
   int64_t batch, lo, hi;
-  size_t col;  // offset of the task's column sums in the partials
+  size_t col;     // offset of the task's column sums in the partials
+  int64_t first;  // its first element in the param
 };
 
+// A param of at most this many elements is stepped whole by one thread (Note [Adafactor
+// passes]), its u kept in a buffer of that thread's.
+constexpr int64_t kPrivateMax = int64_t{1} << 22;
+
+// A buffer of n elements of the calling thread's, kept between calls (a fresh one would fault its
+// pages in again every step): at most kPrivateMax elements a thread.
+template <typename O>
+O* thread_buffer(int64_t n) {
+  thread_local std::vector<O> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 template <typename T>
-void run(std::vector<Slot>& slots, const ops::adafactor_::Args& a, double lr, double inv_scale) {
+class Stepper {
   using O = at::opmath_type<T>;
-  const Isa isa = current_isa();
-  const O s = static_cast<O>(inv_scale);
-  const O gs = static_cast<O>(a.maximize ? -inv_scale : inv_scale);
-  const O eps1_sq = static_cast<O>(a.eps1 * a.eps1);
-  const O decay = static_cast<O>(a.weight_decay != 0 ? 1 - lr * a.weight_decay : 1.0);
-  std::vector<Task> tasks;
-  size_t col_total = 0;
-  for (size_t k = 0; k < slots.size(); ++k) {
-    Slot& sl = slots[k];
-    if (sl.numel == 0) continue;
-    if (sl.factored) {
-      // Fixed cuts: about kGrainSize elements a task, at most 32 tasks a matrix (their column
-      // partials stay small).
-      const int64_t by_grain = (kGrainSize + sl.cols - 1) / sl.cols;
-      const int64_t rows_per = std::max<int64_t>({1, by_grain, (sl.rows + 31) / 32});
-      for (int64_t b = 0; b < sl.batches; ++b) {
-        for (int64_t lo = 0; lo < sl.rows; lo += rows_per) {
-          tasks.push_back({k, b, lo, std::min(sl.rows, lo + rows_per), col_total});
-          col_total += static_cast<size_t>(sl.cols);
+
+ public:
+  Stepper(std::vector<Slot>& slots, const ops::adafactor_::Args& a, double lr, double inv_scale)
+      : slots_(slots),
+        a_(a),
+        isa_(current_isa()),
+        s_(static_cast<O>(inv_scale)),
+        gs_(static_cast<O>(a.maximize ? -inv_scale : inv_scale)),
+        eps1_sq_(static_cast<O>(a.eps1 * a.eps1)),
+        decay_(static_cast<O>(a.weight_decay != 0 ? 1 - lr * a.weight_decay : 1.0)) {
+    size_t col_total = 0;
+    for (size_t k = 0; k < slots.size(); ++k) {
+      Slot& sl = slots[k];
+      sl.task0 = tasks_.size();
+      if (sl.factored && sl.numel > 0) {
+        // Fixed cuts: about kGrainSize elements a task, at most 32 tasks a matrix (their
+        // column partials stay small).
+        const int64_t by_grain = (kGrainSize + sl.cols - 1) / sl.cols;
+        const int64_t rows_per = std::max<int64_t>({1, by_grain, (sl.rows + 31) / 32});
+        for (int64_t b = 0; b < sl.batches; ++b) {
+          for (int64_t lo = 0; lo < sl.rows; lo += rows_per) {
+            const int64_t hi = std::min(sl.rows, lo + rows_per);
+            tasks_.push_back({k, b, lo, hi, col_total, (b * sl.rows + lo) * sl.cols});
+            col_total += static_cast<size_t>(sl.cols);
+          }
+        }
+      } else {
+        for (int64_t lo = 0; lo < sl.numel; lo += kGrainSize) {
+          tasks_.push_back({k, 0, lo, std::min(sl.numel, lo + kGrainSize), 0, lo});
         }
       }
+      sl.task1 = tasks_.size();
+    }
+    cols_.assign(col_total, 0.0);
+    pp_.assign(tasks_.size(), 0.0);
+    uu_.assign(tasks_.size(), 0.0);
+  }
+
+  void run() {
+    int64_t total = 0;
+    for (const Slot& sl : slots_) total += sl.numel;
+    const int64_t threads = at::get_num_threads();
+    // Whole params to single threads, largest first; a param larger than a thread's share or
+    // kPrivateMax is stepped by all threads together, pass by pass.
+    std::vector<size_t> own, shared;
+    for (size_t k = 0; k < slots_.size(); ++k) {
+      const int64_t n = slots_[k].numel;
+      if (n == 0) continue;
+      (n <= kPrivateMax && n * threads <= total ? own : shared).push_back(k);
+    }
+    std::stable_sort(own.begin(), own.end(),
+                     [&](size_t x, size_t y) { return slots_[x].numel > slots_[y].numel; });
+    for (size_t k : shared) step_shared(k);
+    std::atomic<size_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      for (size_t i = next++; i < own.size(); i = next++) step_own(own[i]);
+    });
+  }
+
+ private:
+  void pass1(size_t ti, O* u) {
+    const Task& t = tasks_[ti];
+    Slot& sl = slots_[t.slot];
+    if (sl.factored) {
+      run_isa<SumsBody<T, O>>(isa_, sl.p.const_data_ptr<T>() + t.first,
+                              sl.g.const_data_ptr<T>() + t.first, t.hi - t.lo, sl.cols, s_,
+                              sl.rowsum.data() + t.batch * sl.rows + t.lo, cols_.data() + t.col,
+                              pp_.data() + ti);
+    } else if (u != nullptr) {
+      run_isa<VectorBody<T, O, true>>(isa_, sl.p.const_data_ptr<T>() + t.lo,
+                                      sl.g.const_data_ptr<T>() + t.lo, sl.v.data_ptr<T>() + t.lo,
+                                      u + t.lo, t.hi - t.lo, gs_, static_cast<O>(sl.w), eps1_sq_,
+                                      pp_.data() + ti, uu_.data() + ti);
     } else {
-      for (int64_t lo = 0; lo < sl.numel; lo += kGrainSize) {
-        tasks.push_back({k, 0, lo, std::min(sl.numel, lo + kGrainSize), 0});
+      run_isa<VectorBody<T, O, false>>(isa_, sl.p.const_data_ptr<T>() + t.lo,
+                                       sl.g.const_data_ptr<T>() + t.lo, sl.v.data_ptr<T>() + t.lo,
+                                       nullptr, t.hi - t.lo, gs_, static_cast<O>(sl.w), eps1_sq_,
+                                       pp_.data() + ti, uu_.data() + ti);
+    }
+  }
+
+  // The partials of pass 1 combined in task order; a matrix's statistics.
+  void statistics(Slot& sl) {
+    for (size_t ti = sl.task0; ti < sl.task1; ++ti) {
+      sl.pp += pp_[ti];
+      if (!sl.factored) {
+        sl.uu += uu_[ti];
+      } else {
+        double* dst = sl.colsum.data() + tasks_[ti].batch * sl.cols;
+        for (int64_t j = 0; j < sl.cols; ++j) dst[j] += cols_[tasks_[ti].col + j];
       }
     }
-  }
-  const int64_t nt = static_cast<int64_t>(tasks.size());
-  std::vector<double> cols(col_total, 0.0), pp(tasks.size(), 0.0), uu(tasks.size(), 0.0);
-  auto each = [&](auto&& fn) {
-    at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) fn(tasks[t], slots[tasks[t].slot], t);
-    });
-  };
-  // pass 1
-  each([&](const Task& t, Slot& sl, int64_t ti) {
-    if (sl.factored) {
-      const int64_t off = (t.batch * sl.rows + t.lo) * sl.cols;
-      run_isa<SumsBody<T, O>>(isa, sl.p.const_data_ptr<T>() + off, sl.g.const_data_ptr<T>() + off,
-                              t.hi - t.lo, sl.cols, s, sl.rowsum.data() + t.batch * sl.rows + t.lo,
-                              cols.data() + t.col, pp.data() + ti);
-    } else {
-      run_isa<VectorBody<T, O>>(isa, sl.p.const_data_ptr<T>() + t.lo,
-                                sl.g.const_data_ptr<T>() + t.lo, sl.v.data_ptr<T>() + t.lo,
-                                t.hi - t.lo, s, static_cast<O>(sl.w), eps1_sq, pp.data() + ti,
-                                uu.data() + ti);
-    }
-  });
-  for (size_t ti = 0; ti < tasks.size(); ++ti) {
-    Slot& sl = slots[tasks[ti].slot];
-    sl.pp += pp[ti];
-    if (!sl.factored) {
-      sl.uu += uu[ti];
-    } else {
-      double* dst = sl.colsum.data() + tasks[ti].batch * sl.cols;
-      for (int64_t j = 0; j < sl.cols; ++j) dst[j] += cols[tasks[ti].col + j];
-    }
-  }
-  // the factored statistics (a param with no elements only counts its step)
-  for (Slot& sl : slots) {
-    if (!sl.factored || sl.numel == 0) continue;
+    if (!sl.factored) return;
     const O w = static_cast<O>(sl.w);
     T* r = sl.r.data_ptr<T>();
     T* c = sl.c.data_ptr<T>();
@@ -280,48 +381,104 @@ void run(std::vector<Slot>& slots, const ops::adafactor_::Args& a, double lr, do
         c[e] = static_cast<T>(lerp_(static_cast<O>(c[e]), mean, w));
       }
       const O rm = static_cast<O>(rsum / static_cast<double>(sl.rows));
-      const O e1 = static_cast<O>(a.eps1);
+      const O e1 = static_cast<O>(a_.eps1);
       sl.rmean[b] = static_cast<double>(rm < e1 ? e1 : rm);
     }
   }
-  // pass 2 (matrices)
-  each([&](const Task& t, Slot& sl, int64_t ti) {
+
+  // Pass 2 of a matrix's task: sum u^2, u stored in u (where not null).
+  void pass2(size_t ti, O* u) {
+    const Task& t = tasks_[ti];
+    Slot& sl = slots_[t.slot];
     if (!sl.factored) return;
-    const int64_t off = (t.batch * sl.rows + t.lo) * sl.cols;
-    run_isa<NormBody<T, O>>(isa, sl.g.const_data_ptr<T>() + off, t.hi - t.lo, sl.cols,
-                            sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo,
-                            sl.c.const_data_ptr<T>() + t.batch * sl.cols,
-                            static_cast<O>(sl.rmean[t.batch]), s, eps1_sq, uu.data() + ti);
-  });
-  for (size_t ti = 0; ti < tasks.size(); ++ti) {
-    Slot& sl = slots[tasks[ti].slot];
-    if (sl.factored) sl.uu += uu[ti];
+    const T* g = sl.g.const_data_ptr<T>() + t.first;
+    const T* r = sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo;
+    const T* c = sl.c.const_data_ptr<T>() + t.batch * sl.cols;
+    const O rmean = static_cast<O>(sl.rmean[t.batch]);
+    if (u == nullptr) {
+      run_isa<DirectionBody<T, O, false, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0,
+                                                 gs_, eps1_sq_, nullptr, uu_.data() + ti);
+      return;
+    }
+    if constexpr (std::is_same_v<O, float>) {
+      if (eps1_sq_ >= std::numeric_limits<O>::min()) {  // Note [division by the row mean]
+        run_isa<DirectionBody<T, O, true, true>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean,
+                                                 1.0 / static_cast<double>(rmean), gs_, eps1_sq_,
+                                                 u + t.first, uu_.data() + ti);
+        return;
+      }
+    }
+    run_isa<DirectionBody<T, O, true, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0, gs_,
+                                              eps1_sq_, u + t.first, uu_.data() + ti);
   }
-  for (Slot& sl : slots) {
+
+  void clip(Slot& sl) {
+    if (sl.factored) {
+      for (size_t ti = sl.task0; ti < sl.task1; ++ti) sl.uu += uu_[ti];
+    }
     // torch's Python floats: max(eps2, RMS(p)) * rho and max(1, RMS(u) / d)
     const double sq_n = std::sqrt(static_cast<double>(sl.numel));
     const double rms = std::sqrt(sl.pp) / sq_n;
-    const double alpha = (rms > a.eps2 ? rms : a.eps2) * sl.rho;
-    const double clip = std::sqrt(sl.uu) / (sq_n * a.d);
-    sl.neg_step = -alpha / (clip > 1.0 ? clip : 1.0);
+    const double alpha = (rms > a_.eps2 ? rms : a_.eps2) * sl.rho;
+    const double ratio = std::sqrt(sl.uu) / (sq_n * a_.d);
+    sl.neg_step = -alpha / (ratio > 1.0 ? ratio : 1.0);
   }
-  // pass 3
-  each([&](const Task& t, Slot& sl, int64_t) {
+
+  void pass3(size_t ti, const O* u) {
+    const Task& t = tasks_[ti];
+    Slot& sl = slots_[t.slot];
     const O neg_step = static_cast<O>(sl.neg_step);
-    if (sl.factored) {
-      const int64_t off = (t.batch * sl.rows + t.lo) * sl.cols;
-      run_isa<ApplyBody<T, O>>(isa, sl.p.data_ptr<T>() + off, sl.g.const_data_ptr<T>() + off,
-                               t.hi - t.lo, sl.cols,
-                               sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo,
-                               sl.c.const_data_ptr<T>() + t.batch * sl.cols,
-                               static_cast<O>(sl.rmean[t.batch]), gs, eps1_sq, decay, neg_step);
+    T* p = sl.p.data_ptr<T>() + t.first;
+    if (u != nullptr) {
+      const int64_t n = sl.factored ? (t.hi - t.lo) * sl.cols : t.hi - t.lo;
+      run_isa<ApplyBody<T, O>>(isa_, p, u + t.first, n, decay_, neg_step);
+    } else if (sl.factored) {
+      run_isa<RecomputeBody<T, O>>(isa_, p, sl.g.const_data_ptr<T>() + t.first, t.hi - t.lo,
+                                   sl.cols, sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo,
+                                   sl.c.const_data_ptr<T>() + t.batch * sl.cols,
+                                   static_cast<O>(sl.rmean[t.batch]), gs_, eps1_sq_, decay_,
+                                   neg_step);
     } else {
-      run_isa<VectorApplyBody<T, O>>(
-          isa, sl.p.data_ptr<T>() + t.lo, sl.g.const_data_ptr<T>() + t.lo,
-          sl.v.const_data_ptr<T>() + t.lo, t.hi - t.lo, gs, eps1_sq, decay, neg_step);
+      run_isa<VectorRecomputeBody<T, O>>(isa_, p, sl.g.const_data_ptr<T>() + t.lo,
+                                         sl.v.const_data_ptr<T>() + t.lo, t.hi - t.lo, gs_,
+                                         eps1_sq_, decay_, neg_step);
     }
-  });
-}
+  }
+
+  // All passes of one param on this thread, u kept in its buffer.
+  void step_own(size_t k) {
+    Slot& sl = slots_[k];
+    O* u = thread_buffer<O>(sl.numel);
+    for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass1(ti, u);
+    statistics(sl);
+    for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass2(ti, u);
+    clip(sl);
+    for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass3(ti, u);
+  }
+
+  // Each pass of one param over all threads, u recomputed in pass 3.
+  void step_shared(size_t k) {
+    Slot& sl = slots_[k];
+    auto each = [&](auto&& fn) {
+      at::parallel_for(static_cast<int64_t>(sl.task0), static_cast<int64_t>(sl.task1), 1,
+                       [&](int64_t b, int64_t e) {
+                         for (int64_t t = b; t < e; ++t) fn(static_cast<size_t>(t));
+                       });
+    };
+    each([&](size_t ti) { pass1(ti, nullptr); });
+    statistics(sl);
+    each([&](size_t ti) { pass2(ti, nullptr); });
+    clip(sl);
+    each([&](size_t ti) { pass3(ti, nullptr); });
+  }
+
+  std::vector<Slot>& slots_;
+  const ops::adafactor_::Args& a_;
+  const Isa isa_;
+  const O s_, gs_, eps1_sq_, decay_;
+  std::vector<Task> tasks_;
+  std::vector<double> cols_, pp_, uu_;
+};
 
 // A dense tensor standing for t: t itself, or a copy that `back` copies into t after the step.
 at::Tensor dense(const at::Tensor& t, std::vector<std::pair<at::Tensor, at::Tensor>>* back) {
@@ -373,7 +530,7 @@ void adafactor_(const ops::adafactor_::Args& a) {
     }
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.params[0].scalar_type(), "adafactor_",
-                                  [&] { run<scalar_t>(slots, a, lr, inv_scale); });
+                                  [&] { Stepper<scalar_t>(slots, a, lr, inv_scale).run(); });
   for (auto& [dst, src] : back) dst.copy_(src);
 }
 
