@@ -30,7 +30,15 @@ from fusedopt import _dispatch, _opdefs, reference
 from fusedopt._ext import _C
 from fusedopt._opdefs import AUX, GRAD, LR, OPS, PARAM, STATE, STEP
 from fusedopt.reference._common import sr_key, sr_round_bf16
-from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
+from helpers import (
+    DTYPE_IDS,
+    DTYPES,
+    TOL_VS_TORCH,
+    adafactor_scalars,
+    assert_close_ulp,
+    run_parity,
+    ulp,
+)
 from optim_info import matrix
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
@@ -663,6 +671,15 @@ def test_optimizers_on_simulated_kernels_match_torch(
     assert cpu_backend_simulated.stats()["launches"] > 3
 
 
+def step_both(a, b, ps, qs):
+    """One step of optimizer a (over ps) and b (over qs) from the same random grads."""
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    a.step()
+    b.step()
+
+
 def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
     """max_grad_norm: sum_sq and the clip factor through grad_scale, as the GPU step runs it."""
     cpu_backend_simulated.configure(chunk_size=64, threads=8, scalars_by_pointer=True)
@@ -672,11 +689,7 @@ def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
     a = fusedopt.AdamW(ps, lr=1e-2, max_grad_norm=0.5, backend="cpu")
     b = fusedopt.AdamW(qs, lr=1e-2, max_grad_norm=0.5, backend="reference")
     for _ in range(3):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        a.step()
-        b.step()
+        step_both(a, b, ps, qs)
         for p, q in zip(ps, qs):
             torch.testing.assert_close(p, q, rtol=1.3e-6, atol=1e-6)
 
@@ -1085,19 +1098,8 @@ def adafactor_args(dtype, seed=0, **kw):
             variances.append(rand(p.shape, True, i % 2))
     cols[1] = rand((1, 2 * 29), True)[:, ::2]
     steps = [torch.tensor(float(seed % 4 + i % 3)) for i in range(len(params))]
-    values = dict(
-        lr=torch.tensor(0.02, dtype=torch.float64),
-        beta2_decay=-0.8,
-        eps1=1e-7,
-        eps2=1e-3,
-        d=1.0,
-        weight_decay=0.05,
-        maximize=False,
-        grad_scale=torch.tensor(4.0, dtype=torch.float64),
-        found_inf=None,
-    )
-    values.update(kw)
-    return [params, grads, rows, cols, variances, steps, *values.values()]
+    kw.setdefault("grad_scale", torch.tensor(4.0, dtype=torch.float64))
+    return [params, grads, rows, cols, variances, steps, *adafactor_scalars(**kw).values()]
 
 
 AF_CONFIGS = [
@@ -1227,11 +1229,7 @@ def test_adafactor_optimizer_on_simulated_kernels(cpu_backend_simulated):
     a = fusedopt.Adafactor(ps, backend="cpu", **kw)
     b = fusedopt.Adafactor(qs, backend="reference", **kw)
     for _ in range(4):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        a.step()
-        b.step()
+        step_both(a, b, ps, qs)
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q, rtol=2e-5, atol=2e-6)
         for k, v in a.state[p].items():

@@ -9,7 +9,7 @@
 // elements: coalesced); a vector ([n] or 0-d) into chunks of the planned chunk size. Five
 // launch sequences on one stream, every per-param scalar computed on the device from the step
 // counter, lr, grad_scale and found_inf as the other ops read them (Note [scalars on the
-// device]): no host sync, and the whole step replays in a CUDA graph.
+// device]): no host sync, nothing a CUDA graph capture refuses.
 //   1 kSums   matrix tile: row sums of (s g)^2 (whole rows: final), the tile's column sums
 //             (colpart[tile][n]) and sum p^2; vector chunk: v = lerp(v, (s g)^2, w) stored,
 //             sums of p^2 and u^2                                       read p, g (v; write v)
@@ -20,16 +20,19 @@
 //   4 kFinish per param, one block: sum p^2, sum u^2 of its tiles -> -alpha / max(1, RMS(u)/d)
 //   5 kApply  p = p (1 - lr wd) - alpha' u, u recomputed                  read p, g; write p
 // Per matrix element 6*S as on the CPU (24 B per fp32 param) plus the column sums, 8 B per
-// column per tile written in pass 1 and read in pass 2: 8/R B per element (1 B at R = 8). A
+// column per tile written by kSums and read by kStats: 8/R B per element (1 B at R = 8). A
 // vector: 8*S.
 // Every sum is fp64 in a fixed order (per thread in element order, then a fixed tree, then
 // partials in tile order), so a launch shape gives the same bits on every run; the order
 // differs from the CPU kernel's (per SIMD lane) by fp64 rounding, which moves the fp32 row and
 // column means by at most an ulp now and then (tests/test_cuda_planner.py: against the fp64
-// reference element by element, and within a few ulps of it in fp32 and below).
+// reference element by element, the fp32 one within fp32 rounding, the CPU kernel in fp16/bf16).
 // Limits: a tile spans whole rows, so a wide matrix has few tiles (a 768 x 50257 head: 96
 // blocks), and a narrow one (n << kBlockThreads, e.g. a conv's 3 x 3 kernels batched over its
-// channels) leaves most threads of a block idle.
+// channels) leaves most threads of a block idle; kStats sums a column over all tiles of its
+// batch in one thread, so a tall matrix (50257 x 768: 6,283 tiles, 2 column blocks) has 2
+// blocks read 25 MB each. Not yet measured on a GPU: splitting the tiles among a block's
+// threads (and its columns among more blocks) is the first thing to try there.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -167,6 +170,21 @@ struct AdafactorKernel {
     }
   }
 
+  // Two block-wide sums of what fn(tid, x, y) adds to x and y, in sh.red[0] and
+  // sh.red[nthreads] (a fixed tree).
+  template <class Exec, class Fn>
+  C10_HOST_DEVICE static void sums2(Exec& ex, Shared& sh, Fn&& fn) {
+    const int nt = ex.nthreads;
+    ex.each([&](int tid) {
+      double x = 0, y = 0;
+      fn(tid, x, y);
+      sh.red[tid] = x;
+      sh.red[nt + tid] = y;
+    });
+    ex.sync();
+    tree_sum<2>(ex, sh.red);
+  }
+
   C10_HOST_DEVICE double step(int slot) const { return next_step(t.step[slot], t.flags[slot]); }
   C10_HOST_DEVICE O inv_scale() const { return static_cast<O>(1.0 / a.grad_scale.get()); }
   C10_HOST_DEVICE O signed_scale() const {
@@ -248,8 +266,7 @@ struct AdafactorKernel {
     });
     ex.sync();
     const O wt = static_cast<O>(sh.x[0]);
-    ex.each([&](int tid) {
-      double pp = 0, uu = 0;
+    sums2(ex, sh, [&](int tid, double& pp, double& uu) {
       for (int64_t e = tid; e < count; e += nt) {
         const O gk = static_cast<O>(g[e]) * s;
         const T vt = static_cast<T>(lerp_(static_cast<O>(v[e]), gk * gk, wt));
@@ -259,11 +276,7 @@ struct AdafactorKernel {
         const double pk = static_cast<double>(static_cast<O>(p[e]));
         pp += pk * pk;
       }
-      sh.red[tid] = pp;
-      sh.red[nt + tid] = uu;
     });
-    ex.sync();
-    tree_sum<2>(ex, sh.red);
     ex.each([&](int tid) {
       if (tid == 0) {
         double* part = a.part + 2 * (t.first_tile[slot] + lb);
@@ -407,17 +420,12 @@ struct AdafactorKernel {
                : t.batches[slot] * af_tiles_per_batch(t.rows[slot], t.tile_rows[slot]);
     const double* part = a.part + 2 * t.first_tile[slot];
     const int nt = ex.nthreads;
-    ex.each([&](int tid) {
-      double pp = 0, uu = 0;
+    sums2(ex, sh, [&](int tid, double& pp, double& uu) {
       for (int64_t k = tid; k < tiles; k += nt) {
         pp += part[2 * k];
         uu += part[2 * k + 1];
       }
-      sh.red[tid] = pp;
-      sh.red[nt + tid] = uu;
     });
-    ex.sync();
-    tree_sum<2>(ex, sh.red);
     ex.each([&](int tid) {
       if (tid == 0) {
         const double lr = a.lr.get();
