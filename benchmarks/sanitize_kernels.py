@@ -5,9 +5,10 @@
     compute-sanitizer --tool racecheck python -m benchmarks.sanitize_kernels
 
 Every op mode of tests/test_cuda_planner.py's OP_CASES in fp32, bf16, fp16 and fp64, the mixed
-precision modes (fp32 masters, stochastic rounding, bf16 states), LAMB's phases, sum_sq over
-mixed dtypes, and a list longer than one launch holds, on tensors of a few hundred elements at
-odd offsets (vector and scalar paths, chunk tails). Without the caching allocator every tensor is
+precision modes (fp32 masters, stochastic rounding, bf16 states), LAMB's phases, Adafactor's
+passes (on its matrices, batched matrices and vectors: adafactor_args), sum_sq over mixed
+dtypes, and a list longer than one launch holds, on tensors of a few hundred elements at odd
+offsets (vector and scalar paths, chunk tails). Without the caching allocator every tensor is
 its own allocation, so memcheck sees an access past a tensor's end. ``--dry-run`` lists the calls
 (no GPU needed). Prints one line per call and "sanitize_kernels: N calls" at the end.
 """
@@ -28,6 +29,7 @@ from test_cuda_planner import (  # noqa: E402
     OP_CASES,
     _lamb,
     _with_phase,
+    adafactor_args,
     build,
 )
 
@@ -73,6 +75,8 @@ def calls(small: bool):
             dtype, state_dtype, mode = p.values
             args = build(op, dict(mode_kw, **kw), dtype, state_dtype=state_dtype, mode=mode)[0]
             yield f"{op} {mode_kw} {p.id}", op, args
+    for dtype in dtypes:  # matrices, batched ones, vectors, 0-d, empty and strided tensors
+        yield f"adafactor_ {dtype}", "adafactor_", adafactor_args(dtype, **kw)
     split, _ = _lamb(
         torch.bfloat16, torch.float32, "sr", phase=1, sq_sums=torch.zeros(12, 2).double(), **kw
     )

@@ -381,7 +381,6 @@ _DEFS = (
         ),
         doc="Adafactor (torch.optim.Adafactor: factored second moments, relative step size, "
         "update clipping).",
-        kernels=False,
     ),
     OpDef(
         "muon_momentum_",

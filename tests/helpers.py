@@ -62,6 +62,24 @@ def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.exp2(exp) * finfo.eps
 
 
+def adafactor_scalars(**kw: object) -> dict[str, object]:
+    """adafactor_'s arguments after its lists, in the schema's order, for the op-level tests
+    (tests/test_adafactor.py, tests/test_cuda_planner.py); ``kw`` overrides them."""
+    values = dict(
+        lr=torch.tensor(0.02, dtype=torch.float64),
+        beta2_decay=-0.8,
+        eps1=1e-7,
+        eps2=1e-3,
+        d=1.0,
+        weight_decay=0.05,
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )
+    values.update(kw)
+    return values
+
+
 def _randn(dtype: torch.dtype, device: str, *shape: int) -> Tensor:
     return torch.randn(shape, dtype=torch.float64).to(dtype=dtype, device=device)
 

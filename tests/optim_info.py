@@ -429,8 +429,8 @@ OPTIMS = [
             "mixed": "no master weights, stochastic rounding or state dtypes",
             "triton_cpu": "its reductions run in another order in Triton than on the CPU; "
             "tests/test_adafactor.py compares both with the reference",
-            "cuda": "the CUDA backend runs ATen calls for Adafactor (tests/test_adafactor.py "
-            "checks its simulation against the CPU kernel)",
+            "cuda": "its CUDA kernels sum in another order than the CPU kernel (Note [Adafactor on "
+            "the GPU]); tests/test_cuda_planner.py compares their simulation with the reference",
         },
     ),
 ]

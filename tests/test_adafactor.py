@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fusedopt
+from helpers import adafactor_scalars
 from optim_info import BACKENDS
 
 HAS_TRITON = fusedopt.backends()["triton"].available
@@ -115,19 +116,7 @@ def _op_args(dtype, seed):
 
 def _call(fn, args, **kw):
     args = copy.deepcopy(args)
-    values = dict(
-        lr=torch.tensor(0.02, dtype=torch.float64),
-        beta2_decay=-0.8,
-        eps1=1e-7,
-        eps2=1e-3,
-        d=1.0,
-        weight_decay=0.05,
-        maximize=False,
-        grad_scale=None,
-        found_inf=None,
-    )
-    values.update(kw)
-    fn(*args, *values.values())
+    fn(*args, *adafactor_scalars(**kw).values())
     return args
 
 

@@ -12,6 +12,9 @@
    every op and every (param dtype, state dtype, master / stochastic rounding) combination
    against fusedopt.reference over several steps; stochastic rounding bit for bit; found_inf;
    LAMB's phases.
+4. Adafactor's own kernels on the simulation (Note [Adafactor on the GPU] in
+   csrc/cuda/adafactor_kernels.h): against fusedopt.reference element by element on matrices,
+   batched matrices, vectors, 0-d, empty and non-contiguous tensors, at several launch shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from fusedopt import _dispatch, _opdefs, reference
 from fusedopt._ext import _C
 from fusedopt._opdefs import AUX, GRAD, LR, OPS, PARAM, STATE, STEP
 from fusedopt.reference._common import sr_key, sr_round_bf16
-from helpers import DTYPE_IDS, DTYPES, TOL_VS_TORCH, assert_close_ulp, run_parity, ulp
+from helpers import (
+    DTYPE_IDS,
+    DTYPES,
+    TOL_VS_TORCH,
+    adafactor_scalars,
+    assert_close_ulp,
+    run_parity,
+    ulp,
+)
 from optim_info import matrix
 
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is unavailable")
@@ -269,11 +280,11 @@ def _muon_momentum(t, dtype, sizes, kw):
 
 
 # Op argument builders: (args, indices of the arguments the op writes); every op with kernels
-# (OpDef.kernels) but sum_sq.
+# (OpDef.kernels) but sum_sq and adafactor_ (its state is not param-shaped: section 4).
 BUILDERS = {
     name: (lambda t, dtype, sizes, kw, name=name: _build(name, t, sizes, kw))
     for name in OPS
-    if name != "sum_sq" and OPS[name].kernels
+    if name not in ("sum_sq", "adafactor_") and OPS[name].kernels
 }
 BUILDERS["muon_momentum_"] = _muon_momentum
 
@@ -667,6 +678,15 @@ def test_optimizers_on_simulated_kernels_match_torch(
     assert cpu_backend_simulated.stats()["launches"] > 3
 
 
+def step_both(a, b, ps, qs):
+    """One step of optimizer a (over ps) and b (over qs) from the same random grads."""
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    a.step()
+    b.step()
+
+
 def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
     """max_grad_norm: sum_sq and the clip factor through grad_scale, as the GPU step runs it."""
     cpu_backend_simulated.configure(chunk_size=64, threads=8, scalars_by_pointer=True)
@@ -676,11 +696,7 @@ def test_clipping_and_grad_scaler_on_simulated_kernels(cpu_backend_simulated):
     a = fusedopt.AdamW(ps, lr=1e-2, max_grad_norm=0.5, backend="cpu")
     b = fusedopt.AdamW(qs, lr=1e-2, max_grad_norm=0.5, backend="reference")
     for _ in range(3):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        a.step()
-        b.step()
+        step_both(a, b, ps, qs)
         for p, q in zip(ps, qs):
             torch.testing.assert_close(p, q, rtol=1.3e-6, atol=1e-6)
 
@@ -1051,3 +1067,178 @@ def test_mixed_arguments_are_checked(sim, op):
         args[k][5] = args[k][5].float()
         with pytest.raises(RuntimeError, match=r"\[5\] has dtype Float, expected BFloat16"):
             getattr(SIM, op)(*args)
+
+
+# -- 4. Adafactor on the simulated kernels -------------------------------------------------------
+# 1-D, odd 2-D, 3-D and 4-D (batched), 0-d, a row and a column, empty ones, a transposed param,
+# a matrix wider than a statistics group (512 columns) and taller than a tile, a long vector.
+AF_SHAPES = [(37,), (13, 29), (3, 5, 17), (2, 2, 3, 9), (), (1, 40), (40, 1), (0, 5), (5, 0),
+             (0,), (70, 600), (3000,)]  # fmt: skip
+AF_WRITTEN = [0, 2, 3, 4, 5]  # params, row_vars, col_vars, variances, state_steps
+
+
+def adafactor_args(dtype, seed=0, **kw):
+    """adafactor_'s arguments (the schema's order): the params of AF_SHAPES and a transposed one;
+    one grad and one col_var non-contiguous, the others at odd offsets of larger buffers."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(shape, positive=False, offset=0):
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x = x.abs() if positive else x
+        buf = torch.zeros(x.numel() + offset, dtype=dtype)
+        return buf[offset:].view(shape).copy_(x)
+
+    params = [rand(s, offset=i % 3) for i, s in enumerate(AF_SHAPES)]
+    params.append(rand((11, 7)).t())
+    grads = [rand(p.shape, offset=(i + 1) % 3) for i, p in enumerate(params)]
+    grads[1] = rand(grads[1].shape[::-1]).t()
+    rows, cols, variances = [], [], []
+    for i, p in enumerate(params):
+        empty = torch.empty(0, dtype=dtype)
+        if p.dim() >= 2:
+            rows.append(rand((*p.shape[:-1], 1), True, i % 2))
+            cols.append(rand((*p.shape[:-2], 1, p.shape[-1]), True, (i + 1) % 2))
+            variances.append(empty)
+        else:
+            rows.append(empty)
+            cols.append(empty)
+            variances.append(rand(p.shape, True, i % 2))
+    cols[1] = rand((1, 2 * 29), True)[:, ::2]
+    steps = [torch.tensor(float(seed % 4 + i % 3)) for i in range(len(params))]
+    kw.setdefault("grad_scale", torch.tensor(4.0, dtype=torch.float64))
+    return [params, grads, rows, cols, variances, steps, *adafactor_scalars(**kw).values()]
+
+
+AF_CONFIGS = [
+    *SIM_CONFIGS,
+    pytest.param({"chunk_size": 32, "threads": 2, "arg_bytes": SMALL, "max_slots": 2}, id="c32t2"),
+]
+
+
+@pytest.mark.parametrize("config", AF_CONFIGS)
+@pytest.mark.parametrize("kw", [{}, {"maximize": True, "weight_decay": 0.0, "d": 0.3}])
+def test_adafactor_is_the_reference_in_fp64(sim, config, kw):
+    """Three steps from the same arguments: what the kernels compute is the reference, up to the
+    order of the fp64 sums, at every launch shape (tiles of 1 to 8 rows, one block to many per
+    launch, one thread to 512)."""
+    sim.configure(**config)
+    ours = adafactor_args(torch.float64, **kw)
+    theirs = adafactor_args(torch.float64, **kw)
+    for step in range(3):
+        SIM.adafactor_(*ours)
+        reference.adafactor_(*theirs)
+        for x, y in zip(written(ours, AF_WRITTEN), written(theirs, AF_WRITTEN)):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, msg=f"step {step}")
+    assert sim.stats()["launches"] >= 3 * 5 and sim.stats()["step_launches"] == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("config", [SIM_CONFIGS[0], SIM_CONFIGS[1]])
+def test_adafactor_in_every_dtype(sim, config, dtype):
+    """Re-synced after every step, against the reference in fp32/fp64 and against the CPU kernel
+    in fp16/bf16 (computed in fp32): both kernels read back the states they stored, rounded,
+    as torch.optim.Adafactor's in-place updates do, where fusedopt.reference takes the update
+    from the fp32 values. The sums run in another order on each side (fp32 torch reductions in
+    the reference, fp32 lanes on the CPU, fp64 here), so the row and column means may round
+    differently by an ulp (assert_mixed_matches)."""
+    sim.configure(**config)
+    ours = adafactor_args(dtype, maximize=True)
+    theirs = adafactor_args(dtype, maximize=True)
+    spec = reference.adafactor_ if dtype in (FP32, torch.float64) else torch.ops.fusedopt.adafactor_
+    for step in range(3):
+        SIM.adafactor_(*ours)
+        spec(*theirs)
+        # the 0-d param too within the tolerances (its RMS: torch's fp32 norm, our fp64 sum)
+        got = [x.reshape(-1) for x in written(ours, AF_WRITTEN[:-1])]
+        want = [x.reshape(-1) for x in written(theirs, AF_WRITTEN[:-1])]
+        assert_mixed_matches(got, want, f"adafactor step {step}")
+        steps = zip(written(ours, [5]), written(theirs, [5]))
+        assert all(torch.equal(x, y) for x, y in steps)
+        with torch.no_grad():
+            for x, y in zip(live(ours, AF_WRITTEN), live(theirs, AF_WRITTEN)):
+                x.copy_(y)
+
+
+def test_adafactor_bits_are_the_same_every_run(sim):
+    """No atomics in the sums: a launch shape gives the same bits every time."""
+    results = []
+    for _ in range(2):
+        args = adafactor_args(torch.float32)
+        SIM.adafactor_(*args)
+        results.append(written(args, AF_WRITTEN))
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("by_pointer", [False, True], ids=["by-value", "by-pointer"])
+def test_adafactor_device_scalars_and_found_inf(sim, by_pointer):
+    """lr, grad_scale and found_inf read on the 'device' in other dtypes; found_inf set: every
+    block leaves (or, known on the host, nothing is launched) and nothing changes."""
+    sim.configure(chunk_size=64, threads=8, scalars_by_pointer=by_pointer)
+    kw = {
+        "lr": torch.tensor([0.02], dtype=torch.float32),
+        "grad_scale": torch.tensor(4.0, dtype=torch.float32),
+        "found_inf": torch.tensor(0.0, dtype=torch.float32),
+    }
+    ours, theirs = adafactor_args(torch.float64, **kw), adafactor_args(torch.float64, **kw)
+    SIM.adafactor_(*ours)
+    reference.adafactor_(*theirs)
+    for x, y in zip(written(ours, AF_WRITTEN), written(theirs, AF_WRITTEN)):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+    sim.reset()
+    sim.configure(chunk_size=64, threads=8, scalars_by_pointer=by_pointer)
+    args = adafactor_args(torch.float32, found_inf=torch.tensor([1.0]))
+    before = written(args, AF_WRITTEN)
+    SIM.adafactor_(*args)
+    for x, y in zip(written(args, AF_WRITTEN), before):
+        assert torch.equal(x, y)
+    st = sim.stats()
+    if by_pointer:
+        assert st["blocks"] > 0 and st["skipped_blocks"] == st["blocks"]
+    else:
+        assert st["blocks"] == 0 and st["step_launches"] == 0
+
+
+def test_adafactor_validation_matches_cpu_messages(sim):
+    """The CPU kernel's checks, messages and order, before anything is written."""
+    cases = []
+    args = adafactor_args(torch.float32)
+    args[2] = list(args[2])
+    args[2][1] = torch.zeros(13, 2)  # a wrong row_var shape
+    cases.append(args)
+    args = adafactor_args(torch.float32)
+    args[5] = list(args[5])
+    args[5][3] = args[5][2]  # a shared step counter
+    cases.append(args)
+    args = adafactor_args(torch.float32, lr=torch.tensor([0.1, 0.2]))
+    cases.append(args)
+    for args in cases:
+        before = written(args, AF_WRITTEN)
+        errors = []
+        for ops in (torch.ops.fusedopt, SIM):
+            with pytest.raises(RuntimeError) as info:
+                ops.adafactor_(*args)
+            errors.append(str(info.value).splitlines()[0])
+        assert errors[0] == errors[1]
+        for x, y in zip(written(args, AF_WRITTEN), before):
+            assert torch.equal(x, y)
+
+
+def test_adafactor_optimizer_on_simulated_kernels(cpu_backend_simulated):
+    """fusedopt.Adafactor stepping the simulated kernels (a Tensor lr, max_grad_norm) against
+    the reference backend over several steps."""
+    cpu_backend_simulated.configure(chunk_size=256, threads=16, max_slots=3)
+    torch.manual_seed(0)
+    shapes = [(300,), (), (33, 31), (2, 40, 9), (0, 4)]
+    ps = [torch.randn(s, requires_grad=True) for s in shapes]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    kw = {"lr": torch.tensor(0.01), "weight_decay": 0.1, "max_grad_norm": 1.0}
+    a = fusedopt.Adafactor(ps, backend="cpu", **kw)
+    b = fusedopt.Adafactor(qs, backend="reference", **kw)
+    for _ in range(4):
+        step_both(a, b, ps, qs)
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=2e-5, atol=2e-6)
+        for k, v in a.state[p].items():
+            torch.testing.assert_close(v, b.state[q][k], rtol=2e-5, atol=2e-6)
+    assert cpu_backend_simulated.stats()["launches"] > 4

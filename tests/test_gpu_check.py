@@ -86,7 +86,7 @@ def test_benchmark_blocks_and_table():
 
 def test_sanitizer_run_covers_every_op():
     ops = {op for _, op, _ in sanitize_kernels.calls(small=True)}
-    # the ops on fusedopt's own CUDA kernels (adafactor_'s CUDA backend is ATen calls)
+    # the ops on fusedopt's own CUDA kernels
     assert ops == {name for name, d in OPS.items() if d.kernels}
 
 

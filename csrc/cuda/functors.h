@@ -899,3 +899,5 @@ struct OpKernels<ops::sum_sq> {
 #undef FUSEDOPT_V
 
 }  // namespace fusedopt::cuda
+
+#include "adafactor_kernels.h"  // OpKernels<ops::adafactor_>, with its own launch table

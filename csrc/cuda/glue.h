@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/adafactor.h"
 #include "../common/common.h"
 #include "../common/mixed.h"
 #include "../common/multi_tensor.h"
@@ -457,11 +458,42 @@ struct HostOp<ops::sum_sq, B> {
   }
 };
 
-// Not a kernel of this folder yet: ATen calls (adafactor.cpp).
+// Adafactor's own kernels (adafactor_kernels.h, Note [Adafactor on the GPU]), planned by
+// AdafactorPlan (adafactor.cpp); the checks are the CPU kernel's, in its order.
 template <class B>
 struct HostOp<ops::adafactor_, B> {
   static void call(const ops::adafactor_::Args& a) {
-    adafactor_aten(a, op_label<ops::adafactor_>());
+    const char* op = op_label<ops::adafactor_>();
+    const size_t n = a.params.size();
+    fusedopt::check_adafactor_args(a, op);
+    const c10::Device device = op_device(a.params, a.lr);
+    for (size_t i = 0; i < n; ++i) {
+      TORCH_CHECK(a.params[i].device() == device, op, ": params[", i, "] is on ",
+                  a.params[i].device(), ", expected ", device, " (params[0]'s device)");
+    }
+    const StepList steps = check_steps(op, a.state_steps, n, device);
+    const ExecConfig cfg = B::config(device);
+    AdafactorParams p{};
+    p.args.lr = lr_arg(a.lr, op, device, cfg);
+    p.args.grad_scale = amp_arg(a.grad_scale, 1.0, op, "grad_scale", device, cfg);
+    p.args.found_inf = amp_arg(a.found_inf, 0.0, op, "found_inf", device, cfg);
+    if (skipped_on_host(p.args.found_inf) || n == 0) return;
+    p.args.beta2_decay = a.beta2_decay;
+    p.args.eps1 = a.eps1;
+    p.args.eps2 = a.eps2;
+    p.args.d = a.d;
+    p.args.weight_decay = a.weight_decay;
+    p.args.maximize = a.maximize;
+    const AdafactorPlan plan(a, steps, cfg, device);
+    plan.bind(p.args);
+    p.slots = &plan.slots;
+    p.chunk = plan.chunk;
+    p.group = plan.group;
+    p.max_slots = cfg.max_slots;
+    p.max_blocks = cfg.max_blocks;
+    if (!plan.slots.empty()) B::template run<ops::adafactor_>(plan.job, p);
+    B::increment_steps(device, cfg, steps, p.args.found_inf);
+    plan.copy_back();
   }
 };
 

@@ -65,6 +65,15 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 __global__ void __launch_bounds__(kBlockThreads)
     sum_partials_kernel(const double* partials, int64_t n, double* out);
 
+// A kernel object of its own layout (Adafactor's, adafactor_kernels.h): K holds its table and
+// arguments, K::Shared its block's shared memory, k(block, ex, shared) one block's body.
+template <class K>
+__global__ void __launch_bounds__(kBlockThreads) block_kernel(const __grid_constant__ K k) {
+  __shared__ typename K::Shared shared;
+  DeviceThreads ex{static_cast<int>(blockDim.x)};
+  k(static_cast<int>(blockIdx.x), ex, shared);
+}
+
 template <int ARG_BYTES>
 __global__ void increment_steps_kernel(const __grid_constant__ StepTable<ARG_BYTES> table,
                                        const ScalarArg found_inf) {
@@ -73,6 +82,18 @@ __global__ void increment_steps_kernel(const __grid_constant__ StepTable<ARG_BYT
 }
 
 struct GpuRunner {
+  static constexpr bool kLargeArgs = FUSEDOPT_LARGE_ARGS;
+  static constexpr bool kSmallArgs = FUSEDOPT_SMALL_ARGS;
+
+  template <class K>
+  void blocks(const Job& job, const K& k, int num_blocks) {
+    static_assert(sizeof(K) <= kArgBytesLarge, "kernel arguments exceed the argument space");
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(job.device));
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(job.device).stream();
+    block_kernel<K><<<num_blocks, kBlockThreads, 0, stream>>>(k);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
   template <class F>
   void run(const Job& job, const typename F::Params& params) {
     static_assert(sizeof(F) <= kFunctorArgBytes, "functor arguments exceed their reserve");

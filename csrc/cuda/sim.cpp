@@ -30,6 +30,24 @@ struct HostThreads {
 // Runs every launch with the 32 KB table: a smaller planned capacity (Config::arg_bytes = 4096,
 // max_slots) fits in it, and one table type per functor halves the compile time.
 struct SimRunner {
+  static constexpr bool kLargeArgs = true;
+  static constexpr bool kSmallArgs = true;
+
+  // A kernel object of its own layout (GpuRunner::blocks, runner.cuh).
+  template <class K>
+  void blocks(const Job&, const K& k, int num_blocks) {
+    const int nt = config().threads;
+    TORCH_CHECK(nt <= kBlockThreads, "fusedopt_sim: at most ", kBlockThreads, " threads");
+    std::vector<typename K::Shared> shared(1);  // tens of KB: on the heap
+    HostThreads ex{nt};
+    ++stats().launches;
+    for (int b = 0; b < num_blocks; ++b) {
+      k(b, ex, shared[0]);
+      ++stats().blocks;
+      if (k.skip()) ++stats().skipped_blocks;
+    }
+  }
+
   template <class F>
   void run(const Job& job, const typename F::Params& params) {
     using Table = TableFor<F::kDepth, kArgBytesLarge>;
