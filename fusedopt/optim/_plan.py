@@ -106,7 +106,8 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
     values are copied, so a loaded checkpoint, whose tensors are separate, is flattened again
     when the plan is rebuilt. Nothing depends on it for correctness: the kernels check that
     every list is adjacent on every step, and update tensor by tensor where one is not."""
-    if b.device.type == "meta" or len(b.params) < 2:
+    # Under torch.compile addresses are not traceable: the states stay as they are.
+    if torch.compiler.is_compiling() or b.device.type == "meta" or len(b.params) < 2:
         return
     for start, end in _adjacent_runs(b.params):
         for k in keys:
