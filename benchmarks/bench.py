@@ -71,7 +71,7 @@ _FLOAT_COLUMNS = {
 # Repeats per workload, sized for a default run of 1-2 minutes on an idle 2-core machine (3 when
 # it is busy). A repeat of the 64Mi flat tensor costs ~0.5 s there, most of it torch's for-loop
 # and foreach AdamW (~230 and ~170 ms: one pass over 256 MiB arrays per arithmetic op).
-DEFAULT_REPEATS = {"flat": 7, "gpt": 11, "tiny": 21, "gpt-bf16": 9, "gpt-2d": 5}
+DEFAULT_REPEATS = {"flat": 7, "gpt": 11, "tiny": 21, "tiny-flat": 21, "gpt-bf16": 9, "gpt-2d": 5}
 QUICK_REPEATS = 5
 WARMUP_STEPS = 2
 BANDWIDTH_ELEMENTS = 64 * 2**20  # 256 MiB of fp32, 8x the 32 MiB L3 of the reference machine
@@ -280,9 +280,9 @@ def bench_group(
     setup: dict[str, float] = {}  # a peer's one-time JIT build or compile (Note [peers])
     for i, (name, factory) in enumerate(impls.items()):
         last = i == len(impls) - 1
-        ps = params if last else [p.clone() for p in params]
-        for p, g in zip(ps, grads):
-            p.grad = g if last else g.clone()
+        ps = params if last else w.copy(params)
+        for p, g in zip(ps, grads if last else w.copy(grads)):
+            p.grad = g
         try:
             opt = factory(ps)
             if getattr(opt, "setup_seconds", None) is not None:

@@ -563,7 +563,11 @@ def peer_rows(spec: OptimizerSpec, workload: str, peers: bool) -> dict[str, Fact
 
 OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec(
-        "AdamW", adamw_bytes, ("flat", "gpt", "tiny", "gpt-bf16"), {"lr": 1e-3}, torch_name="AdamW"
+        "AdamW",
+        adamw_bytes,
+        ("flat", "gpt", "tiny", "tiny-flat", "gpt-bf16"),
+        {"lr": 1e-3},
+        torch_name="AdamW",
     ),
     OptimizerSpec(
         "SGD", sgd_momentum_bytes, ("gpt",), {"lr": 1e-2, "momentum": 0.9}, torch_name="SGD"

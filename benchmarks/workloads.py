@@ -43,6 +43,10 @@ class Workload:
     description: str
     shapes: tuple[tuple[int, ...], ...]
     dtype: torch.dtype = torch.float32
+    # The params are views of one flat buffer, end to end, and so are the grads (as a model
+    # flattened Megatron- or DeepSpeed-style has them): fusedopt then updates them as one range
+    # (Note [adjacent tensors] in csrc/common/multi_tensor.h). Every implementation gets them so.
+    flat: bool = False
 
     @property
     def params(self) -> int:
@@ -66,7 +70,14 @@ class Workload:
         for shape in self.shapes:
             params.append((torch.randn(shape, generator=gen) * 0.02).to(self.dtype))
             grads.append((torch.randn(shape, generator=gen) * 1e-2).to(self.dtype))
-        return params, grads
+        return self.copy(params), self.copy(grads)
+
+    def copy(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copies of tensors (this workload's shapes), views of one buffer when ``flat``."""
+        if not self.flat:
+            return [t.clone() for t in tensors]
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        return [v.view(t.shape) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -88,6 +99,12 @@ def workloads(quick: bool = False) -> dict[str, Workload]:
             Workload("flat", f"one tensor of {flat_n / 2**20:.0f}Mi params", ((flat_n,),)),
             Workload("gpt", gpt_desc, tuple(gpt)),
             Workload("tiny", f"{n_tiny} tensors of 1,024 params", ((1024,),) * n_tiny),
+            Workload(
+                "tiny-flat",
+                f"{n_tiny} tensors of 1,024 params, views of one buffer",
+                ((1024,),) * n_tiny,
+                flat=True,
+            ),
             Workload("gpt-bf16", gpt_desc, tuple(gpt), torch.bfloat16),
             # Muon's params: the list's matrices (embeddings included, as torch.optim.Muon
             # would take them), 2 + 4 * n_layer of them

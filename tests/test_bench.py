@@ -147,9 +147,14 @@ def test_gpt_shapes_default():
 
 def test_workloads():
     full, quick = workloads.workloads(), workloads.workloads(quick=True)
-    assert list(full) == list(quick) == ["flat", "gpt", "tiny", "gpt-bf16", "gpt-2d"]
+    assert list(full) == list(quick) == ["flat", "gpt", "tiny", "tiny-flat", "gpt-bf16", "gpt-2d"]
     assert full["flat"].tensors == 1 and full["flat"].params == 64 * 2**20
-    assert full["tiny"].shapes == ((1024,),) * 2000
+    assert full["tiny"].shapes == full["tiny-flat"].shapes == ((1024,),) * 2000
+    # tiny-flat: the same values as tiny, each list the views of one buffer, end to end
+    for ts, again in zip(quick["tiny-flat"].make(seed=0), quick["tiny"].make(seed=0)):
+        assert all(torch.equal(a, b) for a, b in zip(ts, again))
+        assert all(a.data_ptr() + 4 * a.numel() == b.data_ptr() for a, b in zip(ts, ts[1:]))
+        assert ts[0]._base is not None and ts[0]._base is ts[-1]._base
     assert (
         full["gpt-bf16"].dtype == torch.bfloat16 and full["gpt-bf16"].shapes == full["gpt"].shapes
     )

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 
+#include "common.h"
+
 namespace fusedopt {
 namespace {
 
@@ -26,6 +28,7 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
                 " tensors (one per param), got ", l.tensors.size());
   }
   for (size_t i = 0; i < n; ++i) {
+    for (const auto& l : lists_) prefetch_meta(l.tensors, i);  // Note [metadata prefetch]
     const at::Tensor& p = params[i];
     // One dtype per call: the kernel is instantiated for params[0]'s dtype and would read any
     // other param's memory with the wrong element size.
@@ -111,6 +114,34 @@ void MultiTensor::stage() {
     tuples_.push_back(t);
     offsets_.push_back(total);
   }
+}
+
+void MultiTensor::join_adjacent(const std::function<bool(int64_t, int64_t)>& joinable) {
+  TORCH_CHECK(pieces_.empty(), op_, ": join_adjacent() after reduce()");
+  if (tuples_.size() < 2) return;
+  std::array<int64_t, kMaxLists> size{};
+  for (size_t k = 0; k < lists_.size(); ++k) {
+    size[k] = static_cast<int64_t>(lists_[k].tensors[tuples_[0].index].element_size());
+  }
+  size_t out = 0;
+  int64_t last = tuples_[0].index;  // the param last joined into tuples_[out]
+  for (size_t i = 1; i < tuples_.size(); ++i) {
+    FlatTuple& run = tuples_[out];
+    const FlatTuple& t = tuples_[i];
+    bool adjacent = joinable(last, t.index);
+    for (size_t k = 0; adjacent && k < lists_.size(); ++k) {
+      adjacent = static_cast<char*>(run.ptr[k]) + run.numel * size[k] == t.ptr[k];
+    }
+    if (adjacent) {
+      run.numel += t.numel;
+    } else {
+      tuples_[++out] = t;
+    }
+    offsets_[out] = offsets_[i];
+    last = t.index;
+  }
+  tuples_.resize(out + 1);
+  offsets_.resize(out + 1);
 }
 
 void MultiTensor::run(const std::function<void(const FlatTuple&, int64_t, int64_t)>& fn) {

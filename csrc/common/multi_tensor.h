@@ -60,6 +60,11 @@ class MultiTensor {
   const std::vector<FlatTuple>& tuples() const { return tuples_; }
   int64_t total_numel() const { return offsets_.empty() ? 0 : offsets_.back(); }
 
+  // Joins each run of tuples that lie end to end in every list into its first tuple (Note
+  // [adjacent tensors]) where joinable(a, b) says params a and b (indices into the lists) may
+  // share one range, their kernel arguments being the same. Call before run(), not with reduce().
+  void join_adjacent(const std::function<bool(int64_t, int64_t)>& joinable);
+
   // Runs fn(tuple, begin, end) over every element range [begin, end) of every tuple, in
   // parallel over the whole group, then copies staged tensors back.
   void run(const std::function<void(const FlatTuple&, int64_t, int64_t)>& fn);
@@ -93,6 +98,18 @@ class MultiTensor {
   std::vector<Piece> pieces_;                                 // built by the first reduce()
   std::vector<size_t> block_pieces_;  // block b's pieces: [block_pieces_[b], block_pieces_[b+1])
 };
+
+// Note [adjacent tensors]
+// Params that are views of one flat buffer (as a model flattened by Megatron- or DeepSpeed-style
+// code has them), with grads and states that are views of flat buffers too, lie end to end in
+// every list. An elementwise update over two such params is the same as over one param of both
+// ranges, so run_update joins them: the kernel then streams one long range with its prefetches
+// (Note [prefetch ahead] in cpu/isa.h) instead of thousands of short ones, each starting cold.
+// Only params whose kernel arguments are equal are joined (the same scalars; never under
+// stochastic rounding, whose noise depends on the param and the element's index in it), and
+// only when every list is adjacent, so the result is bitwise the one of the per-param ranges.
+// The planner allocates the states of adjacent params flat (fusedopt/optim/_plan.py), so that
+// adjacency in the params and grads is enough.
 
 // Note [fixed-order reductions]
 // reduce() cuts the flat range at fixed points: tuple boundaries and multiples of kGrainSize.

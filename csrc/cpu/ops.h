@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -78,11 +79,18 @@ struct Update {
 // of list 2 + k when USE[k] (else nullptr: the op does not take that list now), master the fp32
 // copy (list master_list, kMaster only), scalars the tensor's entry when per_tensor (else the
 // one entry), key the tensor's stochastic-rounding key (kStochastic only), j0 the range's start.
+// Params that lie end to end in every list with equal scalars are one range (Note [adjacent
+// tensors] in common/multi_tensor.h).
 template <class Body, class param_t, class state_t, int MODE, bool... USE, class S>
 void run_update(MultiTensor& mt, const S* scalars, bool per_tensor,
                 const std::vector<uint32_t>& keys, int master_list) {
   constexpr bool use[] = {USE...};
   const Isa isa = current_isa();
+  if constexpr (MODE != kStochastic) {
+    mt.join_adjacent([&](int64_t a, int64_t b) {
+      return !per_tensor || std::memcmp(scalars + a, scalars + b, sizeof(S)) == 0;
+    });
+  }
   mt.run([&](const FlatTuple& t, int64_t lo, int64_t hi) {
     float* master = MODE == kMaster ? static_cast<float*>(t.ptr[master_list]) + lo : nullptr;
     const uint32_t key = MODE == kStochastic ? keys[t.index] : 0u;

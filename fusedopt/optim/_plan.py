@@ -72,6 +72,58 @@ def _placeholder(p: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(0, dtype=dtype, device=p.device)
 
 
+def _adjacent_runs(tensors: list[Tensor]) -> list[tuple[int, int]]:
+    """The [start, end) index ranges, of two non-empty tensors or more, of contiguous tensors
+    that lie end to end in memory, each after the one before (an empty tensor has no elements:
+    it neither ends a run nor breaks one)."""
+    runs = []
+    start, last, count, end_ptr = 0, 0, 0, -1
+    for j, t in enumerate(tensors):
+        if not t.numel():
+            continue
+        ptr = t.data_ptr() if t.is_contiguous() else -1
+        if ptr < 0 or ptr != end_ptr:
+            if count > 1:
+                runs.append((start, last + 1))
+            start, count = j, 0
+        if ptr < 0:
+            end_ptr = -1
+            continue
+        end_ptr = ptr + t.numel() * t.element_size()
+        last, count = j, count + 1
+    if count > 1:
+        runs.append((start, last + 1))
+    return runs
+
+
+def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> None:
+    """Note [flat states]
+    Params that lie end to end in memory (views of one flat buffer) are updated as one range
+    when their grads and states lie end to end too (Note [adjacent tensors] in
+    csrc/common/multi_tensor.h). So the states of such a run of params are moved into one
+    buffer per state key, each param's state a view of its part: state_dict keeps torch's
+    per-param layout (a checkpoint holds the views, torch.save stores their buffer once) and the
+    values are copied, so a loaded checkpoint, whose tensors are separate, is flattened again
+    when the plan is rebuilt. Nothing depends on it for correctness: the kernels check that
+    every list is adjacent on every step, and update tensor by tensor where one is not."""
+    # Under torch.compile addresses are not traceable: the states stay as they are.
+    if torch.compiler.is_compiling() or b.device.type == "meta" or len(b.params) < 2:
+        return
+    for start, end in _adjacent_runs(b.params):
+        for k in keys:
+            ts = b.lists.get(k)
+            if ts is None or _adjacent_runs(ts[start:end]) == [(0, end - start)]:
+                continue
+            flat = torch.empty(
+                sum(t.numel() for t in ts[start:end]), dtype=ts[start].dtype, device=b.device
+            )
+            views = torch.split(flat, [t.numel() for t in ts[start:end]])
+            for j, (p, t, v) in enumerate(zip(b.params[start:end], ts[start:end], views), start):
+                v = v.view(p.shape)
+                v.copy_(t)
+                ts[j] = state[p][k] = v
+
+
 class Plan:
     __slots__ = ("buckets", "dtensor", "missing", "n")
 
@@ -268,6 +320,8 @@ class Plans:
         for b in buckets.values():
             if "master_param" in b.lists:
                 _mixed.sync_masters(b.params, b.lists["master_param"])
+            if mesh is None:
+                _flatten_states(self.state, b, (*keys, "master_param"))
         return Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
 
     def _check_state_tensor(
