@@ -76,10 +76,25 @@ def test_state_dict_layout_is_torchs():
             x, y = a["state"][k][key], b["state"][k][key]
             assert (x.dtype, x.shape, x.device) == (y.dtype, y.shape, y.device), key
     ga, gb = a["param_groups"][0], b["param_groups"][0]
-    assert ga.keys() == gb.keys()
+    assert list(ga) == list(gb)  # key order too
     assert {k: v for k, v in ga.items() if k not in ("fused",)} == {
         k: v for k, v in gb.items() if k not in ("fused",)
     }
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,kwargs",
+    [
+        (fusedopt.Adam, torch.optim.Adam, {}),
+        (fusedopt.AdamW, torch.optim.AdamW, {}),
+        (fusedopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+        (fusedopt.Adafactor, torch.optim.Adafactor, {}),
+    ],
+    ids=["Adam", "AdamW", "SGD", "Adafactor"],
+)
+def test_param_group_keys_in_torchs_order(ours, theirs, kwargs):
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert list(ours(p, **kwargs).param_groups[0]) == list(theirs(p, **kwargs).param_groups[0])
 
 
 def test_load_converts_state_to_param_dtype():

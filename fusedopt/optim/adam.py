@@ -101,7 +101,11 @@ class Adam(FusedOptimizer):
     ) -> None:
         betas = check_args(lr, betas, eps, weight_decay)
         check_fused_flags(foreach, differentiable, fused)
-        super().__init__(params, group_defaults(locals()), options)
+        defaults = group_defaults(locals())
+        # torch.optim.Adam's groups list maximize before foreach (its signature does not): the
+        # same key order keeps a state_dict's layout torch's.
+        order = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+        super().__init__(params, {**dict.fromkeys(order), **defaults}, options)
 
 
 class AdamW(Adam):
