@@ -134,12 +134,13 @@ def adafactor_(a: Any, s: float) -> None:
             r = row_vars[i].to(dt).lerp(row_mean, w)
             col_mean = torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / g.size(-2)
             c = col_vars[i].to(dt).lerp(col_mean, w)
-            row_vars[i].copy_(r)
-            col_vars[i].copy_(c)
+            # The estimate reads the statistics as stored, rounded to the param dtype, as
+            # torch's in-place lerp_ leaves them (and the kernels read them back).
+            r = row_vars[i].copy_(r).to(dt)
+            c = col_vars[i].copy_(c).to(dt)
             var = (r @ c) / r.mean(dim=-2, keepdim=True).clamp(min=eps1)
         else:
-            var = variances[i].to(dt).lerp(g * g, w)
-            variances[i].copy_(var)
+            var = variances[i].copy_(variances[i].to(dt).lerp(g * g, w)).to(dt)
         u = var.clamp(min=eps1 * eps1).rsqrt() * g
         rms = torch.linalg.vector_norm(u).double() / (math.sqrt(n) * d)
         coef = -alpha / torch.clamp(rms, min=1.0)
