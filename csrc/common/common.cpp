@@ -9,7 +9,6 @@ void check_steps(const char* op, at::TensorList steps, size_t n) {
   TORCH_CHECK(steps.size() == n, op, ": expected state_steps to have ", n,
               " tensors (one per param), got ", steps.size());
   for (size_t i = 0; i < n; ++i) {
-    prefetch_meta(steps, i);  // Note [metadata prefetch]
     const at::Tensor& s = steps[i];
     TORCH_CHECK(s.defined() && s.numel() == 1, op, ": state_steps[", i,
                 "] must be a one-element tensor");
@@ -45,11 +44,7 @@ void check_unshared(const char* op, const char* name, at::TensorList tensors, co
 
 std::vector<double> increment_steps(at::TensorList steps) {
   std::vector<double> out(steps.size());
-  constexpr size_t kAhead = 8;
   for (size_t i = 0; i < steps.size(); ++i) {
-    // The counters are separate allocations: each is a miss of its own (Note [metadata
-    // prefetch]); check_steps has just read their metadata.
-    if (i + kAhead < steps.size()) __builtin_prefetch(steps[i + kAhead].data_ptr(), 1);
     const at::Tensor& s = steps[i];
     if (s.scalar_type() == at::kFloat) {
       float* v = s.data_ptr<float>();

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/core/TensorImpl.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -40,36 +39,6 @@ inline int32_t lr_dtype(const at::Tensor& lr) {
     case at::kHalf: return kLrHalf;
     case at::kBFloat16: return kLrBFloat16;
     default: return kLrDouble;
-  }
-}
-
-// Note [metadata prefetch]
-// A step over thousands of small tensors reads, per tensor and list, its TensorImpl (dtype,
-// device, sizes, strides) and its StorageImpl (the data pointer) before any element. After the
-// previous step streamed tens of MB through the caches these are all misses, taken one after the
-// other: at one thread they were ~1.3 ms of a 2.1 ms step over 2,000 x 1,024 floats. Loops over
-// the lists request them ahead instead: the TensorImpl kMetaAhead tensors ahead and, since its
-// storage pointer is read from the TensorImpl, the StorageImpl half as far ahead. A prefetch
-// changes no result and never faults.
-constexpr size_t kMetaAhead = 16;
-
-// Requests the metadata of tensors[i + kMetaAhead] (its TensorImpl) and of
-// tensors[i + kMetaAhead / 2] (its StorageImpl).
-inline void prefetch_meta(at::TensorList tensors, size_t i) {
-  if (i + kMetaAhead < tensors.size()) {
-    const char* impl = reinterpret_cast<const char*>(tensors[i + kMetaAhead].unsafeGetTensorImpl());
-    if (impl != nullptr) {
-      for (size_t b = 0; b < sizeof(c10::TensorImpl); b += 64) __builtin_prefetch(impl + b);
-    }
-  }
-  if (i + kMetaAhead / 2 < tensors.size()) {
-    const c10::TensorImpl* impl = tensors[i + kMetaAhead / 2].unsafeGetTensorImpl();
-    if (impl != nullptr) {
-      // A tensor without storage has a null StorageImpl here: prefetching it is harmless.
-      const char* s = reinterpret_cast<const char*>(impl->unsafe_storage().unsafeGetStorageImpl());
-      __builtin_prefetch(s);
-      __builtin_prefetch(s + 64);
-    }
   }
 }
 

@@ -7,8 +7,6 @@
 
 #include <algorithm>
 
-#include "common.h"
-
 namespace fusedopt {
 namespace {
 
@@ -28,7 +26,6 @@ MultiTensor::MultiTensor(const char* op, std::vector<ListSpec> lists, c10::Devic
                 " tensors (one per param), got ", l.tensors.size());
   }
   for (size_t i = 0; i < n; ++i) {
-    for (const auto& l : lists_) prefetch_meta(l.tensors, i);  // Note [metadata prefetch]
     const at::Tensor& p = params[i];
     // One dtype per call: the kernel is instantiated for params[0]'s dtype and would read any
     // other param's memory with the wrong element size.
