@@ -42,5 +42,5 @@ echo "torch_floor: venv took $((SECONDS - start)) s"
 cd "$tmp/src"
 FUSEDOPT_BUILD_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$py" -m pip install -q --no-build-isolation -e .
 echo "torch_floor: build took $((SECONDS - start)) s"
-"$py" -m pytest -q -rs
+"$py" -m pytest -q -rs -n auto
 echo "torch_floor: total $((SECONDS - start)) s"

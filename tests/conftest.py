@@ -13,6 +13,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per available core, at most 8. Each worker imports torch and Triton
+    and compiles its own Triton kernels, and the tests are small, so more workers mostly add
+    start-up time and memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
