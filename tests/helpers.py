@@ -109,6 +109,14 @@ def make_params(dtype: torch.dtype, device: str = "cpu") -> list[Tensor]:
     return [make(lambda *s: _randn(dtype, device, *s)).requires_grad_() for make, _ in _CASES]
 
 
+def make_matrices(dtype: torch.dtype, device: str = "cpu") -> list[Tensor]:
+    """Leaf 2-D params for an optimizer of matrices only (Muon): odd sizes, wide and tall, and a
+    transposed (strided) one; from torch's global generator, as make_params."""
+    shapes = [(4, 3), (5, 17), (33, 31)]
+    params = [_randn(dtype, device, *s) for s in shapes] + [_randn(dtype, device, 9, 17).t()]
+    return [p.requires_grad_() for p in params]
+
+
 def fresh_grads(params: list[Tensor]) -> list[Tensor | None]:
     """New non-zero random grads, each with its case's layout (None for the frozen param)."""
     out: list[Tensor | None] = []

@@ -35,6 +35,7 @@ stay next to the code that applies them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,7 @@ import torch
 
 import fusedopt
 from fusedopt._opdefs import OPS
-from helpers import DTYPE_IDS
+from helpers import DTYPE_IDS, make_matrices
 
 _DTYPE_BY_ID = {v: k for k, v in DTYPE_IDS.items()}
 
@@ -77,6 +78,10 @@ class OptimInfo:
     unsupported: dict[str, str] = field(default_factory=dict)
     # matrix -> why the optimizer is not in it (tests/test_optim_info.py requires a reason)
     exempt: dict[str, str] = field(default_factory=dict)
+    # (dtype) -> leaf params, for an optimizer that takes only some layouts (Muon: matrices);
+    # the matrices that make their own params (damaged, mixed, the state keys) step these, with
+    # grads like them. None: any param (the tests' own lists, vectors and 0-d ones included).
+    params: Callable[[torch.dtype], list[torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         assert self.op in OPS, self.op
@@ -139,6 +144,13 @@ _ADAM = {
     "tolerance": "vs_torch",
     "bad_args": _ADAM_BAD,
 }
+# What SGD and Muon share: a momentum buffer that a checkpoint may lack (made again, as torch
+# does: SGD's from the grad, Muon's from zeros), Nesterov.
+_MOMENTUM = {
+    "state_keys": ("momentum_buffer",),
+    "optional_state": ("momentum_buffer",),
+    "supports": _COMMON | {"nesterov"},
+}
 _ADAM_ALL = {"lr": 3e-2, "weight_decay": 0.05, "amsgrad": True, "maximize": True, "eps": 1e-6}
 
 OPTIMS = [
@@ -200,9 +212,7 @@ OPTIMS = [
         cls=fusedopt.SGD,
         torch_cls=torch.optim.SGD,
         op="sgd_",
-        state_keys=("momentum_buffer",),
-        optional_state=("momentum_buffer",),  # a missing buffer starts from the grad, as in torch
-        supports=_COMMON | {"nesterov"},
+        **_MOMENTUM,
         tolerance="vs_torch",
         configs={
             "default": Config({"lr": 0.1}, ("parity", "checkpoint", "triton_torch:fp16")),
@@ -431,6 +441,41 @@ OPTIMS = [
             "tests/test_adafactor.py compares both with the reference",
             "cuda": "its CUDA kernels sum in another order than the CPU kernel (Note [Adafactor on "
             "the GPU]); tests/test_cuda_planner.py compares their simulation with the reference",
+        },
+    ),
+    OptimInfo(
+        name="muon",
+        params=make_matrices,  # 2-D only
+        cls=fusedopt.Muon,
+        torch_cls=torch.optim.Muon,
+        # the op that keeps its state (muon_ applies the orthogonalized update)
+        op="muon_momentum_",
+        **_MOMENTUM,
+        tolerance="vs_torch",
+        configs={
+            "defaults": Config({}, ("damaged",)),
+            "plain-wd": Config({"lr": 0.02, "nesterov": False, "weight_decay": 0.05}, ("mixed",)),
+        },
+        bad_args=(
+            ({"lr": -1.0}, ValueError),
+            ({"weight_decay": -0.1}, ValueError),
+            ({"momentum": -0.5}, ValueError),
+        ),
+        exempt={
+            **{
+                m: "its bf16 Newton-Schulz iteration rounds differently from torch.optim.Muon's "
+                "(a batched matmul for each shape): they agree to a few lr x 2^-8 per step, not "
+                "to fp32 ulps; tests/test_muon.py compares them (parity, checkpoints both ways, "
+                "Tensor lr) with that bound"
+                for m in ("parity", "tensor_lr", "checkpoint", "triton_torch")
+            },
+            "compile": "test_compile.py's test_muon_fullgraph_matches_eager_and_never_recompiles "
+            "runs Muon (and MuonWithAuxAdam) through the same checks on matrices",
+            "triton_cpu": "tests/test_muon.py compares its ops on every backend (the CPU, the "
+            "CUDA simulation, Triton) with the reference; the Newton-Schulz matmuls are torch's "
+            "on all of them",
+            "cuda": "its ops are in the CUDA planner's op matrix (tests/test_cuda_planner.py), "
+            "and tests/test_muon.py compares the simulated kernels with the reference",
         },
     ),
 ]

@@ -180,7 +180,12 @@ def test_step_bumps_version_counters_so_autograd_sees_the_change() -> None:
 
 
 @pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason="no CPU ops")
-@pytest.mark.parametrize("cls", [i.cls for i in OPTIMS], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    # Muon calls its ops per param shape, around the Newton-Schulz matmuls, never through a plan
+    [i.cls for i in OPTIMS if i.cls is not fusedopt.Muon],
+    ids=lambda c: c.__name__,
+)
 def test_step_plan_path_equals_the_op_path(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
     """Note [C++ step plans]: a step through the C++ StepPlan (eager) and one through
     torch.ops.fusedopt (what torch.compile traces) are the same call: identical bits."""

@@ -92,9 +92,10 @@ def test_fused_amp_false_takes_gradscalers_own_unscale_and_skip():
     assert fusedopt.AdamW(_mlp().parameters())._step_supports_amp_scaling  # the default
 
 
-@pytest.mark.parametrize("cls", [i.cls for i in OPTIMS])
-def test_fused_amp_option_on_every_optimizer_survives_pickling(cls):
-    opt = cls(_mlp().parameters(), fused_amp=False)
+@pytest.mark.parametrize("info", OPTIMS, ids=lambda i: i.cls.__name__)
+def test_fused_amp_option_on_every_optimizer_survives_pickling(info):
+    params = _mlp().parameters() if info.params is None else info.params(torch.float32)
+    opt = info.cls(params, fused_amp=False)
     assert opt._step_supports_amp_scaling is False
     for other in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
         assert other.fused_amp is False and other._step_supports_amp_scaling is False

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import fusedopt
+from fusedopt.optim.muon import adjusted_lr_ratio
 from helpers import _CASES, TOL_VS_TORCH, assert_close_ulp, clone_params, ulp
 from optim_info import cases
 
@@ -30,6 +31,8 @@ pytestmark = pytest.mark.skipif(not fusedopt.backends()["cpu"].available, reason
 # (class, kwargs) for every optimizer, tests/optim_info.py's "mixed" configs; lr large enough
 # that updates show in bf16.
 OPTIMIZERS = {c.id: (c.values[0].cls, c.values[2].kwargs) for c in cases("mixed")}
+# name -> its params' factory (tests/optim_info.py), None for _CASES' params
+MAKE = {c.id: c.values[0].params for c in cases("mixed")}
 STEPS = 4
 
 # The compiled backends under test and where their tensors live: the CPU kernels, and the
@@ -52,8 +55,15 @@ KERNELS = [
 ]
 
 
-def _params(dtype: torch.dtype, seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
-    """One param per helpers._CASES row (odd sizes, transposed, sliced, frozen, empty)."""
+def _params(
+    dtype: torch.dtype, seed: int = 0, device: str = "cpu", make=None
+) -> list[torch.Tensor]:  # noqa: ANN001
+    """One param per helpers._CASES row (odd sizes, transposed, sliced, frozen, empty), or the
+    optimizer's own kind of params from its factory ``make``."""
+    if make is not None:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return make(dtype, device)
     g = torch.Generator().manual_seed(seed)
     out = []
     for make, _ in _CASES:
@@ -62,8 +72,10 @@ def _params(dtype: torch.dtype, seed: int = 0, device: str = "cpu") -> list[torc
     return out
 
 
-def _grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor | None]:
+def _grads(params: list[torch.Tensor], step: int, make=None) -> list[torch.Tensor | None]:  # noqa: ANN001
     g = torch.Generator().manual_seed(100 + step)
+    if make is not None:  # the factory's params: dense grads of their shapes
+        return [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
     out = []
     for _, make in _CASES[: len(params)]:
         if make is None:
@@ -91,12 +103,12 @@ def test_master_weights_follow_the_fp32_trajectory_exactly(
     name: str, dtype: torch.dtype, backend: str, device: str
 ) -> None:
     cls, kw = OPTIMIZERS[name]
-    half = _params(dtype, device=device)
+    half = _params(dtype, device=device, make=MAKE[name])
     full = [p.detach().float().requires_grad_() for p in half]  # the same starting values
     ours = cls(half, master_weights=True, backend=backend, **kw)
     ref = cls(full, backend=backend, **kw)
     for step in range(STEPS):
-        grads = [None if g is None else g.to(dtype) for g in _grads(half, step)]
+        grads = [None if g is None else g.to(dtype) for g in _grads(half, step, MAKE[name])]
         _step(ours, half, grads, dtype)
         _step(ref, full, [None if g is None else g.float() for g in grads], torch.float32)
         for i, (p, q) in enumerate(zip(half, full)):
@@ -196,9 +208,9 @@ def test_stochastic_rounding_matches_the_reference(name: str, state_dtype, kerne
     runs = {}
     for backend in (kernels, "reference"):
         torch.manual_seed(7)
-        params = _params(torch.bfloat16, device=device)
+        params = _params(torch.bfloat16, device=device, make=MAKE[name])
         opt = cls(params, stochastic_rounding=True, state_dtype=state_dtype, backend=backend, **kw)
-        _step(opt, params, _grads(params, 0), torch.bfloat16)
+        _step(opt, params, _grads(params, 0, MAKE[name]), torch.bfloat16)
         runs[backend] = (opt, params)
     (oa, pa), (ob, pb) = runs[kernels], runs["reference"]
     differ = total = 0
@@ -294,7 +306,7 @@ def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend, d
     """One step at a time from the same state (re-synced): params within the fp32 tolerance
     (plus a storage ulp), moments within one ulp of their dtype."""
     cls, kw = OPTIMIZERS[name]
-    ours_p = _params(pdtype, device=device)
+    ours_p = _params(pdtype, device=device, make=MAKE[name])
     ref_p = clone_params(ours_p)
     ours = cls(ours_p, state_dtype=sdtype, backend=backend, **kw)
     ref = cls(ref_p, state_dtype=sdtype, backend="reference", **kw)
@@ -303,8 +315,13 @@ def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend, d
     # rounding of 0, the last-bit differences of two operation orders flip the sign and move
     # the param by 2 lr; allowed for at most 0.1% of the elements (as in test_lion_lamb_sophia).
     signed = cls in (fusedopt.Lion, fusedopt.Sophia)
+    # Muon orthogonalizes its momentum in bf16 (torch.optim.Muon's Newton-Schulz): a last-bit
+    # difference of the momentum can round the iteration's input the other way and move the
+    # param by a few lr x 2^-8 of its update (NS_TOL in tests/test_muon.py); the momentum itself
+    # is held to the fp32 tolerance below.
+    orthogonalized = cls is fusedopt.Muon
     for step in range(STEPS):
-        grads = _grads(ours_p, step)
+        grads = _grads(ours_p, step, MAKE[name])
         _step(ours, ours_p, grads, pdtype)
         _step(ref, ref_p, grads, pdtype)
         flips = 0
@@ -316,6 +333,10 @@ def test_state_dtype_matches_the_reference(name: str, pdtype, sdtype, backend, d
                 flip = ~near & ((x - y).abs() <= 2 * kw["lr"] + 2 * ulp(y, pdtype))
                 assert (near | flip).all(), what
                 flips += int(flip.sum())
+            elif orthogonalized:
+                x, y = p.detach().double(), q.detach().double()
+                ns = 2.0 * float(kw["lr"]) * 2**-8 * adjusted_lr_ratio(None, p.shape)
+                assert ((x - y).abs() <= ns + ulp(y, pdtype)).all(), what
             else:
                 assert_close_ulp(p.detach(), q.detach(), tol, what)
             for k, v in ref.state.get(q, {}).items():

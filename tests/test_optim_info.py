@@ -59,9 +59,9 @@ def test_state_keys_are_the_steps(info):
     options that change the state keys) keeps, and what its op names."""
     configs = [c.values[2].kwargs for c in cases("damaged") if c.values[0] is info]
     assert len(configs) == (0 if "damaged" in info.exempt else 1)
-    p = torch.randn(5, requires_grad=True)
+    p = info.params(torch.float32)[0] if info.params else torch.randn(5, requires_grad=True)
     opt = info.cls([p], **(configs[0] if configs else {}))
-    p.grad = torch.randn(5)
+    p.grad = torch.randn_like(p)
     opt.step()
     keys = list(opt.state[p])
     assert [k for k in keys if k in info.state_keys] == list(info.state_keys)

@@ -192,9 +192,12 @@ MIXED = [
 ]
 
 
-def _trained(cls, kwargs, dtype=torch.float32, steps=2):
-    params = [torch.randn(64, dtype=dtype, requires_grad=True), torch.randn(4, 3, dtype=dtype)]
-    params[1].requires_grad_(True)
+def _trained(cls, kwargs, dtype=torch.float32, steps=2, make=None):
+    if make is not None:  # the optimizer's own kind of params (tests/optim_info.py)
+        params = make(dtype)
+    else:
+        params = [torch.randn(64, dtype=dtype, requires_grad=True), torch.randn(4, 3, dtype=dtype)]
+        params[1].requires_grad_(True)
     opt = cls(params, **kwargs)
     for _ in range(steps):
         for p in params:
@@ -224,7 +227,7 @@ def _assert_unchanged(opt, params, snap):
 @pytest.mark.parametrize("mixed,dtype", MIXED)
 def test_state_missing_a_key_is_refused_naming_it(info, name, config, mixed, dtype):
     cls, kwargs, twin = info.cls, config.kwargs, info.torch_cls
-    params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
+    params, opt = _trained(cls, {**kwargs, **mixed}, dtype, make=info.params)
     snap = _snapshot(opt, params)
     optional = ("master_param", "sr_seed", *info.optional_state)
     required = [k for k in snap[1]["state"][1] if k not in optional]
@@ -254,7 +257,7 @@ def test_state_missing_a_key_is_refused_naming_it(info, name, config, mixed, dty
 @pytest.mark.parametrize("step", [-3.0, -1e-3, float("nan"), float("inf")])
 @pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "float"])
 def test_bad_step_is_refused_at_load(info, name, config, step, as_tensor):
-    params, opt = _trained(info.cls, config.kwargs)
+    params, opt = _trained(info.cls, config.kwargs, make=info.params)
     snap = _snapshot(opt, params)
     bad = copy.deepcopy(snap[1])
     bad["state"][0]["step"] = torch.tensor(step) if as_tensor else step
@@ -267,7 +270,7 @@ def test_bad_step_is_refused_at_load(info, name, config, step, as_tensor):
 @pytest.mark.parametrize("mixed,dtype", MIXED)
 def test_unknown_state_key_of_another_shape_is_kept_untouched(info, name, config, mixed, dtype):
     cls, kwargs, twin = info.cls, config.kwargs, info.torch_cls
-    params, opt = _trained(cls, {**kwargs, **mixed}, dtype)
+    params, opt = _trained(cls, {**kwargs, **mixed}, dtype, make=info.params)
     sd = opt.state_dict()
     foo = torch.arange(3, dtype=torch.float32)
     with_foo = copy.deepcopy(sd)
@@ -301,7 +304,9 @@ def test_unknown_state_key_of_another_shape_is_kept_untouched(info, name, config
 @pytest.mark.parametrize("info,name,config", OPTIMIZERS)
 def test_mixed_precision_keys_of_wrong_shape_are_refused(info, name, config):
     cls, kwargs = info.cls, config.kwargs
-    params, opt = _trained(cls, {**kwargs, "master_weights": True}, torch.bfloat16)
+    params, opt = _trained(
+        cls, {**kwargs, "master_weights": True}, torch.bfloat16, make=info.params
+    )
     snap = _snapshot(opt, params)
     bad = copy.deepcopy(snap[1])
     bad["state"][1]["master_param"] = torch.zeros(3)
@@ -309,7 +314,9 @@ def test_mixed_precision_keys_of_wrong_shape_are_refused(info, name, config):
         opt.load_state_dict(bad)
     _assert_unchanged(opt, params, snap)
 
-    params, opt = _trained(cls, {**kwargs, "stochastic_rounding": True}, torch.bfloat16)
+    params, opt = _trained(
+        cls, {**kwargs, "stochastic_rounding": True}, torch.bfloat16, make=info.params
+    )
     snap = _snapshot(opt, params)
     bad = copy.deepcopy(snap[1])
     bad["state"][1]["sr_seed"] = torch.zeros(2, dtype=torch.int64)
@@ -324,7 +331,7 @@ def test_missing_mixed_precision_keys_are_made_again(info, name, config, mixed):
     cls, kwargs = info.cls, config.kwargs
     # A checkpoint that went through torch.optim, or from a run without the option, has no
     # master or seed: they are made from the params, as for a fresh state.
-    params, opt = _trained(cls, {**kwargs, **mixed}, torch.bfloat16)
+    params, opt = _trained(cls, {**kwargs, **mixed}, torch.bfloat16, make=info.params)
     sd = copy.deepcopy(opt.state_dict())
     key = "master_param" if "master_weights" in mixed else "sr_seed"
     for pstate in sd["state"].values():
