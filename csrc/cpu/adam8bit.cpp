@@ -69,13 +69,13 @@ FUSEDOPT_INLINE int32_t search(const float* __restrict mid, float y) {
   return k;
 }
 
-float from_bits(uint32_t u) {
+FUSEDOPT_INLINE float from_bits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
 
-uint32_t to_bits(float f) {
+FUSEDOPT_INLINE uint32_t to_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
@@ -128,26 +128,11 @@ void build_tables(QTables& q) {
 FUSEDOPT_INLINE void encode_block(const float* __restrict x, int64_t n, uint8_t* __restrict codes,
                                   float* __restrict absmax, const float* __restrict mid,
                                   const EncodeTable& table) {
-  // Per-lane maxima, combined after: max is exact in any order for values >= +0.
-  constexpr int kLanes = 16;
-  float part[kLanes] = {};
-  int nan = 0;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float a = std::fabs(x[i + l]);
-      part[l] = a > part[l] ? a : part[l];
-      nan |= a != a;
-    }
-  }
-  for (; i < n; ++i) {
-    const float a = std::fabs(x[i]);
-    part[0] = a > part[0] ? a : part[0];
-    nan |= a != a;
-  }
-  float mx = 0.f;
-  for (int l = 0; l < kLanes; ++l) mx = part[l] > mx ? part[l] : mx;
-  if (nan) mx = std::numeric_limits<float>::quiet_NaN();
+  // |x| as bits orders as |x| does, NaN above +inf: an integer max (which the compiler
+  // vectorizes) is the largest |x|, NaN if the block holds one (as torch.amax).
+  uint32_t top_bits = 0;
+  for (int64_t i = 0; i < n; ++i) top_bits = std::max(top_bits, to_bits(x[i]) & 0x7FFFFFFFu);
+  const float mx = from_bits(top_bits);
   *absmax = mx;
   const float d = mx == 0.f ? 1.f : mx;
   const int bits = table.bits;
@@ -184,6 +169,9 @@ struct Adam8bitBody {
                                   uint32_t key, int64_t j0) {
     const AdamScalars<float> s = *scalars;
     const QTables& t = *tables;
+    // Plain pointers, so that the compiler gathers through them.
+    const float* __restrict qm = t.qmap[0];
+    const float* __restrict qv = t.qmap[1];
     for (int64_t b = 0; b * kQBlock < n; ++b) {
       const int64_t o = b * kQBlock;
       const int64_t len = std::min(kQBlock, n - o);
@@ -191,14 +179,24 @@ struct Adam8bitBody {
       alignas(64) float vb[kQBlock];
       const float dm = am[b];
       const float dv = av[b];
+      // Separate loops, each simple enough for the compiler to vectorize (the decode and the
+      // encode with gathers).
+      const uint8_t* __restrict bm = cm + o;
+      const uint8_t* __restrict bv = cv + o;
       for (int64_t i = 0; i < len; ++i) {
-        float pi = load_param<MODE, float>(p + o, master ? master + o : nullptr, i);
-        float mi = t.qmap[0][cm[o + i]] * dm;
-        float vi = t.qmap[1][cv[o + i]] * dv;
+        mb[i] = qm[bm[i]] * dm;
+        vb[i] = qv[bv[i]] * dv;
+      }
+      param_t* __restrict pb = p + o;
+      const param_t* __restrict gb = g + o;
+      float* __restrict mp = MODE == kMaster ? master + o : nullptr;
+      for (int64_t i = 0; i < len; ++i) {
+        float pi = load_param<MODE, float>(pb, mp, i);
+        float mi = mb[i];
+        float vi = vb[i];
         float unused = 0.f;
-        adam_element<DECOUPLED, false, MAXIMIZE>(pi, static_cast<float>(g[o + i]), mi, vi, unused,
-                                                 s);
-        store_param<MODE, float>(p + o, master ? master + o : nullptr, i, pi, key, j0 + o);
+        adam_element<DECOUPLED, false, MAXIMIZE>(pi, static_cast<float>(gb[i]), mi, vi, unused, s);
+        store_param<MODE, float>(pb, mp, i, pi, key, j0 + o);
         mb[i] = mi;
         vb[i] = vi;
       }
