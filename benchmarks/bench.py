@@ -315,7 +315,7 @@ def bench_group(
 
     bw = 8 * buf.numel() / statistics.median(samples.pop(BANDWIDTH)) / 1e9
     bpp = spec.bytes_model(w.dtype)
-    base = statistics.median(samples[BASELINE]) if BASELINE in samples else None
+    base = statistics.median(samples[spec.baseline]) if spec.baseline in samples else None
     rows = []
     for name, ts in samples.items():
         med = statistics.median(ts)
@@ -434,6 +434,11 @@ def format_table(rows: list[dict[str, Any]], peers: list[str] | None = None) -> 
         "GB = 1e9 bytes.",
     ]
     out += _moved_notes(rows)
+    out += [
+        f"{s.name}: vs fused = {s.baseline} ms / this ms."
+        for s in OPTIMIZERS
+        if s.baseline != BASELINE and any(r["optimizer"] == s.name for r in rows)
+    ]
     setups = [
         f"{r['impl']} on {r['workload']} {r['setup_s']:.1f} s" for r in rows if r.get("setup_s")
     ]

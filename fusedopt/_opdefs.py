@@ -241,6 +241,34 @@ _DEFS = (
         doc="Adam / AdamW.",
     ),
     OpDef(
+        "adam8bit_",
+        (
+            _params(),
+            _grads(),
+            # the moments in 8 bits (Note [8-bit states] in fusedopt/reference/quant.py): uint8
+            # codes shaped like the params (contiguous, row-major blocks), one fp32 absmax per
+            # block of 256 elements
+            _aux_state("exp_avgs", "exp_avg"),
+            _aux_state("exp_avg_sqs", "exp_avg_sq"),
+            _aux_state("exp_avg_absmaxs", "exp_avg_absmax"),
+            _aux_state("exp_avg_sq_absmaxs", "exp_avg_sq_absmax"),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("weight_decay"),
+            _f("eps"),
+            # (2, 256) fp32: the signed map (first moments), then the unsigned one
+            Arg("qmaps", "Tensor", AUX),
+            _b("maximize"),
+            _b("decoupled_weight_decay"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Adam / AdamW with 8-bit blockwise moments.",
+        kernels=False,
+    ),
+    OpDef(
         "sgd_",
         (
             _params(),

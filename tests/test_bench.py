@@ -63,7 +63,8 @@ def test_optimizer_table():
     assert not any(s.estimate for s in optimizers.OPTIMIZERS)  # every model is exact today
     names = [s.name for s in optimizers.available()]
     assert {"AdamW", "SGD", "train-loop"} <= set(names)
-    assert all(hasattr(fusedopt, n) for n in names if n not in ("train-loop", "AdamW-master"))
+    assert all(hasattr(fusedopt, n) for n in names if specs[n].rows is None)
+    assert {"train-loop", "AdamW-master", "AdamW-8bit"} <= {n for n in names if specs[n].rows}
     impls = optimizers.implementations(specs["AdamW"])
     assert list(impls)[1:] == ["torch-forloop", "torch-foreach", "torch-fused"]
     loop = specs["train-loop"]
@@ -434,7 +435,7 @@ def test_peer_rows_follow_installed_packages(installed, monkeypatch):
     specs = {s.name: s for s in optimizers.OPTIMIZERS}
     rows = {
         (name, w, peers): sorted(optimizers.peer_rows(specs[name], w, peers))
-        for name in ("AdamW", "Lion", "SGD", "LAMB")
+        for name in ("AdamW", "Lion", "SGD", "LAMB", "AdamW-8bit")
         for w in ("gpt", "tiny")
         for peers in (False, True)
     }
@@ -446,6 +447,7 @@ def test_peer_rows_follow_installed_packages(installed, monkeypatch):
     assert rows["Lion", "gpt", True] == (["deepspeed-cpulion", "lion-pytorch"] if installed else [])
     assert rows["SGD", "gpt", True] == ["torch-compiled"]
     assert rows["LAMB", "gpt", True] == []
+    assert rows["AdamW-8bit", "gpt", False] == (["bitsandbytes"] if installed else [])
     status = optimizers.peer_status(peers=False)
     if installed:
         assert status == [
@@ -454,11 +456,12 @@ def test_peer_rows_follow_installed_packages(installed, monkeypatch):
         ]
         assert optimizers.peer_status(peers=True) == []
     else:
-        assert status[:2] == [
+        assert status[:3] == [
             "deepspeed: not installed (pip install deepspeed)",
             "lion-pytorch: not installed (pip install lion-pytorch)",
+            "bitsandbytes: not installed (pip install bitsandbytes)",
         ]
-        assert optimizers.peer_status(peers=True)[:2] == status[:2]
+        assert optimizers.peer_status(peers=True)[:3] == status[:3]
 
 
 def test_peer_setup_runs_once_before_timing():

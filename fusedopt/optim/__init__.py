@@ -1,3 +1,4 @@
+from ._q8 import dequantize_state_dict, state_bytes
 from .adafactor import Adafactor
 from .adam import Adam, AdamW
 from .lamb import LAMB
@@ -18,5 +19,7 @@ __all__ = [
     "MuonWithAuxAdam",
     "ScheduleFreeAdamW",
     "Sophia",
+    "dequantize_state_dict",
     "muon_param_groups",
+    "state_bytes",
 ]

@@ -40,14 +40,16 @@ _OPTIONS = {
     "stochastic_rounding": False,
     "state_dtype": None,
     "fused_amp": True,
+    "min_8bit_size": 4096,
 }
 _OPTION_TYPES = {
     "backend": "str",
     "max_grad_norm": "float | None",
     "master_weights": "bool",
     "stochastic_rounding": "bool",
-    "state_dtype": "torch.dtype | None",
+    "state_dtype": "torch.dtype | str | None",
     "fused_amp": "bool",
+    "min_8bit_size": "int",
 }
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "float": float,
@@ -84,8 +86,11 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
     #: Group keys an older or foreign state dict may lack, with the value they then take.
     _group_fallbacks: dict[str, Any] = {}
     _has_step: bool = True  # derived from the op: it has a step list
-    #: The optimizer-wide options the constructor takes (Note [optimizer-wide options]).
-    _options: tuple[str, ...] = tuple(_OPTIONS)
+    #: The optimizer-wide options the constructor takes (Note [optimizer-wide options]); an
+    #: optimizer with 8-bit states adds min_8bit_size.
+    _options: tuple[str, ...] = tuple(k for k in _OPTIONS if k != "min_8bit_size")
+    #: The op of its params with 8-bit states (Note [8-bit optimizer states]), if it has them.
+    _op_8bit: str | None = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], options: dict[str, Any]) -> None:
         """``options``: the optimizer-wide options the subclass constructor was given (its
@@ -99,6 +104,13 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         _mixed.check_options(
             args["master_weights"], args["stochastic_rounding"], args["state_dtype"], self._where()
         )
+        if args["state_dtype"] == _mixed.INT8 and self._op_8bit is None:
+            raise ValueError(
+                f"{self._where()}: state_dtype={_mixed.INT8!r} is not supported by this "
+                "optimizer (8-bit states: fusedopt.AdamW and fusedopt.Adam)"
+            )
+        if not isinstance(args["min_8bit_size"], int) or args["min_8bit_size"] < 0:
+            raise ValueError(f"Invalid min_8bit_size value: {args['min_8bit_size']}")
         # Optimizer-wide, so that param_groups keep torch.optim's keys (Note [mixed-precision
         # options]).
         for k in _OPTIONS:
@@ -200,7 +212,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
 
     def _launch(self, b: Bucket, values: dict[str, Any]) -> None:
         """Runs the bucket's step (SGD overrides it: Note [skipped first SGD step])."""
-        self._call(self._op, b, values)
+        self._call(b.op, b, values)
 
     def _call(self, op: str, b: Bucket, values: dict[str, Any], plan: bool = True) -> None:
         """Note [sharded two-phase ops]
@@ -222,7 +234,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         the grads cross from Python); torch.compile traces the op itself, and the Triton and
         reference backends are Python."""
         args = OPS[op].bind(**values)
-        cplan = self._step_plan(b) if plan and op == self._op else None
+        cplan = self._step_plan(b) if plan and op == b.op else None
         if cplan is None:
             _dispatch.kernel(b.backend, op)(*args)
             return
@@ -234,8 +246,8 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         if b.backend not in ("cpu", "cuda") or torch.compiler.is_compiling():
             return None
         if b.cplan is None:
-            lists = self._lists(self._op, b, None)
-            b.cplan = _dispatch.step_plan(self._op, [lists[n] for n in _PLAN[self._op][0]])
+            lists = self._lists(b.op, b, None)
+            b.cplan = _dispatch.step_plan(b.op, [lists[n] for n in _PLAN[b.op][0]])
         return b.cplan
 
     @torch.no_grad()
@@ -267,7 +279,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
                 lr = torch.tensor(lr, dtype=torch.float64)
             lr, gs, fi = self._on_device(b, lr, grad_scale, found_inf)
             values = {
-                **self._lists(self._op, b, bgrads),
+                **self._lists(b.op, b, bgrads),
                 **self._scalars(group),
                 "lr": lr,
                 "grad_scale": gs,

@@ -57,11 +57,11 @@ class Checkpoints:
             if pid not in saved or p not in self.state:
                 continue
             pstate = self.state[p]
-            keys = self._state_keys(group)  # type: ignore[attr-defined]
-            aux = self._aux_keys(group)  # type: ignore[attr-defined]
+            op = self._param_op(group, p)  # type: ignore[attr-defined]
+            keys, aux = self._op_keys(group, op)  # type: ignore[attr-defined]
             for k, v in saved[pid].items():
                 if k in aux and v.is_floating_point():
-                    want = self._aux_dtype(group, p)  # type: ignore[attr-defined]
+                    want = self._aux_dtype(group, p, k)  # type: ignore[attr-defined]
                 elif k == "master_param":
                     want = torch.float32
                 elif k == "sr_seed":

@@ -28,15 +28,17 @@ NO_SR = HALF - MODE_PARAMS["stochastic"]
 #: The state dtypes a ``state_dtype`` option may name: those the kernels pair with params of
 #: another dtype (wider first, as the error message lists them).
 _STATE_DTYPES = sorted({s for p, s, _ in MIXED_DTYPES if s != p}, key=lambda d: -d.itemsize)
+#: The ``state_dtype`` of 8-bit blockwise moments (Note [8-bit optimizer states] in _q8.py).
+INT8 = "int8_blockwise"
 
 
 def check_options(
     master_weights: bool, stochastic_rounding: bool, sd: torch.dtype | None, where: str
 ) -> None:
-    if sd is not None and sd not in _STATE_DTYPES:
+    if sd is not None and sd != INT8 and sd not in _STATE_DTYPES:
         raise ValueError(
-            f"{where}: Invalid state_dtype: {sd} (supported: None for the params' dtype, "
-            f"{', '.join(map(str, _STATE_DTYPES))})"
+            f"{where}: Invalid state_dtype: {sd!r} (supported: None for the params' dtype, "
+            f"{', '.join(map(str, _STATE_DTYPES))}, {INT8!r})"
         )
     if master_weights and stochastic_rounding:
         raise ValueError(
@@ -48,6 +50,8 @@ def check_options(
 def state_dtype(opt: Any, p: Tensor) -> torch.dtype:
     """The dtype of p's state tensors under ``opt``'s options (Note [mixed-precision options])."""
     want = opt.state_dtype
+    if want == INT8:  # the params that keep fp32 moments (below the 8-bit size threshold)
+        want = torch.float32
     if want is None:
         mixed = p.dtype in HALF and (opt.master_weights or opt.stochastic_rounding)
         want = torch.float32 if mixed else p.dtype

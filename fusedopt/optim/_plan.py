@@ -38,17 +38,19 @@ from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _dispatch
+from .._opdefs import OPS, STATE
 from . import _dtensor, _mixed
 
 
 class Bucket:
     """The params of one group that share (device, dtype), with their state lists."""
 
-    __slots__ = ("backend", "cplan", "device", "fresh", "idx", "lists", "mesh_dims", "params")
+    __slots__ = ("backend", "cplan", "device", "fresh", "idx", "lists", "mesh_dims", "op", "params")
 
-    def __init__(self, backend: str, device: torch.device, mesh_dims: Any) -> None:
+    def __init__(self, backend: str, device: torch.device, mesh_dims: Any, op: str) -> None:
         self.backend = backend
         self.device = device
+        self.op = op  # the registry op updating these params (Note [8-bit optimizer states])
         # DTensor params (Note [DTensor params]): params and lists below are then the local
         # shards. None for plain tensors.
         self.mesh_dims: _dtensor.MeshDims | None = mesh_dims
@@ -185,14 +187,28 @@ class Plans:
         """The shape of p's auxiliary state ``key``, or None where p keeps none."""
         raise NotImplementedError
 
-    def _aux_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+    def _aux_dtype(self, group: dict[str, Any], p: Tensor, key: str) -> torch.dtype:
         return self._state_dtype(group, p)
+
+    def _param_op(self, group: dict[str, Any], p: Tensor) -> str:
+        """The registry op that updates p: the class's (``_op``) unless an option gives p
+        another (Note [8-bit optimizer states] in _q8.py)."""
+        return self._op  # type: ignore[attr-defined]
+
+    def _op_keys(self, group: dict[str, Any], op: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(state keys, auxiliary state keys) the group's params updated by ``op`` keep."""
+        if op == self._op:  # type: ignore[attr-defined]
+            return self._state_keys(group), self._aux_keys(group)
+        d = OPS[op]
+        keys = tuple(a.key for a in d.role(STATE) if a.when is None or group[a.when])
+        return keys, tuple(a.key for a in d.aux_state)  # type: ignore[misc]
 
     def _kept_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple[int, ...]]:
         """Every state key param p keeps but "step" (and the mixed-precision ones), with its
         shape."""
-        out = {k: tuple(p.shape) for k in self._state_keys(group)}
-        for k in self._aux_keys(group):
+        keys, aux = self._op_keys(group, self._param_op(group, p))
+        out = {k: tuple(p.shape) for k in keys}
+        for k in aux:
             shape = self._aux_shape(k, p)
             if shape is not None:
                 out[k] = shape
@@ -212,30 +228,25 @@ class Plans:
         """Creates p's missing state tensors: zeros of its shape, strides, device (and
         placements, for a DTensor), in its state dtype. (SGD's momentum buffers too: the
         first step fills them, Note [skipped first SGD step].)"""
-        for key in self._state_keys(group):
+        keys, aux = self._op_keys(group, self._param_op(group, p))
+        for key in keys:
             if state.get(key) is None:
                 state[key] = torch.zeros_like(
                     p, dtype=self._state_dtype(group, p), memory_format=torch.preserve_format
                 )
-        for key in self._aux_keys(group):
+        for key in aux:
             shape = self._aux_shape(key, p)
             if shape is not None and state.get(key) is None:
-                state[key] = torch.zeros(shape, dtype=self._aux_dtype(group, p), device=p.device)
+                dtype = self._aux_dtype(group, p, key)
+                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
 
     def _build_plan(
         self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
     ) -> Plan:
         where = self._where()
         mesh = _dtensor.group_mesh(group["params"], where)
-        keys = self._state_keys(group)
-        aux = self._aux_keys(group)
-        if aux and mesh is not None:
-            raise NotImplementedError(
-                f"{where} does not support DTensor params: its state {', '.join(aux)} is not "
-                "shaped like the params (Note [auxiliary state])"
-            )
         has_step = self._group_has_step(group)
-        stateless = not keys and not aux and not has_step  # e.g. SGD without momentum
+        op_keys: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         buckets: dict[tuple[Any, ...], Bucket] = {}
         # A param listed twice in a group (torch warns, and steps it twice): its second entry
         # goes to a bucket launched after the first, as one kernel updating the same memory
@@ -254,7 +265,17 @@ class Plans:
                     f"{where} does not support complex "
                     "parameters (view them as real with torch.view_as_real)"
                 )
-            key: tuple[Any, ...] = (p.device, p.dtype, repeat)
+            op = self._param_op(group, p)
+            if op not in op_keys:
+                op_keys[op] = self._op_keys(group, op)
+            keys, aux = op_keys[op]
+            if aux and mesh is not None:
+                raise NotImplementedError(
+                    f"{where} does not support DTensor params: its state {', '.join(aux)} is "
+                    "not shaped like the params (Note [auxiliary state])"
+                )
+            stateless = not keys and not aux and not has_step  # e.g. SGD without momentum
+            key: tuple[Any, ...] = (p.device, p.dtype, repeat, op)
             dims: tuple[int, ...] = ()
             if mesh is not None:
                 dims = _dtensor.shard_dims(p, g, i, where)
@@ -263,7 +284,8 @@ class Plans:
             b = buckets.get(key)
             if b is None:
                 backend = _dispatch.resolve(self.backend, p.device)
-                b = buckets[key] = Bucket(backend, p.device, None if mesh is None else (mesh, dims))
+                mesh_dims = None if mesh is None else (mesh, dims)
+                b = buckets[key] = Bucket(backend, p.device, mesh_dims, op)
                 kept = (*keys, *aux, "step") if has_step else (*keys, *aux)
                 b.lists = {k: [] for k in (*kept, mode_key) if k is not None}
             b.idx.append(i)
@@ -294,11 +316,11 @@ class Plans:
                 t = state[k]
                 self._check_state_tensor(i, p, k, t, sdt, mesh)
                 b.lists[k].append(t if mesh is None else _dtensor.local(t))
-            adt = self._aux_dtype(group, p) if aux else None
             for k in aux:
+                adt = self._aux_dtype(group, p, k)
                 shape = kept_shapes.get(k)  # type: ignore[union-attr]
                 if shape is None:
-                    b.lists[k].append(_placeholder(p, adt))  # type: ignore[arg-type]
+                    b.lists[k].append(_placeholder(p, adt))
                     continue
                 t = state[k]
                 if tuple(t.shape) != shape or t.dtype != adt or t.device != p.device:
@@ -321,7 +343,7 @@ class Plans:
             if "master_param" in b.lists:
                 _mixed.sync_masters(b.params, b.lists["master_param"])
             if mesh is None:
-                _flatten_states(self.state, b, (*keys, "master_param"))
+                _flatten_states(self.state, b, (*op_keys[b.op][0], "master_param"))
         return Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
 
     def _check_state_tensor(

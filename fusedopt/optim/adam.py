@@ -6,10 +6,11 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, group_defaults
+from ._q8 import States8bit
 from ._validate import check_args, check_fused_flags
 
 
-class Adam(FusedOptimizer):
+class Adam(States8bit, FusedOptimizer):
     r"""Adam (Kingma & Ba, 2015), fused: one kernel per (device, dtype) group and step.
 
     A drop-in for :class:`torch.optim.Adam`: same arguments, defaults, param groups and
@@ -57,9 +58,15 @@ class Adam(FusedOptimizer):
         stochastic_rounding (bool, optional): round the fp32 update into bfloat16 params
             stochastically (unbiased), with a per-param seed in state (``sr_seed``); exclusive
             with master_weights; float16 params raise (default: False).
-        state_dtype (torch.dtype, optional): the dtype of the moments: torch.float32 or
+        state_dtype (torch.dtype or str, optional): the dtype of the moments: torch.float32 or
             torch.bfloat16; None keeps the params' dtype, or float32 for half-precision params
             with master_weights/stochastic_rounding (default: None). The math is fp32.
+            ``"int8_blockwise"``: 8-bit moments (uint8 codes and one fp32 absmax per block of
+            256 elements, bitsandbytes' dynamic maps) for params of ``min_8bit_size`` elements
+            or more, fp32 moments for the others; not with amsgrad (Note [8-bit optimizer
+            states] in fusedopt/optim/_q8.py).
+        min_8bit_size (int, optional): with ``state_dtype="int8_blockwise"``, the smallest
+            param (in elements) whose moments are kept in 8 bits (default: 4096).
         fused_amp (bool, optional): True: ``torch.amp.GradScaler`` hands the step its scale
             and inf flag, the grads are unscaled inside the kernel and an inf/NaN step changes
             nothing (``optimizer.step_skipped``), as with torch's ``fused=True``. False:

@@ -8,7 +8,7 @@ The tests run these in fp64 as the ground truth, and ``backend="reference"`` run
 
 from ._common import opmath_dtype, sum_sq
 from .adafactor import adafactor_
-from .adam import adam_
+from .adam import adam8bit_, adam_
 from .lamb import lamb_
 from .lion import lion_
 from .muon import muon_, muon_momentum_
@@ -18,6 +18,7 @@ from .sophia import sophia_, sophia_update_hessian_
 
 __all__ = [
     "adafactor_",
+    "adam8bit_",
     "adam_",
     "lamb_",
     "lion_",

@@ -3,7 +3,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._common import load_step, lr_arith, spec, store_param
+import torch
+from torch import Tensor
+
+from . import quant
+from ._common import begin, load_step, lr_arith, spec, store_param
 
 
 @spec("adam_", like=False)
@@ -24,30 +28,130 @@ def adam_(a: Any, masters: list, seeds: list, s: float) -> None:
     The operation order is torch.optim's single-tensor implementation's. Mixed precision
     (``master_params``, ``sr_seeds``, state dtypes): see ``_common.check_mixed``.
     """
+    for i in range(len(a.params)):
+        m, v = _step(a, i, masters, seeds, s, a.amsgrad, a.exp_avgs[i], a.exp_avg_sqs[i])
+        a.exp_avgs[i].copy_(m)
+        a.exp_avg_sqs[i].copy_(v)
+
+
+def _step(
+    a: Any,
+    i: int,
+    masters: list,
+    seeds: list,
+    s: float,
+    amsgrad: bool,
+    m: Tensor,
+    v: Tensor,
+    rounded: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Adam's update of param ``i`` from its moments ``m`` and ``v``: the param (and its
+    AMSGrad maximum) written, the new moments returned in the opmath dtype. ``rounded``: the
+    moments' arithmetic rounded after every operation, as the kernels' (fusedopt/math.h)
+    does, where torch's CPU lerp and add(alpha=) fuse a multiply-add: 8-bit states need the
+    kernels' moments bit for bit (Note [8-bit states] in quant.py)."""
     beta1, beta2 = a.beta1, a.beta2
     # Note [Tensor lr arithmetic] in _common.py
     decay = lr_arith(a.lr, lambda x: 1 - x * a.weight_decay)
-    for i, param in enumerate(a.params):
-        dt, p, g = load_step(a, i, masters, s)
-        step = float(a.state_steps[i].item())
-        m = a.exp_avgs[i].to(dt)
-        v = a.exp_avg_sqs[i].to(dt)
-        if a.decoupled_weight_decay:
-            p = p * decay
-        elif a.weight_decay != 0:
-            g = g.add(p, alpha=a.weight_decay)
+    dt, p, g = load_step(a, i, masters, s)
+    step = float(a.state_steps[i].item())
+    m = m.to(dt)
+    v = v.to(dt)
+    if a.decoupled_weight_decay:
+        p = p * decay
+    elif a.weight_decay != 0:
+        g = g + p * a.weight_decay if rounded else g.add(p, alpha=a.weight_decay)
+    if rounded:
+        w = float(torch.tensor(1 - beta1, dtype=torch.float32))
+        m = m + (g - m) * w if abs(w) < 0.5 else g - (g - m) * (1 - w)
+        v = v * beta2 + g * (1 - beta2) * g
+    else:
         m = m.lerp(g, 1 - beta1)
         v = (v * beta2).addcmul(g, g, value=1 - beta2)
-        if a.amsgrad:
-            vmax = a.max_exp_avg_sqs[i].to(dt).maximum(v)
-            a.max_exp_avg_sqs[i].copy_(vmax)
-            denom_src = vmax
-        else:
-            denom_src = v
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-        denom = denom_src.sqrt() / bias_correction2_sqrt + a.eps
-        p = p.addcdiv(m, denom, value=-lr_arith(a.lr, lambda x, bc1=bias_correction1: x / bc1))
-        store_param(param, masters[i], seeds[i], p)
-        a.exp_avgs[i].copy_(m)
-        a.exp_avg_sqs[i].copy_(v)
+    if amsgrad:
+        vmax = a.max_exp_avg_sqs[i].to(dt).maximum(v)
+        a.max_exp_avg_sqs[i].copy_(vmax)
+        denom_src = vmax
+    else:
+        denom_src = v
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    denom = denom_src.sqrt() / bias_correction2_sqrt + a.eps
+    p = p.addcdiv(m, denom, value=-lr_arith(a.lr, lambda x, bc1=bias_correction1: x / bc1))
+    store_param(a.params[i], masters[i], seeds[i], p)
+    return m, v
+
+
+def _adam8bit_begin(a: Any) -> tuple | None:
+    """The 8-bit arguments checked (``check_8bit``) before the shared prologue writes
+    anything (step counters, seeds)."""
+    check_8bit("fusedopt.adam8bit_", a)
+    return begin("adam8bit_", *a)
+
+
+_Q8_PARAMS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_8bit(op: str, a: Any) -> None:
+    """The 8-bit states of a call: per param uint8 codes of its shape and fp32 absmax, one per
+    block, all contiguous; params of an fp32 opmath; the maps (2, 256) fp32."""
+    n = len(a.params)
+    if a.qmaps.dtype != torch.float32 or tuple(a.qmaps.shape) != (2, quant.BLOCK):
+        raise RuntimeError(
+            f"{op}: qmaps must be a float32 tensor of shape (2, 256), got {a.qmaps.dtype} "
+            f"{tuple(a.qmaps.shape)}"
+        )
+    lists = (
+        ("exp_avgs", torch.uint8, False),
+        ("exp_avg_sqs", torch.uint8, False),
+        ("exp_avg_absmaxs", torch.float32, True),
+        ("exp_avg_sq_absmaxs", torch.float32, True),
+    )
+    for name, dtype, blocks in lists:
+        tensors = getattr(a, name)
+        if len(tensors) != n:
+            raise RuntimeError(
+                f"{op}: expected {name} to have {n} tensors (one per param), got {len(tensors)}"
+            )
+        for i, (p, t) in enumerate(zip(a.params, tensors)):
+            shape = (quant.num_blocks(p.numel()),) if blocks else tuple(p.shape)
+            if t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+                raise RuntimeError(
+                    f"{op}: {name}[{i}] must be a contiguous {dtype} tensor of shape {shape}, "
+                    f"got {t.dtype} {tuple(t.shape)}"
+                    + ("" if t.is_contiguous() else " (not contiguous)")
+                )
+    for i, p in enumerate(a.params):
+        if p.dtype not in _Q8_PARAMS:
+            raise RuntimeError(
+                f"{op}: 8-bit states need float32, bfloat16 or float16 params; params[{i}] is "
+                f"{p.dtype}"
+            )
+        if a.sr_seeds and not p.is_contiguous() and p.numel() > 1:
+            from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+            if is_non_overlapping_and_dense_or_false(p):
+                raise NotImplementedError(
+                    f"{op}: stochastic rounding of a param that is dense but not contiguous "
+                    f"(params[{i}], strides {p.stride()}) with 8-bit states"
+                )
+
+
+@spec("adam8bit_", prologue=_adam8bit_begin)
+def adam8bit_(a: Any, masters: list, seeds: list, s: float) -> None:
+    r"""Adam / AdamW with 8-bit blockwise moments: each param's moments decoded (Note [8-bit
+    states] in quant.py), updated as in :func:`adam_` in fp32, and encoded again, each block
+    with its new absmax; the first moment through the signed map ``qmaps[0]``, the second
+    through the unsigned one ``qmaps[1]``."""
+    signed, unsigned = a.qmaps[0], a.qmaps[1]
+    for i in range(len(a.params)):
+        m = quant.dequantize(a.exp_avgs[i], a.exp_avg_absmaxs[i], signed)
+        v = quant.dequantize(a.exp_avg_sqs[i], a.exp_avg_sq_absmaxs[i], unsigned)
+        m, v = _step(a, i, masters, seeds, s, False, m, v, rounded=True)
+        for codes, absmax, x, qmap in (
+            (a.exp_avgs[i], a.exp_avg_absmaxs[i], m, signed),
+            (a.exp_avg_sqs[i], a.exp_avg_sq_absmaxs[i], v, unsigned),
+        ):
+            c, am = quant.quantize(x, qmap)
+            codes.copy_(c)
+            absmax.copy_(am)

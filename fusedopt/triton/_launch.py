@@ -304,7 +304,7 @@ _UPDATES = {
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_")
+_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", "adam8bit_")
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -646,11 +646,19 @@ def _adafactor(values: dict[str, Any]) -> None:
             param.copy_(p)
 
 
+def _adam8bit(values: dict[str, Any]) -> None:
+    raise NotImplementedError(
+        "fusedopt.adam8bit_: 8-bit optimizer states (state_dtype='int8_blockwise') have no "
+        "Triton kernel yet; use backend='cpu' or backend='reference'"
+    )
+
+
 _RUN: dict[str, Callable[..., Any]] = {
     **{name: (lambda values, name=name: _update(name, values)) for name in OPS if name not in _OWN},
     "lamb_": _lamb,
     "adafactor_": _adafactor,
     "muon_momentum_": _muon_momentum,
+    "adam8bit_": _adam8bit,
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 

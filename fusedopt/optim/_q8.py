@@ -1,0 +1,200 @@
+"""8-bit blockwise optimizer states: the option, the plans' per-param op, checkpoints, accounting.
+
+Note [8-bit optimizer states]
+``state_dtype="int8_blockwise"`` (AdamW, Adam) keeps each moment of a param of
+``min_8bit_size`` (default 4,096, as bitsandbytes) elements or more, of dtype float32, bfloat16
+or float16, in 8 bits (Note [8-bit states] in fusedopt/reference/quant.py); smaller params keep
+fp32 moments, as bitsandbytes does. The plans put the two kinds in separate buckets, each
+updated by its own registry op (``adam8bit_`` / ``adam_``: ``Bucket.op``, ``_param_op``).
+AMSGrad has no 8-bit variant (ValueError).
+
+State of an 8-bit param, in torch.optim's per-param layout: ``step``; ``exp_avg`` and
+``exp_avg_sq`` the uint8 codes (param-shaped, contiguous); ``exp_avg_absmax`` and
+``exp_avg_sq_absmax`` one fp32 absmax per block of 256 elements; in ``state_dict()`` also
+``exp_avg_qmap`` and ``exp_avg_sq_qmap``, the 256-entry maps decoding them (one shared tensor
+each). Loading is exact both ways: an 8-bit checkpoint restores the same bits (a checkpoint
+with other maps is decoded with them and encoded with ours); a checkpoint with fp32 moments
+(torch.optim's, or fusedopt's without the option) is quantized, and an 8-bit one loaded where a
+param keeps fp32 moments is decoded. ``dequantize_state_dict`` makes a plain fp32 state dict that
+torch.optim.AdamW loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..reference import quant
+from . import _mixed
+from ._base import _OPTIONS
+
+_OP = "adam8bit_"
+_PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Per moment: (codes key, absmax key, map key in a state_dict, row of quant.QMAPS).
+_MOMENTS = (
+    ("exp_avg", "exp_avg_absmax", "exp_avg_qmap", 0),
+    ("exp_avg_sq", "exp_avg_sq_absmax", "exp_avg_sq_qmap", 1),
+)
+_CODES = {m[0] for m in _MOMENTS}
+_QMAPS: dict[torch.device, Tensor] = {}
+
+
+def qmaps(device: torch.device) -> Tensor:
+    """The (2, 256) maps on ``device``, made once."""
+    t = _QMAPS.get(device)
+    if t is None:
+        t = _QMAPS[device] = quant.QMAPS.to(device)
+    return t
+
+
+class States8bit:
+    """The FusedOptimizer part of an optimizer with 8-bit states (Note [8-bit optimizer
+    states]); first in the bases, before FusedOptimizer."""
+
+    _op: str
+    _op_8bit = _OP
+    _options = tuple(_OPTIONS)
+    #: An fp32 checkpoint has no absmax: loading quantizes its moments.
+    _may_lack = ("exp_avg_absmax", "exp_avg_sq_absmax")
+    state_dtype: Any
+    min_8bit_size: int
+    state: dict[Any, Any]
+    param_groups: list[dict[str, Any]]
+
+    def _quantized(self, p: Tensor) -> bool:
+        return (
+            self.state_dtype == _mixed.INT8
+            and p.dtype in _PARAM_DTYPES
+            and p.numel() >= self.min_8bit_size
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        if self.state_dtype == _mixed.INT8 and self.param_groups[-1].get("amsgrad"):
+            self.param_groups.pop()
+            raise ValueError(
+                f"fusedopt.{type(self).__name__}: amsgrad is not supported with "
+                f"state_dtype={_mixed.INT8!r}"
+            )
+
+    def _param_op(self, group: dict[str, Any], p: Tensor) -> str:
+        return _OP if self._quantized(p) else self._op
+
+    def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
+        if key in _CODES:
+            return tuple(p.shape)
+        return (quant.num_blocks(p.numel()),)
+
+    def _aux_dtype(self, group: dict[str, Any], p: Tensor, key: str) -> torch.dtype:
+        return torch.uint8 if key in _CODES else torch.float32
+
+    def _launch(self, b: Any, values: dict[str, Any]) -> None:
+        if b.op == _OP:
+            values = {k: v for k, v in values.items() if k != "amsgrad"}
+            values["qmaps"] = qmaps(b.device)
+        super()._launch(b, values)  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()  # type: ignore[misc]
+        maps = {key: quant.QMAPS[row] for _, _, key, row in _MOMENTS}
+        state = sd["state"]
+        for i, pstate in list(state.items()):
+            codes = pstate.get("exp_avg")
+            if torch.is_tensor(codes) and codes.dtype == torch.uint8:
+                state[i] = {**pstate, **maps}  # torch's entries are self.state's own dicts
+        return sd
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
+        """Also: 8-bit moments come with an absmax of one element per block."""
+        super()._check_loaded_state(state_dict)  # type: ignore[misc]
+        for pid, pstate in state_dict.get("state", {}).items():
+            if not isinstance(pstate, dict):
+                continue
+            for codes_key, absmax_key, map_key, _ in _MOMENTS:
+                codes = pstate.get(codes_key)
+                if not torch.is_tensor(codes) or codes.dtype != torch.uint8:
+                    continue
+                absmax = pstate.get(absmax_key)
+                if not torch.is_tensor(absmax):
+                    raise KeyError(
+                        f"fusedopt.{type(self).__name__}: loaded state for parameter {pid} has "
+                        f"8-bit {codes_key!r} but no {absmax_key!r}; nothing was loaded"
+                    )
+                blocks = (quant.num_blocks(codes.numel()),)
+                qmap = pstate.get(map_key)
+                if tuple(absmax.shape) != blocks or (
+                    qmap is not None and tuple(qmap.shape) != (quant.BLOCK,)
+                ):
+                    raise ValueError(
+                        f"loaded state for parameter {pid}: {absmax_key!r} has shape "
+                        f"{tuple(absmax.shape)}, but 8-bit {codes_key!r} of {codes.numel()} "
+                        f"elements needs {blocks} (and a map of 256 entries)"
+                    )
+
+    def _restore_state_dtypes(
+        self, state_dict: dict[str, Any], saved: dict[Any, dict[str, Tensor]]
+    ) -> None:
+        """The moments as this optimizer keeps them, from the loaded ones (Note [8-bit
+        optimizer states]); the rest as any optimizer restores it."""
+        ids = (pid for sg in state_dict["param_groups"] for pid in sg["params"])
+        rest = dict(saved)
+        for pid, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if pid not in saved or p not in self.state:
+                continue
+            pstate = self.state[p]
+            loaded = saved[pid]
+            for codes_key, absmax_key, map_key, row in _MOMENTS:
+                pstate.pop(map_key, None)
+                v = loaded.get(codes_key)
+                if v is None:
+                    continue
+                if v.dtype == torch.uint8:
+                    qmap = loaded.get(map_key, quant.QMAPS[row]).to(torch.float32).cpu()
+                    values = quant.dequantize(v.cpu(), loaded[absmax_key].float().cpu(), qmap)
+                    same = torch.equal(qmap, quant.QMAPS[row])
+                elif v.is_floating_point():
+                    values, same = v, False
+                else:
+                    continue
+                if self._quantized(p) and same:
+                    codes, absmax = v.contiguous(), loaded[absmax_key].float()
+                elif self._quantized(p):
+                    codes, absmax = quant.quantize(values.float(), quant.QMAPS[row])
+                else:
+                    group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+                    pstate.pop(absmax_key, None)
+                    dtype = self._state_dtype(group, p)  # type: ignore[attr-defined]
+                    pstate[codes_key] = values.to(device=p.device, dtype=dtype).view(p.shape)
+                    continue
+                pstate[codes_key] = codes.to(p.device, copy=True).view(p.shape)
+                pstate[absmax_key] = absmax.to(p.device, copy=True)
+            rest[pid] = {k: t for k, t in loaded.items() if k not in _CODES}
+        super()._restore_state_dtypes(state_dict, rest)  # type: ignore[misc]
+
+
+def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an optimizer ``state_dict`` with 8-bit moments decoded to fp32 and their
+    absmax and map keys dropped: what torch.optim.AdamW / Adam load."""
+    out = {**state_dict, "state": {}}
+    for pid, pstate in state_dict.get("state", {}).items():
+        pstate = dict(pstate)
+        for codes_key, absmax_key, map_key, row in _MOMENTS:
+            codes = pstate.get(codes_key)
+            qmap = pstate.pop(map_key, quant.QMAPS[row])
+            absmax = pstate.pop(absmax_key, None)
+            if torch.is_tensor(codes) and codes.dtype == torch.uint8:
+                pstate[codes_key] = quant.dequantize(codes, absmax.float(), qmap.float())
+        out["state"][pid] = pstate
+    return out
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> float:
+    """Bytes of optimizer state per parameter element, over the params that have state: every
+    tensor of ``opt.state`` (moments, codes and absmax, steps, masters, seeds) counted."""
+    total = elements = 0
+    for p, pstate in opt.state.items():
+        elements += p.numel()
+        total += sum(t.numel() * t.element_size() for t in pstate.values() if torch.is_tensor(t))
+    return total / elements if elements else 0.0

@@ -1,0 +1,113 @@
+"""8-bit blockwise states: the quantization maps and the one rounding rule every backend follows.
+
+Note [8-bit states]
+A moment kept in 8 bits is a uint8 code per element, shaped like the param, plus one fp32
+absmax per block of ``BLOCK`` (256) elements, decoded through a 256-entry map: bitsandbytes'
+dynamic map (``dynamic_map``), signed for first moments, unsigned for second moments. The
+rule, bit for bit on every backend:
+
+- blocks: the elements of the param in row-major order (``reshape(-1)``), cut every 256
+  elements; the last block may be partial. The codes tensor is contiguous; a param of any
+  layout keeps its codes in row-major order.
+- decode: ``map[code] * absmax``, one fp32 multiplication.
+- encode, after the fp32 update of a block: ``absmax`` = the largest |value| of the block in
+  fp32 (NaN if the block holds a NaN); each value is normalized by an exactly rounded fp32
+  division ``x = value / absmax`` (``value / 1`` where absmax is 0, so that a zero block codes
+  its zeros as the map's 0); the code is the number of midpoints strictly below x, where the
+  255 midpoints ``mid[k] = (map[k] + map[k + 1]) * 0.5`` (fp32, the map sorted ascending) are
+  padded with +inf to 256 and searched branch-free in eight halvings (``encode``): the nearest
+  entry, a value exactly on a midpoint taking the lower entry, and NaN taking code 0 (its
+  comparisons are false).
+- a step that GradScaler skips (found_inf) changes neither codes nor absmax.
+
+Params below a size threshold (bitsandbytes' 4,096 elements) keep fp32 states: the
+optimizers decide which (Note [8-bit optimizer states] in fusedopt/optim/_q8.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: Elements per quantization block.
+BLOCK = 256
+
+
+def dynamic_map(signed: bool, max_exponent_bits: int = 7, total_bits: int = 8) -> Tensor:
+    """bitsandbytes' dynamic quantization map (``create_dynamic_map``), 256 fp32 values sorted
+    ascending: for each decade exponent e = -6..0, the midpoints of an evenly spaced split of
+    [0.1, 1] scaled by 10^e, the finer the larger e (the signed map spends a bit on the sign
+    and mirrors them), then 0 and 1.
+
+    The arithmetic is bitsandbytes': fp32 linspace and midpoints, scaled by a Python float in
+    fp32."""
+    fraction_bits = total_bits - 1
+    data: list[float] = []
+
+    def split(items: int, scale: float) -> None:
+        bounds = torch.linspace(0.1, 1, items + 1, dtype=torch.float32)
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        data.extend((scale * means).tolist())
+        if signed:
+            data.extend((-scale * means).tolist())
+
+    for i in range(max_exponent_bits):
+        split(
+            2 ** (i + fraction_bits - max_exponent_bits + (0 if signed else 1)),
+            10.0 ** (i + 1 - max_exponent_bits),
+        )
+    extra = 2 ** (fraction_bits - max_exponent_bits) - 1
+    if extra > 0:  # the codes left where every exponent bit is 0 (none with the defaults)
+        split(extra, 1.0)
+    data += [0.0, 1.0]
+    data += [0.0] * (2**total_bits - len(data))
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def midpoints(qmap: Tensor) -> Tensor:
+    """The 256 search keys of ``encode``: the fp32 midpoints between adjacent entries, +inf last."""
+    mid = (qmap[:-1] + qmap[1:]) * 0.5
+    return torch.cat([mid, torch.full((1,), math.inf, dtype=torch.float32, device=qmap.device)])
+
+
+#: The maps the optimizers use, (2, 256) fp32: row 0 signed (first moments), row 1 unsigned
+#: (second moments).
+QMAPS = torch.stack([dynamic_map(True), dynamic_map(False)])
+
+
+def encode(x: Tensor, mid: Tensor) -> Tensor:
+    """The codes (int64) of normalized fp32 values ``x``: the branch-free search of Note [8-bit
+    states] (a lower bound over the sorted midpoints ``mid``)."""
+    c = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
+    for step in (128, 64, 32, 16, 8, 4, 2, 1):
+        c = c + (mid[c + (step - 1)] < x).to(torch.int64) * step
+    return c
+
+
+def quantize(values: Tensor, qmap: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes uint8 of ``values``' shape, absmax fp32 of ceil(n / BLOCK) blocks) of fp32
+    ``values``, blocks in row-major order."""
+    flat = values.detach().reshape(-1).to(torch.float32)
+    n = flat.numel()
+    nblocks = -(-n // BLOCK)
+    padded = torch.zeros(nblocks * BLOCK, dtype=torch.float32, device=flat.device)
+    padded[:n] = flat
+    blocks = padded.view(nblocks, BLOCK)
+    absmax = blocks.abs().amax(dim=1)  # NaN where the block holds one
+    divisor = torch.where(absmax == 0, 1.0, absmax)
+    x = blocks / divisor[:, None]
+    codes = encode(x, midpoints(qmap.to(flat.device)))
+    return codes.reshape(-1)[:n].to(torch.uint8).view(values.shape), absmax
+
+
+def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor) -> Tensor:
+    """The fp32 values of ``codes`` (any shape, row-major blocks) and their blocks' ``absmax``."""
+    flat = codes.reshape(-1).to(torch.int64)
+    scale = absmax.to(torch.float32).repeat_interleave(BLOCK)[: flat.numel()]
+    return (qmap.to(codes.device)[flat] * scale).view(codes.shape)
+
+
+def num_blocks(numel: int) -> int:
+    return -(-numel // BLOCK)
