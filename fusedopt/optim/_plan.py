@@ -104,8 +104,11 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
     buffer per state key, each param's state a view of its part: state_dict keeps torch's
     per-param layout (a checkpoint holds the views, torch.save stores their buffer once) and the
     values are copied, so a loaded checkpoint, whose tensors are separate, is flattened again
-    when the plan is rebuilt. Nothing depends on it for correctness: the kernels check that
-    every list is adjacent on every step, and update tensor by tensor where one is not."""
+    when the plan is rebuilt. The step counters too (0-d views of one buffer): a bucket whose
+    lists all lie end to end then steps as one range, without a check per tensor in the op
+    (Note [one-range steps] in csrc/plan.cpp). Nothing depends on it for correctness: the
+    kernels check that every list is adjacent on every step, and update tensor by tensor where
+    one is not."""
     # Under torch.compile addresses are not traceable: the states stay as they are.
     if torch.compiler.is_compiling() or b.device.type == "meta" or len(b.params) < 2:
         return
@@ -114,12 +117,16 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
             ts = b.lists.get(k)
             if ts is None or _adjacent_runs(ts[start:end]) == [(0, end - start)]:
                 continue
+            first = ts[start]
+            # Step counters are not checked against their param: one buffer holds one kind.
+            if any(t.dtype != first.dtype or t.device != first.device for t in ts[start:end]):
+                continue
             flat = torch.empty(
-                sum(t.numel() for t in ts[start:end]), dtype=ts[start].dtype, device=b.device
+                sum(t.numel() for t in ts[start:end]), dtype=first.dtype, device=first.device
             )
             views = torch.split(flat, [t.numel() for t in ts[start:end]])
             for j, (p, t, v) in enumerate(zip(b.params[start:end], ts[start:end], views), start):
-                v = v.view(p.shape)
+                v = v.view(t.shape)
                 v.copy_(t)
                 ts[j] = state[p][k] = v
 
@@ -321,7 +328,7 @@ class Plans:
             if "master_param" in b.lists:
                 _mixed.sync_masters(b.params, b.lists["master_param"])
             if mesh is None:
-                _flatten_states(self.state, b, (*keys, "master_param"))
+                _flatten_states(self.state, b, (*keys, "master_param", "step"))
         return Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
 
     def _check_state_tensor(
