@@ -207,13 +207,15 @@ ONE_RANGE = [
     ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.1}, torch.float64, True),
     ("Lion", {"lr": 1e-3, "weight_decay": 0.1}, torch.float32, True),
     ("AdamW", {"lr": 1e-2, "master_weights": True}, torch.bfloat16, True),
+    # clipping: the grads' Python lists feed the norm pass, the step is still one range
+    ("AdamW", {"lr": 1e-2, "max_grad_norm": 0.05}, torch.float32, True),
     # stochastic rounding draws by the index within each param: never one range
     ("AdamW", {"lr": 1e-2, "stochastic_rounding": True}, torch.bfloat16, False),
 ]
 
 
 @pytest.mark.parametrize(
-    "name,kw,dtype,one", ONE_RANGE, ids=["adamw-amsgrad", "sgd", "lion", "master", "sr"]
+    "name,kw,dtype,one", ONE_RANGE, ids=["adamw-amsgrad", "sgd", "lion", "master", "clip", "sr"]
 )
 def test_one_range_step_is_the_per_tensor_step(
     name: str, kw: dict, dtype: torch.dtype, one: bool
@@ -231,7 +233,10 @@ def test_one_range_step_is_the_per_tensor_step(
             torch.manual_seed(0)  # the stochastic-rounding seeds, drawn by the first step
             opt.step()
         # (SGD's first step, which creates the momentum buffers, runs without the StepPlan)
-        assert _one_range(flat) == [one and (step > 0 or name != "SGD")]
+        expect = one and (step > 0 or name != "SGD")
+        assert _one_range(flat) == [expect]
+        # the next step needs no Python list of the grads: its StepPlan fetches them
+        assert (flat._plan_work(own_grads=True)[0][2] is None) == expect
         assert all(p._version > v for p, v in zip(flat_ps, versions))
         _assert_equal(flat_ps, sep_ps)
         _assert_equal(_state(flat, flat_ps), _state(sep, sep_ps))
@@ -275,14 +280,25 @@ def test_one_range_falls_back_whenever_a_list_is_not_one_range() -> None:
     def new_memory(ps, opt):  # the op must update the param's new memory
         ps[5].data = ps[5].data.clone()
 
+    def state_memory(ps, opt):  # a state given new memory: the plan must be rebuilt
+        exp_avg = opt.state[ps[3]]["exp_avg"]
+        exp_avg.data = exp_avg.data.clone()
+        opt.invalidate_plans()
+
+    def no_grad(ps, opt):  # the plan is rebuilt without it, and its counter falls behind
+        ps[4].grad = None
+
     step(True)
     step(True)
     step(False, separate_grad)
     step(True)
     step(False, strided_grad)
     step(True)
+    step(True, state_memory)  # its states are made one buffer again
     step(False, counter_up)
     step(True, counter_down)
+    step(False, no_grad)
+    step(False)
     step(False, new_memory)
     step(False)
 

@@ -275,7 +275,11 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             with torch.enable_grad():
                 loss = closure()
             amp = None  # new grads
-        work, total = amp if amp is not None else (self._plan_work(), None)
+        if amp is not None:
+            work, total = amp
+        else:  # clipping reads the grads, and torch.compile traces the op: grads from Python
+            own = self.max_grad_norm is None and not torch.compiler.is_compiling()
+            work, total = self._plan_work(own_grads=own), None
         grad_scale, found_inf = self._amp_scale(work, total)
         for group, b, bgrads in work:
             lr = group["lr"]
@@ -292,7 +296,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             try:
                 self._launch(b, values)
             except RuntimeError:
-                if any(g.is_sparse for g in bgrads):
+                if bgrads is not None and any(g.is_sparse for g in bgrads):
                     raise RuntimeError(self._sparse_error) from None
                 raise
         return loss

@@ -11,7 +11,8 @@ set of params that have a grad is unchanged. There is one cache, ``_plans``, and
 group's plan (its buckets and their StepPlans with it) is rebuilt when that set changes (a
 frozen param, a param without a grad this step), and all are dropped on add_param_group,
 load_state_dict and unpickling. State tensors replaced by hand
-(``opt.state[p]["exp_avg"] = t``) need ``opt.invalidate_plans()``.
+(``opt.state[p]["exp_avg"] = t``), or given new memory in place (``.data = ...``, ``set_()``),
+need ``opt.invalidate_plans()``.
 
 Note [auxiliary state]
 Some state is per param but not param-shaped: Adafactor's row and column statistics, the
@@ -129,6 +130,17 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
                 v = v.view(t.shape)
                 v.copy_(t)
                 ts[j] = state[p][k] = v
+
+
+def _one_range_ready(plan: Plan | None, n: int) -> bool:
+    """Whether a group of ``n`` params with this plan steps as one range with the grads its
+    StepPlan fetches (Note [one-range steps] in csrc/plan.cpp): the plan is current (every
+    param has a grad, as when it was built), one bucket whose last step ran as one range (so
+    through its StepPlan: not SGD's first step, which creates the momentum buffers)."""
+    if plan is None or plan.n != n or plan.missing or len(plan.buckets) != 1:
+        return False
+    b = plan.buckets[0]
+    return b.cplan is not None and b.cplan.last_flat and b.cplan.prepare()
 
 
 class Plan:
@@ -344,15 +356,23 @@ class Plans:
         if mesh is not None:
             _dtensor.check_sharded_like(t, p, i, k, self._where())
 
-    def _plan_work(self) -> list[tuple[dict[str, Any], Bucket, list[Tensor]]]:
+    def _plan_work(
+        self, own_grads: bool = False
+    ) -> list[tuple[dict[str, Any], Bucket, list[Tensor] | None]]:
         """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
 
         Every group is planned (and so validated) before any group is updated: a step that
-        raises changes nothing.
+        raises changes nothing. ``own_grads`` (for a step that reads the grads in no pass of its
+        own): a group that is one bucket whose last step ran as one range, and whose params'
+        grads still make one range, gets None for grads: its StepPlan has them (Note [one-range
+        steps] in csrc/plan.cpp), and the Python list of its grads is never built.
         """
-        seen = []
+        seen: list[tuple[dict[str, Any], list[Tensor | None] | None, list[int], bool]] = []
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
+            if own_grads and _one_range_ready(self._plans.get(gi), len(params)):
+                seen.append((group, None, [], False))
+                continue
             grads = [p.grad for p in params]
             # The scan for None runs in C (`None in grads` would call Tensor.__eq__).
             none = any(map(operator.is_, grads, itertools.repeat(None)))
@@ -364,6 +384,9 @@ class Plans:
             _mixed.check_sr_params(self, [(group, grads) for group, grads, _, _ in seen])
         work = []
         for gi, (group, grads, missing, stale) in enumerate(seen):
+            if grads is None:
+                work.append((group, self._plans[gi].buckets[0], None))
+                continue
             if stale:
                 self._plans[gi] = self._build_plan(group, grads, missing)
             plan = self._plans[gi]
