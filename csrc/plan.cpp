@@ -75,9 +75,9 @@ struct Range {
   int64_t numel = 0;
 };
 
-// The range of `ts` if each tensor is contiguous, of the first tensor's dtype and storage, with
-// numels[i] elements (one each when `numels` is null), each non-empty one right after the one
-// before; else nullopt. Only TensorImpl fields are read, and not the sizes (their own cache
+// The range of `ts` if each tensor has numels[i] elements (one each when `numels` is null) and
+// each non-empty one is contiguous, of the first non-empty one's dtype and storage, right after
+// the one before; else nullopt. Only TensorImpl fields are read, and not the sizes (their own cache
 // line): a grad's shape is checked by torch when it is assigned, and is its param's.
 std::optional<Range> end_to_end(at::TensorList ts, const std::vector<int64_t>* numels) {
   if (numels != nullptr && numels->size() != ts.size()) return std::nullopt;

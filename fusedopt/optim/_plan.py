@@ -137,7 +137,7 @@ def _one_range_ready(plan: Plan | None, n: int) -> bool:
     StepPlan fetches (Note [one-range steps] in csrc/plan.cpp): the plan is current (every
     param has a grad, as when it was built), one bucket whose last step ran as one range (so
     through its StepPlan: not SGD's first step, which creates the momentum buffers)."""
-    if plan is None or plan.n != n or plan.missing or len(plan.buckets) != 1:
+    if plan is None or plan.n != n or plan.missing or plan.dtensor or len(plan.buckets) != 1:
         return False
     b = plan.buckets[0]
     return b.cplan is not None and b.cplan.last_flat and b.cplan.prepare()
