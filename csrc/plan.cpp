@@ -15,9 +15,39 @@
 // From Python: StepPlan(op, lists) with the op's lists but the grads, in the registry's order
 // (OpDef.plan_lists in fusedopt/_opdefs.py; None for an absent optional list), and
 // plan.call(grads, *rest) with the op's other arguments in order (OpDef.plan_rest).
+//
+// Note [one-range steps]
+// When every list of a step lies end to end in one buffer (params that are views of one flat
+// buffer, grads that are views of one flat grad buffer, the states and step counters the planner
+// allocated flat: Note [flat states] in fusedopt/optim/_plan.py), the kernels would join all the
+// params into one range anyway (Note [adjacent tensors] in common/multi_tensor.h), after
+// validating and staging every tensor of every list: for 2,000 params most of the step. A
+// StepPlan made with `flat=True` (elementwise ops without stochastic rounding, on the CPU: the
+// planner decides) whose state lists and step counters lie so when it is made keeps one 1-D
+// view of each of those buffers. A call then checks the params and the grads, tensor by tensor
+// in one cheap pass (one storage, contiguous, end to end, each the size it had when the plan was
+// made, the dtype of the list's first) and that every step counter is equal, and calls the op
+// once with one tensor per list: the views, and the first step counter, whose new value it
+// copies into the others after the op returned (the op leaves it unchanged when it skips the
+// step for found_inf, and so then does the copy). The op sees the same elements with the same
+// scalars as the joined range, so the result is bitwise the one of the per-tensor call.
+// Whatever does not pass (a grad replaced by a separate tensor or sparse, a param given new
+// memory with `p.data = ...`, a counter edited by hand) takes the per-tensor call, with its
+// checks and errors. The states are not checked on every call: every check reads cache lines
+// of their own, and over thousands of params those are the step's cost. A state tensor
+// replaced in the optimizer's state (already) or given new memory in place (`.data = ...`,
+// `set_()`) needs `optimizer.invalidate_plans()`. The op's autograd kernel bumps the version
+// counters of the views (shared with the tensors they were taken from, for the planner's
+// views of one buffer), the call those of the params.
+// prepare() makes the same checks with the grads the held params have (at::Tensor::grad(),
+// what `p.grad` returns), and call(None, ...) then runs that range: the optimizer need not
+// build the Python list of the grads (2,000 attribute reads, and 2,000 Python objects touched)
+// for a bucket that stepped as one range before.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/TensorImpl.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <optional>
@@ -38,10 +68,69 @@ using List = std::vector<at::Tensor>;
 using OptList = std::optional<List>;
 using OptTL = std::optional<at::TensorList>;
 
+// Where the tensors of a list lie when they lie end to end in one storage (Note [one-range
+// steps]): the first non-empty one, and the number of elements from it.
+struct Range {
+  const at::Tensor* first = nullptr;
+  int64_t numel = 0;
+};
+
+// The range of `ts` if each tensor has numels[i] elements (one each when `numels` is null) and
+// each non-empty one is contiguous, of the first non-empty one's dtype and storage, right after
+// the one before; else nullopt. Only TensorImpl fields are read, and not the sizes (their own cache
+// line): a grad's shape is checked by torch when it is assigned, and is its param's.
+std::optional<Range> end_to_end(at::TensorList ts, const std::vector<int64_t>* numels) {
+  if (numels != nullptr && numels->size() != ts.size()) return std::nullopt;
+  Range r;
+  const c10::StorageImpl* storage = nullptr;
+  caffe2::TypeMeta dtype;
+  const char* end = nullptr;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const c10::TensorImpl* t = ts[i].unsafeGetTensorImpl();
+    if (!t->has_storage() || t->numel() != (numels == nullptr ? 1 : (*numels)[i])) {
+      return std::nullopt;  // undefined, sparse, resized
+    }
+    if (t->numel() == 0) continue;  // no elements: wherever it lies, it breaks no range
+    if (!t->is_contiguous()) return std::nullopt;
+    const auto at = static_cast<const char*>(t->unsafe_storage().data()) +
+                    t->storage_offset() * static_cast<int64_t>(t->dtype().itemsize());
+    if (r.first == nullptr) {
+      r.first = &ts[i];
+      storage = t->unsafe_storage().unsafeGetStorageImpl();
+      dtype = t->dtype();
+    } else if (t->unsafe_storage().unsafeGetStorageImpl() != storage || t->dtype() != dtype ||
+               at != end) {
+      return std::nullopt;
+    }
+    end = at + t->numel() * static_cast<int64_t>(dtype.itemsize());
+    r.numel += t->numel();
+  }
+  if (r.first == nullptr) return std::nullopt;
+  return r;
+}
+
+// A 1-D view of the range.
+at::Tensor range_view(const Range& r) {
+  return r.first->as_strided({r.numel}, {1}, r.first->storage_offset());
+}
+
+// Whether the counters (a 1-D tensor) all have the first one's value.
+template <class T>
+bool all_equal(const at::Tensor& counters) {
+  const T* v = counters.const_data_ptr<T>();
+  return std::all_of(v, v + counters.numel(), [&](T x) { return x == v[0]; });
+}
+
 class StepPlan {
  public:
   virtual ~StepPlan() = default;
-  virtual py::object call(const List& grads, const py::args& rest) const = 0;
+  // grads: nullopt takes the grads that prepare() found.
+  virtual py::object call(const std::optional<List>& grads, const py::args& rest) = 0;
+  // Whether the next step can run as one range with the grads the held params have (their
+  // `.grad`), fetched here instead of in Python (Note [one-range steps]); changes nothing.
+  virtual bool prepare() = 0;
+  // Whether the last call ran as one range (Note [one-range steps]).
+  bool last_flat = false;
 };
 
 template <class T>
@@ -77,15 +166,45 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
       std::tuple<std::conditional_t<kIsList<A> || kIsOptList<A>, char, std::decay_t<A>>...>;
 
  public:
-  explicit OpPlan(std::vector<OptList> lists) : lists_(std::move(lists)) {
+  OpPlan(std::vector<OptList> lists, bool flat, int64_t steps)
+      : lists_(std::move(lists)), flat_(flat), steps_(steps) {
     TORCH_CHECK(lists_.size() == kLists, "fusedopt StepPlan: expected ", kLists, " lists, got ",
                 lists_.size());
+    TORCH_CHECK(steps_ >= -1 && steps_ < static_cast<int64_t>(kLists),
+                "fusedopt StepPlan: bad steps list ", steps_);
+    TORCH_CHECK(!flat_ || (Op::kGrads == 1 && kPos[0] == 0 && kList[0]), "fusedopt StepPlan(",
+                Op::name, "): flat=True needs the params first");
     check_required(std::index_sequence_for<A...>{});
+    if (flat_) flat_ = hold_ranges();
   }
 
-  py::object call(const List& grads, const py::args& rest) const override {
+  bool prepare() override {
+    prepared_ = false;
+    if (!flat_) return false;
+    const List& params = *lists_[0];
+    List grads;
+    grads.reserve(params.size());
+    for (const at::Tensor& p : params) {
+      const at::Tensor& g = p.grad();
+      if (!g.defined()) return false;
+      grads.push_back(g);
+    }
+    std::vector<OptList> flat(kLists);
+    List flat_grads;
+    if (!one_range(grads, flat, flat_grads)) return false;
+    prepared_flat_ = std::move(flat);
+    prepared_grads_ = std::move(flat_grads);
+    prepared_ = true;
+    return true;
+  }
+
+  py::object call(const std::optional<List>& grads, const py::args& rest) override {
     TORCH_CHECK(rest.size() == kRest, "fusedopt StepPlan(", Op::name, "): expected ", kRest,
                 " arguments after the grads, got ", rest.size());
+    const bool prepared = prepared_;
+    prepared_ = false;
+    TORCH_CHECK(grads.has_value() || prepared, "fusedopt StepPlan(", Op::name,
+                "): no grads given, and prepare() found none");
     Held held;
     convert(held, rest, std::index_sequence_for<A...>{});
     static const auto op = c10::Dispatcher::singleton()
@@ -93,13 +212,32 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
                                .template typed<R(A...)>();
     if constexpr (std::is_void_v<R>) {
       py::gil_scoped_release release;
-      invoke(op, grads, held, std::index_sequence_for<A...>{});
+      last_flat = false;
+      std::vector<OptList> flat;
+      List flat_grads;
+      if (!grads.has_value()) {
+        flat = std::move(prepared_flat_);
+        flat_grads = std::move(prepared_grads_);
+      } else if (flat_) {
+        flat.resize(kLists);
+        if (!one_range(*grads, flat, flat_grads)) flat.clear();
+      }
+      prepared_flat_.clear();
+      prepared_grads_.clear();
+      if (!flat.empty()) {
+        invoke(op, flat_grads, flat, held, std::index_sequence_for<A...>{});
+        after_one_range();
+        last_flat = true;
+        return py::none();
+      }
+      invoke(op, *grads, lists_, held, std::index_sequence_for<A...>{});
       return py::none();
     } else {
+      TORCH_CHECK(grads.has_value(), "fusedopt StepPlan(", Op::name, "): no grads given");
       R out;
       {
         py::gil_scoped_release release;
-        out = invoke(op, grads, held, std::index_sequence_for<A...>{});
+        out = invoke(op, *grads, lists_, held, std::index_sequence_for<A...>{});
       }
       return py::cast(std::move(out));
     }
@@ -137,14 +275,15 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
   }
 
   template <size_t I>
-  decltype(auto) arg(const List& grads, const Held& held) const {
+  static decltype(auto) arg(const List& grads, const std::vector<OptList>& lists,
+                            const Held& held) {
     using T = std::tuple_element_t<I, std::tuple<A...>>;
     if constexpr (static_cast<int>(I) == Op::kGrads) {
       return at::TensorList(grads);
     } else if constexpr (kIsList<T>) {
-      return at::TensorList(*lists_[kPos[I]]);
+      return at::TensorList(*lists[kPos[I]]);
     } else if constexpr (kIsOptList<T>) {
-      const OptList& l = lists_[kPos[I]];
+      const OptList& l = lists[kPos[I]];
       return l.has_value() ? OptTL(at::TensorList(*l)) : OptTL();
     } else {
       return static_cast<const std::decay_t<T>&>(std::get<I>(held));
@@ -152,16 +291,94 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
   }
 
   template <class H, size_t... I>
-  R invoke(const H& op, const List& grads, const Held& held, std::index_sequence<I...>) const {
-    return op.call(arg<I>(grads, held)...);
+  static R invoke(const H& op, const List& grads, const std::vector<OptList>& lists,
+                  const Held& held, std::index_sequence<I...>) {
+    return op.call(arg<I>(grads, lists, held)...);
+  }
+
+  // The one-tensor lists of the states and counters, if they lie end to end (Note [one-range
+  // steps]).
+  bool hold_ranges() {
+    const List& params = *lists_[0];
+    for (const at::Tensor& p : params) numels_.push_back(p.numel());
+    ranges_.resize(kLists);
+    for (size_t k = 1; k < kLists; ++k) {
+      if (!lists_[k].has_value()) continue;
+      const List& list = *lists_[k];
+      if (list.empty()) {  // a list the call does not take (Adam's max_exp_avg_sqs)
+        ranges_[k] = List{};
+        continue;
+      }
+      if (static_cast<int64_t>(k) == steps_) {
+        const auto s = end_to_end(list, nullptr);
+        const auto type = list[0].scalar_type();
+        if (!s.has_value() || s->numel != static_cast<int64_t>(list.size()) ||
+            !list[0].device().is_cpu() || (type != at::kFloat && type != at::kDouble)) {
+          return false;
+        }
+        counters_ = range_view(*s);
+        ranges_[k] = List{
+            counters_.as_strided(at::IntArrayRef{}, at::IntArrayRef{}, counters_.storage_offset())};
+        continue;
+      }
+      const auto r = end_to_end(list, &numels_);
+      if (!r.has_value()) return false;
+      ranges_[k] = List{range_view(*r)};
+    }
+    return true;
+  }
+
+  // Fills `flat` and `flat_grads` with one tensor per list if the step can run as one range
+  // (Note [one-range steps]).
+  bool one_range(const List& grads, std::vector<OptList>& flat, List& flat_grads) const {
+    const auto p = end_to_end(*lists_[0], &numels_);
+    if (!p.has_value() || !p->first->device().is_cpu()) return false;
+    const auto g = end_to_end(grads, &numels_);
+    if (!g.has_value()) return false;
+    if (counters_.defined() &&
+        !(counters_.scalar_type() == at::kFloat ? all_equal<float>(counters_)
+                                                : all_equal<double>(counters_))) {
+      return false;
+    }
+    flat = ranges_;
+    flat[0] = List{range_view(*p)};
+    flat_grads.push_back(range_view(*g));
+    return true;
+  }
+
+  // After a one-range call: the other counters take the first one's value, and the params'
+  // version counters are bumped (Note [version counters] in autograd.cpp).
+  void after_one_range() const {
+    if (counters_.defined()) {
+      if (counters_.scalar_type() == at::kFloat) {
+        float* v = counters_.data_ptr<float>();
+        std::fill(v + 1, v + counters_.numel(), v[0]);
+      } else {
+        double* v = counters_.data_ptr<double>();
+        std::fill(v + 1, v + counters_.numel(), v[0]);
+      }
+    }
+    for (const at::Tensor& t : *lists_[0]) t.unsafeGetTensorImpl()->bump_version();
   }
 
   std::vector<OptList> lists_;
+  bool flat_;
+  int64_t steps_;  // the index of the step counters among the lists, -1: none
+  // With flat_: each param's size when the plan was made, the one-tensor lists of the states
+  // (index 0, the params', made by each call), and the counters as one 1-D tensor (if any).
+  std::vector<int64_t> numels_;
+  std::vector<OptList> ranges_;
+  at::Tensor counters_;
+  // What prepare() found, for the next call without grads.
+  bool prepared_ = false;
+  std::vector<OptList> prepared_flat_;
+  List prepared_grads_;
 };
 
-std::unique_ptr<StepPlan> make_plan(const std::string& op, std::vector<OptList> lists) {
+std::unique_ptr<StepPlan> make_plan(const std::string& op, std::vector<OptList> lists, bool flat,
+                                    int64_t steps) {
 #define FUSEDOPT_PLAN(o) \
-  if (op == ops::o::name) return std::make_unique<OpPlan<ops::o>>(std::move(lists));
+  if (op == ops::o::name) return std::make_unique<OpPlan<ops::o>>(std::move(lists), flat, steps);
   FUSEDOPT_FOR_EACH_OP(FUSEDOPT_PLAN)
 #undef FUSEDOPT_PLAN
   throw py::value_error("fusedopt StepPlan: unknown op '" + op + "'");
@@ -172,8 +389,13 @@ std::unique_ptr<StepPlan> make_plan(const std::string& op, std::vector<OptList> 
 void bind_plan(py::module_& m) {
   py::class_<StepPlan>(m, "StepPlan",
                        "A step's tensor lists held in C++ (Note [C++ step plans] in plan.cpp).")
-      .def(py::init(&make_plan), py::arg("op"), py::arg("lists"))
-      .def("call", &StepPlan::call, py::arg("grads"));
+      .def(py::init(&make_plan), py::arg("op"), py::arg("lists"), py::arg("flat") = false,
+           py::arg("steps") = -1)
+      .def("call", &StepPlan::call, py::arg("grads"))
+      .def("prepare", &StepPlan::prepare,
+           "Whether the next call(None, ...) runs as one range with the held params' grads.")
+      .def_readonly("last_flat", &StepPlan::last_flat,
+                    "Whether the last call ran as one range (Note [one-range steps]).");
 }
 
 }  // namespace fusedopt

@@ -263,10 +263,13 @@ def kernel(backend: str, op: str) -> Callable[..., None]:
     return getattr(reference, op)
 
 
-def step_plan(op: str, lists: list[list[Tensor] | None]) -> Any:
+def step_plan(
+    op: str, lists: list[list[Tensor] | None], flat: bool = False, steps: int = -1
+) -> Any:
     """A C++ StepPlan holding ``op``'s lists (Note [C++ step plans] in csrc/plan.cpp): ``lists``
     in ``OPS[op].plan_lists`` order (None for an absent optional list); its
-    ``.call(grads, *rest)`` takes the values of ``OPS[op].plan_rest`` in order. None when the
-    compiled extension has none."""
+    ``.call(grads, *rest)`` takes the values of ``OPS[op].plan_rest`` in order. ``flat``: a call
+    whose lists all lie end to end runs as one range, ``steps`` the index of the step counters
+    among ``lists`` (Note [one-range steps]). None when the compiled extension has none."""
     cls = getattr(_C, "StepPlan", None) if _C is not None else None
-    return None if cls is None else cls(op, lists)
+    return None if cls is None else cls(op, lists, flat, steps)

@@ -10,6 +10,7 @@ round-trip with torch.optim both ways.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -188,3 +189,164 @@ def test_flat_step_that_raises_changes_nothing() -> None:
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     _assert_equal(ps + _state(opt, ps), before)
+
+
+def _one_range(opt: torch.optim.Optimizer) -> list[bool]:
+    """Per bucket: whether its last step ran as one range (Note [one-range steps])."""
+    return [
+        b.cplan is not None and b.cplan.last_flat
+        for plan in opt._plans.values()
+        for b in plan.buckets
+    ]
+
+
+# The one-range step (Note [one-range steps] in csrc/plan.cpp) against the per-tensor step of
+# the same optimizer on separate tensors: bitwise, params and every state (counters included).
+ONE_RANGE = [
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True}, torch.float32, True),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.1}, torch.float64, True),
+    ("Lion", {"lr": 1e-3, "weight_decay": 0.1}, torch.float32, True),
+    ("AdamW", {"lr": 1e-2, "master_weights": True}, torch.bfloat16, True),
+    # clipping: the grads' Python lists feed the norm pass, the step is still one range
+    ("AdamW", {"lr": 1e-2, "max_grad_norm": 0.05}, torch.float32, True),
+    # stochastic rounding draws by the index within each param: never one range
+    ("AdamW", {"lr": 1e-2, "stochastic_rounding": True}, torch.bfloat16, False),
+]
+
+
+@pytest.mark.parametrize(
+    "name,kw,dtype,one", ONE_RANGE, ids=["adamw-amsgrad", "sgd", "lion", "master", "clip", "sr"]
+)
+def test_one_range_step_is_the_per_tensor_step(
+    name: str, kw: dict, dtype: torch.dtype, one: bool
+) -> None:
+    init = _values(dtype, 0)
+    flat_ps, sep_ps = _views(init), [v.clone() for v in init]
+    flat = getattr(fusedopt, name)(flat_ps, **kw)
+    sep = getattr(fusedopt, name)(sep_ps, **kw)
+    for step in range(4):
+        g = _values(dtype, 100 + step, 1e-1)
+        _set_grads(flat_ps, _views(g))
+        _set_grads(sep_ps, [t.clone() for t in g])
+        versions = [p._version for p in flat_ps]
+        for opt in (flat, sep):
+            torch.manual_seed(0)  # the stochastic-rounding seeds, drawn by the first step
+            opt.step()
+        # (SGD's first step, which creates the momentum buffers, runs without the StepPlan)
+        expect = one and (step > 0 or name != "SGD")
+        assert _one_range(flat) == [expect]
+        # the next step needs no Python list of the grads: its StepPlan fetches them
+        assert (flat._plan_work(own_grads=True)[0][2] is None) == expect
+        assert all(p._version > v for p, v in zip(flat_ps, versions))
+        _assert_equal(flat_ps, sep_ps)
+        _assert_equal(_state(flat, flat_ps), _state(sep, sep_ps))
+
+
+def test_one_range_falls_back_whenever_a_list_is_not_one_range() -> None:
+    """Each change that breaks the one range takes the per-tensor step, with the same result as
+    separate tensors; the one range resumes when it holds again. (A sparse grad: the per-tensor
+    step's error, test_flat_step_that_raises_changes_nothing.)"""
+    init = _values(torch.float32, 0)
+    flat_ps, sep_ps = _views(init), [v.clone() for v in init]
+    flat, sep = fusedopt.AdamW(flat_ps, lr=1e-2), fusedopt.AdamW(sep_ps, lr=1e-2)
+
+    seeds = iter(range(100, 200))
+
+    def step(expect: bool, edit: Callable | None = None) -> None:
+        g = _values(torch.float32, next(seeds), 1e-1)
+        _set_grads(flat_ps, _views(g))
+        _set_grads(sep_ps, [t.clone() for t in g])
+        if edit is not None:
+            edit(flat_ps, flat)
+            edit(sep_ps, sep)
+        flat.step()
+        sep.step()
+        assert _one_range(flat) == [expect]
+        _assert_equal(flat_ps, sep_ps)
+        _assert_equal(_state(flat, flat_ps), _state(sep, sep_ps))
+
+    def separate_grad(ps, opt):
+        ps[3].grad = ps[3].grad.clone()
+
+    def separate_empty_grad(ps, opt):  # no elements: it breaks no range
+        ps[2].grad = ps[2].grad.clone()
+
+    def strided_grad(ps, opt):
+        ps[1].grad = ps[1].grad.t().contiguous().t()
+
+    def counter_up(ps, opt):
+        opt.state[ps[3]]["step"] += 1
+
+    def counter_down(ps, opt):
+        opt.state[ps[3]]["step"] -= 1
+
+    def new_memory(ps, opt):  # the op must update the param's new memory
+        ps[5].data = ps[5].data.clone()
+
+    def state_memory(ps, opt):  # a state given new memory: the plan must be rebuilt
+        exp_avg = opt.state[ps[3]]["exp_avg"]
+        exp_avg.data = exp_avg.data.clone()
+        opt.invalidate_plans()
+
+    def no_grad(ps, opt):  # the plan is rebuilt without it, and its counter falls behind
+        ps[4].grad = None
+
+    step(True)
+    step(True)
+    step(False, separate_grad)
+    step(True, separate_empty_grad)
+    step(False, strided_grad)
+    step(True)
+    step(True, state_memory)  # its states are made one buffer again
+    step(False, counter_up)
+    step(True, counter_down)
+    step(False, no_grad)
+    step(False)
+    step(False, new_memory)
+    step(False)
+
+
+def test_one_range_step_skipped_for_inf_changes_nothing() -> None:
+    ps = _views(_values(torch.float32, 0))
+    opt = fusedopt.AdamW(ps, lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(torch.ones(()))  # makes the scale
+    _fresh_grads(ps, 1)
+    scaler.step(opt)
+    scaler.update()
+    assert _one_range(opt) == [True]
+    before = [t.clone() for t in ps + _state(opt, ps)]
+    _fresh_grads(ps, 2)
+    ps[3].grad[1] = float("inf")
+    scaler.step(opt)
+    assert _one_range(opt) == [True] and bool(opt.step_skipped)
+    _assert_equal(ps + _state(opt, ps), before)
+
+
+def test_one_range_in_a_training_loop_with_flat_grads() -> None:
+    """The README's recipe: params and grads views of two buffers, zero_grad(set_to_none=False)
+    between steps; autograd accumulates into the views, and every step is one range, with the
+    results of the same model trained with separate tensors."""
+    torch.manual_seed(0)
+    models = [
+        torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+        for _ in range(2)
+    ]
+    models[1].load_state_dict(models[0].state_dict())
+    params = list(models[0].parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        p.grad = grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    opts = [fusedopt.AdamW(m.parameters(), lr=1e-2) for m in models]
+    x, y = torch.randn(16, 5), torch.randn(16, 3)
+    for _ in range(3):
+        for m, opt in zip(models, opts):
+            opt.zero_grad(set_to_none=opt is opts[1])
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+        assert _one_range(opts[0]) == [True]
+        _assert_equal(list(models[0].parameters()), list(models[1].parameters()))

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _dispatch
-from .._opdefs import GRAD, OPS, PARAM, SCALAR, STATE, STEP
+from .._opdefs import AUX, GRAD, OPS, PARAM, SCALAR, STATE, STEP
 from . import _dtensor, _mixed
 from ._checkpoint import Checkpoints
 from ._norms import NormsAndAmp
@@ -76,6 +76,17 @@ _PLAN = {
     for op, d in OPS.items()
 }
 _SCALARS = {op: tuple((a.name, _CONVERT[a.type]) for a in d.role(SCALAR)) for op, d in OPS.items()}
+# Per op, whether its StepPlan may run a bucket as one range (Note [one-range steps] in
+# csrc/plan.cpp): elementwise ops, whose lists are all param-shaped (no auxiliary lists) and
+# whose per-param scalars come from the step counters alone; with the index of the counters
+# among the StepPlan's lists (-1: none).
+_ONE_RANGE = {
+    op: (
+        not d.role(AUX) and d.args[0].role == PARAM,
+        next((i for i, n in enumerate(d.plan_lists) if d.arg(n).role == STEP), -1),
+    )
+    for op, d in OPS.items()
+}
 
 
 class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
@@ -247,7 +258,10 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             return None
         if b.cplan is None:
             lists = self._lists(b.op, b, None)
-            b.cplan = _dispatch.step_plan(b.op, [lists[n] for n in _PLAN[b.op][0]])
+            eligible, steps = _ONE_RANGE[b.op]
+            # Stochastic rounding draws its bits by the index within each param: never one range.
+            flat = eligible and "sr_seed" not in b.lists and b.device.type == "cpu"
+            b.cplan = _dispatch.step_plan(b.op, [lists[n] for n in _PLAN[b.op][0]], flat, steps)
         return b.cplan
 
     @torch.no_grad()
@@ -271,7 +285,11 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             with torch.enable_grad():
                 loss = closure()
             amp = None  # new grads
-        work, total = amp if amp is not None else (self._plan_work(), None)
+        if amp is not None:
+            work, total = amp
+        else:  # clipping reads the grads, and torch.compile traces the op: grads from Python
+            own = self.max_grad_norm is None and not torch.compiler.is_compiling()
+            work, total = self._plan_work(own_grads=own), None
         grad_scale, found_inf = self._amp_scale(work, total)
         for group, b, bgrads in work:
             lr = group["lr"]
@@ -288,7 +306,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
             try:
                 self._launch(b, values)
             except RuntimeError:
-                if any(g.is_sparse for g in bgrads):
+                if bgrads is not None and any(g.is_sparse for g in bgrads):
                     raise RuntimeError(self._sparse_error) from None
                 raise
         return loss

@@ -11,7 +11,8 @@ set of params that have a grad is unchanged. There is one cache, ``_plans``, and
 group's plan (its buckets and their StepPlans with it) is rebuilt when that set changes (a
 frozen param, a param without a grad this step), and all are dropped on add_param_group,
 load_state_dict and unpickling. State tensors replaced by hand
-(``opt.state[p]["exp_avg"] = t``) need ``opt.invalidate_plans()``.
+(``opt.state[p]["exp_avg"] = t``), or given new memory in place (``.data = ...``, ``set_()``),
+need ``opt.invalidate_plans()``.
 
 Note [auxiliary state]
 Some state is per param but not param-shaped: Adafactor's row and column statistics, the
@@ -106,8 +107,11 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
     buffer per state key, each param's state a view of its part: state_dict keeps torch's
     per-param layout (a checkpoint holds the views, torch.save stores their buffer once) and the
     values are copied, so a loaded checkpoint, whose tensors are separate, is flattened again
-    when the plan is rebuilt. Nothing depends on it for correctness: the kernels check that
-    every list is adjacent on every step, and update tensor by tensor where one is not."""
+    when the plan is rebuilt. The step counters too (0-d views of one buffer): a bucket whose
+    lists all lie end to end then steps as one range, without a check per tensor in the op
+    (Note [one-range steps] in csrc/plan.cpp). Nothing depends on it for correctness: the
+    kernels check that every list is adjacent on every step, and update tensor by tensor where
+    one is not."""
     # Under torch.compile addresses are not traceable: the states stay as they are.
     if torch.compiler.is_compiling() or b.device.type == "meta" or len(b.params) < 2:
         return
@@ -116,14 +120,29 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
             ts = b.lists.get(k)
             if ts is None or _adjacent_runs(ts[start:end]) == [(0, end - start)]:
                 continue
+            first = ts[start]
+            # Step counters are not checked against their param: one buffer holds one kind.
+            if any(t.dtype != first.dtype or t.device != first.device for t in ts[start:end]):
+                continue
             flat = torch.empty(
-                sum(t.numel() for t in ts[start:end]), dtype=ts[start].dtype, device=b.device
+                sum(t.numel() for t in ts[start:end]), dtype=first.dtype, device=first.device
             )
             views = torch.split(flat, [t.numel() for t in ts[start:end]])
             for j, (p, t, v) in enumerate(zip(b.params[start:end], ts[start:end], views), start):
-                v = v.view(p.shape)
+                v = v.view(t.shape)
                 v.copy_(t)
                 ts[j] = state[p][k] = v
+
+
+def _one_range_ready(plan: Plan | None, n: int) -> bool:
+    """Whether a group of ``n`` params with this plan steps as one range with the grads its
+    StepPlan fetches (Note [one-range steps] in csrc/plan.cpp): the plan is current (every
+    param has a grad, as when it was built), one bucket whose last step ran as one range (so
+    through its StepPlan: not SGD's first step, which creates the momentum buffers)."""
+    if plan is None or plan.n != n or plan.missing or plan.dtensor or len(plan.buckets) != 1:
+        return False
+    b = plan.buckets[0]
+    return b.cplan is not None and b.cplan.last_flat and b.cplan.prepare()
 
 
 class Plan:
@@ -343,7 +362,7 @@ class Plans:
             if "master_param" in b.lists:
                 _mixed.sync_masters(b.params, b.lists["master_param"])
             if mesh is None:
-                _flatten_states(self.state, b, (*op_keys[b.op][0], "master_param"))
+                _flatten_states(self.state, b, (*op_keys[b.op][0], "master_param", "step"))
         return Plan(len(group["params"]), missing, list(buckets.values()), mesh is not None)
 
     def _check_state_tensor(
@@ -359,15 +378,23 @@ class Plans:
         if mesh is not None:
             _dtensor.check_sharded_like(t, p, i, k, self._where())
 
-    def _plan_work(self) -> list[tuple[dict[str, Any], Bucket, list[Tensor]]]:
+    def _plan_work(
+        self, own_grads: bool = False
+    ) -> list[tuple[dict[str, Any], Bucket, list[Tensor] | None]]:
         """(group, bucket, the bucket's grads) for every bucket with grads, plans reused or built.
 
         Every group is planned (and so validated) before any group is updated: a step that
-        raises changes nothing.
+        raises changes nothing. ``own_grads`` (for a step that reads the grads in no pass of its
+        own): a group that is one bucket whose last step ran as one range, and whose params'
+        grads still make one range, gets None for grads: its StepPlan has them (Note [one-range
+        steps] in csrc/plan.cpp), and the Python list of its grads is never built.
         """
-        seen = []
+        seen: list[tuple[dict[str, Any], list[Tensor | None] | None, list[int], bool]] = []
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
+            if own_grads and _one_range_ready(self._plans.get(gi), len(params)):
+                seen.append((group, None, [], False))
+                continue
             grads = [p.grad for p in params]
             # The scan for None runs in C (`None in grads` would call Tensor.__eq__).
             none = any(map(operator.is_, grads, itertools.repeat(None)))
@@ -379,6 +406,9 @@ class Plans:
             _mixed.check_sr_params(self, [(group, grads) for group, grads, _, _ in seen])
         work = []
         for gi, (group, grads, missing, stale) in enumerate(seen):
+            if grads is None:
+                work.append((group, self._plans[gi].buckets[0], None))
+                continue
             if stale:
                 self._plans[gi] = self._build_plan(group, grads, missing)
             plan = self._plans[gi]
