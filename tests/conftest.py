@@ -13,6 +13,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Under `pytest -n`, the workers share the cores: give each its share of torch's threads, or
+# their OpenMP threads spin-wait on each other's cores (the whole suite took twice as long on 2
+# cores with 2 workers of 2 threads each). Tests that need more threads set them.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per available core, at most 8. Each worker imports torch and Triton
