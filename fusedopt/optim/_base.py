@@ -25,11 +25,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _dispatch
-from .._opdefs import AUX, GRAD, OPS, PARAM, SCALAR, STATE, STEP
+from .._opdefs import AUX, GRAD, OPS, PARAM, SCALAR, STEP
 from . import _dtensor, _mixed
 from ._checkpoint import Checkpoints
 from ._norms import NormsAndAmp
-from ._plan import Bucket, Plans
+from ._plan import Bucket, Plans, registry_keys
 
 #: The optimizer-wide options (not param-group keys): their defaults, also their values in an
 #: old pickle, and their annotations (Note [optimizer-wide options]).
@@ -182,16 +182,12 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
     # -- what the class declares --------------------------------------------------------------
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The op's state keys this group keeps."""
-        return tuple(
-            a.key  # type: ignore[misc]
-            for a in OPS[self._op].role(STATE)
-            if a.when is None or group[a.when]
-        )
+        return registry_keys(self._op, group)[0]
 
     def _aux_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The op's auxiliary state keys (Note [auxiliary state] in _plan.py); the class says
         their shapes (``_aux_shape``)."""
-        return tuple(a.key for a in OPS[self._op].aux_state)  # type: ignore[misc]
+        return registry_keys(self._op, group)[1]
 
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
         """The op's scalar arguments by registry name: each from the group option of that name

@@ -134,6 +134,15 @@ def _flatten_states(state: dict[Any, Any], b: Bucket, keys: tuple[str, ...]) -> 
                 ts[j] = state[p][k] = v
 
 
+def registry_keys(op: str, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(state keys, auxiliary state keys) of registry op ``op`` that ``group`` keeps: its state
+    lists but those kept only under an option the group turns off (``when``), and its auxiliary
+    state lists."""
+    d = OPS[op]
+    keys = tuple(a.key for a in d.role(STATE) if a.when is None or group[a.when])
+    return keys, tuple(a.key for a in d.aux_state)  # type: ignore[misc]
+
+
 def _one_range_ready(plan: Plan | None, n: int) -> bool:
     """Whether a group of ``n`` params with this plan steps as one range with the grads its
     StepPlan fetches (Note [one-range steps] in csrc/plan.cpp): the plan is current (every
@@ -216,11 +225,9 @@ class Plans:
 
     def _op_keys(self, group: dict[str, Any], op: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(state keys, auxiliary state keys) the group's params updated by ``op`` keep."""
-        if op == self._op:  # type: ignore[attr-defined]
+        if op == self._op:  # type: ignore[attr-defined]  # the class may override its keys
             return self._state_keys(group), self._aux_keys(group)
-        d = OPS[op]
-        keys = tuple(a.key for a in d.role(STATE) if a.when is None or group[a.when])
-        return keys, tuple(a.key for a in d.aux_state)  # type: ignore[misc]
+        return registry_keys(op, group)
 
     def _kept_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple[int, ...]]:
         """Every state key param p keeps but "step" (and the mixed-precision ones), with its
