@@ -124,7 +124,7 @@ void build_tables(QTables& q) {
 }
 
 // One block's moments, encoded: absmax (NaN if the block holds one), then each value's code,
-// the number of midpoints below value / absmax (Note [encode by table]).
+// the number of midpoints below value * (1 / absmax) (Note [encode by table]).
 FUSEDOPT_INLINE void encode_block(const float* __restrict x, int64_t n, uint8_t* __restrict codes,
                                   float* __restrict absmax, const float* __restrict mid,
                                   const EncodeTable& table) {
@@ -134,10 +134,10 @@ FUSEDOPT_INLINE void encode_block(const float* __restrict x, int64_t n, uint8_t*
   for (int64_t i = 0; i < n; ++i) top_bits = std::max(top_bits, to_bits(x[i]) & 0x7FFFFFFFu);
   const float mx = from_bits(top_bits);
   *absmax = mx;
-  const float d = mx == 0.f ? 1.f : mx;
+  const float r = 1.f / (mx == 0.f ? 1.f : mx);
   const int bits = table.bits;
   if (bits == 0 || !(mx <= std::numeric_limits<float>::max())) {  // no table, or inf/NaN
-    for (int64_t j = 0; j < n; ++j) codes[j] = static_cast<uint8_t>(search(mid, x[j] / d));
+    for (int64_t j = 0; j < n; ++j) codes[j] = static_cast<uint8_t>(search(mid, x[j] * r));
     return;
   }
   const uint32_t low_bits = 23 - bits;
@@ -145,7 +145,7 @@ FUSEDOPT_INLINE void encode_block(const float* __restrict x, int64_t n, uint8_t*
   const uint32_t top_mask = (1u << bits) - 1;
   const int32_t* __restrict entry = table.entry;
   for (int64_t j = 0; j < n; ++j) {
-    const uint32_t u = to_bits(x[j] / d);
+    const uint32_t u = to_bits(x[j] * r);
     const uint32_t sign = u >> 31;
     const uint32_t e = (u >> 23) & 0xFFu;
     const uint32_t row = e < 103 ? 0u : e - 102;

@@ -11,9 +11,11 @@ rule, bit for bit on every backend:
   layout keeps its codes in row-major order.
 - decode: ``map[code] * absmax``, one fp32 multiplication.
 - encode, after the fp32 update of a block: ``absmax`` = the largest |value| of the block in
-  fp32 (NaN if the block holds a NaN); each value is normalized by an exactly rounded fp32
-  division ``x = value / absmax`` (``value / 1`` where absmax is 0, so that a zero block codes
-  its zeros as the map's 0); the code is the number of midpoints strictly below x, where the
+  fp32 (NaN if the block holds a NaN); each value is normalized by one fp32 multiplication
+  ``x = value * r`` with the block's reciprocal ``r = 1 / absmax``, an exactly rounded fp32
+  division once per block (``r = 1`` where absmax is 0, so that a zero block codes its zeros as
+  the map's 0). bitsandbytes normalizes the same way, and it keeps the divider out of the
+  per-element work; the code is the number of midpoints strictly below x, where the
   255 midpoints ``mid[k] = (map[k] + map[k + 1]) * 0.5`` (fp32, the map sorted ascending) are
   padded with +inf to 256 and searched branch-free in eight halvings (``encode``): the nearest
   entry, a value exactly on a midpoint taking the lower entry, and NaN taking code 0 (its
@@ -96,8 +98,8 @@ def quantize(values: Tensor, qmap: Tensor) -> tuple[Tensor, Tensor]:
     padded[:n] = flat
     blocks = padded.view(nblocks, BLOCK)
     absmax = blocks.abs().amax(dim=1)  # NaN where the block holds one
-    divisor = torch.where(absmax == 0, 1.0, absmax)
-    x = blocks / divisor[:, None]
+    recip = 1.0 / torch.where(absmax == 0, 1.0, absmax)  # fp32, exactly rounded
+    x = blocks * recip[:, None]
     codes = encode(x, midpoints(qmap.to(flat.device)))
     return codes.reshape(-1)[:n].to(torch.uint8).view(values.shape), absmax
 
