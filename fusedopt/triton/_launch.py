@@ -29,6 +29,7 @@ as the hyperparameters and its bool scalars as the tile's flags, unless an :clas
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import math
@@ -43,6 +44,9 @@ from torch import Tensor
 
 from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SCALAR, SEED, STATE, STEP, OpDef
 from .._ops import wrapper
+from ..reference import quant
+from ..reference._common import check_like_params, check_mixed, check_steps
+from ..reference.adam import check_8bit
 from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
 from . import _multi_tensor as mt
@@ -646,11 +650,106 @@ def _adafactor(values: dict[str, Any]) -> None:
             param.copy_(p)
 
 
+# Blocks of 256 per program of _adam8bit_kernel (tiles of 1,024 elements; 32 under the
+# interpreter, where each program costs milliseconds of Python whatever its size).
+Q8_ROWS = 4
+Q8_INTERPRET_ROWS = 32
+
+
 def _adam8bit(values: dict[str, Any]) -> None:
-    raise NotImplementedError(
-        "fusedopt.adam8bit_: 8-bit optimizer states (state_dtype='int8_blockwise') have no "
-        "Triton kernel yet; use backend='cpu' or backend='reference'"
-    )
+    """Adam with 8-bit states (Note [8-bit states] in fusedopt/reference/quant.py): the
+    reference's checks, then per param one launch of _adam8bit_kernel over its blocks. A param
+    (or grad, or master) that is not contiguous is staged in a contiguous copy: the blocks are
+    row-major."""
+    label = "fusedopt.adam8bit_"
+    a = argparse.Namespace(**values)
+    check_8bit(label, a)
+    params, grads = values["params"], values["grads"]
+    check_like_params(label, params, grads=grads)
+    masters, seeds = check_mixed(label, params, values["master_params"], values["sr_seeds"])
+    steps = values["state_steps"]
+    check_steps(label, params, steps)
+    if not params:
+        return
+    device = params[0].device
+    lists = ("grads", "exp_avgs", "exp_avg_sqs", "exp_avg_absmaxs", "exp_avg_sq_absmaxs")
+    for name in ("params", *lists, "state_steps", "master_params", "sr_seeds"):
+        for i, t in enumerate(values[name] or []):
+            if t.device != device:
+                raise RuntimeError(
+                    f"{label} (triton): {name}[{i}] is on {t.device}, the params on {device}"
+                )
+    found_inf = mt.device_scalar(values["found_inf"], "found_inf", device)
+    grad_scale = mt.device_scalar(values["grad_scale"], "grad_scale", device)
+    lr_ptr, lr_value, lr_from_ptr = mt.lr_arg(values["lr"], device)
+    qmaps = values["qmaps"].to(device)
+    maps = torch.cat([qmaps, quant.midpoints(qmaps[0])[None], quant.midpoints(qmaps[1])[None]])
+    with _device_ctx(device):
+        # the steps and seeds count (Note [8-bit states]: not where GradScaler found inf)
+        counters = [*steps, *(s for s in seeds if s is not None)]
+        if found_inf is None:
+            torch._foreach_add_(counters, 1)
+        else:
+            keep = found_inf == 0
+            for c in counters:
+                c.add_(keep)
+        beta1, beta2 = values["beta1"], values["beta2"]
+        hp = dict(
+            h0=beta1,
+            h1=beta2,
+            h2=mt.log2(beta1),
+            h3=mt.log2(beta2),
+            h4=values["weight_decay"],
+            h5=values["eps"],
+        )
+        flags = (
+            masters[0] is not None,
+            seeds[0] is not None,
+            grad_scale is not None,
+            bool(values["decoupled_weight_decay"]),
+            False,  # AMSGrad
+            bool(values["maximize"]),
+            _nonzero(values["weight_decay"], torch.float32),
+            mt.in_compute_type(1.0 - beta1, torch.float32) < 0.5,
+        )
+        rows = Q8_INTERPRET_ROWS if mt.interpreting() else Q8_ROWS
+        for i, param in enumerate(params):
+            n = param.numel()
+            if n == 0:
+                continue
+            p = param.contiguous()
+            w = masters[i].contiguous() if masters[i] is not None else p
+            bits = p.view(torch.uint16) if p.dtype == torch.bfloat16 else p
+            g = grads[i].contiguous()
+            _k()._adam8bit_kernel[(triton.cdiv(quant.num_blocks(n), rows),)](
+                bits,
+                w,
+                g.view(torch.uint16) if g.dtype == torch.bfloat16 else g,
+                values["exp_avgs"][i],
+                values["exp_avg_sqs"][i],
+                values["exp_avg_absmaxs"][i],
+                values["exp_avg_sq_absmaxs"][i],
+                maps,
+                steps[i],
+                seeds[i] if seeds[i] is not None else steps[i],
+                steps[i] if lr_ptr is None else lr_ptr,
+                steps[i] if grad_scale is None else grad_scale,
+                steps[i] if found_inf is None else found_inf,
+                lr_value,
+                n=n,
+                PT=mt.ST[param.dtype],
+                LR_FROM_PTR=lr_from_ptr,
+                LR_T=mt.lr_type(values["lr"]),
+                HAS_FOUND_INF=found_inf is not None,
+                F=flags,
+                ROWS=rows,
+                **hp,
+                **_OPTS,
+            )
+            if p is not param:
+                param.copy_(p)
+            if masters[i] is not None and w is not masters[i]:
+                masters[i].copy_(w)
 
 
 _RUN: dict[str, Callable[..., Any]] = {
