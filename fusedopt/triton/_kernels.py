@@ -557,8 +557,7 @@ def _q8_encode(x, codes_ptr, absmax_ptr, mid_ptr, offs, rows, mask, row_mask):
     y = x * recip[:, None]
     c = tl.zeros(x.shape, tl.int32)
     for k in tl.static_range(8):
-        half: tl.constexpr = 128 >> k
-        c += tl.where(tl.load(mid_ptr + c + (half - 1)) < y, half, 0)
+        c += tl.where(tl.load(mid_ptr + c + ((128 >> k) - 1)) < y, 128 >> k, 0)
     tl.store(codes_ptr + offs, c.to(tl.uint8), mask=mask)
     tl.store(absmax_ptr + rows, absmax, mask=row_mask)
 
