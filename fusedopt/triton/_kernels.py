@@ -533,7 +533,7 @@ def _adam_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.const
 
 
 # ---------------------------------------------------------------------------------------------
-# Adam / AdamW with 8-bit states (Note [8-bit states] in fusedopt/reference/quant.py)
+# 8-bit states (Note [8-bit states] in fusedopt/reference/quant.py)
 
 
 @triton.jit
@@ -563,22 +563,22 @@ def _q8_encode(x, codes_ptr, absmax_ptr, mid_ptr, offs, rows, mask, row_mask):
 
 
 @triton.jit
-def _adam8bit_kernel(
+def _q8_kernel(
     p_ptr,  # the param (bf16 as its bits), contiguous
     w_ptr,  # its fp32 master (MASTER), else the param
     g_ptr,  # the grad, contiguous, the param's dtype
-    cm_ptr,  # uint8 codes of the first moment, then of the second
-    cv_ptr,
-    am_ptr,  # fp32 absmax per block of 256: the first moment's, then the second's
-    av_ptr,
+    c1_ptr,  # uint8 codes of the first moment (signed map), then of the second (unsigned)
+    c2_ptr,
+    a1_ptr,  # fp32 absmax per block of 256: the first moment's, then the second's
+    a2_ptr,
     maps_ptr,  # fp32 [4, 256]: the signed map, the unsigned map, their midpoints (+inf last)
-    step_ptr,  # the param's step counter, already advanced
+    step_ptr,  # the param's step counter, already advanced (STEPS)
     seed_ptr,  # its SR seed, already advanced (SR)
     lr_ptr,  # LR_FROM_PTR
     grad_scale_ptr,  # HAS_GRAD_SCALE
     found_inf_ptr,  # HAS_FOUND_INF: nonzero -> nothing is written
     lr_value: tl.float64,
-    h0: tl.float64,  # beta1, beta2, log2(beta1), log2(beta2), weight_decay, eps
+    h0: tl.float64,  # h0..h5: the op's hyperparameters, in the order its SCALARS reads them
     h1: tl.float64,
     h2: tl.float64,
     h3: tl.float64,
@@ -589,12 +589,18 @@ def _adam8bit_kernel(
     LR_FROM_PTR: tl.constexpr,
     LR_T: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
-    F: tl.constexpr,  # _adam_tile's flags (MASTER, SR, HAS_GRAD_SCALE, DECOUPLED, False, ...)
+    STEPS: tl.constexpr,
+    MOMENTS: tl.constexpr,  # 8-bit moments: 1 or 2
+    F: tl.constexpr,  # the op's tile flags (MASTER, SR, HAS_GRAD_SCALE, the op's own...)
+    SCALARS: tl.constexpr,  # the op's scalars function (Note [update kernel])
+    MATH: tl.constexpr,  # (p, g, m, v, sc, F) -> (p, m, v): the op's update, in fp32
     ROWS: tl.constexpr,  # blocks of 256 per program
 ):
-    """One param's blocks ``ROWS`` per program, in one pass: both moments decoded, the param and
-    the moments updated as :func:`_adam_tile` does with fp32 states, the moments encoded with
-    their blocks' new absmax (Note [8-bit states])."""
+    """Note [8-bit kernel]
+    An update with 8-bit moments (Note [8-bit states] in fusedopt/reference/quant.py), one
+    param's blocks ``ROWS`` per program, in one pass: the moments decoded, the param and the
+    moments updated by the op's fp32 math (``MATH``, the math of its update tile), the moments
+    encoded with their blocks' new absmax."""
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
     HAS_GRAD_SCALE: tl.constexpr = F[2]
@@ -618,19 +624,42 @@ def _adam8bit_kernel(
         tl.full((), h4, tl.float64),
         tl.full((), h5, tl.float64),
     )
-    step = tl.load(step_ptr).to(tl.float64)
+    if STEPS:
+        step = tl.load(step_ptr).to(tl.float64)
+    else:
+        step = tl.full((), 0.0, tl.float64)
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE)
-    sc = _adam_scalars(hp, key, inv_scale, step, lr, tl.float32, LR_T)
+    sc = SCALARS(hp, key, inv_scale, step, lr, tl.float32, LR_T)
     p = _load_param(p_ptr, w_ptr, offs, live, PT, tl.float32, MASTER)
     g = _load(g_ptr, offs, live, PT, tl.float32)
-    m = _q8_decode(cm_ptr, am_ptr, maps_ptr, offs, rows, live, in_range)
-    v = _q8_decode(cv_ptr, av_ptr, maps_ptr + 256, offs, rows, live, in_range)
-    p, m, v = _adam_moments(p, g, m, v, sc, F)
-    p = _adam_apply(p, m, v, sc, tl.float32)
+    m = _q8_decode(c1_ptr, a1_ptr, maps_ptr, offs, rows, live, in_range)
+    v = m
+    if MOMENTS == 2:
+        v = _q8_decode(c2_ptr, a2_ptr, maps_ptr + 256, offs, rows, live, in_range)
+    p, m, v = MATH(p, g, m, v, sc, F)
     _store_param(p_ptr, w_ptr, offs, p, live, key, PT, MASTER, SR)
-    _q8_encode(m, cm_ptr, am_ptr, maps_ptr + 512, offs, rows, live, row_mask)
-    _q8_encode(v, cv_ptr, av_ptr, maps_ptr + 768, offs, rows, live, row_mask)
+    _q8_encode(m, c1_ptr, a1_ptr, maps_ptr + 512, offs, rows, live, row_mask)
+    if MOMENTS == 2:
+        _q8_encode(v, c2_ptr, a2_ptr, maps_ptr + 768, offs, rows, live, row_mask)
+
+
+@triton.jit
+def _adam8bit_math(p, g, m, v, sc, F):
+    p, m, v = _adam_moments(p, g, m, v, sc, F)
+    return _adam_apply(p, m, v, sc, tl.float32), m, v
+
+
+@triton.jit
+def _lion8bit_math(p, g, m, v, sc, F):
+    p, m = _lion_math(p, g, m, sc, F)
+    return p, m, v
+
+
+@triton.jit
+def _sgd8bit_math(p, g, m, v, sc, F):
+    p, m = _sgd_math(p, g, m, sc, F)
+    return p, m, v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,17 +669,33 @@ def _adam8bit_kernel(
 @triton.jit
 def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
     p_ptr, w_ptr, g_ptr, buf_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
-    key, inv_scale, neg_lr, wd, momentum, omd = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
+    MOMENTUM: tl.constexpr = F[3]
+    FIRST: tl.constexpr = F[4]
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    buf = g
+    if MOMENTUM and not FIRST:
+        buf = _load(buf_ptr, offs, mask, ST, CT)
+    p, buf = _sgd_math(p, g, buf, sc, F)
+    if MOMENTUM:
+        _store(buf_ptr, offs, buf, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, sc[0], PT, MASTER, SR)
+    return acc
+
+
+@triton.jit
+def _sgd_math(p, g, buf, sc, F):
+    """SGD's update from the grad and the momentum buffer (unread on the first step); returns
+    (p, buf)."""
+    key, inv_scale, neg_lr, wd, momentum, omd = sc
     HAS_GRAD_SCALE: tl.constexpr = F[2]
     MOMENTUM: tl.constexpr = F[3]
     FIRST: tl.constexpr = F[4]
     NESTEROV: tl.constexpr = F[5]
     MAXIMIZE: tl.constexpr = F[6]
     WEIGHT_DECAY: tl.constexpr = F[7]
-    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
-    g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -661,16 +706,12 @@ def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT:
         if FIRST:
             buf = g  # torch clones the decayed grad into the new buffer
         else:
-            buf = _load(buf_ptr, offs, mask, ST, CT)
             buf = buf * momentum + omd * g
-        _store(buf_ptr, offs, buf, mask, ST)
         if NESTEROV:
             g = g + momentum * buf
         else:
             g = buf
-    p = p + neg_lr * g
-    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
-    return acc
+    return p + neg_lr * g, buf
 
 
 @triton.jit
@@ -686,14 +727,23 @@ def _sgd_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.conste
 @triton.jit
 def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
     p_ptr, w_ptr, g_ptr, m_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
-    key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
-    HAS_GRAD_SCALE: tl.constexpr = F[2]
-    MAXIMIZE: tl.constexpr = F[3]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
+    p, m = _lion_math(p, g, m, sc, F)
+    _store_param(p_ptr, w_ptr, offs, p, mask, sc[0], PT, MASTER, SR)
+    _store(m_ptr, offs, m, mask, ST)
+    return acc
+
+
+@triton.jit
+def _lion_math(p, g, m, sc, F):
+    """Lion's update from the grad and the momentum; returns (p, m)."""
+    key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    MAXIMIZE: tl.constexpr = F[3]
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -702,9 +752,7 @@ def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
     c = m * beta1 + omb1 * g
     p = p + neg_lr * _sign(c)
     m = m * beta2 + omb2 * g
-    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
-    _store(m_ptr, offs, m, mask, ST)
-    return acc
+    return p, m
 
 
 @triton.jit
