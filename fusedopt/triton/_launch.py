@@ -30,6 +30,7 @@ as the hyperparameters and its bool scalars as the tile's flags, unless an :clas
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -303,8 +304,9 @@ _UPDATES = {
     ),
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
+_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states: no Triton kernels yet
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", "adam8bit_")
+_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", *_8BIT)
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -646,9 +648,9 @@ def _adafactor(values: dict[str, Any]) -> None:
             param.copy_(p)
 
 
-def _adam8bit(values: dict[str, Any]) -> None:
+def _no_8bit(op: str, values: dict[str, Any]) -> None:
     raise NotImplementedError(
-        "fusedopt.adam8bit_: 8-bit optimizer states (state_dtype='int8_blockwise') have no "
+        f"fusedopt.{op}: 8-bit optimizer states (state_dtype='int8_blockwise') have no "
         "Triton kernel yet; use backend='cpu' or backend='reference'"
     )
 
@@ -658,7 +660,7 @@ _RUN: dict[str, Callable[..., Any]] = {
     "lamb_": _lamb,
     "adafactor_": _adafactor,
     "muon_momentum_": _muon_momentum,
-    "adam8bit_": _adam8bit,
+    **{name: functools.partial(_no_8bit, name) for name in _8BIT},
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 
