@@ -410,3 +410,38 @@ def test_bad_options_and_checkpoints():
     del sd["state"][0]["exp_avg_absmax"]
     with pytest.raises(KeyError, match="no 'exp_avg_absmax'"):
         opt.load_state_dict(sd)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (requirements-dev.txt)")
+def test_bitsandbytes_checkpoint_loads_bit_for_bit():
+    """Note [bitsandbytes checkpoints]: AdamW8bit's state1/state2/absmax as our codes and
+    absmax, its fp32 states of small params as fp32 moments; another block size is refused."""
+    import bitsandbytes as bnb
+
+    a = _model()[:4]  # bitsandbytes' CPU kernels want contiguous params
+    ta = bnb.optim.AdamW8bit(a, lr=1e-2)
+    _run(ta, a, 3)
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    ob = fusedopt.AdamW(b, lr=1e-2, state_dtype=Q8, backend=BACKENDS[-1])
+    sd = ta.state_dict()
+    ob.load_state_dict(sd)
+    for pa, pb in zip(a, b):
+        theirs, ours = ta.state[pa], ob.state[pb]
+        assert float(ours["step"]) == theirs["step"] == 3
+        assert torch.equal(ours["exp_avg"], theirs["state1"])
+        assert torch.equal(ours["exp_avg_sq"], theirs["state2"])
+        if theirs["state1"].dtype == torch.uint8:
+            assert torch.equal(ours["exp_avg_absmax"], theirs["absmax1"])
+            assert torch.equal(ours["exp_avg_sq_absmax"], theirs["absmax2"])
+    _run(ob, b, 1)
+    # fp32 moments: decoded
+    oc = fusedopt.AdamW([torch.nn.Parameter(p.detach().clone()) for p in a], lr=1e-2)
+    oc.load_state_dict(sd)
+    c0 = oc.param_groups[0]["params"][0]
+    want = quant.dequantize(ta.state[a[0]]["state1"], ta.state[a[0]]["absmax1"], quant.QMAPS[0])
+    assert torch.equal(oc.state[c0]["exp_avg"], want)
+    sd["state"][0]["__bnb_optimizer_quant_state__"]["absmax1"] = torch.ones(3)
+    before = {k: v.clone() for k, v in ob.state[b[0]].items()}
+    with pytest.raises(ValueError, match="another block size"):
+        ob.load_state_dict(sd)
+    assert all(torch.equal(v, ob.state[b[0]][k]) for k, v in before.items())

@@ -125,6 +125,10 @@ class States8bit:
                 state[i] = {**pstate, **maps}  # torch's entries are self.state's own dicts
         return sd
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also a bitsandbytes 8-bit optimizer's (Note [bitsandbytes checkpoints])."""
+        super().load_state_dict(_from_bitsandbytes(state_dict, _moments(self._op_8bit)))  # type: ignore[misc]
+
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
         """Also: 8-bit moments come with an absmax of one element per block."""
         super()._check_loaded_state(state_dict)  # type: ignore[misc]
@@ -193,6 +197,70 @@ class States8bit:
                 pstate[absmax_key] = absmax.to(p.device, copy=True)
             rest[pid] = {k: t for k, t in loaded.items() if k not in _KEYS}
         super()._restore_state_dtypes(state_dict, rest)  # type: ignore[misc]
+
+
+#: Where bitsandbytes' Optimizer8bit.state_dict() puts each param's quantization state.
+_BNB_WRAPPED = "__bnb_optimizer_quant_state__"
+
+
+def _from_bitsandbytes(
+    state_dict: dict[str, Any], moments: tuple[tuple[str, str, str, int], ...]
+) -> dict[str, Any]:
+    """Note [bitsandbytes checkpoints]
+    bitsandbytes' 8-bit optimizers (AdamW8bit, Adam8bit, Lion8bit, SGD8bit, blockwise, as by
+    default) keep per param ``state1`` (and Adam's ``state2``) with ``qmap1``/``absmax1``
+    (``qmap2``/``absmax2``), wrapped in ``__bnb_optimizer_quant_state__`` in a state_dict since
+    0.45, beside an int ``step``: uint8 codes in row-major blocks of 256 elements, decoded by
+    ``qmap[code] * absmax``, Note [8-bit states]'s layout and maps, so they load bit for bit
+    (fp32 ``state1`` of a small param loads as any fp32 moment). ``state1`` is the optimizer's
+    first moment key (``exp_avg``, SGD's ``momentum_buffer``), ``state2`` its second. Other
+    layouts raise ValueError before anything is loaded: blocks of another size (older
+    bitsandbytes' 2048) and ``block_wise=False`` (one ``max1`` per tensor). A state dict without
+    ``state1`` is returned as it is."""
+    states = state_dict.get("state", {})
+    if not any(
+        isinstance(s, dict) and ("state1" in s or _BNB_WRAPPED in s) for s in states.values()
+    ):
+        return state_dict
+    out = {**state_dict, "state": {}}
+    for pid, pstate in states.items():
+        if not isinstance(pstate, dict):
+            out["state"][pid] = pstate
+            continue
+        pstate = {**pstate, **pstate.get(_BNB_WRAPPED, {})}
+        pstate.pop(_BNB_WRAPPED, None)
+        if "max1" in pstate or "new_max1" in pstate:
+            raise ValueError(
+                f"loaded bitsandbytes state for parameter {pid} is not blockwise (block_wise="
+                "False: one absmax per tensor); fusedopt loads blockwise 8-bit states only; "
+                "nothing was loaded"
+            )
+        step = pstate.get("step")
+        if step is not None and not torch.is_tensor(step):
+            pstate["step"] = torch.tensor(float(step), dtype=torch.float32)
+        for j, (codes_key, absmax_key, map_key, _) in enumerate(moments):
+            codes = pstate.pop(f"state{j + 1}", None)
+            absmax = pstate.pop(f"absmax{j + 1}", None)
+            qmap = pstate.pop(f"qmap{j + 1}", None)
+            if codes is None:
+                continue
+            pstate[codes_key] = codes
+            if codes.dtype != torch.uint8:
+                continue
+            blocks = quant.num_blocks(codes.numel())
+            if absmax is None or absmax.numel() != blocks:
+                got = "none" if absmax is None else absmax.numel()
+                raise ValueError(
+                    f"loaded bitsandbytes state for parameter {pid}: {got} absmax{j + 1} "
+                    f"values for {codes.numel()} elements, fusedopt's blocks of "
+                    f"{quant.BLOCK} need {blocks} (a checkpoint of another block size); "
+                    "nothing was loaded"
+                )
+            pstate[absmax_key] = absmax.reshape(-1)
+            if qmap is not None:
+                pstate[map_key] = qmap
+        out["state"][pid] = pstate
+    return out
 
 
 def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
