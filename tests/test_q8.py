@@ -445,3 +445,13 @@ def test_bitsandbytes_checkpoint_loads_bit_for_bit():
     with pytest.raises(ValueError, match="another block size"):
         ob.load_state_dict(sd)
     assert all(torch.equal(v, ob.state[b[0]][k]) for k, v in before.items())
+    # Lion8bit's state1 is Lion's exp_avg; SGD8bit's groups keep no dampening: refused
+    lion = bnb.optim.Lion8bit(a[:1], lr=1e-4)
+    _run(lion, a[:1], 1)
+    ol = fusedopt.Lion(b[:1], state_dtype=Q8, backend="reference")
+    ol.load_state_dict(lion.state_dict())
+    assert torch.equal(ol.state[b[0]]["exp_avg"], lion.state[a[0]]["state1"])
+    sgd = bnb.optim.SGD8bit(a[:1], lr=0.1, momentum=0.9)
+    _run(sgd, a[:1], 1)
+    with pytest.raises(ValueError, match="lack dampening, momentum"):
+        fusedopt.SGD(b[:1], lr=0.1, momentum=0.9, state_dtype=Q8).load_state_dict(sgd.state_dict())

@@ -127,7 +127,21 @@ class States8bit:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also a bitsandbytes 8-bit optimizer's (Note [bitsandbytes checkpoints])."""
-        super().load_state_dict(_from_bitsandbytes(state_dict, _moments(self._op_8bit)))  # type: ignore[misc]
+        converted = _from_bitsandbytes(state_dict, _moments(self._op_8bit))
+        if converted is not state_dict:
+            # bitsandbytes' groups name its own options (SGD8bit's momentum is betas[0], and it
+            # keeps no dampening or nesterov): only groups that say all of ours load.
+            fallbacks = self._group_fallbacks  # type: ignore[attr-defined]
+            needed = [k for k in self.defaults if k != "params" and k not in fallbacks]  # type: ignore[attr-defined]
+            missing = sorted(
+                {k for g in state_dict.get("param_groups", []) for k in needed if k not in g}
+            )
+            if missing:
+                raise ValueError(
+                    f"fusedopt.{type(self).__name__}: the bitsandbytes checkpoint's param groups "
+                    f"lack {', '.join(missing)}; nothing was loaded"
+                )
+        super().load_state_dict(converted)  # type: ignore[misc]
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
         """Also: 8-bit moments come with an absmax of one element per block."""
@@ -215,8 +229,9 @@ def _from_bitsandbytes(
     (fp32 ``state1`` of a small param loads as any fp32 moment). ``state1`` is the optimizer's
     first moment key (``exp_avg``, SGD's ``momentum_buffer``), ``state2`` its second. Other
     layouts raise ValueError before anything is loaded: blocks of another size (older
-    bitsandbytes' 2048) and ``block_wise=False`` (one ``max1`` per tensor). A state dict without
-    ``state1`` is returned as it is."""
+    bitsandbytes' 2048) and ``block_wise=False`` (one ``max1`` per tensor); so do param groups
+    without this optimizer's options (SGD8bit's). A state dict without ``state1`` is returned
+    as it is."""
     states = state_dict.get("state", {})
     if not any(
         isinstance(s, dict) and ("state1" in s or _BNB_WRAPPED in s) for s in states.values()
