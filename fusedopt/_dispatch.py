@@ -187,8 +187,15 @@ def require(backend: str) -> None:
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for tensors on ``device``."""
+def resolve(backend: str, device: torch.device, op: str | None = None) -> str:
+    """The concrete backend for tensors on ``device`` (updated by registry op ``op``: "cpu"
+    runs an op that has no CPU kernel, such as Lion's and SGD's with 8-bit states, by its
+    reference, so far)."""
+    name = _resolve(backend, device)
+    return "reference" if name == "cpu" and op is not None and not OPS[op].cpu else name
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, ("reference",)):
             if name == "cuda" and _no_image_on(device):

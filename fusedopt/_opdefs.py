@@ -100,13 +100,17 @@ class OpDef:
     """One op: ``name`` (with the trailing underscore of an in-place op), its arguments in
     schema order, its return type ("()" or "Tensor") and a line of documentation; ``kernels``:
     its CUDA backend runs the shared multi-tensor kernels (csrc/cuda/runner.cuh), each op in a
-    generated translation unit, else a host op of its own (csrc/cuda/glue.h's HostOp)."""
+    generated translation unit, else a host op of its own (csrc/cuda/glue.h's HostOp);
+    ``cpu``: it has a CPU kernel (csrc/cpu), else the optimizers run its reference on the CPU
+    (fusedopt._dispatch.resolve) and a direct call of ``torch.ops.fusedopt.<op>`` on CPU
+    tensors raises torch's NotImplementedError."""
 
     name: str
     args: tuple[Arg, ...]
     returns: str = "()"
     doc: str = ""
     kernels: bool = True
+    cpu: bool = True
 
     def schema(self, with_name: bool = True) -> str:
         """The TORCH_LIBRARY schema; written lists and tensors get alias annotations (a!)..."""
@@ -287,6 +291,30 @@ _DEFS = (
         doc="SGD with momentum.",
     ),
     OpDef(
+        "sgd8bit_",
+        (
+            _params(),
+            _grads(),
+            # the momentum buffers in 8 bits, as adam8bit_'s moments
+            _aux_state("momentum_buffers", "momentum_buffer"),
+            _aux_state("momentum_buffer_absmaxs", "momentum_buffer_absmax"),
+            _lr(),
+            _f("momentum"),
+            _f("dampening"),
+            _f("weight_decay"),
+            # (2, 256) fp32, as adam8bit_'s: the buffers use the signed map, row 0
+            Arg("qmaps", "Tensor", AUX),
+            _b("nesterov"),
+            _b("maximize"),
+            _b("is_first_step"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="SGD with 8-bit blockwise momentum buffers.",
+        kernels=False,
+        cpu=False,
+    ),
+    OpDef(
         "lion_",
         (
             _params(),
@@ -302,6 +330,29 @@ _DEFS = (
             *_MIXED,
         ),
         doc="Lion (sign of the interpolated momentum).",
+    ),
+    OpDef(
+        "lion8bit_",
+        (
+            _params(),
+            _grads(),
+            # the momentum in 8 bits, as adam8bit_'s first moment
+            _aux_state("exp_avgs", "exp_avg"),
+            _aux_state("exp_avg_absmaxs", "exp_avg_absmax"),
+            _steps(),
+            _lr(),
+            _f("beta1"),
+            _f("beta2"),
+            _f("weight_decay"),
+            # (2, 256) fp32, as adam8bit_'s: the momentum uses the signed map, row 0
+            Arg("qmaps", "Tensor", AUX),
+            _b("maximize"),
+            *_AMP,
+            *_MIXED,
+        ),
+        doc="Lion with an 8-bit blockwise momentum.",
+        kernels=False,
+        cpu=False,
     ),
     OpDef(
         "lamb_",
@@ -517,6 +568,8 @@ def cpp_header() -> str:
         "",
         "// X(op) for every op, op a struct name of fusedopt::ops.",
         "#define FUSEDOPT_FOR_EACH_OP(X) " + " ".join(f"X({d.name})" for d in _DEFS),
+        "// X(op) for every op with a CPU kernel.",
+        "#define FUSEDOPT_FOR_EACH_CPU_OP(X) " + " ".join(f"X({d.name})" for d in _DEFS if d.cpu),
         "",
     ]
     return "\n".join(out)

@@ -343,9 +343,15 @@ def test_checkpoint_round_trip_is_bit_identical(backend):
     _run(oa, a, 3)
     sd = oa.state_dict()
     assert sd["state"][0]["exp_avg_qmap"].shape == (256,) and "exp_avg_qmap" not in oa.state[a[0]]
+    check_round_trip(oa, a, lambda b: fusedopt.AdamW(b, lr=1e-2, state_dtype=Q8, backend=backend))
+
+
+def check_round_trip(oa, a, make):  # noqa: ANN001
+    """``oa``'s saved and reloaded state_dict in ``make(b)``, b copies of its params ``a``: every
+    state tensor the same bits, and the same params after two more steps. Returns (ob, b)."""
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    ob = fusedopt.AdamW(b, lr=1e-2, state_dtype=Q8, backend=backend)
-    ob.load_state_dict(torch.load(_saved(sd), weights_only=True))
+    ob = make(b)
+    ob.load_state_dict(torch.load(_saved(oa.state_dict()), weights_only=True))
     for pa, pb in zip(a, b):
         assert set(oa.state[pa]) == set(ob.state[pb])
         for k, v in oa.state[pa].items():
@@ -353,6 +359,7 @@ def test_checkpoint_round_trip_is_bit_identical(backend):
     _run(oa, a, 2, seed=5)
     _run(ob, b, 2, seed=5)
     assert all(torch.equal(pa, pb) for pa, pb in zip(a, b))
+    return ob, b
 
 
 def _saved(sd):
@@ -410,14 +417,59 @@ def test_bad_options_and_checkpoints():
     with pytest.raises(ValueError, match="amsgrad is not supported"):
         fusedopt.Adam(p, amsgrad=True, state_dtype=Q8)
     with pytest.raises(ValueError, match="not supported by this optimizer"):
-        fusedopt.SGD(p, lr=0.1, momentum=0.9, state_dtype=Q8)
+        fusedopt.LAMB(p, state_dtype=Q8)
     with pytest.raises(ValueError, match="Invalid min_8bit_size"):
         fusedopt.AdamW(p, state_dtype=Q8, min_8bit_size=-1)
     with pytest.raises(TypeError, match="min_8bit_size"):
-        fusedopt.Lion(p, min_8bit_size=10)
+        fusedopt.LAMB(p, min_8bit_size=10)
     opt = fusedopt.AdamW(p, state_dtype=Q8, backend=BACKENDS[-1])
     _run(opt, p, 1)
     sd = opt.state_dict()
     del sd["state"][0]["exp_avg_absmax"]
     with pytest.raises(KeyError, match="no 'exp_avg_absmax'"):
         opt.load_state_dict(sd)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (requirements-dev.txt)")
+def test_bitsandbytes_checkpoint_loads_bit_for_bit():
+    """Note [bitsandbytes checkpoints]: AdamW8bit's state1/state2/absmax as our codes and
+    absmax, its fp32 states of small params as fp32 moments; another block size is refused."""
+    import bitsandbytes as bnb
+
+    a = _model()[:4]  # bitsandbytes' CPU kernels want contiguous params
+    ta = bnb.optim.AdamW8bit(a, lr=1e-2)
+    _run(ta, a, 3)
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    ob = fusedopt.AdamW(b, lr=1e-2, state_dtype=Q8, backend=BACKENDS[-1])
+    sd = ta.state_dict()
+    ob.load_state_dict(sd)
+    for pa, pb in zip(a, b):
+        theirs, ours = ta.state[pa], ob.state[pb]
+        assert float(ours["step"]) == theirs["step"] == 3
+        assert torch.equal(ours["exp_avg"], theirs["state1"])
+        assert torch.equal(ours["exp_avg_sq"], theirs["state2"])
+        if theirs["state1"].dtype == torch.uint8:
+            assert torch.equal(ours["exp_avg_absmax"], theirs["absmax1"])
+            assert torch.equal(ours["exp_avg_sq_absmax"], theirs["absmax2"])
+    _run(ob, b, 1)
+    # fp32 moments: decoded
+    oc = fusedopt.AdamW([torch.nn.Parameter(p.detach().clone()) for p in a], lr=1e-2)
+    oc.load_state_dict(sd)
+    c0 = oc.param_groups[0]["params"][0]
+    want = quant.dequantize(ta.state[a[0]]["state1"], ta.state[a[0]]["absmax1"], quant.QMAPS[0])
+    assert torch.equal(oc.state[c0]["exp_avg"], want)
+    sd["state"][0]["__bnb_optimizer_quant_state__"]["absmax1"] = torch.ones(3)
+    before = {k: v.clone() for k, v in ob.state[b[0]].items()}
+    with pytest.raises(ValueError, match="another block size"):
+        ob.load_state_dict(sd)
+    assert all(torch.equal(v, ob.state[b[0]][k]) for k, v in before.items())
+    # Lion8bit's state1 is Lion's exp_avg; SGD8bit's groups keep no dampening: refused
+    lion = bnb.optim.Lion8bit(a[:1], lr=1e-4)
+    _run(lion, a[:1], 1)
+    ol = fusedopt.Lion(b[:1], state_dtype=Q8, backend="reference")
+    ol.load_state_dict(lion.state_dict())
+    assert torch.equal(ol.state[b[0]]["exp_avg"], lion.state[a[0]]["state1"])
+    sgd = bnb.optim.SGD8bit(a[:1], lr=0.1, momentum=0.9)
+    _run(sgd, a[:1], 1)
+    with pytest.raises(ValueError, match="lack dampening, momentum"):
+        fusedopt.SGD(b[:1], lr=0.1, momentum=0.9, state_dtype=Q8).load_state_dict(sgd.state_dict())

@@ -67,16 +67,19 @@ def has_fake(qualname: str) -> bool:
 
 
 def missing_backends(op: str) -> list[str]:
-    """The implementations ``op`` lacks: reference, CPU kernel, Triton kernel, fake kernels."""
+    """The implementations ``op`` lacks: reference, CPU kernel (where its registry entry says
+    it has one; one it says it lacks is listed as "undeclared CPU kernel": the optimizers would
+    not use it), Triton kernel, fake kernels."""
     missing = []
     if not callable(getattr(reference, op, None)):
         missing.append("reference")
     if _C is not None:
-        if not (
-            hasattr(torch.ops.fusedopt, op)
-            and torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{op}", "CPU")
-        ):
-            missing.append("CPU kernel")
+        has_cpu = hasattr(
+            torch.ops.fusedopt, op
+        ) and torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{op}", "CPU")
+        declared = op not in OPS or OPS[op].cpu
+        if has_cpu != declared:
+            missing.append("CPU kernel" if declared else "undeclared CPU kernel")
         if not has_fake(f"fusedopt::{op}"):
             missing.append("fake kernel (fusedopt)")
     if HAS_TRITON:

@@ -71,6 +71,11 @@ def _args(op: str, device: str, steps: list[torch.Tensor]) -> list:
                 None, None, None, None]  # fmt: skip
     if op == "lion_":
         return [p, g, m, steps, lr, 0.9, 0.99, 0.1, False, None, None, None, None]
+    if op == "lion8bit_":
+        codes = [torch.zeros(s, dtype=torch.uint8, device=device) for s in shapes]
+        absmax = [torch.zeros(1, device=device) for _ in shapes]
+        return [p, g, codes, absmax, steps, lr, 0.9, 0.99, 0.1, quant.QMAPS.to(device), False,
+                None, None, None, None]  # fmt: skip
     if op == "lamb_":
         return [p, g, m, v, steps, lr, 0.9, 0.999, 0.01, 1e-6, True, None, False,
                 None, None, None, None, None, 0, None]  # fmt: skip
@@ -99,8 +104,10 @@ def _tensors(args) -> list[torch.Tensor]:
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shared_step_counter_is_rejected_before_any_write(backend, op, shared):
-    if op == "adam8bit_" and backend in ("sim", "triton"):
+    if op.endswith("8bit_") and backend in ("sim", "triton"):
         pytest.skip("no 8-bit kernel on this backend (tests/test_q8.py checks that it says so)")
+    if backend == "cpu" and not _opdefs.OPS[op].cpu:
+        pytest.skip("no CPU kernel: the optimizers run the reference (tests/test_q8_momentum.py)")
     device = _device(backend)
     fn = _op(backend, op)
     # a valid call first: caches (Triton) or plans nothing, and must still be accepted

@@ -1592,6 +1592,13 @@ for pt, mode in ((F32, ""), (BF16, "master"), (F16, "master"), (BF16, "sr")):
     build(K._q8_kernel, q8, dict(PT=pt, LR_FROM_PTR=True, LR_T=F32, HAS_FOUND_INF=True,
           STEPS=True, MOMENTS=2, F=(mode == "master", mode == "sr", True, True, False, True,
           True, True), SCALARS=K._adam_scalars, MATH=K._adam8bit_math, ROWS=4))
+    q = dict(PT=pt, LR_FROM_PTR=False, LR_T=F64T, HAS_FOUND_INF=False, MOMENTS=1, ROWS=4)
+    f = (mode == "master", mode == "sr", True)
+    build(K._q8_kernel, q8, dict(q, STEPS=True, F=f + (True,), SCALARS=K._lion_scalars,
+          MATH=K._lion8bit_math))
+    for first in (True, False):
+        build(K._q8_kernel, q8, dict(q, STEPS=False, F=f + (True, first, True, True, True),
+              SCALARS=K._sgd_scalars, MATH=K._sgd8bit_math))
 print("compiled")
 """
 

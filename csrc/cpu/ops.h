@@ -21,7 +21,7 @@
 namespace fusedopt::cpu {
 
 #define FUSEDOPT_CPU_DECLARE(op) Return<ops::op> op(const ops::op::Args& a);
-FUSEDOPT_FOR_EACH_OP(FUSEDOPT_CPU_DECLARE)
+FUSEDOPT_FOR_EACH_CPU_OP(FUSEDOPT_CPU_DECLARE)
 #undef FUSEDOPT_CPU_DECLARE
 
 // A state list of an update op: element i belongs to params[i], in the call's state dtype.

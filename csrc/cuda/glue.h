@@ -387,14 +387,21 @@ struct HostOp<ops::sophia_update_hessian_, B> {
 
 // 8-bit blockwise states (Note [8-bit states] in fusedopt/reference/quant.py) run on the CPU
 // and the reference backend only, so far.
-template <class B>
-struct HostOp<ops::adam8bit_, B> {
-  static void call(const ops::adam8bit_::Args&) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, op_label<ops::adam8bit_>(),
+template <class Op>
+struct No8bitKernel {
+  static void call(const typename Op::Args&) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, op_label<Op>(),
                                 ": 8-bit optimizer states (state_dtype='int8_blockwise') have no "
                                 "CUDA kernel yet; use backend='cpu' or backend='reference'");
   }
 };
+
+template <class B>
+struct HostOp<ops::adam8bit_, B> : No8bitKernel<ops::adam8bit_> {};
+template <class B>
+struct HostOp<ops::lion8bit_, B> : No8bitKernel<ops::lion8bit_> {};
+template <class B>
+struct HostOp<ops::sgd8bit_, B> : No8bitKernel<ops::sgd8bit_> {};
 
 // The buffers are Muon's state (dtype S), the grads the params' (P), the updates bf16 or P.
 template <class B>

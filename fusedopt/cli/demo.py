@@ -81,6 +81,14 @@ RECIPES = (
     Recipe(
         "adamw", "AdamW", "AdamW", {"lr": 1e-3, "weight_decay": 0.01}, torch_twin=True, post=97.6
     ),
+    # 8-bit states (state_dtype="int8_blockwise"): the two hidden matrices' moments in 8 bits,
+    # the output layer's and the biases' (under 4,096 elements each) in fp32.
+    Recipe(
+        "adamw-8bit",
+        "AdamW 8-bit",
+        "AdamW",
+        {"lr": 1e-3, "weight_decay": 0.01, "state_dtype": "int8_blockwise"},
+    ),
     Recipe(
         "adamw-cosine",
         "AdamW+cosine",

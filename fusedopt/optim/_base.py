@@ -118,7 +118,7 @@ class FusedOptimizer(Checkpoints, NormsAndAmp, Plans, Optimizer):
         if args["state_dtype"] == _mixed.INT8 and self._op_8bit is None:
             raise ValueError(
                 f"{self._where()}: state_dtype={_mixed.INT8!r} is not supported by this "
-                "optimizer (8-bit states: fusedopt.AdamW and fusedopt.Adam)"
+                "optimizer (8-bit states: fusedopt.AdamW, Adam, Lion and SGD)"
             )
         if not isinstance(args["min_8bit_size"], int) or args["min_8bit_size"] < 0:
             raise ValueError(f"Invalid min_8bit_size value: {args['min_8bit_size']}")

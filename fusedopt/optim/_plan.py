@@ -309,7 +309,7 @@ class Plans:
             mode_key = _mixed.mode_key(self, p.dtype)
             b = buckets.get(key)
             if b is None:
-                backend = _dispatch.resolve(self.backend, p.device)
+                backend = _dispatch.resolve(self.backend, p.device, op)
                 mesh_dims = None if mesh is None else (mesh, dims)
                 b = buckets[key] = Bucket(backend, p.device, mesh_dims, op)
                 kept = (*keys, *aux, "step") if has_step else (*keys, *aux)

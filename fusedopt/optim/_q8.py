@@ -1,22 +1,24 @@
 """8-bit blockwise optimizer states: the option, the plans' per-param op, checkpoints, accounting.
 
 Note [8-bit optimizer states]
-``state_dtype="int8_blockwise"`` (AdamW, Adam) keeps each moment of a param of
-``min_8bit_size`` (default 4,096, as bitsandbytes) elements or more, of dtype float32, bfloat16
-or float16, in 8 bits (Note [8-bit states] in fusedopt/reference/quant.py); smaller params keep
+``state_dtype="int8_blockwise"`` (AdamW, Adam, Lion, SGD with momentum) keeps each moment of a
+param of ``min_8bit_size`` (default 4,096) elements or more, of dtype float32, bfloat16 or
+float16, in 8 bits (Note [8-bit states] in fusedopt/reference/quant.py); smaller params keep
 fp32 moments, as bitsandbytes does. The plans put the two kinds in separate buckets, each
-updated by its own registry op (``adam8bit_`` / ``adam_``: ``Bucket.op``, ``_param_op``).
-AMSGrad has no 8-bit variant (ValueError).
+updated by its own registry op (``adam8bit_`` / ``adam_``, ``lion8bit_`` / ``lion_``,
+``sgd8bit_`` / ``sgd_``: ``Bucket.op``, ``_param_op``). AMSGrad has no 8-bit variant
+(ValueError); SGD without momentum has no state to quantize.
 
-State of an 8-bit param, in torch.optim's per-param layout: ``step``; ``exp_avg`` and
-``exp_avg_sq`` the uint8 codes (param-shaped, contiguous); ``exp_avg_absmax`` and
-``exp_avg_sq_absmax`` one fp32 absmax per block of 256 elements; in ``state_dict()`` also
-``exp_avg_qmap`` and ``exp_avg_sq_qmap``, the 256-entry maps decoding them (one shared tensor
-each). Loading is exact both ways: an 8-bit checkpoint restores the same bits (a checkpoint
-with other maps is decoded with them and encoded with ours); a checkpoint with fp32 moments
-(torch.optim's, or fusedopt's without the option) is quantized, and an 8-bit one loaded where a
-param keeps fp32 moments is decoded. ``dequantize_state_dict`` makes a plain fp32 state dict that
-torch.optim.AdamW loads.
+State of an 8-bit param, in torch.optim's per-param layout: each moment (Adam's ``exp_avg`` and
+``exp_avg_sq``, Lion's ``exp_avg``, SGD's ``momentum_buffer``) the uint8 codes (param-shaped,
+contiguous), beside it ``<moment>_absmax``, one fp32 absmax per block of 256 elements, and in
+``state_dict()`` also ``<moment>_qmap``, the 256-entry map decoding it (one shared tensor per
+map): first moments through the signed map, Adam's second moment through the unsigned one.
+Loading is exact both ways: an 8-bit checkpoint restores the same bits (a checkpoint with other
+maps is decoded with them and encoded with ours); a checkpoint with fp32 moments (torch.optim's,
+or fusedopt's without the option) is quantized, and an 8-bit one loaded where a param keeps fp32
+moments is decoded. ``dequantize_state_dict`` makes a plain fp32 state dict that torch.optim's
+AdamW, Adam and SGD (and fusedopt.Lion without the option) load.
 """
 
 from __future__ import annotations
@@ -26,18 +28,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._opdefs import OPS
 from ..reference import quant
 from . import _mixed
 from ._base import _OPTIONS
 
-_OP = "adam8bit_"
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Per moment: (codes key, absmax key, map key in a state_dict, row of quant.QMAPS).
-_MOMENTS = (
-    ("exp_avg", "exp_avg_absmax", "exp_avg_qmap", 0),
-    ("exp_avg_sq", "exp_avg_sq_absmax", "exp_avg_sq_qmap", 1),
-)
-_CODES = {m[0] for m in _MOMENTS}
+#: Per moment an 8-bit op keeps (the codes' key): (absmax key, map key in a state_dict, row of
+#: quant.QMAPS).
+_KEYS = {
+    "exp_avg": ("exp_avg_absmax", "exp_avg_qmap", 0),
+    "exp_avg_sq": ("exp_avg_sq_absmax", "exp_avg_sq_qmap", 1),
+    "momentum_buffer": ("momentum_buffer_absmax", "momentum_buffer_qmap", 0),
+}
+
+
+def _moments(op: str) -> tuple[tuple[str, str, str, int], ...]:
+    """(codes key, absmax key, map key, map row) of each moment of 8-bit registry op ``op``."""
+    return tuple((a.key, *_KEYS[a.key]) for a in OPS[op].aux_state if a.key in _KEYS)
+
+
 _QMAPS: dict[torch.device, Tensor] = {}
 
 
@@ -51,10 +61,11 @@ def qmaps(device: torch.device) -> Tensor:
 
 class States8bit:
     """The FusedOptimizer part of an optimizer with 8-bit states (Note [8-bit optimizer
-    states]); first in the bases, before FusedOptimizer."""
+    states]); first in the bases, before FusedOptimizer. ``_op_8bit``: the registry op of its
+    8-bit params."""
 
     _op: str
-    _op_8bit = _OP
+    _op_8bit: str
     _options = tuple(_OPTIONS)
     #: An fp32 checkpoint has no absmax: loading quantizes its moments.
     _may_lack = ("exp_avg_absmax", "exp_avg_sq_absmax")
@@ -70,6 +81,10 @@ class States8bit:
             and p.numel() >= self.min_8bit_size
         )
 
+    def _has_moments(self, group: dict[str, Any]) -> bool:
+        """Whether the group's params keep moments (SGD's: only with momentum)."""
+        return True
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
         if self.state_dtype == _mixed.INT8 and self.param_groups[-1].get("amsgrad"):
@@ -80,31 +95,53 @@ class States8bit:
             )
 
     def _param_op(self, group: dict[str, Any], p: Tensor) -> str:
-        return _OP if self._quantized(p) else self._op
+        return self._op_8bit if self._quantized(p) and self._has_moments(group) else self._op
 
     def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
-        if key in _CODES:
+        if key in _KEYS:
             return tuple(p.shape)
         return (quant.num_blocks(p.numel()),)
 
     def _aux_dtype(self, group: dict[str, Any], p: Tensor, key: str) -> torch.dtype:
-        return torch.uint8 if key in _CODES else torch.float32
+        return torch.uint8 if key in _KEYS else torch.float32
 
-    def _launch(self, b: Any, values: dict[str, Any]) -> None:
-        if b.op == _OP:
-            values = {k: v for k, v in values.items() if k != "amsgrad"}
+    def _call(self, op: str, b: Any, values: dict[str, Any], plan: bool = True) -> None:
+        if op == self._op_8bit:
+            names = OPS[op].names
+            values = {k: v for k, v in values.items() if k in names}  # Adam's amsgrad
             values["qmaps"] = qmaps(b.device)
-        super()._launch(b, values)  # type: ignore[misc]
+        super()._call(op, b, values, plan)  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()  # type: ignore[misc]
-        maps = {key: quant.QMAPS[row] for _, _, key, row in _MOMENTS}
         state = sd["state"]
         for i, pstate in list(state.items()):
-            codes = pstate.get("exp_avg")
-            if torch.is_tensor(codes) and codes.dtype == torch.uint8:
+            maps = {
+                key: quant.QMAPS[row]
+                for codes, _, key, row in _moments(self._op_8bit)
+                if torch.is_tensor(pstate.get(codes)) and pstate[codes].dtype == torch.uint8
+            }
+            if maps:
                 state[i] = {**pstate, **maps}  # torch's entries are self.state's own dicts
         return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also a bitsandbytes 8-bit optimizer's (Note [bitsandbytes checkpoints])."""
+        converted = _from_bitsandbytes(state_dict, _moments(self._op_8bit))
+        if converted is not state_dict:
+            # bitsandbytes' groups name its own options (SGD8bit's momentum is betas[0], and it
+            # keeps no dampening or nesterov): only groups that say all of ours load.
+            fallbacks = self._group_fallbacks  # type: ignore[attr-defined]
+            needed = [k for k in self.defaults if k != "params" and k not in fallbacks]  # type: ignore[attr-defined]
+            missing = sorted(
+                {k for g in state_dict.get("param_groups", []) for k in needed if k not in g}
+            )
+            if missing:
+                raise ValueError(
+                    f"fusedopt.{type(self).__name__}: the bitsandbytes checkpoint's param groups "
+                    f"lack {', '.join(missing)}; nothing was loaded"
+                )
+        super().load_state_dict(converted)  # type: ignore[misc]
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
         """Also: 8-bit moments come with an absmax of one element per block."""
@@ -112,7 +149,7 @@ class States8bit:
         for pid, pstate in state_dict.get("state", {}).items():
             if not isinstance(pstate, dict):
                 continue
-            for codes_key, absmax_key, map_key, _ in _MOMENTS:
+            for codes_key, absmax_key, map_key, _ in _moments(self._op_8bit):
                 codes = pstate.get(codes_key)
                 if not torch.is_tensor(codes) or codes.dtype != torch.uint8:
                     continue
@@ -139,13 +176,16 @@ class States8bit:
         """The moments as this optimizer keeps them, from the loaded ones (Note [8-bit
         optimizer states]); the rest as any optimizer restores it."""
         ids = (pid for sg in state_dict["param_groups"] for pid in sg["params"])
+        params = ((g, p) for g in self.param_groups for p in g["params"])
+        moments = _moments(self._op_8bit)
         rest = dict(saved)
-        for pid, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+        for pid, (group, p) in zip(ids, params):
             if pid not in saved or p not in self.state:
                 continue
             pstate = self.state[p]
             loaded = saved[pid]
-            for codes_key, absmax_key, map_key, row in _MOMENTS:
+            quantized = self._param_op(group, p) == self._op_8bit
+            for codes_key, absmax_key, map_key, row in moments:
                 pstate.pop(map_key, None)
                 v = loaded.get(codes_key)
                 if v is None:
@@ -158,29 +198,94 @@ class States8bit:
                     values, same = v, False
                 else:
                     continue
-                if self._quantized(p) and same:
+                if quantized and same:
                     codes, absmax = v.contiguous(), loaded[absmax_key].float()
-                elif self._quantized(p):
+                elif quantized:
                     codes, absmax = quant.quantize(values.float(), quant.QMAPS[row])
                 else:
-                    group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
                     pstate.pop(absmax_key, None)
                     dtype = self._state_dtype(group, p)  # type: ignore[attr-defined]
                     pstate[codes_key] = values.to(device=p.device, dtype=dtype).view(p.shape)
                     continue
                 pstate[codes_key] = codes.to(p.device, copy=True).view(p.shape)
                 pstate[absmax_key] = absmax.to(p.device, copy=True)
-            rest[pid] = {k: t for k, t in loaded.items() if k not in _CODES}
+            rest[pid] = {k: t for k, t in loaded.items() if k not in _KEYS}
         super()._restore_state_dtypes(state_dict, rest)  # type: ignore[misc]
+
+
+#: Where bitsandbytes' Optimizer8bit.state_dict() puts each param's quantization state.
+_BNB_WRAPPED = "__bnb_optimizer_quant_state__"
+
+
+def _from_bitsandbytes(
+    state_dict: dict[str, Any], moments: tuple[tuple[str, str, str, int], ...]
+) -> dict[str, Any]:
+    """Note [bitsandbytes checkpoints]
+    bitsandbytes' 8-bit optimizers (AdamW8bit, Adam8bit, Lion8bit, SGD8bit, blockwise, as by
+    default) keep per param ``state1`` (and Adam's ``state2``) with ``qmap1``/``absmax1``
+    (``qmap2``/``absmax2``), wrapped in ``__bnb_optimizer_quant_state__`` in a state_dict since
+    0.45, beside an int ``step``: uint8 codes in row-major blocks of 256 elements, decoded by
+    ``qmap[code] * absmax``, Note [8-bit states]'s layout and maps, so they load bit for bit
+    (fp32 ``state1`` of a small param loads as any fp32 moment). ``state1`` is the optimizer's
+    first moment key (``exp_avg``, SGD's ``momentum_buffer``), ``state2`` its second. Other
+    layouts raise ValueError before anything is loaded: blocks of another size (older
+    bitsandbytes' 2048) and ``block_wise=False`` (one ``max1`` per tensor); so do param groups
+    without this optimizer's options (SGD8bit's). A state dict without ``state1`` is returned
+    as it is."""
+    states = state_dict.get("state", {})
+    if not any(
+        isinstance(s, dict) and ("state1" in s or _BNB_WRAPPED in s) for s in states.values()
+    ):
+        return state_dict
+    out = {**state_dict, "state": {}}
+    for pid, pstate in states.items():
+        if not isinstance(pstate, dict):
+            out["state"][pid] = pstate
+            continue
+        pstate = {**pstate, **pstate.get(_BNB_WRAPPED, {})}
+        pstate.pop(_BNB_WRAPPED, None)
+        if "max1" in pstate or "new_max1" in pstate:
+            raise ValueError(
+                f"loaded bitsandbytes state for parameter {pid} is not blockwise (block_wise="
+                "False: one absmax per tensor); fusedopt loads blockwise 8-bit states only; "
+                "nothing was loaded"
+            )
+        step = pstate.get("step")
+        if step is not None and not torch.is_tensor(step):
+            pstate["step"] = torch.tensor(float(step), dtype=torch.float32)
+        for j, (codes_key, absmax_key, map_key, _) in enumerate(moments):
+            codes = pstate.pop(f"state{j + 1}", None)
+            absmax = pstate.pop(f"absmax{j + 1}", None)
+            qmap = pstate.pop(f"qmap{j + 1}", None)
+            if codes is None:
+                continue
+            pstate[codes_key] = codes
+            if codes.dtype != torch.uint8:
+                continue
+            blocks = quant.num_blocks(codes.numel())
+            if absmax is None or absmax.numel() != blocks:
+                got = "none" if absmax is None else absmax.numel()
+                raise ValueError(
+                    f"loaded bitsandbytes state for parameter {pid}: {got} absmax{j + 1} "
+                    f"values for {codes.numel()} elements, fusedopt's blocks of "
+                    f"{quant.BLOCK} need {blocks} (a checkpoint of another block size); "
+                    "nothing was loaded"
+                )
+            pstate[absmax_key] = absmax.reshape(-1)
+            if qmap is not None:
+                pstate[map_key] = qmap
+        out["state"][pid] = pstate
+    return out
 
 
 def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of an optimizer ``state_dict`` with 8-bit moments decoded to fp32 and their
-    absmax and map keys dropped: what torch.optim.AdamW / Adam load."""
+    absmax and map keys dropped: what torch.optim's AdamW, Adam and SGD load (and
+    fusedopt.Lion with fp32 states)."""
     out = {**state_dict, "state": {}}
     for pid, pstate in state_dict.get("state", {}).items():
         pstate = dict(pstate)
-        for codes_key, absmax_key, map_key, row in _MOMENTS:
+        for codes_key, (absmax_key, map_key, row) in _KEYS.items():
             codes = pstate.get(codes_key)
             qmap = pstate.pop(map_key, quant.QMAPS[row])
             absmax = pstate.pop(absmax_key, None)

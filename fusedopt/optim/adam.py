@@ -78,6 +78,7 @@ class Adam(States8bit, FusedOptimizer):
     """
 
     _op = "adam_"
+    _op_8bit = "adam8bit_"
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _group_fallbacks = {
         "amsgrad": False,

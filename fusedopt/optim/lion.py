@@ -6,10 +6,11 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import FusedOptimizer, group_defaults
+from ._q8 import States8bit
 from ._validate import check_args
 
 
-class Lion(FusedOptimizer):
+class Lion(States8bit, FusedOptimizer):
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), fused.
 
     One kernel per (device, dtype) group and step, moving 20 bytes per fp32 parameter (read
@@ -40,14 +41,19 @@ class Lion(FusedOptimizer):
             direction, :math:`\beta_2` the momentum (default: (0.9, 0.99)).
         weight_decay (float, optional): decoupled weight decay :math:`\lambda` (default: 0).
         maximize (bool, optional): maximize the objective (default: False).
-        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
-            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype,
+            min_8bit_size, fused_amp: as in :class:`fusedopt.Adam` (README "Mixed precision",
+            "Training frameworks"); ``state_dtype="int8_blockwise"`` keeps ``exp_avg`` in 8
+            bits through the signed map (Note [8-bit optimizer states] in
+            fusedopt/optim/_q8.py).
     """
 
     _op = "lion_"
+    _op_8bit = "lion8bit_"
     _sparse_error = "Lion does not support sparse gradients"
     _group_fallbacks = {"maximize": False}
-    _may_lack = ("step",)  # lion-pytorch's and timm's checkpoints have none
+    # lion-pytorch's and timm's checkpoints have no step; an fp32 checkpoint has no absmax
+    _may_lack = ("step", "exp_avg_absmax")
 
     def __init__(
         self,

@@ -8,12 +8,14 @@ from torch.optim.optimizer import ParamsT
 from .._opdefs import OPS
 from ._base import FusedOptimizer, group_defaults
 from ._plan import Bucket
+from ._q8 import States8bit
 from ._validate import check_fused_flags, check_lr
 
-_LISTS = {a.name for a in OPS["sgd_"].args if a.is_list}  # one tensor per param
+#: Per op, its lists: one tensor per param.
+_LISTS = {op: {a.name for a in OPS[op].args if a.is_list} for op in ("sgd_", "sgd8bit_")}
 
 
-class SGD(FusedOptimizer):
+class SGD(States8bit, FusedOptimizer):
     r"""Stochastic gradient descent with optional momentum, fused.
 
     A drop-in for :class:`torch.optim.SGD`: same arguments, defaults, param groups and
@@ -39,11 +41,15 @@ class SGD(FusedOptimizer):
         foreach (bool, optional): accepted for compatibility; fusedopt is always fused.
         differentiable (bool, optional): not supported; True raises (default: False).
         fused (bool, optional): accepted for compatibility; fusedopt is always fused.
-        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype, fused_amp:
-            as in :class:`fusedopt.Adam` (README "Mixed precision", "Training frameworks").
+        backend, max_grad_norm, master_weights, stochastic_rounding, state_dtype,
+            min_8bit_size, fused_amp: as in :class:`fusedopt.Adam` (README "Mixed precision",
+            "Training frameworks"); ``state_dtype="int8_blockwise"`` keeps ``momentum_buffer``
+            in 8 bits through the signed map, the first step's buffer the quantized grad
+            (Note [8-bit optimizer states] in fusedopt/optim/_q8.py).
     """
 
     _op = "sgd_"
+    _op_8bit = "sgd8bit_"
     _sparse_error = "`_fused_sgd` does not support sparse gradients"
     _group_fallbacks = {
         "nesterov": False,
@@ -52,8 +58,9 @@ class SGD(FusedOptimizer):
         "differentiable": False,
         "fused": False,
     }
-    # A missing momentum_buffer starts from the grad, as in torch.optim.SGD.
-    _may_lack = ("momentum_buffer",)
+    # A missing momentum_buffer starts from the grad, as in torch.optim.SGD; an fp32 one has
+    # no absmax.
+    _may_lack = ("momentum_buffer", "momentum_buffer_absmax")
 
     def __init__(
         self,
@@ -80,6 +87,9 @@ class SGD(FusedOptimizer):
         check_fused_flags(foreach, differentiable, fused)
         super().__init__(params, group_defaults(locals()), options)
 
+    def _has_moments(self, group: dict[str, Any]) -> bool:
+        return group["momentum"] != 0
+
     def _scalars(self, group: dict[str, Any]) -> dict[str, Any]:
         return {**super()._scalars(group), "is_first_step": False}
 
@@ -95,7 +105,7 @@ class SGD(FusedOptimizer):
         zero buffer (momentum * 0 + grad) is the first step's buffer = grad.
         """
         if b.fresh is None or not values["momentum_buffers"]:
-            self._call(self._op, b, values)
+            self._call(b.op, b, values)
             b.fresh = None
             return
         # The step that creates some buffers: those take the grad, the others update.
@@ -103,9 +113,10 @@ class SGD(FusedOptimizer):
             sel = [i for i, f in enumerate(b.fresh) if f == first]
             if sel:
                 part = {
-                    k: [v[i] for i in sel] if k in _LISTS and v else v for k, v in values.items()
+                    k: [v[i] for i in sel] if k in _LISTS[b.op] and v else v
+                    for k, v in values.items()
                 }
-                self._call(self._op, b, {**part, "is_first_step": first}, plan=False)
+                self._call(b.op, b, {**part, "is_first_step": first}, plan=False)
         found_inf = values["found_inf"]
         if (
             found_inf is None

@@ -10,10 +10,10 @@ from ._common import opmath_dtype, sum_sq
 from .adafactor import adafactor_
 from .adam import adam8bit_, adam_
 from .lamb import lamb_
-from .lion import lion_
+from .lion import lion8bit_, lion_
 from .muon import muon_, muon_momentum_
 from .schedule_free import schedule_free_adamw_, schedule_free_swap_
-from .sgd import sgd_
+from .sgd import sgd8bit_, sgd_
 from .sophia import sophia_, sophia_update_hessian_
 
 __all__ = [
@@ -21,11 +21,13 @@ __all__ = [
     "adam8bit_",
     "adam_",
     "lamb_",
+    "lion8bit_",
     "lion_",
     "muon_",
     "muon_momentum_",
     "schedule_free_adamw_",
     "schedule_free_swap_",
+    "sgd8bit_",
     "sgd_",
     "sophia_",
     "sophia_update_hessian_",

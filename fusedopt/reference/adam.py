@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from . import quant
-from ._common import begin, load_step, lr_arith, spec, store_param
+from ._common import load_step, lr_arith, spec, store_param
 
 
 @spec("adam_", like=False)
@@ -82,62 +82,7 @@ def _step(
     return m, v
 
 
-def _adam8bit_begin(a: Any) -> tuple | None:
-    """The 8-bit arguments checked (``check_8bit``) before the shared prologue writes
-    anything (step counters, seeds)."""
-    check_8bit("fusedopt.adam8bit_", a)
-    return begin("adam8bit_", *a)
-
-
-_Q8_PARAMS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def check_8bit(op: str, a: Any) -> None:
-    """The 8-bit states of a call: per param uint8 codes of its shape and fp32 absmax, one per
-    block, all contiguous; params of an fp32 opmath; the maps (2, 256) fp32."""
-    n = len(a.params)
-    if a.qmaps.dtype != torch.float32 or tuple(a.qmaps.shape) != (2, quant.BLOCK):
-        raise RuntimeError(
-            f"{op}: qmaps must be a float32 tensor of shape (2, 256), got {a.qmaps.dtype} "
-            f"{tuple(a.qmaps.shape)}"
-        )
-    lists = (
-        ("exp_avgs", torch.uint8, False),
-        ("exp_avg_sqs", torch.uint8, False),
-        ("exp_avg_absmaxs", torch.float32, True),
-        ("exp_avg_sq_absmaxs", torch.float32, True),
-    )
-    for name, dtype, blocks in lists:
-        tensors = getattr(a, name)
-        if len(tensors) != n:
-            raise RuntimeError(
-                f"{op}: expected {name} to have {n} tensors (one per param), got {len(tensors)}"
-            )
-        for i, (p, t) in enumerate(zip(a.params, tensors)):
-            shape = (quant.num_blocks(p.numel()),) if blocks else tuple(p.shape)
-            if t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
-                raise RuntimeError(
-                    f"{op}: {name}[{i}] must be a contiguous {dtype} tensor of shape {shape}, "
-                    f"got {t.dtype} {tuple(t.shape)}"
-                    + ("" if t.is_contiguous() else " (not contiguous)")
-                )
-    for i, p in enumerate(a.params):
-        if p.dtype not in _Q8_PARAMS:
-            raise RuntimeError(
-                f"{op}: 8-bit states need float32, bfloat16 or float16 params; params[{i}] is "
-                f"{p.dtype}"
-            )
-        if a.sr_seeds and not p.is_contiguous() and p.numel() > 1:
-            from torch._prims_common import is_non_overlapping_and_dense_or_false
-
-            if is_non_overlapping_and_dense_or_false(p):
-                raise NotImplementedError(
-                    f"{op}: stochastic rounding of a param that is dense but not contiguous "
-                    f"(params[{i}], strides {p.stride()}) with 8-bit states"
-                )
-
-
-@spec("adam8bit_", prologue=_adam8bit_begin)
+@spec("adam8bit_", prologue=quant.prologue("adam8bit_"))
 def adam8bit_(a: Any, masters: list, seeds: list, s: float) -> None:
     r"""Adam / AdamW with 8-bit blockwise moments: each param's moments decoded (Note [8-bit
     states] in quant.py), updated as in :func:`adam_` in fp32, and encoded again, each block
@@ -148,10 +93,5 @@ def adam8bit_(a: Any, masters: list, seeds: list, s: float) -> None:
         m = quant.dequantize(a.exp_avgs[i], a.exp_avg_absmaxs[i], signed)
         v = quant.dequantize(a.exp_avg_sqs[i], a.exp_avg_sq_absmaxs[i], unsigned)
         m, v = _step(a, i, masters, seeds, s, False, m, v, rounded=True)
-        for codes, absmax, x, qmap in (
-            (a.exp_avgs[i], a.exp_avg_absmaxs[i], m, signed),
-            (a.exp_avg_sqs[i], a.exp_avg_sq_absmaxs[i], v, unsigned),
-        ):
-            c, am = quant.quantize(x, qmap)
-            codes.copy_(c)
-            absmax.copy_(am)
+        quant.update(a.exp_avgs[i], a.exp_avg_absmaxs[i], m, signed)
+        quant.update(a.exp_avg_sqs[i], a.exp_avg_sq_absmaxs[i], v, unsigned)

@@ -29,9 +29,14 @@ optimizers decide which (Note [8-bit optimizer states] in fusedopt/optim/_q8.py)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._opdefs import OPS
+from ._common import begin
 
 #: Elements per quantization block.
 BLOCK = 256
@@ -113,3 +118,68 @@ def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor) -> Tensor:
 
 def num_blocks(numel: int) -> int:
     return -(-numel // BLOCK)
+
+
+_Q8_PARAMS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_8bit(op: str, a: Any) -> None:
+    """The 8-bit states of a call of registry op ``op``, its auxiliary state lists: per param uint8 codes
+    of its shape and fp32 absmax (the lists whose key ends in ``_absmax``), one per block, all
+    contiguous; params of an fp32 opmath; the maps (2, 256) fp32."""
+    n = len(a.params)
+    where = f"fusedopt.{op}"
+    if a.qmaps.dtype != torch.float32 or tuple(a.qmaps.shape) != (2, BLOCK):
+        raise RuntimeError(
+            f"{where}: qmaps must be a float32 tensor of shape (2, 256), got {a.qmaps.dtype} "
+            f"{tuple(a.qmaps.shape)}"
+        )
+    for arg in OPS[op].aux_state:
+        blocks = arg.key.endswith("_absmax")  # type: ignore[union-attr]
+        dtype = torch.float32 if blocks else torch.uint8
+        tensors = getattr(a, arg.name)
+        if len(tensors) != n:
+            raise RuntimeError(
+                f"{where}: expected {arg.name} to have {n} tensors (one per param), got "
+                f"{len(tensors)}"
+            )
+        for i, (p, t) in enumerate(zip(a.params, tensors)):
+            shape = (num_blocks(p.numel()),) if blocks else tuple(p.shape)
+            if t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+                raise RuntimeError(
+                    f"{where}: {arg.name}[{i}] must be a contiguous {dtype} tensor of shape "
+                    f"{shape}, got {t.dtype} {tuple(t.shape)}"
+                    + ("" if t.is_contiguous() else " (not contiguous)")
+                )
+    for i, p in enumerate(a.params):
+        if p.dtype not in _Q8_PARAMS:
+            raise RuntimeError(
+                f"{where}: 8-bit states need float32, bfloat16 or float16 params; params[{i}] is "
+                f"{p.dtype}"
+            )
+        if a.sr_seeds and not p.is_contiguous() and p.numel() > 1:
+            from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+            if is_non_overlapping_and_dense_or_false(p):
+                raise NotImplementedError(
+                    f"{where}: stochastic rounding of a param that is dense but not contiguous "
+                    f"(params[{i}], strides {p.stride()}) with 8-bit states"
+                )
+
+
+def prologue(op: str) -> Callable[[Any], tuple | None]:
+    """The reference prologue of an 8-bit op: its 8-bit arguments checked (``check_8bit``)
+    before the shared prologue writes anything (step counters, seeds)."""
+
+    def run(a: Any) -> tuple | None:
+        check_8bit(op, a)
+        return begin(op, *a)
+
+    return run
+
+
+def update(codes: Tensor, absmax: Tensor, values: Tensor, qmap: Tensor) -> None:
+    """Encodes the updated fp32 ``values`` into ``codes`` and ``absmax`` in place."""
+    c, am = quantize(values, qmap)
+    codes.copy_(c)
+    absmax.copy_(am)

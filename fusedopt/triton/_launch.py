@@ -46,7 +46,6 @@ from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SCALAR, SEED, STATE, STEP, Op
 from .._ops import wrapper
 from ..reference import quant
 from ..reference._common import check_like_params, check_mixed, check_steps
-from ..reference.adam import check_8bit
 from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
 from . import _multi_tensor as mt
@@ -308,7 +307,7 @@ _UPDATES = {
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", "adam8bit_")
+_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", "adam8bit_", "lion8bit_", "sgd8bit_")
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -692,6 +691,24 @@ _Q8_OPS = {
         ),
         _adam_q8_flags,
     ),
+    "lion8bit_": Q8(
+        "lion",
+        (("exp_avgs", "exp_avg_absmaxs"),),
+        lambda v: (v["beta1"], v["beta2"], v["weight_decay"]),
+        lambda v: (bool(v["maximize"]),),
+    ),
+    "sgd8bit_": Q8(
+        "sgd",
+        (("momentum_buffers", "momentum_buffer_absmaxs"),),
+        lambda v: (v["momentum"], v["dampening"], v["weight_decay"]),
+        lambda v: (
+            v["momentum"] != 0,
+            bool(v["is_first_step"]),
+            bool(v["nesterov"]),
+            bool(v["maximize"]),
+            _nonzero(v["weight_decay"], torch.float32),
+        ),
+    ),
 }
 
 
@@ -702,7 +719,7 @@ def _q8(name: str, values: dict[str, Any]) -> None:
     row-major."""
     spec = _Q8_OPS[name]
     label = f"fusedopt.{name}"
-    check_8bit(label, argparse.Namespace(**values))
+    quant.check_8bit(name, argparse.Namespace(**values))
     params, grads = values["params"], values["grads"]
     check_like_params(label, params, grads=grads)
     masters, seeds = check_mixed(label, params, values["master_params"], values["sr_seeds"])
@@ -732,7 +749,8 @@ def _q8(name: str, values: dict[str, Any]) -> None:
         # the steps and seeds count, but not where GradScaler found inf
         counters = [*(steps or []), *(s for s in seeds if s is not None)]
         if found_inf is None:
-            torch._foreach_add_(counters, 1)
+            if counters:
+                torch._foreach_add_(counters, 1)
         else:
             keep = found_inf == 0
             for c in counters:
