@@ -250,6 +250,22 @@ def _lr_div(lr, y, LR_T: tl.constexpr):
 
 
 @triton.jit
+def _hparams(h0, h1, h2, h3, h4, h5, h6, h7):
+    """An update's fp64 hyperparameters (Note [scalars in fp64]) as the tuple its SCALARS
+    function reads."""
+    return (
+        tl.full((), h0, tl.float64),
+        tl.full((), h1, tl.float64),
+        tl.full((), h2, tl.float64),
+        tl.full((), h3, tl.float64),
+        tl.full((), h4, tl.float64),
+        tl.full((), h5, tl.float64),
+        tl.full((), h6, tl.float64),
+        tl.full((), h7, tl.float64),
+    )
+
+
+@triton.jit
 def _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr):
     if HAS_GRAD_SCALE:
         return 1.0 / tl.load(grad_scale_ptr).to(tl.float64)
@@ -429,16 +445,7 @@ def _update_kernel(
         step = _step(table, row, W, STEP_T)
     else:
         step = tl.full((), 0.0, tl.float64)
-    hp = (
-        tl.full((), h0, tl.float64),
-        tl.full((), h1, tl.float64),
-        tl.full((), h2, tl.float64),
-        tl.full((), h3, tl.float64),
-        tl.full((), h4, tl.float64),
-        tl.full((), h5, tl.float64),
-        tl.full((), h6, tl.float64),
-        tl.full((), h7, tl.float64),
-    )
+    hp = _hparams(h0, h1, h2, h3, h4, h5, h6, h7)
     lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
     sc = SCALARS(hp, key, _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE), step, lr, CT, LR_T)
     ptrs = (p_ptr, w_ptr, g_ptr, s1, s2, s3)
@@ -477,12 +484,12 @@ def _adam_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
 def _adam_moments(p, g, m, v, sc, F):
     """Adam's grad (scaled, signed, decayed) into its moments; returns (p, m, v), p decayed
     with decoupled weight decay."""
-    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
     HAS_GRAD_SCALE: tl.constexpr = F[2]
     DECOUPLED: tl.constexpr = F[3]
     MAXIMIZE: tl.constexpr = F[5]
     WEIGHT_DECAY: tl.constexpr = F[6]
     LERP_LOW: tl.constexpr = F[7]
+    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -616,14 +623,7 @@ def _q8_kernel(
         key = _seed_key(tl.load(seed_ptr))
     else:
         key = tl.full((), 0, tl.uint32)
-    hp = (
-        tl.full((), h0, tl.float64),
-        tl.full((), h1, tl.float64),
-        tl.full((), h2, tl.float64),
-        tl.full((), h3, tl.float64),
-        tl.full((), h4, tl.float64),
-        tl.full((), h5, tl.float64),
-    )
+    hp = _hparams(h0, h1, h2, h3, h4, h5, 0.0, 0.0)
     if STEPS:
         step = tl.load(step_ptr).to(tl.float64)
     else:
