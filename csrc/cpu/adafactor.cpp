@@ -26,9 +26,9 @@
 // list that cut pass 1 by a fifth and pass 2 by a fourth. Pass 3 steps the param's tasks last
 // to first, so it starts on the g that pass 2 read last, still in the cache.
 // DRAM: p and g read once and p written once, 12 B per fp32 parameter; passes 2 and 3 read
-// another 12 B and write 4 in the cache. A param larger than kPrivateMax elements, or than a
-// thread's share of the call, is stepped by all threads pass by pass instead: 2 S + S + 3 S
-// from memory (24 B per fp32 parameter).
+// another 12 B from the cache (with u stored: 16). A param larger than kPrivateMax elements,
+// or than a thread's share of the call, is stepped by all threads pass by pass instead:
+// 2 S + S + 3 S from memory (24 B per fp32 parameter).
 // A vector ([n] or 0-d) keeps a variance v: pass 1 also updates v and computes u (torch's
 // rsqrt of v, a division per element) and sum u^2 (read p, g, v; write v), u kept in a buffer
 // of the thread's for pass 3 (recomputed from v where the vector is stepped pass by pass).
@@ -144,7 +144,7 @@ struct DirectionBody {
   }
 };
 
-// Pass 3 of a param: p = p (1 - lr wd) + neg_step u, u from pass 2 (pass 1 for a vector).
+// Pass 3 of a vector: p = p (1 - lr wd) + neg_step u, u stored by pass 1.
 template <typename T, typename O>
 struct ApplyBody {
   FUSEDOPT_INLINE static void run(T* __restrict p, const O* __restrict u, int64_t n, O decay,
@@ -169,7 +169,7 @@ struct ApplyBody {
   }
 };
 
-// Pass 3 where u was not stored: u recomputed from g and the factors.
+// Pass 3 of a matrix: u recomputed from g and the factors.
 template <typename T, typename O>
 struct RecomputeBody {
   FUSEDOPT_INLINE static void run(T* __restrict p, const T* __restrict g, int64_t rows, int64_t n,
