@@ -122,8 +122,11 @@ def adafactor_bytes(dtype: torch.dtype) -> float:
     matrix, and its RMS over the whole update, before any element of p may change, so the
     kernel makes three passes over each param (csrc/cpu/adafactor.cpp, Note [Adafactor passes]):
       pass 1: read p, g; reduce sum p^2, the row and the column sums of g^2   (2, memory)
-      pass 2: read g; write u and reduce sum u^2                             (cache)
-      pass 3: read p, u; write p                                             (1, memory)
+      pass 2: read g; reduce sum u^2                                         (cache)
+      pass 3: read p, g; write p, u recomputed                               (1, memory)
+    u = g min(a_i b_j, rsqrt(eps1^2)) from per-row and per-column factors (Note [factored
+    direction] in csrc/include/fusedopt/math.h): two products and a min, so it is recomputed in
+    pass 3 rather than stored by pass 2 and read back (8 B/param less traffic with the cache).
     Each thread runs all three passes of one param before the next, so passes 2 and 3 read p
     and g from the cache pass 1 left them in: 3 arrays from and to memory, 12 B/param in fp32
     (the row/column statistics are O(m + n)), the fewest any implementation can move. A param

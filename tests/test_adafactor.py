@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fusedopt
-from helpers import adafactor_scalars
+from helpers import TOL_VS_TORCH, adafactor_scalars
 from optim_info import BACKENDS
 
 HAS_TRITON = fusedopt.backends()["triton"].available
@@ -145,6 +145,80 @@ def test_backend_is_the_reference_element_by_element(impl, maximize, seed):
             torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-14, equal_nan=True)
 
 
+def _edge_grads(case, step):
+    g = torch.randn(6, 9, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+    if case == "zero-row-col":
+        g[2], g[:, 3] = 0, 0
+    elif case == "all-zero-then-small":  # mean(row_var) 0, then below eps1: the clamp
+        g = g * 1e-4 if step else g * 0
+    elif case in ("inf", "nan"):
+        g[1, 4] = float(case)
+    elif case.startswith("tiny"):  # subnormal statistics
+        g = g * 1e-20
+    elif case == "huge":
+        g = g * 1e15
+    return g
+
+
+# (case, eps1, what fp32 must match): torch's fp32 for-loop, or its fp64 one where torch's
+# fp32 (r c) / mean(r) underflows (to 0: rsqrt inf, the step NaN) or overflows (to inf:
+# rsqrt 0, no step) and the factored direction does not (Note [factored direction]).
+EDGE_CASES = [
+    ("zero-row-col", None, torch.float32),
+    ("zero-row-col-tiny-eps1", 1e-30, torch.float32),  # eps1^2 0 in fp32: no cap, u NaN
+    ("all-zero-then-small", None, torch.float32),
+    ("inf", None, torch.float32),
+    ("nan", None, torch.float32),
+    ("tiny", None, torch.float32),
+    ("tiny-tiny-eps1", 1e-30, torch.float64),
+    ("huge", None, torch.float64),
+]
+
+
+@pytest.mark.parametrize("impl", ["reference", *_impls()])
+@pytest.mark.parametrize("case,eps1,expect", EDGE_CASES, ids=[c[0] for c in EDGE_CASES])
+def test_factored_direction_edge_cases_match_torch(impl, case, eps1, expect):
+    """The factored update direction (Note [factored direction]) on zero rows and columns,
+    inf and NaN grads, a row mean clamped at eps1, subnormal and huge statistics, eps1 = None
+    (fp32's machine epsilon) and eps1^2 below fp32's range; two steps of the op against torch's
+    for-loop, with a normal param beside the odd one."""
+    fn = fusedopt.reference.adafactor_ if impl == "reference" else _impls()[impl]
+    gen = torch.Generator().manual_seed(3)
+    start = [
+        torch.randn(6, 9, generator=gen, dtype=torch.float64),
+        torch.randn(5, 7, generator=gen),
+    ]
+    ps = [p.float() for p in start]
+    state = [[torch.zeros(*p.shape[:-1], 1) for p in ps], [torch.zeros(1, p.shape[-1]) for p in ps]]
+    steps = [torch.tensor(0.0) for _ in ps]
+    theirs = [p.detach().to(expect, copy=True).requires_grad_() for p in start]
+    opt = torch.optim.Adafactor(theirs, lr=0.02, eps=(eps1, 1e-3), foreach=False)
+    e1 = torch.finfo(torch.float32).eps if eps1 is None else eps1
+    for step in range(2):
+        grads = [_edge_grads(case, step), torch.randn(5, 7, generator=gen)]
+        fn(ps, [g.float() for g in grads], *state, [torch.empty(0)] * 2, steps,
+           *adafactor_scalars(eps1=e1, weight_decay=0.0).values())  # fmt: skip
+        for p, g in zip(theirs, grads):
+            p.grad = g.to(expect)
+        opt.step()
+    tol = TOL_VS_TORCH[torch.float32]
+    for i, p in enumerate(theirs):
+        st = opt.state[p]
+        for name, a, b in (("param", ps[i], p), ("row_var", state[0][i], st["row_var"]),
+                           ("col_var", state[1][i], st["col_var"])):  # fmt: skip
+            torch.testing.assert_close(
+                a, b.detach().float(), rtol=tol.rtol, atol=tol.atol, equal_nan=True,
+                msg=lambda m, n=name: f"{case} {n}: {m}",
+            )  # fmt: skip
+    if expect == torch.float64:  # the case is one where torch's fp32 arithmetic fails
+        fp32 = [p.float().requires_grad_() for p in start]
+        opt = torch.optim.Adafactor(fp32, lr=0.02, eps=(eps1, 1e-3), foreach=False)
+        for step in range(2):
+            fp32[0].grad, fp32[1].grad = _edge_grads(case, step).float(), torch.zeros(5, 7)
+            opt.step()
+        assert not torch.allclose(fp32[0], ps[0], rtol=tol.rtol, atol=tol.atol, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_params_match_the_reference(dtype):
     # The statistics are stored in the param dtype; the estimate must read them back rounded
@@ -191,10 +265,8 @@ def test_found_inf_changes_nothing_and_bad_state_is_refused_first():
 @pytest.mark.parametrize("scale", [1.0, 1e-19], ids=["grads", "tiny-grads"])
 def test_cpu_result_does_not_depend_on_threads(eps1, scale):
     """Fixed-order sums (Note [Adafactor passes]): the same bits on 1 and 2 threads. On 1 thread
-    every param is stepped whole by it, its u kept and the division by the row mean a product
-    in fp64 where eps1^2 is a normal number (Note [division by the row mean]); on 2 threads the
-    largest param is stepped by both, pass by pass, with the divisions. Tiny grads make
-    subnormal statistics and estimates."""
+    every param is stepped whole by it; on 2 threads the largest param is stepped by both, pass
+    by pass. Tiny grads make subnormal statistics (and, with eps1 = 1e-30, no cap on u)."""
     g = torch.Generator().manual_seed(5)
     shapes = [(300, 257), (40, 33), (5, 7, 9), (129,)]
     start = [torch.randn(s, generator=g) for s in shapes]

@@ -6,26 +6,32 @@
 // g^2 over the whole matrix before any element's variance estimate is known, and the RMS of the
 // whole update before any element of the param may change. So three passes over each param
 // (each cut into tasks: ranges of rows of one matrix, or of a vector):
-//   pass 1  sum p^2, the row sums and the column sums of g^2         read p, g
-//   (host)  row_var, col_var lerped toward the means; alpha, mean(row_var)   O(m + n)
-//   pass 2  u = rsqrt(max((r c)/mean(r), eps1^2)) g, sum u^2          read g, write u
+//   pass 1  sum p^2, the row sums and the column sums of g^2          read p, g
+//   (host)  row_var, col_var lerped toward the means; alpha, mean(row_var); the factors
+//           a = rsqrt(row_var / mean(row_var)) per row, b = rsqrt(col_var) per column  O(m + n)
+//   pass 2  u = g min(a b, rsqrt(eps1^2)), sum u^2                      read g
 //   (host)  the clipping: -alpha / max(1, RMS(u)/d)
-//   pass 3  p = p (1 - lr wd) - alpha' u                               read p, u; write p
+//   pass 3  p = p (1 - lr wd) - alpha' u, u recomputed                  read p, g; write p
 // Each thread steps whole params, all three passes of one before the next (largest first, the
 // next param to whichever thread is free): passes 2 and 3 find p and g in the cache pass 1 left
-// them in (the largest GPT matrix, 8192 x 384, is 38 MB of p, g and u), the threads need no
+// them in (the largest GPT matrix, 8192 x 384, is 25 MB of p and g), the threads need no
 // barrier between the passes, and while one streams a param from memory in pass 1 the other
-// computes. u is computed once, in pass 2, into a buffer of the thread's: its divisions and
-// square root bound the step where the data is in cache (Note [division by the row mean]).
+// computes. u is computed factored (Note [factored direction] in fusedopt/math.h): two
+// products and a min per element, no division, so pass 3 recomputes it rather than reading it
+// from a buffer that pass 2 would write. When u took a division, a square root and a reciprocal
+// per element it was computed once and stored; now storing it costs more than it saves (one
+// thread, GPT-like list, CPU ms per step in passes 2 + 3: 11.5 + 9.8 stored, 8.0 + 11.1
+// recomputed; benchmarks/README.md).
 // Every pass requests its lines ahead (Note [prefetch ahead]): at one thread on the GPT-like
 // list that cut pass 1 by a fifth and pass 2 by a fourth. Pass 3 steps the param's tasks last
-// to first, so it starts on the u that pass 2 wrote last, still in the cache.
-// DRAM: p and g read once and p written once, 12 B per fp32 parameter; pass 2 and 3 move
-// another 16 B in the cache. A param larger than kPrivateMax elements, or than a thread's share
-// of the call, is stepped by all threads pass by pass instead, as before: 2 S + S + 3 S from
-// memory (24 B per fp32 parameter) and u recomputed in pass 3, no buffer of its size.
-// A vector ([n] or 0-d) keeps a variance v: pass 1 also updates v and computes u and sum u^2
-// (read p, g, v; write v, u), pass 3 as above.
+// to first, so it starts on the g that pass 2 read last, still in the cache.
+// DRAM: p and g read once and p written once, 12 B per fp32 parameter; passes 2 and 3 read
+// another 12 B from the cache (with u stored: 16). A param larger than kPrivateMax elements,
+// or than a thread's share of the call, is stepped by all threads pass by pass instead:
+// 2 S + S + 3 S from memory (24 B per fp32 parameter).
+// A vector ([n] or 0-d) keeps a variance v: pass 1 also updates v and computes u (torch's
+// rsqrt of v, a division per element) and sum u^2 (read p, g, v; write v), u kept in a buffer
+// of the thread's for pass 3 (recomputed from v where the vector is stepped pass by pass).
 // torch's foreach path for a matrix: the param's norm (S), the weight decay (2S), the two
 // vector_norms (2S), the outer product r @ c (S), div_, clamp_, rsqrt_ (2S each), mul_ by g
 // (3S), the update's norm (S), mul_ by alpha (2S), add_ to the param (3S): 21*S.
@@ -42,8 +48,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "fusedopt/math.h"
@@ -104,56 +108,34 @@ struct SumsBody {
   }
 };
 
-// Note [division by the row mean]
-// (r c) / mean(r) is a division per element, and the divider is what bounds pass 2 (with the
-// square root and the reciprocal of rsqrt, each a division too). With kWide (fp32 math) it is a
-// multiplication in fp64 by 1 / mean(r), rounded to fp32: the same bits. The quotient of two
-// fp32 numbers is never a midpoint between two fp32 numbers, nor within 2^-49 of one (relative:
-// x - m rmean is a nonzero multiple of 2^-47 of m rmean's scale), and the fp64 product is within
-// 2^-52 of the quotient, so both round to the same fp32 number. Not so where the quotient is
-// subnormal; those are below eps1^2 and clamped to it wherever kWide is used (eps1^2 >= FLT_MIN).
-template <typename O, bool kWide>
-FUSEDOPT_INLINE O factored_estimate(O ri, O cj, O rmean, double inv_rmean) {
-  if constexpr (kWide) {
-    return static_cast<O>(static_cast<double>(ri * cj) * inv_rmean);
-  } else {
-    (void)inv_rmean;
-    return adafactor_factored(ri, cj, rmean);
-  }
-}
-
-// Pass 2 over rows of a matrix: sum of u^2 added to *uu; with kStore, u (with its update's sign)
-// stored in out.
-template <typename T, typename O, bool kStore, bool kWide>
+// Pass 2 over rows of a matrix: sum of u^2 added to *uu. a: the rows' factors, b: the columns'
+// (Note [factored direction] in fusedopt/math.h).
+template <typename T, typename O>
 struct DirectionBody {
   FUSEDOPT_INLINE static void run(const T* __restrict g, int64_t rows, int64_t n,
-                                  const T* __restrict r, const T* __restrict c, O rmean,
-                                  double inv_rmean, O gs, O eps1_sq, O* __restrict out,
+                                  const O* __restrict a, const O* __restrict b, O gs, O cap,
                                   double* __restrict uu) {
     double total = 0;
     const int64_t ahead_end = rows * n >= kPrefetchMin ? rows * n - kPrefetchAhead : 0;
     for (int64_t i = 0; i < rows; ++i) {
       const T* __restrict gr = g + i * n;
-      O* __restrict ur = kStore ? out + i * n : nullptr;
-      const O ri = static_cast<O>(r[i]);
+      const O ai = a[i];
       O ua[kLanes] = {};
       int64_t j = 0;
       for (; j + kLanes <= n; j += kLanes) {
         if (i * n + j + kLanes <= ahead_end) {
           prefetch_lines<kLanes>(gr, j + kPrefetchAhead);
-          if constexpr (kStore) prefetch_lines<kLanes>(ur, j + kPrefetchAhead);
         }
+        // Kept a loop: GCC would unroll this short body whole and then leave it scalar.
+#pragma GCC unroll 1
         for (int k = 0; k < kLanes; ++k) {
-          const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j + k]), rmean, inv_rmean);
-          const O u = adafactor_direction(v, static_cast<O>(gr[j + k]) * gs, eps1_sq);
-          if constexpr (kStore) ur[j + k] = u;
+          const O u =
+              adafactor_factored_direction(ai, b[j + k], static_cast<O>(gr[j + k]) * gs, cap);
           ua[k] += u * u;
         }
       }
       for (; j < n; ++j) {
-        const O v = factored_estimate<O, kWide>(ri, static_cast<O>(c[j]), rmean, inv_rmean);
-        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * gs, eps1_sq);
-        if constexpr (kStore) ur[j] = u;
+        const O u = adafactor_factored_direction(ai, b[j], static_cast<O>(gr[j]) * gs, cap);
         ua[0] += u * u;
       }
       for (int k = 0; k < kLanes; ++k) total += static_cast<double>(ua[k]);
@@ -162,7 +144,7 @@ struct DirectionBody {
   }
 };
 
-// Pass 3 of a param: p = p (1 - lr wd) + neg_step u, u from pass 2 (pass 1 for a vector).
+// Pass 3 of a vector: p = p (1 - lr wd) + neg_step u, u stored by pass 1.
 template <typename T, typename O>
 struct ApplyBody {
   FUSEDOPT_INLINE static void run(T* __restrict p, const O* __restrict u, int64_t n, O decay,
@@ -187,24 +169,37 @@ struct ApplyBody {
   }
 };
 
-// Pass 3 where u was not stored: u recomputed from g (and the statistics, or v).
+// Pass 3 of a matrix: u recomputed from g and the factors.
 template <typename T, typename O>
 struct RecomputeBody {
   FUSEDOPT_INLINE static void run(T* __restrict p, const T* __restrict g, int64_t rows, int64_t n,
-                                  const T* __restrict r, const T* __restrict c, O rmean, O gs,
-                                  O eps1_sq, O decay, O neg_step) {
+                                  const O* __restrict a, const O* __restrict b, O gs, O cap,
+                                  O decay, O neg_step) {
+    const int64_t ahead_end = rows * n >= kPrefetchMin ? rows * n - kPrefetchAhead : 0;
     for (int64_t i = 0; i < rows; ++i) {
       T* __restrict pr = p + i * n;
       const T* __restrict gr = g + i * n;
-      const O ri = static_cast<O>(r[i]);
-      for (int64_t j = 0; j < n; ++j) {
-        const O v = adafactor_factored(ri, static_cast<O>(c[j]), rmean);
-        const O u = adafactor_direction(v, static_cast<O>(gr[j]) * gs, eps1_sq);
-        O pj = static_cast<O>(pr[j]);
-        adafactor_apply(pj, u, decay, neg_step);
-        pr[j] = static_cast<T>(pj);
+      const O ai = a[i];
+      int64_t j = 0;
+      for (; j + kLanes <= n; j += kLanes) {
+        if (i * n + j + kLanes <= ahead_end) {
+          prefetch_lines<kLanes>(pr, j + kPrefetchAhead);
+          prefetch_lines<kLanes>(gr, j + kPrefetchAhead);
+        }
+#pragma GCC unroll 1  // as in DirectionBody
+        for (int k = 0; k < kLanes; ++k) element(pr, gr, ai, b, j + k, gs, cap, decay, neg_step);
       }
+      for (; j < n; ++j) element(pr, gr, ai, b, j, gs, cap, decay, neg_step);
     }
+  }
+
+  FUSEDOPT_INLINE static void element(T* __restrict pr, const T* __restrict gr, O ai,
+                                      const O* __restrict b, int64_t j, O gs, O cap, O decay,
+                                      O neg_step) {
+    const O u = adafactor_factored_direction(ai, b[j], static_cast<O>(gr[j]) * gs, cap);
+    O pj = static_cast<O>(pr[j]);
+    adafactor_apply(pj, u, decay, neg_step);
+    pr[j] = static_cast<T>(pj);
   }
 };
 
@@ -268,7 +263,6 @@ struct Slot {
   int64_t batches = 1, rows = 1, cols = 1, numel = 0;
   double w = 0, rho = 0, pp = 0, uu = 0, neg_step = 0;
   std::vector<double> rowsum, colsum;  // batches x rows, batches x cols
-  std::vector<double> rmean;           // per batch: max(mean(row_var), eps1)
   size_t task0 = 0, task1 = 0;         // its tasks
 };
 
@@ -281,7 +275,7 @@ struct Task {
 };
 
 // A param of at most this many elements is stepped whole by one thread (Note [Adafactor
-// passes]), its u kept in a buffer of that thread's.
+// passes]), a vector's u kept in a buffer of that thread's.
 constexpr int64_t kPrivateMax = int64_t{1} << 22;
 
 // A buffer of n elements of the calling thread's, kept between calls (a fresh one would fault its
@@ -305,7 +299,10 @@ class Stepper {
         s_(static_cast<O>(inv_scale)),
         gs_(static_cast<O>(a.maximize ? -inv_scale : inv_scale)),
         eps1_sq_(static_cast<O>(a.eps1 * a.eps1)),
-        decay_(static_cast<O>(a.weight_decay != 0 ? 1 - lr * a.weight_decay : 1.0)) {
+        cap_(adafactor_col_factor(eps1_sq_)),
+        decay_(static_cast<O>(a.weight_decay != 0 ? 1 - lr * a.weight_decay : 1.0)),
+        rfac_(slots.size()),
+        cfac_(slots.size()) {
     size_t col_total = 0;
     for (size_t k = 0; k < slots.size(); ++k) {
       Slot& sl = slots[k];
@@ -377,8 +374,9 @@ class Stepper {
     }
   }
 
-  // The partials of pass 1 combined in task order; a matrix's statistics.
-  void statistics(Slot& sl) {
+  // The partials of pass 1 combined in task order; a matrix's statistics and their factors.
+  void statistics(size_t k) {
+    Slot& sl = slots_[k];
     for (size_t ti = sl.task0; ti < sl.task1; ++ti) {
       sl.pp += pp_[ti];
       if (!sl.factored) {
@@ -392,6 +390,10 @@ class Stepper {
     const O w = static_cast<O>(sl.w);
     T* r = sl.r.data_ptr<T>();
     T* c = sl.c.data_ptr<T>();
+    std::vector<O>& ra = rfac_[k];
+    std::vector<O>& cb = cfac_[k];
+    ra.resize(static_cast<size_t>(sl.batches * sl.rows));
+    cb.resize(static_cast<size_t>(sl.batches * sl.cols));
     for (int64_t b = 0; b < sl.batches; ++b) {
       double rsum = 0;
       for (int64_t i = 0; i < sl.rows; ++i) {
@@ -404,37 +406,27 @@ class Stepper {
         const int64_t e = b * sl.cols + j;
         const O mean = static_cast<O>(sl.colsum[e] / static_cast<double>(sl.rows));
         c[e] = static_cast<T>(lerp_(static_cast<O>(c[e]), mean, w));
+        cb[e] = adafactor_col_factor(static_cast<O>(c[e]));
       }
       const O rm = static_cast<O>(rsum / static_cast<double>(sl.rows));
       const O e1 = static_cast<O>(a_.eps1);
-      sl.rmean[b] = static_cast<double>(rm < e1 ? e1 : rm);
+      const O rmean = rm < e1 ? e1 : rm;  // clamp_(min=): NaN stays NaN
+      for (int64_t i = 0; i < sl.rows; ++i) {
+        const int64_t e = b * sl.rows + i;
+        ra[e] = adafactor_row_factor(static_cast<O>(r[e]), rmean);
+      }
     }
   }
 
-  // Pass 2 of a matrix's task: sum u^2, u stored in u (where not null).
-  void pass2(size_t ti, O* u) {
+  // Pass 2 of a matrix's task: sum u^2.
+  void pass2(size_t ti) {
     const Task& t = tasks_[ti];
     Slot& sl = slots_[t.slot];
     if (!sl.factored) return;
     const T* g = sl.g.const_data_ptr<T>() + t.first;
-    const T* r = sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo;
-    const T* c = sl.c.const_data_ptr<T>() + t.batch * sl.cols;
-    const O rmean = static_cast<O>(sl.rmean[t.batch]);
-    if (u == nullptr) {
-      run_isa<DirectionBody<T, O, false, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0,
-                                                 gs_, eps1_sq_, nullptr, uu_.data() + ti);
-      return;
-    }
-    if constexpr (std::is_same_v<O, float>) {
-      if (eps1_sq_ >= std::numeric_limits<O>::min()) {  // Note [division by the row mean]
-        run_isa<DirectionBody<T, O, true, true>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean,
-                                                 1.0 / static_cast<double>(rmean), gs_, eps1_sq_,
-                                                 u + t.first, uu_.data() + ti);
-        return;
-      }
-    }
-    run_isa<DirectionBody<T, O, true, false>>(isa_, g, t.hi - t.lo, sl.cols, r, c, rmean, 0.0, gs_,
-                                              eps1_sq_, u + t.first, uu_.data() + ti);
+    const O* a = rfac_[t.slot].data() + t.batch * sl.rows + t.lo;
+    const O* b = cfac_[t.slot].data() + t.batch * sl.cols;
+    run_isa<DirectionBody<T, O>>(isa_, g, t.hi - t.lo, sl.cols, a, b, gs_, cap_, uu_.data() + ti);
   }
 
   void clip(Slot& sl) {
@@ -454,15 +446,13 @@ class Stepper {
     Slot& sl = slots_[t.slot];
     const O neg_step = static_cast<O>(sl.neg_step);
     T* p = sl.p.data_ptr<T>() + t.first;
-    if (u != nullptr) {
-      const int64_t n = sl.factored ? (t.hi - t.lo) * sl.cols : t.hi - t.lo;
-      run_isa<ApplyBody<T, O>>(isa_, p, u + t.first, n, decay_, neg_step);
-    } else if (sl.factored) {
+    if (sl.factored) {
       run_isa<RecomputeBody<T, O>>(isa_, p, sl.g.const_data_ptr<T>() + t.first, t.hi - t.lo,
-                                   sl.cols, sl.r.const_data_ptr<T>() + t.batch * sl.rows + t.lo,
-                                   sl.c.const_data_ptr<T>() + t.batch * sl.cols,
-                                   static_cast<O>(sl.rmean[t.batch]), gs_, eps1_sq_, decay_,
+                                   sl.cols, rfac_[t.slot].data() + t.batch * sl.rows + t.lo,
+                                   cfac_[t.slot].data() + t.batch * sl.cols, gs_, cap_, decay_,
                                    neg_step);
+    } else if (u != nullptr) {
+      run_isa<ApplyBody<T, O>>(isa_, p, u + t.first, t.hi - t.lo, decay_, neg_step);
     } else {
       run_isa<VectorRecomputeBody<T, O>>(isa_, p, sl.g.const_data_ptr<T>() + t.lo,
                                          sl.v.const_data_ptr<T>() + t.lo, t.hi - t.lo, gs_,
@@ -470,13 +460,14 @@ class Stepper {
     }
   }
 
-  // All passes of one param on this thread, u kept in its buffer.
+  // All passes of one param on this thread; a vector's u kept in its buffer, a matrix's
+  // recomputed in pass 3.
   void step_own(size_t k) {
     Slot& sl = slots_[k];
-    O* u = thread_buffer<O>(sl.numel);
+    O* u = sl.factored ? nullptr : thread_buffer<O>(sl.numel);
     for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass1(ti, u);
-    statistics(sl);
-    for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass2(ti, u);
+    statistics(k);
+    for (size_t ti = sl.task0; ti < sl.task1; ++ti) pass2(ti);
     clip(sl);
     for (size_t ti = sl.task1; ti-- > sl.task0;) pass3(ti, u);  // elementwise: any order
   }
@@ -491,8 +482,8 @@ class Stepper {
                        });
     };
     each([&](size_t ti) { pass1(ti, nullptr); });
-    statistics(sl);
-    each([&](size_t ti) { pass2(ti, nullptr); });
+    statistics(k);
+    each([&](size_t ti) { pass2(ti); });
     clip(sl);
     each([&](size_t ti) { pass3(ti, nullptr); });
   }
@@ -500,8 +491,9 @@ class Stepper {
   std::vector<Slot>& slots_;
   const ops::adafactor_::Args& a_;
   const Isa isa_;
-  const O s_, gs_, eps1_sq_, decay_;
+  const O s_, gs_, eps1_sq_, cap_, decay_;
   std::vector<Task> tasks_;
+  std::vector<std::vector<O>> rfac_, cfac_;  // per matrix: its rows' and columns' factors
   std::vector<double> cols_, pp_, uu_;
 };
 
@@ -549,7 +541,6 @@ void adafactor_(const ops::adafactor_::Args& a) {
       sl.c = dense(a.col_vars[i], &back);
       sl.rowsum.assign(static_cast<size_t>(sl.batches * sl.rows), 0.0);
       sl.colsum.assign(static_cast<size_t>(sl.batches * sl.cols), 0.0);
-      sl.rmean.assign(static_cast<size_t>(sl.batches), 0.0);
     } else {
       sl.v = dense(a.variances[i], &back);
     }

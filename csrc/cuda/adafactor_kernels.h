@@ -16,7 +16,9 @@
 //   2 kStats  per batch, blocks of kAfGroup columns: col_var lerped toward the mean of the
 //             tiles' column sums; blocks of kAfGroup rows: row_var toward the row sums, and
 //             the group's sum of the stored row_var (rpart)               O(m + n + B*T*n)
-//   3 kNorm   matrix tile: sum u^2, mean(row_var) from rpart              read g
+//   3 kNorm   matrix tile: sum u^2, mean(row_var) from rpart; u factored: the tile's row
+//             factors once per block, a column's once per thread (Note [factored direction]
+//             in fusedopt/math.h): no division per element                 read g
 //   4 kFinish per param, one block: sum p^2, sum u^2 of its tiles -> -alpha / max(1, RMS(u)/d)
 //   5 kApply  p = p (1 - lr wd) - alpha' u, u recomputed                  read p, g; write p
 // Per matrix element 6*S as on the CPU (24 B per fp32 param) plus the column sums, 8 B per
@@ -135,7 +137,7 @@ struct AdafactorKernel {
   static constexpr int kRed = kAfRows + 1;  // the tile's row sums and sum p^2
   struct Shared {
     double red[kRed * kBlockThreads];
-    double row[kAfRows];  // a tile's row_var, in opmath
+    double row[kAfRows];  // a tile's row factors (Note [factored direction]), in opmath
     double x[3];          // per-block scalars
   };
 
@@ -353,9 +355,11 @@ struct AdafactorKernel {
         for (int64_t k = 0; k < row_groups; ++k) sum += rp[k];
         const O rm = static_cast<O>(sum / static_cast<double>(m));
         const O e1 = static_cast<O>(a.eps1);
-        sh.x[0] = static_cast<double>(rm < e1 ? e1 : rm);
+        const O rmean = rm < e1 ? e1 : rm;  // clamp_(min=): NaN stays NaN
         const T* r = static_cast<const T*>(t.r[slot]) + w.b * m + w.lo;
-        for (int64_t i = 0; i < w.nr; ++i) sh.row[i] = static_cast<double>(static_cast<O>(r[i]));
+        for (int64_t i = 0; i < w.nr; ++i) {
+          sh.row[i] = static_cast<double>(adafactor_row_factor(static_cast<O>(r[i]), rmean));
+        }
         if (update) {
           const double lr = a.lr.get();
           sh.x[1] = a.weight_decay != 0 ? 1 - lr * a.weight_decay : 1.0;
@@ -364,8 +368,7 @@ struct AdafactorKernel {
       }
     });
     ex.sync();
-    const O rmean = static_cast<O>(sh.x[0]);
-    const O e1 = eps1_sq();
+    const O cap = adafactor_col_factor(eps1_sq());
     const T* c = static_cast<const T*>(t.c[slot]) + w.b * n;
     const T* g = static_cast<const T*>(t.g[slot]) + w.base;
     const int nt = ex.nthreads;
@@ -376,10 +379,10 @@ struct AdafactorKernel {
       T* p = static_cast<T*>(t.p[slot]) + w.base;
       ex.each([&](int tid) {
         for (int64_t j = tid; j < n; j += nt) {
-          const O cj = static_cast<O>(c[j]);
+          const O bj = adafactor_col_factor(static_cast<O>(c[j]));
           for (int64_t i = 0; i < w.nr; ++i) {
-            const O v = adafactor_factored(static_cast<O>(sh.row[i]), cj, rmean);
-            const O u = adafactor_direction(v, static_cast<O>(g[i * n + j]) * gs, e1);
+            const O u = adafactor_factored_direction(static_cast<O>(sh.row[i]), bj,
+                                                     static_cast<O>(g[i * n + j]) * gs, cap);
             O pj = static_cast<O>(p[i * n + j]);
             adafactor_apply(pj, u, decay, neg);
             p[i * n + j] = static_cast<T>(pj);
@@ -392,11 +395,10 @@ struct AdafactorKernel {
     ex.each([&](int tid) {
       double uu = 0;
       for (int64_t j = tid; j < n; j += nt) {
-        const O cj = static_cast<O>(c[j]);
+        const O bj = adafactor_col_factor(static_cast<O>(c[j]));
         for (int64_t i = 0; i < w.nr; ++i) {
-          const O v = adafactor_factored(static_cast<O>(sh.row[i]), cj, rmean);
-          const double u =
-              static_cast<double>(adafactor_direction(v, static_cast<O>(g[i * n + j]) * s, e1));
+          const double u = static_cast<double>(adafactor_factored_direction(
+              static_cast<O>(sh.row[i]), bj, static_cast<O>(g[i * n + j]) * s, cap));
           uu += u * u;
         }
       }

@@ -17,7 +17,10 @@ class Adafactor(FusedOptimizer):
     The same constructor, defaults, validation, param-group keys and state as
     ``torch.optim.Adafactor`` (``step``; ``row_var`` and ``col_var`` for params of 2 or more
     dims, factored over the last two; ``variance`` for the others), so checkpoints move both
-    ways; the results are its for-loop's within fp32 rounding.
+    ways; the results are its for-loop's within fp32 rounding. A matrix's update direction is
+    computed factored, rsqrt(R / mean(R)) rsqrt(C) per element instead of rsqrt of the estimate
+    (no division per element; Note [factored direction] in csrc/include/fusedopt/math.h): the
+    same value to rounding, and finite where torch's fp32 R C underflows or overflows.
 
     .. math::
         \begin{aligned}

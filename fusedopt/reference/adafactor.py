@@ -102,11 +102,14 @@ def adafactor_(a: Any, s: float) -> None:
         u &= g / \sqrt{\max(\hat V, \epsilon_1^2)}, \quad
         \theta \leftarrow \theta - \frac{\alpha}{\max(1, \mathrm{RMS}(u) / d)}\, u
 
-    In the for-loop's operation order (torch/optim/_adafactor.py), the math in opmath (fp32
-    for fp16/bf16 params; torch computes in the param dtype) and the per-tensor scalars
-    (w, rho, alpha, the clipping) in fp64 as torch's Python floats are. ``eps1`` is a number:
-    the optimizer resolves torch's None (the param dtype's machine epsilon). A param with no
-    elements only counts its step (torch.optim.Adafactor raises ZeroDivisionError on it).
+    In the for-loop's operation order (torch/optim/_adafactor.py) but for a matrix's u, which is
+    computed factored, g min(rsqrt(R / mean(R)) rsqrt(C), rsqrt(eps1^2)): the same value up to
+    rounding, without a division per element (Note [factored direction] in
+    csrc/include/fusedopt/math.h). The math in opmath (fp32 for fp16/bf16 params; torch computes
+    in the param dtype) and the per-tensor scalars (w, rho, alpha, the clipping) in fp64 as
+    torch's Python floats are. ``eps1`` is a number: the optimizer resolves torch's None (the
+    param dtype's machine epsilon). A param with no elements only counts its step
+    (torch.optim.Adafactor raises ZeroDivisionError on it).
     """
     params, grads, state_steps = a.params, a.grads, a.state_steps
     row_vars, col_vars, variances = a.row_vars, a.col_vars, a.variances
@@ -138,10 +141,16 @@ def adafactor_(a: Any, s: float) -> None:
             # torch's in-place lerp_ leaves them (and the kernels read them back).
             r = row_vars[i].copy_(r).to(dt)
             c = col_vars[i].copy_(c).to(dt)
-            var = (r @ c) / r.mean(dim=-2, keepdim=True).clamp(min=eps1)
+            rmean = r.mean(dim=-2, keepdim=True).clamp(min=eps1)
+            # rsqrt(max((r c) / rmean, eps1^2)) factored (Note [factored direction] in
+            # csrc/include/fusedopt/math.h): per row and per column in fp64, rounded once.
+            a = (1 / (r.double() / rmean.double()).sqrt()).to(dt)
+            b = (1 / c.double().sqrt()).to(dt)
+            cap = (1 / torch.tensor(eps1 * eps1, dtype=dt).double().sqrt()).to(dt)
+            u = (a * b).clamp(max=cap) * g
         else:
             var = variances[i].copy_(variances[i].to(dt).lerp(g * g, w)).to(dt)
-        u = var.clamp(min=eps1 * eps1).rsqrt() * g
+            u = var.clamp(min=eps1 * eps1).rsqrt() * g
         rms = torch.linalg.vector_norm(u).double() / (math.sqrt(n) * d)
         coef = -alpha / torch.clamp(rms, min=1.0)
         param.copy_(p + u * coef.to(dt))

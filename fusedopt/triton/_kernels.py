@@ -1482,54 +1482,55 @@ def _adafactor_sums_kernel(
 
 
 @triton.jit
+def _adafactor_factored_direction(a, b, g, cap):
+    """g min(a b, cap): Note [factored direction] (csrc/include/fusedopt/math.h); the where
+    keeps a NaN product."""
+    f = a[:, None] * b[None, :]
+    return tl.where(cap < f, cap, f) * g
+
+
+@triton.jit
 def _adafactor_norm_kernel(
-    g, r, c, rmean, uu_part, s, eps1_sq, M, N, RB, CT: tl.constexpr, BR: tl.constexpr,
+    g, rf, cf, uu_part, s, cap_ptr, M, N, RB, CT: tl.constexpr, BR: tl.constexpr,
     BC: tl.constexpr,
 ):  # fmt: skip
-    """Pass 2: this program's sum of u^2 (uu_part[pid])."""
+    """Pass 2: this program's sum of u^2 (uu_part[pid]); rf, cf: the row and column factors,
+    cap_ptr: rsqrt(eps1^2)."""
     pid = tl.program_id(0)
+    cap = tl.load(cap_ptr).to(CT)
     b, rows, rmask = _adafactor_rows(pid, RB, M, N, BR)
-    rv = tl.load(r + b * M + rows, mask=rmask, other=0.0).to(CT)
-    rm = tl.load(rmean + b).to(CT)
+    av = tl.load(rf + b * M + rows, mask=rmask, other=0.0).to(CT)
     acc = tl.zeros((BR,), CT)
     for c0 in range(0, N, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < N
         m = rmask[:, None] & cmask[None, :]
-        cv = tl.load(c + b * N + cols, mask=cmask, other=0.0).to(CT)
+        bv = tl.load(cf + b * N + cols, mask=cmask, other=0.0).to(CT)
         gv = tl.load(g + b * M * N + rows[:, None] * N + cols[None, :], mask=m, other=0.0)
-        if tl.float32 == CT:
-            v = tl.div_rn(rv[:, None] * cv[None, :], rm)
-        else:
-            v = (rv[:, None] * cv[None, :]) / rm
-        u = _adafactor_direction(v, gv.to(CT) * s, eps1_sq, CT)
+        u = _adafactor_factored_direction(av, bv, gv.to(CT) * s, cap)
         acc += tl.sum(tl.where(m, u * u, 0.0), axis=1)
     tl.store(uu_part + pid, tl.sum(acc, axis=0))
 
 
 @triton.jit
 def _adafactor_apply_kernel(
-    p, g, r, c, rmean, s, eps1_sq, decay, neg_step_ptr, M, N, RB, CT: tl.constexpr,
+    p, g, rf, cf, s, cap_ptr, decay, neg_step_ptr, M, N, RB, CT: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """Pass 3: p = p * decay + neg_step * u."""
     pid = tl.program_id(0)
+    cap = tl.load(cap_ptr).to(CT)
     b, rows, rmask = _adafactor_rows(pid, RB, M, N, BR)
-    rv = tl.load(r + b * M + rows, mask=rmask, other=0.0).to(CT)
-    rm = tl.load(rmean + b).to(CT)
+    av = tl.load(rf + b * M + rows, mask=rmask, other=0.0).to(CT)
     neg_step = tl.load(neg_step_ptr).to(CT)
     for c0 in range(0, N, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < N
         m = rmask[:, None] & cmask[None, :]
         off = b * M * N + rows[:, None] * N + cols[None, :]
-        cv = tl.load(c + b * N + cols, mask=cmask, other=0.0).to(CT)
+        bv = tl.load(cf + b * N + cols, mask=cmask, other=0.0).to(CT)
         gv = tl.load(g + off, mask=m, other=0.0).to(CT) * s
-        if tl.float32 == CT:
-            v = tl.div_rn(rv[:, None] * cv[None, :], rm)
-        else:
-            v = (rv[:, None] * cv[None, :]) / rm
-        u = _adafactor_direction(v, gv, eps1_sq, CT)
+        u = _adafactor_factored_direction(av, bv, gv, cap)
         pv = tl.load(p + off, mask=m, other=0.0).to(CT)
         pv = pv * decay
         pv = pv + neg_step * u

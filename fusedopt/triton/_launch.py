@@ -618,8 +618,13 @@ def _adafactor(values: dict[str, Any]) -> None:
                 r = _dense(rows_l[i], dt)
                 c = _dense(cols_l[i], dt)
                 rmean = (r.double().view(b_, m_).sum(1) / m_).to(dt).clamp(min=eps1)
+                # Note [factored direction] (csrc/include/fusedopt/math.h)
+                rf = (1 / (r.double().view(b_, m_) / rmean.double()[:, None]).sqrt()).to(dt)
+                cf = (1 / c.double().sqrt()).to(dt)
+                e1 = torch.tensor(eps1_sq, dtype=dt, device=param.device)
+                cap = (1 / e1.double().sqrt()).to(dt)  # a tensor: a float arg would be fp32
                 k._adafactor_norm_kernel[(programs,)](
-                    g, r, c, rmean, uu_part, gs, eps1_sq, m_, n_, rb, **tile
+                    g, rf, cf, uu_part, gs, cap, m_, n_, rb, **tile
                 )
             else:
                 v = _dense(vars_l[i], dt)
@@ -639,7 +644,7 @@ def _adafactor(values: dict[str, Any]) -> None:
             neg_step = -alpha / torch.where(clip > 1, clip, 1.0)
             if param.dim() >= 2:
                 k._adafactor_apply_kernel[(programs,)](
-                    p, g, r, c, rmean, gs, eps1_sq, decay, neg_step, m_, n_, rb, **tile
+                    p, g, rf, cf, gs, cap, decay, neg_step, m_, n_, rb, **tile
                 )
             else:
                 k._adafactor_vector_apply_kernel[(programs,)](

@@ -328,12 +328,45 @@ C10_HOST_DEVICE FUSEDOPT_INLINE void schedule_free_swap_element(
 }
 
 // Adafactor (torch.optim.Adafactor's for-loop, torch/optim/_adafactor.py), element by element.
-// A matrix's variance estimate is (r * c) / rmean, with r its row's row_var, c its column's
-// col_var and rmean = max(mean(row_var), eps1) (torch's row_var @ col_var, then div_); a
-// vector's is its variance. The update direction is then rsqrt(max(v, eps1^2)) * g.
+// A vector's update direction is rsqrt(max(v, eps1^2)) * g, v its variance, as torch computes
+// it. A matrix's is the same of the factored estimate (r c) / rmean (r its row's row_var, c its
+// column's col_var, rmean = max(mean(row_var), eps1)), computed factored (Note [factored
+// direction]): g * min(a b, cap) with a = rsqrt(r / rmean) per row, b = rsqrt(c) per column
+// and cap = rsqrt(eps1^2), since rsqrt is decreasing.
+//
+// Note [factored direction]
+// torch computes the estimate (r c) / rmean and then rsqrt of it clamped at eps1^2: a
+// division, a square root and a reciprocal per element, which bound the step on a CPU where
+// the data is in cache (the divider). rsqrt((r c) / rmean) = rsqrt(r / rmean) rsqrt(c): the
+// factors are O(m + n) per matrix, each computed in fp64 and rounded once to the opmath type
+// (to within half an ulp of the exact value: the fp64 quotient and square root are correctly
+// rounded, and their error is far below fp32's), so an element costs two products and a min.
+// The direction is then within about 1.5 ulp of the exact rsqrt of the estimate, where torch's
+// four roundings leave up to about 2: the results differ from torch's by fp32 rounding, as any
+// reordering does. Edge cases as torch: a zero row or column mean (r or c 0) makes a factor
+// inf, the product inf, and the min cap, as torch's clamp of a 0 estimate; inf or NaN grads
+// make the statistics inf or NaN, and the factors NaN where torch's inf / inf is NaN (rsqrt of
+// inf / inf per row, or 0 * inf across: a row's inf r gives a NaN factor, a column's inf c a
+// factor 0 that an inf row factor multiplies); min keeps a NaN product. cap = rsqrt of eps1^2
+// as rounded to the opmath type: where it underflows to 0 (eps1 = 1e-30 in fp32) cap is inf,
+// as torch's clamp at 0 is no clamp. Where torch's fp32 r c itself underflows (a subnormal
+// estimate with eps1^2 = 0) or overflows (grads over ~4e9), its rsqrt is inf or 0 where the
+// factored form stays finite and near the exact value.
 template <typename T>
-C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_factored(T r, T c, T rmean) {
-  return (r * c) / rmean;
+C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_row_factor(T r, T rmean) {
+  return static_cast<T>(1.0 / sqrt_(static_cast<double>(r) / static_cast<double>(rmean)));
+}
+
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_col_factor(T c) {
+  return static_cast<T>(1.0 / sqrt_(static_cast<double>(c)));
+}
+
+// rsqrt(max(x, eps1_sq)) = min(rsqrt(x), cap) with cap = adafactor_col_factor(eps1_sq).
+template <typename T>
+C10_HOST_DEVICE FUSEDOPT_INLINE T adafactor_factored_direction(T a, T b, T g, T cap) {
+  const T f = a * b;
+  return (cap < f ? cap : f) * g;  // min; a NaN product stays NaN (the comparison is false)
 }
 
 template <typename T>
