@@ -27,7 +27,7 @@ import fusedopt
 # (name, class, kwargs): the fp32 and 8-bit runs of each take the same.
 OPTIMIZERS = (
     ("AdamW", "AdamW", {"lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.1}),
-    ("Lion", "Lion", {"lr": 3e-4, "betas": (0.9, 0.99), "weight_decay": 1.0}),
+    ("Lion", "Lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1.0}),
     ("SGD+momentum", "SGD", {"lr": 0.3, "momentum": 0.9, "nesterov": True}),
 )
 
