@@ -144,16 +144,36 @@ CASES = [
 @needs_ext
 @pytest.mark.parametrize("dtype, mode, layout, decoupled, maximize, tensor_lr, amp", CASES)
 def test_cpu_kernel_matches_reference(dtype, mode, layout, decoupled, maximize, tensor_lr, amp):
-    """Codes bitwise equal, absmax equal, params within an ulp or two, over 12 steps; params
-    re-synced after each step (Note [re-sync after every step] in helpers.py), the states not."""
+    _match_reference(
+        torch.ops.fusedopt.adam8bit_,
+        CASES.index((dtype, mode, layout, decoupled, maximize, tensor_lr, amp)),
+        12,
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("case", [1, 3, 4, 5])
+def test_triton_kernel_matches_reference(case):
+    """As the CPU kernel's test, on the cases with a Tensor lr, GradScaler, master weights and
+    stochastic rounding (fewer steps: the interpreter runs the Triton kernel)."""
+    import fusedopt.triton as ft
+
+    _match_reference(ft.adam8bit_, case, 3)
+
+
+def _match_reference(op, case: int, steps: int) -> None:
+    """Codes bitwise equal, absmax equal, params within an ulp or two, over ``steps`` steps of
+    CASES[case]; params re-synced after each step (Note [re-sync after every step] in
+    helpers.py), the states not."""
+    dtype, mode, layout, decoupled, maximize, tensor_lr, amp = CASES[case]
     torch.manual_seed(0)
     # the optimizers pass a float lr as an fp64 tensor
     lr = torch.tensor(1e-2, dtype=torch.float32 if tensor_lr else torch.float64)
     ours = _args(_params(dtype, layout), mode, lr, amp)
     theirs = _copy(ours)
-    for step in range(12):
+    for step in range(steps):
         grads = [torch.randn_like(p) * 4 for p in ours["params"]]
-        _call(torch.ops.fusedopt.adam8bit_, ours, grads, decoupled, maximize)
+        _call(op, ours, grads, decoupled, maximize)
         _call(reference.adam8bit_, theirs, grads, decoupled, maximize)
         for key in ("exp_avgs", "exp_avg_sqs", "exp_avg_absmaxs", "exp_avg_sq_absmaxs"):
             for i, (a, b) in enumerate(zip(ours[key], theirs[key])):
@@ -209,16 +229,11 @@ def test_bad_states_are_refused_before_any_write(fn):
 
 
 @needs_ext
-def test_gpu_backends_say_what_is_missing():
+def test_cuda_backend_says_what_is_missing():
     args = _args(_params(torch.float32, "contiguous")[:3], "plain", LR, False)
     grads = [torch.randn_like(p) for p in args["params"]]
     with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
         _call(torch.ops.fusedopt_sim.adam8bit_, args, grads, True, False)
-    if importlib.util.find_spec("triton") is not None:
-        import fusedopt.triton as ft
-
-        with pytest.raises(NotImplementedError, match="no Triton kernel yet"):
-            _call(ft.adam8bit_, args, grads, True, False)
 
 
 # -- the optimizers ------------------------------------------------------------------------------
@@ -269,13 +284,16 @@ def test_adamw_8bit_state_layout_and_bytes(backend):
     assert opt3.state[params[3]]["exp_avg"].dtype == torch.float32
 
 
-def test_cpu_optimizer_matches_reference_backend():
-    if _C is None:
+@pytest.mark.parametrize("backend, steps", [("cpu", 20), ("triton", 4)])
+def test_optimizer_matches_reference_backend(backend, steps):
+    if backend == "cpu" and _C is None:
         pytest.skip("the compiled extension is not built")
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
     a, b = _model(), _model()
-    oa = fusedopt.AdamW(a, lr=1e-2, state_dtype=Q8, backend="cpu", max_grad_norm=0.05)
+    oa = fusedopt.AdamW(a, lr=1e-2, state_dtype=Q8, backend=backend, max_grad_norm=0.05)
     ob = fusedopt.AdamW(b, lr=1e-2, state_dtype=Q8, backend="reference", max_grad_norm=0.05)
-    for step in range(20):
+    for step in range(steps):
         _run(oa, a, 1, seed=step)
         _run(ob, b, 1, seed=step)
         for pa, pb in zip(a, b):

@@ -1583,6 +1583,15 @@ for step_col, seed_col in ((3, -1), (-1, 2), (3, 2)):
           dict(W=5, STEP_COL=step_col, STEP_T=tl.float64, SEED_COL=seed_col,
                HAS_FOUND_INF=True, BLOCK=256))
 build(K._sum_kernel, dict(x="*fp64", n="i32", out="*fp64"), dict(BLOCK=1024))
+for pt, mode in ((F32, ""), (BF16, "master"), (F16, "master"), (BF16, "sr")):
+    p = {F32: "*fp32", BF16: "*u16", F16: "*fp16"}[pt]
+    q8 = dict(p_ptr=p, w_ptr="*fp32" if mode == "master" else p, g_ptr=p, c1_ptr="*u8",
+              c2_ptr="*u8", a1_ptr="*fp32", a2_ptr="*fp32", maps_ptr="*fp32", step_ptr="*fp32",
+              seed_ptr="*i64", lr_ptr="*fp32", lr_value=F64, n="i32", **amp,
+              **{f"h{i}": F64 for i in range(6)})
+    build(K._q8_kernel, q8, dict(PT=pt, LR_FROM_PTR=True, LR_T=F32, HAS_FOUND_INF=True,
+          STEPS=True, MOMENTS=2, F=(mode == "master", mode == "sr", True, True, False, True,
+          True, True), SCALARS=K._adam_scalars, MATH=K._adam8bit_math, ROWS=4))
 print("compiled")
 """
 

@@ -104,11 +104,16 @@ def _fmix32(h):
 def _sr_key(table, row, W: tl.constexpr, SEED_COL: tl.constexpr, SR: tl.constexpr):
     """sr_key(seed) of this row's (already advanced) SR seed, uint32; 0 without SR."""
     if SR:
-        seed = tl.load(tl.load(table + row * W + SEED_COL).to(tl.pointer_type(tl.int64)))
-        hi = (seed >> 32).to(tl.uint32)  # bits 32..63, whatever the sign
-        return _fmix32(seed.to(tl.uint32) ^ _fmix32(hi + 0x9E3779B9))
+        return _seed_key(tl.load(tl.load(table + row * W + SEED_COL).to(tl.pointer_type(tl.int64))))
     else:
         return tl.full((), 0, tl.uint32)
+
+
+@triton.jit
+def _seed_key(seed):
+    """sr_key(seed) in math.h of an int64 seed, uint32."""
+    hi = (seed >> 32).to(tl.uint32)  # bits 32..63, whatever the sign
+    return _fmix32(seed.to(tl.uint32) ^ _fmix32(hi + 0x9E3779B9))
 
 
 @triton.jit
@@ -447,19 +452,37 @@ def _update_kernel(
 @triton.jit
 def _adam_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
     p_ptr, w_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr = ptrs
-    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
-    HAS_GRAD_SCALE: tl.constexpr = F[2]
-    DECOUPLED: tl.constexpr = F[3]
     AMSGRAD: tl.constexpr = F[4]
-    MAXIMIZE: tl.constexpr = F[5]
-    WEIGHT_DECAY: tl.constexpr = F[6]
-    LERP_LOW: tl.constexpr = F[7]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
     v = _load(v_ptr, offs, mask, ST, CT)
+    p, m, v = _adam_moments(p, g, m, v, sc, F)
+    denom_src = v
+    if AMSGRAD:
+        vmax = _load(vmax_ptr, offs, mask, ST, CT)
+        vmax = tl.where((vmax > v) | (vmax != vmax), vmax, v)  # torch.maximum: NaN wins
+        _store(vmax_ptr, offs, vmax, mask, ST)
+        denom_src = vmax
+    p = _adam_apply(p, m, denom_src, sc, CT)
+    _store_param(p_ptr, w_ptr, offs, p, mask, sc[0], PT, MASTER, SR)
+    _store(m_ptr, offs, m, mask, ST)
+    _store(v_ptr, offs, v, mask, ST)
+    return acc
+
+
+@triton.jit
+def _adam_moments(p, g, m, v, sc, F):
+    """Adam's grad (scaled, signed, decayed) into its moments; returns (p, m, v), p decayed
+    with decoupled weight decay."""
+    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    DECOUPLED: tl.constexpr = F[3]
+    MAXIMIZE: tl.constexpr = F[5]
+    WEIGHT_DECAY: tl.constexpr = F[6]
+    LERP_LOW: tl.constexpr = F[7]
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -475,22 +498,19 @@ def _adam_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
         m = g - (g - m) * (1.0 - omb1)
     v = v * beta2
     v = v + omb2 * g * g
-    denom_src = v
-    if AMSGRAD:
-        vmax = _load(vmax_ptr, offs, mask, ST, CT)
-        vmax = tl.where((vmax > v) | (vmax != vmax), vmax, v)  # torch.maximum: NaN wins
-        _store(vmax_ptr, offs, vmax, mask, ST)
-        denom_src = vmax
+    return p, m, v
+
+
+@triton.jit
+def _adam_apply(p, m, denom_src, sc, CT: tl.constexpr):
+    """p - lr/bc1 * m / (sqrt(denom_src)/sqrt(bc2) + eps)."""
+    key, inv_scale, decay, wd, omb1, beta2, omb2, eps, neg_step, bc2_sqrt = sc
     if tl.float32 == CT:  # Note [exact rounding]
         denom = tl.div_rn(tl.sqrt_rn(denom_src), bc2_sqrt) + eps
-        p = p + tl.div_rn(neg_step * m, denom)
+        return p + tl.div_rn(neg_step * m, denom)
     else:
         denom = tl.sqrt(denom_src) / bc2_sqrt + eps
-        p = p + neg_step * m / denom
-    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
-    _store(m_ptr, offs, m, mask, ST)
-    _store(v_ptr, offs, v, mask, ST)
-    return acc
+        return p + neg_step * m / denom
 
 
 @triton.jit
@@ -513,23 +533,169 @@ def _adam_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.const
 
 
 # ---------------------------------------------------------------------------------------------
+# 8-bit states (Note [8-bit states] in fusedopt/reference/quant.py)
+
+
+@triton.jit
+def _q8_decode(codes_ptr, absmax_ptr, qmap_ptr, offs, rows, mask, in_range):
+    """The fp32 values of a tile's codes (one block per row): map[code] * absmax of the
+    block."""
+    c = tl.load(codes_ptr + offs, mask=mask, other=0).to(tl.int32)
+    x = tl.load(qmap_ptr + c) * tl.load(absmax_ptr + rows, mask=in_range, other=0.0)[:, None]
+    return tl.where(mask, x, 0.0)  # lanes off the param: no overflow in their (unstored) math
+
+
+@triton.jit
+def _q8_encode(x, codes_ptr, absmax_ptr, mid_ptr, offs, rows, mask, row_mask):
+    """Encodes a tile of whole blocks (one per row): each block's absmax (an integer max of the
+    bits of |x|, so that a NaN, above +inf, wins) and each value's code, the number of midpoints
+    (``mid_ptr``, +inf last) below x * (1 / absmax), by the branch-free search."""
+    x = tl.where(mask, x, 0.0)
+    top = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
+    absmax = top.to(tl.float32, bitcast=True)
+    recip = tl.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.where(absmax == 0, 1.0, absmax))
+    y = x * recip[:, None]
+    c = tl.zeros(x.shape, tl.int32)
+    for k in tl.static_range(8):
+        c += tl.where(tl.load(mid_ptr + c + ((128 >> k) - 1)) < y, 128 >> k, 0)
+    tl.store(codes_ptr + offs, c.to(tl.uint8), mask=mask)
+    tl.store(absmax_ptr + rows, absmax, mask=row_mask)
+
+
+@triton.jit
+def _q8_kernel(
+    p_ptr,  # the param (bf16 as its bits), contiguous
+    w_ptr,  # its fp32 master (MASTER), else the param
+    g_ptr,  # the grad, contiguous, the param's dtype
+    c1_ptr,  # uint8 codes of the first moment (signed map), then of the second (unsigned)
+    c2_ptr,
+    a1_ptr,  # fp32 absmax per block of 256: the first moment's, then the second's
+    a2_ptr,
+    maps_ptr,  # fp32 [4, 256]: the signed map, the unsigned map, their midpoints (+inf last)
+    step_ptr,  # the param's step counter, already advanced (STEPS)
+    seed_ptr,  # its SR seed, already advanced (SR)
+    lr_ptr,  # LR_FROM_PTR
+    grad_scale_ptr,  # HAS_GRAD_SCALE
+    found_inf_ptr,  # HAS_FOUND_INF: nonzero -> nothing is written
+    lr_value: tl.float64,
+    h0: tl.float64,  # h0..h5: the op's hyperparameters, in the order its SCALARS reads them
+    h1: tl.float64,
+    h2: tl.float64,
+    h3: tl.float64,
+    h4: tl.float64,
+    h5: tl.float64,
+    n,  # elements of the param
+    PT: tl.constexpr,
+    LR_FROM_PTR: tl.constexpr,
+    LR_T: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    STEPS: tl.constexpr,
+    MOMENTS: tl.constexpr,  # 8-bit moments: 1 or 2
+    F: tl.constexpr,  # the op's tile flags (MASTER, SR, HAS_GRAD_SCALE, the op's own...)
+    SCALARS: tl.constexpr,  # the op's scalars function (Note [update kernel])
+    MATH: tl.constexpr,  # (p, g, m, v, sc, F) -> (p, m, v): the op's update, in fp32
+    ROWS: tl.constexpr,  # blocks of 256 per program
+):
+    """Note [8-bit kernel]
+    An update with 8-bit moments (Note [8-bit states] in fusedopt/reference/quant.py), one
+    param's blocks ``ROWS`` per program, in one pass: the moments decoded, the param and the
+    moments updated by the op's fp32 math (``MATH``, the math of its update tile), the moments
+    encoded with their blocks' new absmax."""
+    MASTER: tl.constexpr = F[0]
+    SR: tl.constexpr = F[1]
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    offs = rows[:, None] * 256 + tl.arange(0, 256)[None, :]
+    in_range = rows * 256 < n
+    end = n
+    if HAS_FOUND_INF:
+        end = tl.where(tl.load(found_inf_ptr) != 0, 0, n)
+    live = offs < end  # what the program writes
+    row_mask = rows * 256 < end
+    if SR:
+        key = _seed_key(tl.load(seed_ptr))
+    else:
+        key = tl.full((), 0, tl.uint32)
+    hp = (
+        tl.full((), h0, tl.float64),
+        tl.full((), h1, tl.float64),
+        tl.full((), h2, tl.float64),
+        tl.full((), h3, tl.float64),
+        tl.full((), h4, tl.float64),
+        tl.full((), h5, tl.float64),
+    )
+    if STEPS:
+        step = tl.load(step_ptr).to(tl.float64)
+    else:
+        step = tl.full((), 0.0, tl.float64)
+    lr = _lr(lr_ptr, lr_value, LR_FROM_PTR)
+    inv_scale = _inv_scale(grad_scale_ptr, HAS_GRAD_SCALE)
+    sc = SCALARS(hp, key, inv_scale, step, lr, tl.float32, LR_T)
+    p = _load_param(p_ptr, w_ptr, offs, live, PT, tl.float32, MASTER)
+    g = _load(g_ptr, offs, live, PT, tl.float32)
+    m = _q8_decode(c1_ptr, a1_ptr, maps_ptr, offs, rows, live, in_range)
+    v = m
+    if MOMENTS == 2:
+        v = _q8_decode(c2_ptr, a2_ptr, maps_ptr + 256, offs, rows, live, in_range)
+    p, m, v = MATH(p, g, m, v, sc, F)
+    _store_param(p_ptr, w_ptr, offs, p, live, key, PT, MASTER, SR)
+    _q8_encode(m, c1_ptr, a1_ptr, maps_ptr + 512, offs, rows, live, row_mask)
+    if MOMENTS == 2:
+        _q8_encode(v, c2_ptr, a2_ptr, maps_ptr + 768, offs, rows, live, row_mask)
+
+
+@triton.jit
+def _adam8bit_math(p, g, m, v, sc, F):
+    p, m, v = _adam_moments(p, g, m, v, sc, F)
+    return _adam_apply(p, m, v, sc, tl.float32), m, v
+
+
+@triton.jit
+def _lion8bit_math(p, g, m, v, sc, F):
+    p, m = _lion_math(p, g, m, sc, F)
+    return p, m, v
+
+
+@triton.jit
+def _sgd8bit_math(p, g, m, v, sc, F):
+    p, m = _sgd_math(p, g, m, sc, F)
+    return p, m, v
+
+
+# ---------------------------------------------------------------------------------------------
 # SGD
 
 
 @triton.jit
 def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
     p_ptr, w_ptr, g_ptr, buf_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
-    key, inv_scale, neg_lr, wd, momentum, omd = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
+    MOMENTUM: tl.constexpr = F[3]
+    FIRST: tl.constexpr = F[4]
+    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
+    g = _load(g_ptr, offs, mask, PT, CT)
+    buf = g
+    if MOMENTUM and not FIRST:
+        buf = _load(buf_ptr, offs, mask, ST, CT)
+    p, buf = _sgd_math(p, g, buf, sc, F)
+    if MOMENTUM:
+        _store(buf_ptr, offs, buf, mask, ST)
+    _store_param(p_ptr, w_ptr, offs, p, mask, sc[0], PT, MASTER, SR)
+    return acc
+
+
+@triton.jit
+def _sgd_math(p, g, buf, sc, F):
+    """SGD's update from the grad and the momentum buffer (unread on the first step); returns
+    (p, buf)."""
+    key, inv_scale, neg_lr, wd, momentum, omd = sc
     HAS_GRAD_SCALE: tl.constexpr = F[2]
     MOMENTUM: tl.constexpr = F[3]
     FIRST: tl.constexpr = F[4]
     NESTEROV: tl.constexpr = F[5]
     MAXIMIZE: tl.constexpr = F[6]
     WEIGHT_DECAY: tl.constexpr = F[7]
-    p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
-    g = _load(g_ptr, offs, mask, PT, CT)
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -540,16 +706,12 @@ def _sgd_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT:
         if FIRST:
             buf = g  # torch clones the decayed grad into the new buffer
         else:
-            buf = _load(buf_ptr, offs, mask, ST, CT)
             buf = buf * momentum + omd * g
-        _store(buf_ptr, offs, buf, mask, ST)
         if NESTEROV:
             g = g + momentum * buf
         else:
             g = buf
-    p = p + neg_lr * g
-    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
-    return acc
+    return p + neg_lr * g, buf
 
 
 @triton.jit
@@ -565,14 +727,23 @@ def _sgd_scalars(hp, key, inv_scale, step, lr, CT: tl.constexpr, LR_T: tl.conste
 @triton.jit
 def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT: tl.constexpr, F):
     p_ptr, w_ptr, g_ptr, m_ptr = ptrs[0], ptrs[1], ptrs[2], ptrs[3]
-    key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
     MASTER: tl.constexpr = F[0]
     SR: tl.constexpr = F[1]
-    HAS_GRAD_SCALE: tl.constexpr = F[2]
-    MAXIMIZE: tl.constexpr = F[3]
     p = _load_param(p_ptr, w_ptr, offs, mask, PT, CT, MASTER)
     g = _load(g_ptr, offs, mask, PT, CT)
     m = _load(m_ptr, offs, mask, ST, CT)
+    p, m = _lion_math(p, g, m, sc, F)
+    _store_param(p_ptr, w_ptr, offs, p, mask, sc[0], PT, MASTER, SR)
+    _store(m_ptr, offs, m, mask, ST)
+    return acc
+
+
+@triton.jit
+def _lion_math(p, g, m, sc, F):
+    """Lion's update from the grad and the momentum; returns (p, m)."""
+    key, inv_scale, neg_lr, decay, beta1, omb1, beta2, omb2 = sc
+    HAS_GRAD_SCALE: tl.constexpr = F[2]
+    MAXIMIZE: tl.constexpr = F[3]
     if HAS_GRAD_SCALE:
         g = g * inv_scale
     if MAXIMIZE:
@@ -581,9 +752,7 @@ def _lion_tile(ptrs, offs, mask, sc, acc, PT: tl.constexpr, ST: tl.constexpr, CT
     c = m * beta1 + omb1 * g
     p = p + neg_lr * _sign(c)
     m = m * beta2 + omb2 * g
-    _store_param(p_ptr, w_ptr, offs, p, mask, key, PT, MASTER, SR)
-    _store(m_ptr, offs, m, mask, ST)
-    return acc
+    return p, m
 
 
 @triton.jit

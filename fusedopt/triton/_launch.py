@@ -29,6 +29,7 @@ as the hyperparameters and its bool scalars as the tile's flags, unless an :clas
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib
@@ -44,6 +45,8 @@ from torch import Tensor
 
 from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SCALAR, SEED, STATE, STEP, OpDef
 from .._ops import wrapper
+from ..reference import quant
+from ..reference._common import check_like_params, check_mixed, check_steps
 from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
 from . import _multi_tensor as mt
@@ -304,7 +307,7 @@ _UPDATES = {
     ),
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
-_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states: no Triton kernels yet
+_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states (_Q8_OPS: those with a kernel)
 # The ops with passes of their own (below); every other op is an elementwise update.
 _OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", *_8BIT)
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
@@ -655,12 +658,146 @@ def _no_8bit(op: str, values: dict[str, Any]) -> None:
     )
 
 
+# Blocks of 256 per program of _q8_kernel (tiles of 1,024 elements; 32 under the interpreter,
+# where each program costs milliseconds of Python whatever its size).
+Q8_ROWS = 4
+Q8_INTERPRET_ROWS = 32
+
+
+@dataclass(frozen=True)
+class Q8:
+    """An op with 8-bit moments (Note [8-bit kernel]): its (codes, absmax) lists per moment,
+    its hyperparameters in its SCALARS function's order, and its tile flags after MASTER, SR
+    and HAS_GRAD_SCALE; ``_{name}_scalars`` and ``_{name}8bit_math`` in _kernels.py."""
+
+    name: str
+    moments: tuple[tuple[str, str], ...]
+    hp: Callable[[dict[str, Any]], tuple[float, ...]]
+    flags: Callable[[dict[str, Any]], tuple[bool, ...]]
+
+
+def _adam_q8_flags(v: dict[str, Any]) -> tuple[bool, ...]:
+    return (
+        bool(v["decoupled_weight_decay"]),
+        False,  # AMSGrad: none with 8-bit states
+        bool(v["maximize"]),
+        _nonzero(v["weight_decay"], torch.float32),
+        mt.in_compute_type(1.0 - v["beta1"], torch.float32) < 0.5,
+    )
+
+
+_Q8_OPS = {
+    "adam8bit_": Q8(
+        "adam",
+        (("exp_avgs", "exp_avg_absmaxs"), ("exp_avg_sqs", "exp_avg_sq_absmaxs")),
+        lambda v: (
+            v["beta1"],
+            v["beta2"],
+            mt.log2(v["beta1"]),
+            mt.log2(v["beta2"]),
+            v["weight_decay"],
+            v["eps"],
+        ),
+        _adam_q8_flags,
+    ),
+}
+
+
+def _q8(name: str, values: dict[str, Any]) -> None:
+    """An update with 8-bit moments (Note [8-bit states] in fusedopt/reference/quant.py): the
+    reference's checks, then per param one launch of _q8_kernel over its blocks. A param (or
+    grad, or master) that is not contiguous is staged in a contiguous copy: the blocks are
+    row-major."""
+    spec = _Q8_OPS[name]
+    label = f"fusedopt.{name}"
+    quant.check_8bit(name, argparse.Namespace(**values))
+    params, grads = values["params"], values["grads"]
+    check_like_params(label, params, grads=grads)
+    masters, seeds = check_mixed(label, params, values["master_params"], values["sr_seeds"])
+    steps = values.get("state_steps")
+    if steps is not None:
+        check_steps(label, params, steps)
+    if not params:
+        return
+    device = params[0].device
+    lists = ("params", "grads", *(n for m in spec.moments for n in m))
+    for list_name in (*lists, "state_steps", "master_params", "sr_seeds"):
+        for i, t in enumerate(values.get(list_name) or []):
+            if t.device != device:
+                raise RuntimeError(
+                    f"{label} (triton): {list_name}[{i}] is on {t.device}, the params on {device}"
+                )
+    found_inf = mt.device_scalar(values["found_inf"], "found_inf", device)
+    grad_scale = mt.device_scalar(values["grad_scale"], "grad_scale", device)
+    lr_ptr, lr_value, lr_from_ptr = mt.lr_arg(values["lr"], device)
+    qmaps = values["qmaps"].to(device)
+    maps = torch.cat([qmaps, quant.midpoints(qmaps[0])[None], quant.midpoints(qmaps[1])[None]])
+    hp = spec.hp(values)
+    hp = dict(zip((f"h{i}" for i in range(6)), (*hp, *(0.0,) * (6 - len(hp)))))
+    flags = (masters[0] is not None, seeds[0] is not None, grad_scale is not None)
+    k = _k()
+    with _device_ctx(device):
+        # the steps and seeds count, but not where GradScaler found inf
+        counters = [*(steps or []), *(s for s in seeds if s is not None)]
+        if found_inf is None:
+            torch._foreach_add_(counters, 1)
+        else:
+            keep = found_inf == 0
+            for c in counters:
+                c.add_(keep)
+        rows = Q8_INTERPRET_ROWS if mt.interpreting() else Q8_ROWS
+        codes = [values[c] for c, _ in spec.moments]
+        absmax = [values[a] for _, a in spec.moments]
+        for i, param in enumerate(params):
+            n = param.numel()
+            if n == 0:
+                continue
+            p = param.contiguous()
+            w = masters[i].contiguous() if masters[i] is not None else p
+            g = grads[i].contiguous()
+            one = steps[i] if steps is not None else g  # a placeholder for unused pointers
+            k._q8_kernel[(triton.cdiv(quant.num_blocks(n), rows),)](
+                p.view(torch.uint16) if p.dtype == torch.bfloat16 else p,
+                w,
+                g.view(torch.uint16) if g.dtype == torch.bfloat16 else g,
+                codes[0][i],
+                codes[-1][i],
+                absmax[0][i],
+                absmax[-1][i],
+                maps,
+                one,
+                seeds[i] if seeds[i] is not None else one,
+                one if lr_ptr is None else lr_ptr,
+                one if grad_scale is None else grad_scale,
+                one if found_inf is None else found_inf,
+                lr_value,
+                n=n,
+                PT=mt.ST[param.dtype],
+                LR_FROM_PTR=lr_from_ptr,
+                LR_T=mt.lr_type(values["lr"]),
+                HAS_FOUND_INF=found_inf is not None,
+                STEPS=steps is not None,
+                MOMENTS=len(spec.moments),
+                F=flags + spec.flags(values),
+                SCALARS=getattr(k, f"_{spec.name}_scalars"),
+                MATH=getattr(k, f"_{spec.name}8bit_math"),
+                ROWS=rows,
+                **hp,
+                **_OPTS,
+            )
+            if p is not param:
+                param.copy_(p)
+            if masters[i] is not None and w is not masters[i]:
+                masters[i].copy_(w)
+
+
 _RUN: dict[str, Callable[..., Any]] = {
     **{name: (lambda values, name=name: _update(name, values)) for name in OPS if name not in _OWN},
     "lamb_": _lamb,
     "adafactor_": _adafactor,
     "muon_momentum_": _muon_momentum,
-    **{name: functools.partial(_no_8bit, name) for name in _8BIT},
+    **{name: functools.partial(_no_8bit, name) for name in _8BIT if name not in _Q8_OPS},
+    **{name: (lambda values, name=name: _q8(name, values)) for name in _Q8_OPS},
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
 
