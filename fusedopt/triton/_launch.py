@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -307,7 +306,7 @@ _UPDATES = {
     ),
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
-_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states (_Q8_OPS: those with a kernel)
+_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states: _q8, _Q8_OPS
 # The ops with passes of their own (below); every other op is an elementwise update.
 _OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", *_8BIT)
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
@@ -651,13 +650,6 @@ def _adafactor(values: dict[str, Any]) -> None:
             param.copy_(p)
 
 
-def _no_8bit(op: str, values: dict[str, Any]) -> None:
-    raise NotImplementedError(
-        f"fusedopt.{op}: 8-bit optimizer states (state_dtype='int8_blockwise') have no "
-        "Triton kernel yet; use backend='cpu' or backend='reference'"
-    )
-
-
 # Blocks of 256 per program of _q8_kernel (tiles of 1,024 elements; 32 under the interpreter,
 # where each program costs milliseconds of Python whatever its size).
 Q8_ROWS = 4
@@ -700,6 +692,25 @@ _Q8_OPS = {
         ),
         _adam_q8_flags,
     ),
+    "lion8bit_": Q8(
+        "lion",
+        (("exp_avgs", "exp_avg_absmaxs"),),
+        lambda v: (v["beta1"], v["beta2"], v["weight_decay"]),
+        lambda v: (bool(v["maximize"]),),
+    ),
+    # the step that creates the buffers decodes them (zeros) and ignores them: buf = g
+    "sgd8bit_": Q8(
+        "sgd",
+        (("momentum_buffers", "momentum_buffer_absmaxs"),),
+        lambda v: (v["momentum"], v["dampening"], v["weight_decay"]),
+        lambda v: (
+            True,  # MOMENTUM: sgd8bit_ runs only with momentum
+            bool(v["is_first_step"]),
+            bool(v["nesterov"]),
+            bool(v["maximize"]),
+            _nonzero(v["weight_decay"], torch.float32),
+        ),
+    ),
 }
 
 
@@ -740,7 +751,8 @@ def _q8(name: str, values: dict[str, Any]) -> None:
         # the steps and seeds count, but not where GradScaler found inf
         counters = [*(steps or []), *(s for s in seeds if s is not None)]
         if found_inf is None:
-            torch._foreach_add_(counters, 1)
+            if counters:  # SGD keeps no steps
+                torch._foreach_add_(counters, 1)
         else:
             keep = found_inf == 0
             for c in counters:
@@ -796,7 +808,6 @@ _RUN: dict[str, Callable[..., Any]] = {
     "lamb_": _lamb,
     "adafactor_": _adafactor,
     "muon_momentum_": _muon_momentum,
-    **{name: functools.partial(_no_8bit, name) for name in _8BIT if name not in _Q8_OPS},
     **{name: (lambda values, name=name: _q8(name, values)) for name in _Q8_OPS},
     "sum_sq": lambda values: _sum_sq(values["tensors"]),
 }
