@@ -24,12 +24,10 @@ from torch.nn import functional as F
 
 import fusedopt
 
-# (name, class, kwargs): the fp32 and 8-bit runs of each take the same.
-OPTIMIZERS = (
-    ("AdamW", "AdamW", {"lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.1}),
-    ("Lion", "Lion", {"lr": 3e-4, "betas": (0.9, 0.99), "weight_decay": 1.0}),
-    ("SGD+momentum", "SGD", {"lr": 0.3, "momentum": 0.9, "nesterov": True}),
-)
+# (name, class, kwargs): the fp32 and 8-bit runs of each take the same. (Lion at lr 1e-4 and
+# 3e-4, weight decay 1.0, did not train this model in 300 steps even with fp32 states: it needs
+# its own tuning before a row of it says anything about 8-bit states.)
+OPTIMIZERS = (("AdamW", "AdamW", {"lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.1}),)
 
 
 class Block(nn.Module):
@@ -122,12 +120,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--optimizers", default="AdamW", help="comma-separated subset of AdamW,Lion,SGD+momentum"
-    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    wanted = args.optimizers.split(",")
     chain = Chain(args.vocab, seed=0)
     model = GPT(args.vocab, args.ctx, args.d_model, args.layers, args.heads)
     n = sum(p.numel() for p in model.parameters())
@@ -140,8 +134,6 @@ def main() -> None:
     )
     print(f"{'optimizer':<14}{'states':<8}{'train loss':>12}{'held-out':>10}{'time':>8}")
     for name, cls, kwargs in OPTIMIZERS:
-        if name not in wanted:
-            continue
         res = {}
         for q8 in (False, True):
             t0 = time.perf_counter()

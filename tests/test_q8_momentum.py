@@ -254,29 +254,28 @@ def test_bad_states_are_refused_before_any_write(op):
 
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension is not built")
-def test_cuda_backend_says_what_is_missing():
+def test_cuda_says_what_is_missing():
     args = _lion_args([torch.zeros(300)])
-    values = OPS["lion8bit_"].bind(**args, grads=[torch.ones(300)])
     with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
-        torch.ops.fusedopt_sim.lion8bit_(*values)
+        torch.ops.fusedopt_sim.lion8bit_(*OPS["lion8bit_"].bind(**args, grads=[torch.ones(300)]))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.parametrize("kind", ["lion", "sgd"])
 def test_triton_matches_reference(kind):
-    """The Triton backend (Note [8-bit kernel]; its interpreter here) against the reference
-    backend, 3 steps (SGD's first creates the buffers): codes and absmax bit for bit, params
-    to an ulp of the update."""
-    a, b = _model(), _model()
+    """Main's 8-bit Triton kernel (_q8_kernel) with Lion's and SGD's math: codes and absmax
+    equal the reference's, params within an ulp, over 2 steps (SGD's first included), on one
+    param of 19 blocks (the interpreter runs the kernel)."""
+    a, b = _model()[:1], _model()[:1]
     oa, ob = _make(kind, a, "triton", True), _make(kind, b, "reference", True)
-    for step in range(3):
+    for step in range(2):
         _run(oa, a, 1, seed=step)
         _run(ob, b, 1, seed=step)
         for pa, pb in zip(a, b):
             for k, v in oa.state[pa].items():
                 if v.dtype == torch.uint8 or k.endswith("absmax"):
                     assert torch.equal(v, ob.state[pb][k]), (step, k)
-            torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(pa, pb, rtol=2e-7, atol=1e-9)
             with torch.no_grad():
                 pa.copy_(pb)
 

@@ -306,8 +306,9 @@ _UPDATES = {
     ),
     "sophia_update_hessian_": Update(grad_dtype=_hessian_grad_dtype),
 }
+_8BIT = ("adam8bit_", "lion8bit_", "sgd8bit_")  # 8-bit states: _q8, _Q8_OPS
 # The ops with passes of their own (below); every other op is an elementwise update.
-_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", "adam8bit_", "lion8bit_", "sgd8bit_")
+_OWN = ("lamb_", "sum_sq", "adafactor_", "muon_momentum_", *_8BIT)
 _HP_SLOTS = 8  # h0..h7 of _update_kernel
 
 
@@ -702,12 +703,13 @@ _Q8_OPS = {
         lambda v: (v["beta1"], v["beta2"], v["weight_decay"]),
         lambda v: (bool(v["maximize"]),),
     ),
+    # the step that creates the buffers decodes them (zeros) and ignores them: buf = g
     "sgd8bit_": Q8(
         "sgd",
         (("momentum_buffers", "momentum_buffer_absmaxs"),),
         lambda v: (v["momentum"], v["dampening"], v["weight_decay"]),
         lambda v: (
-            v["momentum"] != 0,
+            True,  # MOMENTUM: sgd8bit_ runs only with momentum
             bool(v["is_first_step"]),
             bool(v["nesterov"]),
             bool(v["maximize"]),
@@ -754,7 +756,7 @@ def _q8(name: str, values: dict[str, Any]) -> None:
         # the steps and seeds count, but not where GradScaler found inf
         counters = [*(steps or []), *(s for s in seeds if s is not None)]
         if found_inf is None:
-            if counters:
+            if counters:  # SGD keeps no steps
                 torch._foreach_add_(counters, 1)
         else:
             keep = found_inf == 0
