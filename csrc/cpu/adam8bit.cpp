@@ -47,8 +47,9 @@ int64_t num_blocks(int64_t n) { return (n + kQBlock - 1) / kQBlock; }
 // still hold two midpoints there is no table and the search runs. The result is the search's,
 // bit for bit. A block whose absmax is below 2^-128 has an infinite reciprocal (its x are
 // infinite or NaN): the search codes it.
-constexpr int kRows = 26;    // the exponents 103..127 (|x| in [2^-24, 1]), and all below
-constexpr int kMaxBits = 8;  // mantissa bits of a bucket
+constexpr int kRows = 26;  // the exponents 103..127 (|x| in [2^-24, 1]), and all below
+constexpr uint32_t kFirstExponent = 102;  // row 0's last: the exponent of row r is r + 102
+constexpr int kMaxBits = 8;               // mantissa bits of a bucket
 constexpr int kCountShift = 18;
 constexpr int32_t kThresholdMask = (1 << kCountShift) - 1;
 
@@ -97,7 +98,8 @@ bool build_table(EncodeTable& t, const float* mid, int bits) {
   for (uint32_t sign = 0; sign < 2; ++sign) {
     for (int row = 0; row < kRows; ++row) {
       for (uint32_t top = 0; top < (1u << bits); ++top) {
-        // The bucket's magnitudes [lo, hi]: row 0 is every float below 2^-24 (its top 0 only).
+        // The bucket's magnitudes [lo, hi]: row 0 is every float below 2^-24, for every top
+        // alike (an x of exponent 102 reads row 0 at its top bits).
         uint32_t lo = 0, hi = (103u << 23) - 1;
         if (row > 0) {
           lo = (static_cast<uint32_t>(row + 102) << 23) | (top << low_bits);
@@ -201,15 +203,14 @@ struct ScalarQ {
     const int bits = table.bits;
     const uint32_t low_bits = 23 - bits;
     const uint32_t low_mask = (1u << low_bits) - 1;
-    const uint32_t top_mask = (1u << bits) - 1;
+    const uint32_t first = kFirstExponent << bits;
     const int32_t* __restrict entry = table.entry;
     for (int64_t j = 0; j < n; ++j) {
       const uint32_t u = to_bits(x[j] * r);
       const uint32_t sign = u >> 31;
-      const uint32_t e = (u >> 23) & 0xFFu;
-      const uint32_t row = e < 103 ? 0u : e - 102;
-      const uint32_t top = e < 103 ? 0u : (u >> low_bits) & top_mask;
-      const int32_t ent = entry[((sign * kRows + row) << bits) + top];
+      const uint32_t bucket = (u & 0x7FFFFFFFu) >> low_bits;  // exponent and top bits
+      const uint32_t at = (bucket > first ? bucket - first : 0u) + (sign ? kRows << bits : 0u);
+      const int32_t ent = entry[at];
       const uint32_t low = (u & low_mask) ^ (low_mask & (0u - sign));
       codes[j] = static_cast<uint8_t>((ent >> kCountShift) +
                                       (static_cast<int32_t>(low) >= (ent & kThresholdMask)));
@@ -268,12 +269,9 @@ struct Avx2Q {
     if (!by_table(table, mx, r)) return ScalarQ::codes(x, n, mx, c, mid, table);
     const int bits = table.bits;
     const __m128i low_shift = _mm_cvtsi32_si128(23 - bits);
-    const __m128i row_shift = _mm_cvtsi32_si128(bits);
     const __m256i low_mask = _mm256_set1_epi32((1 << (23 - bits)) - 1);
-    const __m256i top_mask = _mm256_set1_epi32((1 << bits) - 1);
-    const __m256i exp_mask = _mm256_set1_epi32(0xFF);
-    const __m256i first_row = _mm256_set1_epi32(102);
-    const __m256i rows = _mm256_set1_epi32(kRows);
+    const __m256i first = _mm256_set1_epi32(static_cast<int32_t>(kFirstExponent << bits));
+    const __m256i negative_half = _mm256_set1_epi32(kRows << bits);
     const __m256i threshold_mask = _mm256_set1_epi32(kThresholdMask);
     const __m256i zero = _mm256_setzero_si256();
     const __m256i one = _mm256_set1_epi32(1);
@@ -286,13 +284,9 @@ struct Avx2Q {
       for (int k = 0; k < 4; ++k) {
         const __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_load_ps(x + i + 8 * k), vr));
         const __m256i neg = _mm256_srai_epi32(u, 31);
-        const __m256i e = _mm256_and_si256(_mm256_srli_epi32(u, 23), exp_mask);
-        const __m256i row = _mm256_max_epi32(_mm256_sub_epi32(e, first_row), zero);
-        const __m256i bucketed = _mm256_cmpgt_epi32(row, zero);
-        const __m256i top =
-            _mm256_and_si256(_mm256_and_si256(_mm256_srl_epi32(u, low_shift), top_mask), bucketed);
-        const __m256i at = _mm256_add_epi32(
-            _mm256_sll_epi32(_mm256_add_epi32(_mm256_and_si256(neg, rows), row), row_shift), top);
+        const __m256i bucket = _mm256_srl_epi32(_mm256_and_si256(u, abs_mask), low_shift);
+        const __m256i at = _mm256_add_epi32(_mm256_max_epi32(_mm256_sub_epi32(bucket, first), zero),
+                                            _mm256_and_si256(neg, negative_half));
         const __m256i ent = _mm256_mask_i32gather_epi32(zero, table.entry, at, all, 4);
         const __m256i low = _mm256_and_si256(_mm256_xor_si256(u, neg), low_mask);
         // count + (low >= threshold) = count + 1 + (threshold > low ? -1 : 0)
@@ -313,8 +307,8 @@ struct Avx512Q {
   static constexpr __mmask16 kAll = 0xFFFF;
 
   FUSEDOPT_TARGET_AVX512 static uint32_t reduce_max(__m512i x) {
-    const __m256i h =
-        _mm256_max_epu32(_mm512_castsi512_si256(x), _mm512_maskz_extracti64x4_epi64(0xFF, x, 1));
+    const __m256i h = _mm256_max_epu32(_mm512_maskz_extracti64x4_epi64(0xFF, x, 0),
+                                       _mm512_maskz_extracti64x4_epi64(0xFF, x, 1));
     return Avx2Q::reduce_max(h);
   }
 
@@ -347,12 +341,9 @@ struct Avx512Q {
     if (!by_table(table, mx, r)) return ScalarQ::codes(x, n, mx, c, mid, table);
     const int bits = table.bits;
     const __m128i low_shift = _mm_cvtsi32_si128(23 - bits);
-    const __m128i row_shift = _mm_cvtsi32_si128(bits);
     const __m512i low_mask = _mm512_set1_epi32((1 << (23 - bits)) - 1);
-    const __m512i top_mask = _mm512_set1_epi32((1 << bits) - 1);
-    const __m512i exp_mask = _mm512_set1_epi32(0xFF);
-    const __m512i first_row = _mm512_set1_epi32(102);
-    const __m512i rows = _mm512_set1_epi32(kRows);
+    const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(kFirstExponent << bits));
+    const __m512i negative_half = _mm512_set1_epi32(kRows << bits);
     const __m512i threshold_mask = _mm512_set1_epi32(kThresholdMask);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i one = _mm512_set1_epi32(1);
@@ -360,15 +351,12 @@ struct Avx512Q {
     for (int i = 0; i < kQBlock; i += 16) {
       const __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(x + i), vr));
       const __m512i neg = _mm512_maskz_srai_epi32(kAll, u, 31);
-      const __m512i e = _mm512_and_si512(_mm512_maskz_srli_epi32(kAll, u, 23), exp_mask);
-      const __m512i row = _mm512_maskz_max_epi32(kAll, _mm512_sub_epi32(e, first_row), zero);
-      const __mmask16 bucketed = _mm512_cmpgt_epi32_mask(row, zero);
-      const __m512i top =
-          _mm512_maskz_and_epi32(bucketed, _mm512_maskz_srl_epi32(kAll, u, low_shift), top_mask);
+      // Row and top bits (Note [encode by table]): the exponent and top bits of |x|, less those
+      // of row 0; all below it read row 0.
+      const __m512i bucket = _mm512_maskz_srl_epi32(kAll, _mm512_and_si512(u, abs_mask), low_shift);
       const __m512i at =
-          _mm512_add_epi32(_mm512_maskz_sll_epi32(
-                               kAll, _mm512_add_epi32(_mm512_and_si512(neg, rows), row), row_shift),
-                           top);
+          _mm512_add_epi32(_mm512_maskz_max_epi32(kAll, _mm512_sub_epi32(bucket, first), zero),
+                           _mm512_and_si512(neg, negative_half));
       const __m512i ent = _mm512_mask_i32gather_epi32(zero, 0xFFFF, at, table.entry, 4);
       const __m512i low = _mm512_and_si512(_mm512_xor_si512(u, neg), low_mask);
       const __mmask16 above = _mm512_cmpge_epi32_mask(low, _mm512_and_si512(ent, threshold_mask));
