@@ -30,6 +30,7 @@ namespace fusedopt::cpu {
 namespace {
 
 constexpr int64_t kQBlock = 256;
+constexpr int64_t kChunk = 16;  // codes decoded at a time (Note [8-bit SIMD])
 
 int64_t num_blocks(int64_t n) { return (n + kQBlock - 1) / kQBlock; }
 
@@ -178,8 +179,9 @@ FUSEDOPT_INLINE float reciprocal(float mx) { return 1.f / (mx == 0.f ? 1.f : mx)
 // block, and a block the table does not code (by_table), takes the scalar code. The update
 // between decode and encode stays the loop the compiler vectorizes (adam_element).
 struct ScalarQ {
+  // n values (kChunk where n is left out) of codes c, decoded.
   FUSEDOPT_INLINE static void decode(const uint8_t* __restrict c, const float* __restrict map,
-                                     float scale, float* __restrict out, int64_t n) {
+                                     float scale, float* __restrict out, int64_t n = kChunk) {
     for (int64_t i = 0; i < n; ++i) out[i] = map[c[i]] * scale;
   }
 
@@ -237,10 +239,9 @@ struct Avx2Q {
   }
 
   FUSEDOPT_TARGET_AVX2 static void decode(const uint8_t* __restrict c, const float* __restrict map,
-                                          float scale, float* __restrict out, int64_t n) {
-    if (n < kQBlock) return ScalarQ::decode(c, map, scale, out, n);
+                                          float scale, float* __restrict out) {
     const __m256 s = _mm256_set1_ps(scale);
-    for (int i = 0; i < kQBlock; i += 8) {
+    for (int i = 0; i < kChunk; i += 8) {
       const __m256i k =
           _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i)));
       const __m256 q = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), map, k,
@@ -314,15 +315,12 @@ struct Avx512Q {
 
   FUSEDOPT_TARGET_AVX512 static void decode(const uint8_t* __restrict c,
                                             const float* __restrict map, float scale,
-                                            float* __restrict out, int64_t n) {
-    if (n < kQBlock) return ScalarQ::decode(c, map, scale, out, n);
-    const __m512 s = _mm512_set1_ps(scale);
-    for (int i = 0; i < kQBlock; i += 16) {
-      const __m512i k = _mm512_maskz_cvtepu8_epi32(
-          kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
-      const __m512 q = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, k, map, 4);
-      _mm512_store_ps(out + i, _mm512_mul_ps(q, s));
-    }
+                                            float* __restrict out) {
+    static_assert(kChunk == 16);
+    const __m512i k =
+        _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    const __m512 q = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, k, map, 4);
+    _mm512_store_ps(out, _mm512_mul_ps(q, _mm512_set1_ps(scale)));
   }
 
   FUSEDOPT_TARGET_AVX512 static void encode(const float* __restrict x, int64_t n,
@@ -390,23 +388,39 @@ struct Adam8bitBody {
       }
       alignas(64) float mb[kQBlock];
       alignas(64) float vb[kQBlock];
-      Q::decode(cm + o, t.qmap[0], am[b], mb, len);
-      Q::decode(cv + o, t.qmap[1], av[b], vb, len);
       param_t* __restrict pb = p + o;
       const param_t* __restrict gb = g + o;
       float* __restrict mp = MODE == kMaster ? master + o : nullptr;
-      for (int64_t i = 0; i < len; ++i) {
-        float pi = load_param<MODE, float>(pb, mp, i);
-        float mi = mb[i];
-        float vi = vb[i];
-        float unused = 0.f;
-        adam_element<DECOUPLED, false, MAXIMIZE>(pi, static_cast<float>(gb[i]), mi, vi, unused, s);
-        store_param<MODE, float>(pb, mp, i, pi, key, j0 + o);
-        mb[i] = mi;
-        vb[i] = vi;
+      // Decoded a chunk at a time, just before its update: the gathers then run beside the
+      // update's divisions and square roots.
+      int64_t i = 0;
+      for (; i + kChunk <= len; i += kChunk) {
+        Q::decode(cm + o + i, t.qmap[0], am[b], mb + i);
+        Q::decode(cv + o + i, t.qmap[1], av[b], vb + i);
+        update(pb, gb, mp, mb, vb, i, i + kChunk, s, key, j0 + o);
       }
+      ScalarQ::decode(cm + o + i, t.qmap[0], am[b], mb + i, len - i);
+      ScalarQ::decode(cv + o + i, t.qmap[1], av[b], vb + i, len - i);
+      update(pb, gb, mp, mb, vb, i, len, s, key, j0 + o);
       Q::encode(mb, len, cm + o, am + b, t.mid[0], t.table[0]);
       Q::encode(vb, len, cv + o, av + b, t.mid[1], t.table[1]);
+    }
+  }
+
+  // Elements [i0, i1) of a block at element j0 of the param (mb, vb: its moments).
+  FUSEDOPT_INLINE static void update(param_t* __restrict pb, const param_t* __restrict gb,
+                                     float* __restrict mp, float* __restrict mb,
+                                     float* __restrict vb, int64_t i0, int64_t i1,
+                                     const AdamScalars<float>& s, uint32_t key, int64_t j0) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float pi = load_param<MODE, float>(pb, mp, i);
+      float mi = mb[i];
+      float vi = vb[i];
+      float unused = 0.f;
+      adam_element<DECOUPLED, false, MAXIMIZE>(pi, static_cast<float>(gb[i]), mi, vi, unused, s);
+      store_param<MODE, float>(pb, mp, i, pi, key, j0);
+      mb[i] = mi;
+      vb[i] = vi;
     }
   }
 
