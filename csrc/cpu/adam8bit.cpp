@@ -171,13 +171,17 @@ FUSEDOPT_INLINE bool by_table(const EncodeTable& t, float mx, float r) {
 FUSEDOPT_INLINE float reciprocal(float mx) { return 1.f / (mx == 0.f ? 1.f : mx); }
 
 // Note [8-bit SIMD]
-// Decode, block absmax and encode of whole blocks are written with intrinsics per ISA (Q, one of
-// ScalarQ, Avx2Q, Avx512Q): the compiler does not vectorize the table reads (it emulates a
-// gather with scalar loads and inserts, the most expensive part of the step), while an AVX-512
-// gather of 16 entries from the L1-resident map costs about 5 cycles here. Each
+// Decode (16 codes at a time, each chunk just before its update), block absmax and encode are
+// written with intrinsics per ISA (Q, one of ScalarQ, Avx2Q, Avx512Q): the compiler does not
+// vectorize the table reads (it emulated each gather with scalar loads and inserts, the most
+// expensive part of the step), while an AVX-512 gather of 16 entries from the L1-resident map
+// costs about 5 cycles here. Decoding a chunk just before its update lets the gathers run beside
+// the update's divisions and square roots (a tenth off the step); encoding the previous block's
+// chunks in the same loop, to hide the encode the same way, made the step slower. Each
 // element's arithmetic is the scalar code's, so every level gives the same bits; a partial last
 // block, and a block the table does not code (by_table), takes the scalar code. The update
-// between decode and encode stays the loop the compiler vectorizes (adam_element).
+// stays the loop the compiler vectorizes (adam_element). benchmarks/README.md ("8-bit states")
+// has the costs.
 struct ScalarQ {
   // n values (kChunk where n is left out) of codes c, decoded.
   FUSEDOPT_INLINE static void decode(const uint8_t* __restrict c, const float* __restrict map,
@@ -250,24 +254,20 @@ struct Avx2Q {
     }
   }
 
-  FUSEDOPT_TARGET_AVX2 static void encode(const float* __restrict x, int64_t n,
-                                          uint8_t* __restrict c, float* __restrict absmax_out,
-                                          const float* __restrict mid, const EncodeTable& table) {
-    if (n < kQBlock) return ScalarQ::encode(x, n, c, absmax_out, mid, table);
+  FUSEDOPT_TARGET_AVX2 static float absmax(const float* __restrict x) {
     const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
     __m256i top_bits = _mm256_setzero_si256();
     for (int i = 0; i < kQBlock; i += 8) {
       const __m256i u = _mm256_castps_si256(_mm256_load_ps(x + i));
       top_bits = _mm256_max_epu32(top_bits, _mm256_and_si256(u, abs_mask));
     }
-    __m128i m4 =
-        _mm_max_epu32(_mm256_castsi256_si128(top_bits), _mm256_extracti128_si256(top_bits, 1));
-    m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4E));
-    m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xB1));
-    const float mx = from_bits(static_cast<uint32_t>(_mm_cvtsi128_si32(m4)));
-    *absmax_out = mx;
-    const float r = reciprocal(mx);
-    if (!by_table(table, mx, r)) return ScalarQ::codes(x, n, mx, c, mid, table);
+    return from_bits(reduce_max(top_bits));
+  }
+
+  // A whole block's codes by the table, normalized by r (ScalarQ::codes).
+  FUSEDOPT_TARGET_AVX2 static void encode(const float* __restrict x, float r, uint8_t* __restrict c,
+                                          const EncodeTable& table) {
+    const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
     const int bits = table.bits;
     const __m128i low_shift = _mm_cvtsi32_si128(23 - bits);
     const __m256i low_mask = _mm256_set1_epi32((1 << (23 - bits)) - 1);
@@ -323,44 +323,41 @@ struct Avx512Q {
     _mm512_store_ps(out, _mm512_mul_ps(q, _mm512_set1_ps(scale)));
   }
 
-  FUSEDOPT_TARGET_AVX512 static void encode(const float* __restrict x, int64_t n,
-                                            uint8_t* __restrict c, float* __restrict absmax_out,
-                                            const float* __restrict mid, const EncodeTable& table) {
-    if (n < kQBlock) return ScalarQ::encode(x, n, c, absmax_out, mid, table);
+  FUSEDOPT_TARGET_AVX512 static float absmax(const float* __restrict x) {
     const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
     __m512i top_bits = _mm512_setzero_si512();
     for (int i = 0; i < kQBlock; i += 16) {
       const __m512i u = _mm512_castps_si512(_mm512_load_ps(x + i));
       top_bits = _mm512_maskz_max_epu32(kAll, top_bits, _mm512_and_si512(u, abs_mask));
     }
-    const float mx = from_bits(reduce_max(top_bits));
-    *absmax_out = mx;
-    const float r = reciprocal(mx);
-    if (!by_table(table, mx, r)) return ScalarQ::codes(x, n, mx, c, mid, table);
+    return from_bits(reduce_max(top_bits));
+  }
+
+  // A whole block's codes by the table, normalized by r (ScalarQ::codes).
+  FUSEDOPT_TARGET_AVX512 static void encode(const float* __restrict x, float r,
+                                            uint8_t* __restrict c, const EncodeTable& table) {
     const int bits = table.bits;
-    const __m128i low_shift = _mm_cvtsi32_si128(23 - bits);
-    const __m512i low_mask = _mm512_set1_epi32((1 << (23 - bits)) - 1);
-    const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(kFirstExponent << bits));
-    const __m512i negative_half = _mm512_set1_epi32(kRows << bits);
-    const __m512i threshold_mask = _mm512_set1_epi32(kThresholdMask);
     const __m512i zero = _mm512_setzero_si512();
-    const __m512i one = _mm512_set1_epi32(1);
-    const __m512 vr = _mm512_set1_ps(r);
+    // The constants are written where they are used: the compiler keeps them out of the loop.
     for (int i = 0; i < kQBlock; i += 16) {
-      const __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(x + i), vr));
+      const __m512i u =
+          _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(x + i), _mm512_set1_ps(r)));
       const __m512i neg = _mm512_maskz_srai_epi32(kAll, u, 31);
       // Row and top bits (Note [encode by table]): the exponent and top bits of |x|, less those
       // of row 0; all below it read row 0.
-      const __m512i bucket = _mm512_maskz_srl_epi32(kAll, _mm512_and_si512(u, abs_mask), low_shift);
-      const __m512i at =
-          _mm512_add_epi32(_mm512_maskz_max_epi32(kAll, _mm512_sub_epi32(bucket, first), zero),
-                           _mm512_and_si512(neg, negative_half));
-      const __m512i ent = _mm512_mask_i32gather_epi32(zero, 0xFFFF, at, table.entry, 4);
-      const __m512i low = _mm512_and_si512(_mm512_xor_si512(u, neg), low_mask);
-      const __mmask16 above = _mm512_cmpge_epi32_mask(low, _mm512_and_si512(ent, threshold_mask));
-      const __m512i code =
-          _mm512_mask_add_epi32(_mm512_maskz_srli_epi32(kAll, ent, kCountShift), above,
-                                _mm512_maskz_srli_epi32(kAll, ent, kCountShift), one);
+      const __m512i bucket = _mm512_maskz_srl_epi32(
+          kAll, _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm_cvtsi32_si128(23 - bits));
+      const __m512i below_rows =
+          _mm512_sub_epi32(bucket, _mm512_set1_epi32(static_cast<int32_t>(kFirstExponent << bits)));
+      const __m512i at = _mm512_add_epi32(_mm512_maskz_max_epi32(kAll, below_rows, zero),
+                                          _mm512_and_si512(neg, _mm512_set1_epi32(kRows << bits)));
+      const __m512i ent = _mm512_mask_i32gather_epi32(zero, kAll, at, table.entry, 4);
+      const __m512i low =
+          _mm512_and_si512(_mm512_xor_si512(u, neg), _mm512_set1_epi32((1 << (23 - bits)) - 1));
+      const __mmask16 above =
+          _mm512_cmpge_epi32_mask(low, _mm512_and_si512(ent, _mm512_set1_epi32(kThresholdMask)));
+      const __m512i count = _mm512_maskz_srli_epi32(kAll, ent, kCountShift);
+      const __m512i code = _mm512_mask_add_epi32(count, above, count, _mm512_set1_epi32(1));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(c + i), _mm512_maskz_cvtepi32_epi8(kAll, code));
     }
   }
@@ -402,8 +399,24 @@ struct Adam8bitBody {
       ScalarQ::decode(cm + o + i, t.qmap[0], am[b], mb + i, len - i);
       ScalarQ::decode(cv + o + i, t.qmap[1], av[b], vb + i, len - i);
       update(pb, gb, mp, mb, vb, i, len, s, key, j0 + o);
-      Q::encode(mb, len, cm + o, am + b, t.mid[0], t.table[0]);
-      Q::encode(vb, len, cv + o, av + b, t.mid[1], t.table[1]);
+      encode(mb, len, cm + o, am + b, t.mid[0], t.table[0]);
+      encode(vb, len, cv + o, av + b, t.mid[1], t.table[1]);
+    }
+  }
+
+  // A block's moments, encoded: absmax, then the codes (a whole block by the table: Q's).
+  FUSEDOPT_INLINE static void encode(const float* __restrict x, int64_t n, uint8_t* __restrict c,
+                                     float* __restrict absmax_out, const float* __restrict mid,
+                                     const EncodeTable& table) {
+    if constexpr (std::is_same_v<Q, ScalarQ>) {
+      ScalarQ::encode(x, n, c, absmax_out, mid, table);
+    } else {
+      if (n < kQBlock) return ScalarQ::encode(x, n, c, absmax_out, mid, table);
+      const float mx = Q::absmax(x);
+      *absmax_out = mx;
+      const float r = reciprocal(mx);
+      if (!by_table(table, mx, r)) return ScalarQ::codes(x, n, mx, c, mid, table);
+      Q::encode(x, r, c, table);
     }
   }
 
