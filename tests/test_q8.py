@@ -190,6 +190,88 @@ def _match_reference(op, case: int, steps: int) -> None:
                 a.copy_(b)
 
 
+def _no_table_maps() -> torch.Tensor:
+    """The signed map, and an unsigned one with three entries within 2e-6 of each other: two of
+    its midpoints share every bucket of 8 mantissa bits, so it has no encode table (Note [encode
+    by table] in csrc/cpu/adam8bit.cpp)."""
+    maps = quant.QMAPS.clone()
+    maps[1, 201] = maps[1, 200] + 1e-6
+    maps[1, 202] = maps[1, 200] + 2e-6
+    return maps
+
+
+def _edge_grads(params, step: int) -> list[torch.Tensor]:
+    """Grads whose blocks reach the kernel's special cases: with beta1 = 0, exp_avg is the grad,
+    so block 0 is all zeros, block 1 holds a NaN, block 2 an inf, block 3 the signed map's
+    midpoints (ties, absmax 1), block 4 an absmax below 2^-128 (an infinite reciprocal);
+    the rest are random over many magnitudes, with a partial last block."""
+    g = torch.Generator().manual_seed(step)
+    out = []
+    for p in params:
+        x = torch.randn(p.shape, generator=g) * 10.0 ** torch.randint(-6, 3, p.shape, generator=g)
+        flat = x.view(-1)
+        if flat.numel() >= 5 * 256:
+            flat[:256] = 0
+            flat[256 + 17] = float("nan")
+            flat[512 + 3] = float("-inf")
+            flat[768:1024] = torch.cat([torch.ones(1), quant.midpoints(quant.QMAPS[0])[:-1]])
+            flat[1024:1280] = torch.randn(256, generator=g) * 1e-40
+            flat[1024 + 5] = -0.0
+        out.append(x.to(p.dtype))
+    return out
+
+
+LEVEL_CASES = [  # (param dtype, mode, qmaps)
+    (torch.float32, "plain", "default"),
+    (torch.float32, "plain", "no-table"),
+    (torch.bfloat16, "sr", "default"),
+    (torch.float16, "master", "default"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype, mode, maps", LEVEL_CASES)
+def test_every_simd_level_gives_the_reference_bits(dtype, mode, maps):
+    """Each SIMD level's decode and encode (Note [8-bit SIMD] in csrc/cpu/adam8bit.cpp) gives
+    the reference's codes and absmax, and the same bits at every level, on the blocks of
+    _edge_grads, over 3 steps."""
+    from helpers import cpu_levels
+
+    levels = cpu_levels()
+    saved = _C.cpu_capability()
+    sizes = (256 * 7 + 77, 256 * 6, 100)
+    results = []
+    try:
+        for level in levels:
+            _C.set_cpu_capability(level)
+            torch.manual_seed(0)
+            ours = _args([torch.randn(n).to(dtype) for n in sizes], mode, LR, False)
+            ours["beta1"] = 0.0
+            if maps == "no-table":
+                ours["qmaps"] = _no_table_maps()
+            theirs = _copy(ours)
+            for step in range(3):
+                grads = _edge_grads(ours["params"], step)
+                _call(torch.ops.fusedopt.adam8bit_, ours, grads, True, False)
+                _call(reference.adam8bit_, theirs, grads, True, False)
+                for key in ("exp_avgs", "exp_avg_sqs", "exp_avg_absmaxs", "exp_avg_sq_absmaxs"):
+                    for i, (a, b) in enumerate(zip(ours[key], theirs[key])):
+                        # a NaN absmax may carry another payload than torch.amax's
+                        same = (a == b) | (a.isnan() & b.isnan())
+                        assert bool(same.all()), f"{level}, step {step}: {key}[{i}] differs"
+                for key in ("params", "master_params"):
+                    for a, b in zip(ours[key] or [], theirs[key] or []):
+                        b.copy_(a)  # within an ulp (above): the states must see the same params
+            results.append(
+                (level, [t.clone() for t in ours["params"] + (ours["master_params"] or [])])
+            )
+    finally:
+        _C.set_cpu_capability(saved)
+    for level, got in results[1:]:
+        for a, b in zip(results[0][1], got):
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), f"{level} differs"
+
+
 @needs_ext
 @pytest.mark.parametrize("fn", ["cpu", "reference"])
 def test_found_inf_changes_nothing(fn):
