@@ -244,15 +244,11 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
       const at::Tensor& g = params[i].unsafeGetTensorImpl()->grad();
       if (!g.defined() || !pb.add(i, params[i]) || !gb.add(i, g)) return false;
     }
-    const auto p = pb.range();
-    const auto g = gb.range();
-    if (!p.has_value() || !g.has_value() || !p->first->device().is_cpu() || !counters_equal()) {
-      return false;
-    }
-    std::vector<OptList> flat = ranges_;
-    flat[0] = List{range_view(*p)};
+    std::vector<OptList> flat;
+    List flat_grads;
+    if (!join(pb.range(), gb.range(), flat, flat_grads)) return false;
     prepared_flat_ = std::move(flat);
-    prepared_grads_ = List{range_view(*g)};
+    prepared_grads_ = std::move(flat_grads);
     prepared_ = true;
     return true;
   }
@@ -278,8 +274,7 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
         flat = std::move(prepared_flat_);
         flat_grads = std::move(prepared_grads_);
       } else if (flat_) {
-        flat.resize(kLists);
-        if (!one_range(*grads, flat, flat_grads)) flat.clear();
+        one_range(*grads, flat, flat_grads);  // leaves both empty where it cannot
       }
       prepared_flat_.clear();
       prepared_grads_.clear();
@@ -391,12 +386,20 @@ class OpPlan<Op, R(A...)> final : public StepPlan {
   // (Note [one-range steps]).
   bool one_range(const List& grads, std::vector<OptList>& flat, List& flat_grads) const {
     const auto p = end_to_end(*lists_[0], &numels_);
-    if (!p.has_value() || !p->first->device().is_cpu()) return false;
-    const auto g = end_to_end(grads, &numels_);
-    if (!g.has_value() || !counters_equal()) return false;
+    return p.has_value() && join(p, end_to_end(grads, &numels_), flat, flat_grads);
+  }
+
+  // The one-range lists from the params' range p and the grads' g (the state lists' ranges
+  // held since the plan was made), if both are ranges, on the CPU, and the step counters
+  // agree.
+  bool join(const std::optional<Range>& p, const std::optional<Range>& g,
+            std::vector<OptList>& flat, List& flat_grads) const {
+    if (!p.has_value() || !g.has_value() || !p->first->device().is_cpu() || !counters_equal()) {
+      return false;
+    }
     flat = ranges_;
     flat[0] = List{range_view(*p)};
-    flat_grads.push_back(range_view(*g));
+    flat_grads = List{range_view(*g)};
     return true;
   }
 
