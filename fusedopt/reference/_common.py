@@ -313,6 +313,23 @@ def advance_seeds(seeds: list[Tensor | None]) -> None:
             s += 1
 
 
+def check_call(
+    op: str, args: dict[str, Any], like: bool = True
+) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """The checks of :func:`begin`, which write nothing and read no tensor's values, on the
+    update's arguments by name: per param (masters, seeds), None where absent."""
+    d = OPS[op]
+    label = f"fusedopt.{op}"
+    params = args["params"]
+    lists = {a.name: args[a.name] for a in d.role(STATE) if a.when is None or args[a.when]}
+    if like:
+        check_like_params(label, params, grads=args["grads"], **lists)
+    masters, seeds = check_mixed(label, params, args["master_params"], args["sr_seeds"], **lists)
+    if "state_steps" in args:
+        check_steps(label, params, args["state_steps"])
+    return masters, seeds
+
+
 def begin(
     op: str, *values: Any, like: bool = True, advance: bool = True
 ) -> tuple[list[Tensor | None], list[Tensor | None], float] | None:
@@ -324,16 +341,8 @@ def begin(
     (check_steps). A state list with a ``when`` scalar counts only when that is true. Then None
     if GradScaler found inf/NaN (the step changes nothing), else the SR seeds advanced
     (``advance``) and (masters, seeds, 1 / grad_scale), per param."""
-    d = OPS[op]
-    args = dict(zip(d.names, values))
-    label = f"fusedopt.{op}"
-    params = args["params"]
-    lists = {a.name: args[a.name] for a in d.role(STATE) if a.when is None or args[a.when]}
-    if like:
-        check_like_params(label, params, grads=args["grads"], **lists)
-    masters, seeds = check_mixed(label, params, args["master_params"], args["sr_seeds"], **lists)
-    if "state_steps" in args:
-        check_steps(label, params, args["state_steps"])
+    args = dict(zip(OPS[op].names, values))
+    masters, seeds = check_call(op, args, like)
     if skip_step(args["found_inf"]):
         return None
     if advance:

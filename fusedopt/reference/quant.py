@@ -124,9 +124,9 @@ _Q8_PARAMS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_8bit(op: str, a: Any) -> None:
-    """The 8-bit states of a call of registry op ``op``, its auxiliary state lists: per param uint8 codes
-    of its shape and fp32 absmax (the lists whose key ends in ``_absmax``), one per block, all
-    contiguous; params of an fp32 opmath; the maps (2, 256) fp32."""
+    """The 8-bit states of a call of registry op ``op``, its auxiliary state lists: per param
+    uint8 codes of its shape and fp32 absmax (the lists whose key ends in ``_absmax``), one per
+    block, all contiguous; params of an fp32 opmath; the maps (2, 256) fp32."""
     n = len(a.params)
     where = f"fusedopt.{op}"
     if a.qmaps.dtype != torch.float32 or tuple(a.qmaps.shape) != (2, BLOCK):

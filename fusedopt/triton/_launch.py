@@ -45,7 +45,7 @@ from torch import Tensor
 from .._opdefs import AMP, LR, MASTER, OPS, PARAM, SCALAR, SEED, STATE, STEP, OpDef
 from .._ops import wrapper
 from ..reference import quant
-from ..reference._common import check_like_params, check_mixed, check_steps
+from ..reference._common import check_call
 from ..reference.sophia import SOPHIA_EPS
 from . import _kernels
 from . import _multi_tensor as mt
@@ -727,12 +727,9 @@ def _q8(name: str, values: dict[str, Any]) -> None:
     spec = _Q8_OPS[name]
     label = f"fusedopt.{name}"
     quant.check_8bit(name, argparse.Namespace(**values))
+    masters, seeds = check_call(name, values)  # the reference's checks (begin's), no sync
     params, grads = values["params"], values["grads"]
-    check_like_params(label, params, grads=grads)
-    masters, seeds = check_mixed(label, params, values["master_params"], values["sr_seeds"])
     steps = values.get("state_steps")
-    if steps is not None:
-        check_steps(label, params, steps)
     if not params:
         return
     device = params[0].device
