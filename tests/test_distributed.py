@@ -324,6 +324,78 @@ def _fsdp_other_optimizers(rank: int, tmp: str) -> None:
                 )
 
 
+    _fsdp_8bit_blocks(rank)
+
+
+def _fsdp_8bit_blocks(rank: int) -> None:
+    """8-bit states under FSDP2 are quantized in blocks within each local shard (Note [8-bit
+    optimizer states]): each rank's codes, absmax and param equal an unsharded 8-bit optimizer's
+    stepping that shard alone, bit for bit. So a param whose shards hold whole blocks (w: 512
+    elements a rank) steps as the unsharded one does; one whose shard boundary cuts a block (v:
+    288 + 192 elements, so a rank with a shorter absmax row) steps differently, by design (no
+    block spans two ranks); an empty shard (u: 300 + 0) has no blocks."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    torch.manual_seed(0)
+    shapes = {"w": (16, 64), "v": (5, 96), "u": (1, 300)}
+    model = torch.nn.ParameterDict({k: torch.randn(s) for k, s in shapes.items()})
+    init = {k: p.detach().clone() for k, p in model.items()}
+    full = {k: p.clone().requires_grad_() for k, p in init.items()}
+    fully_shard(model)
+
+    def chunk(t: torch.Tensor) -> torch.Tensor:  # this rank's rows, as FSDP2 shards them
+        chunks = t.detach().chunk(WORLD)
+        return chunks[rank] if rank < len(chunks) else t[:0]
+
+    shard = {k: chunk(p).clone().requires_grad_() for k, p in full.items() if chunk(p).numel()}
+    cases = [
+        (fusedopt.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+        (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ]
+    for cls, kw in cases:
+        with torch.no_grad():
+            for k, p in model.items():
+                full[k].copy_(init[k])
+                p.to_local().copy_(chunk(init[k]))
+                if k in shard:
+                    shard[k].copy_(chunk(init[k]))
+        opt = cls(model.values(), state_dtype="int8_blockwise", min_8bit_size=256, **kw)
+        ref_full = cls(full.values(), state_dtype="int8_blockwise", min_8bit_size=256, **kw)
+        ref_shard = cls(shard.values(), state_dtype="int8_blockwise", min_8bit_size=0, **kw)
+        for step in range(3):
+            for k, p in model.items():
+                g = torch.randn(shapes[k], generator=torch.Generator().manual_seed(10 * step))
+                p.grad = distribute_tensor(g, p.device_mesh, p.placements)
+                full[k].grad = g.clone()
+                if k in shard:
+                    shard[k].grad = chunk(g).clone()
+            for o in (opt, ref_full, ref_shard):
+                o.step()
+        name = cls.__name__
+        for k, p in model.items():
+            state = opt.state[p]
+            assert isinstance(state["exp_avg_absmax" if name == "AdamW" else "momentum_buffer_absmax"], DTensor)
+            if k not in shard:
+                assert p.to_local().numel() == 0
+                continue
+            q = shard[k]
+            assert torch.equal(p.to_local(), q.detach()), f"{name} {k}: param"
+            for key, t in ref_shard.state[q].items():
+                if key == "step":
+                    continue
+                got = state[key].to_local()
+                if key.endswith("_absmax"):  # a row of 2 on each rank: the first shard's blocks
+                    assert got.shape == (1, 2), f"{name} {k}: {key} {tuple(got.shape)}"
+                    got = got.reshape(-1)[: t.numel()]
+                assert torch.equal(got, t), f"{name} {k}: {key}"
+        w, v = model["w"], model["v"]
+        assert torch.equal(w.full_tensor(), full["w"].detach()), f"{name}: w, whole blocks"
+        codes = "exp_avg" if name == "AdamW" else "momentum_buffer"
+        assert torch.equal(opt.state[w][codes].full_tensor(), ref_full.state[full["w"]][codes])
+        assert not torch.equal(v.full_tensor(), full["v"].detach()), f"{name}: v, cut blocks"
+
+
 def test_fsdp2_other_optimizers_match_unsharded(tmp_path) -> None:  # noqa: ANN001
     _spawn(_fsdp_other_optimizers, tmp_path)
 
