@@ -464,8 +464,11 @@ def test_fsdp2_master_weights(tmp_path) -> None:  # noqa: ANN001
 
 
 def _fsdp_checkpoint(rank: int, tmp: str) -> None:
-    for kw in ({}, {"state_dtype": torch.bfloat16}):
+    # 8-bit: the 128- and 80-element weights (shards of 64, and 48 + 32) in 8 bits, the rest fp32
+    q8 = {"state_dtype": "int8_blockwise", "min_8bit_size": 64}
+    for kw in ({}, {"state_dtype": torch.bfloat16}, q8):
         _fsdp_checkpoint_case(rank, os.path.join(tmp, f"ckpt{len(kw)}"), kw)
+    _fsdp_checkpoint_other_mesh(os.path.join(tmp, f"ckpt{len(q8)}"), q8)
 
 
 def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
@@ -478,7 +481,10 @@ def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
     _train(model, opt, rank, range(3))
     msd, osd = get_state_dict(model, opt)
     assert all(
-        isinstance(v, DTensor) for s in osd["state"].values() for k, v in s.items() if k != "step"
+        isinstance(v, DTensor)
+        for s in osd["state"].values()
+        for k, v in s.items()
+        if k != "step" and not k.endswith("_qmap")  # the 8-bit maps: the same on every rank
     )
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
     straight = _train(model, opt, rank, range(3, 6))
@@ -493,12 +499,33 @@ def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
     dcp.load(state, checkpoint_id=ckpt)
     set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
     assert opt2.param_groups[0]["lr"] == 0.01
-    want = kw.get("state_dtype", torch.float32)
-    assert all(s["exp_avg"].dtype == want for s in opt2.state.values())
+    for p, s in opt2.state.items():
+        want = kw.get("state_dtype", torch.float32)
+        if want == "int8_blockwise":
+            want = torch.uint8 if p.numel() >= kw["min_8bit_size"] else torch.float32
+        assert s["exp_avg"].dtype == want
     resumed = _train(model2, opt2, rank, range(3, 6))
     for step, (a, b) in enumerate(zip(resumed, straight)):
         for i, (x, y) in enumerate(zip(a, b)):
             assert torch.equal(x, y), f"resumed step {step + 4} param[{i}] differs"
+
+
+def _fsdp_checkpoint_other_mesh(ckpt: str, kw: dict) -> None:
+    """8-bit states saved with 2 shards a param do not load where each param is 1 shard (the
+    same 2 ranks as replicas): their blocks would not be this mesh's; DCP says which state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
+    fully_shard(model, mesh=mesh)  # HSDP: 2 replicas of 1 shard
+    opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, **kw)
+    msd, osd = get_state_dict(model, opt)
+    with pytest.raises(CheckpointException, match=r"Size mismatch.*exp_avg_absmax"):
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=ckpt)
 
 
 def test_fsdp2_distributed_checkpoint_resume_is_identical(tmp_path) -> None:  # noqa: ANN001
