@@ -322,9 +322,7 @@ def _fsdp_other_optimizers(rank: int, tmp: str) -> None:
                     atol=1e-5,
                     msg=lambda m, w=f"{cls.__name__} step {step + 1} param[{i}]": f"{w}: {m}",
                 )
-
-
-    _fsdp_8bit_blocks(rank)
+    _fsdp_8bit_blocks(rank)  # in this worker: a process group of its own would cost seconds
 
 
 def _fsdp_8bit_blocks(rank: int) -> None:
@@ -349,6 +347,28 @@ def _fsdp_8bit_blocks(rank: int) -> None:
         return chunks[rank] if rank < len(chunks) else t[:0]
 
     shard = {k: chunk(p).clone().requires_grad_() for k, p in full.items() if chunk(p).numel()}
+
+    def assert_shards(
+        ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, what: str
+    ) -> None:
+        for k, p in model.items():
+            if k not in shard:  # an empty shard, with state as any other
+                state = {j: t for j, t in ours.state[p].items() if j != "step"}
+                assert p.to_local().numel() == 0 and state
+                assert all(isinstance(t, DTensor) for t in state.values()), f"{what} {k}"
+                continue
+            assert torch.equal(p.to_local(), shard[k].detach()), f"{what} {k}: param"
+            for key, t in theirs.state[shard[k]].items():
+                got = ours.state[p][key]
+                if key == "step":
+                    continue
+                assert isinstance(got, DTensor), f"{what} {k}: {key}"
+                got = got.to_local()
+                if key.endswith("_absmax"):  # a row of 2 on each rank: the first shard's blocks
+                    assert got.shape == (1, 2), f"{what} {k}: {key} {tuple(got.shape)}"
+                    got = got.reshape(-1)[: t.numel()]
+                assert got.dtype == t.dtype and torch.equal(got, t), f"{what} {k}: {key}"
+
     cases = [
         (fusedopt.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
         (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
@@ -373,27 +393,22 @@ def _fsdp_8bit_blocks(rank: int) -> None:
             for o in (opt, ref_full, ref_shard):
                 o.step()
         name = cls.__name__
-        for k, p in model.items():
-            state = opt.state[p]
-            assert isinstance(state["exp_avg_absmax" if name == "AdamW" else "momentum_buffer_absmax"], DTensor)
-            if k not in shard:
-                assert p.to_local().numel() == 0
-                continue
-            q = shard[k]
-            assert torch.equal(p.to_local(), q.detach()), f"{name} {k}: param"
-            for key, t in ref_shard.state[q].items():
-                if key == "step":
-                    continue
-                got = state[key].to_local()
-                if key.endswith("_absmax"):  # a row of 2 on each rank: the first shard's blocks
-                    assert got.shape == (1, 2), f"{name} {k}: {key} {tuple(got.shape)}"
-                    got = got.reshape(-1)[: t.numel()]
-                assert torch.equal(got, t), f"{name} {k}: {key}"
+        assert_shards(opt, ref_shard, name)
         w, v = model["w"], model["v"]
         assert torch.equal(w.full_tensor(), full["w"].detach()), f"{name}: w, whole blocks"
-        codes = "exp_avg" if name == "AdamW" else "momentum_buffer"
-        assert torch.equal(opt.state[w][codes].full_tensor(), ref_full.state[full["w"]][codes])
+        for key, t in ref_full.state[full["w"]].items():
+            if key != "step":  # the rows of absmax, one after the other, are the whole one's
+                assert torch.equal(opt.state[w][key].full_tensor().view(t.shape), t), key
         assert not torch.equal(v.full_tensor(), full["v"].detach()), f"{name}: v, cut blocks"
+        # Loading converts shard by shard: 8-bit into fp32 moments (decoded) and back (encoded),
+        # as the same loads do for the plain optimizer on the shard alone.
+        fp32, plain = cls(model.values(), **kw), cls(shard.values(), **kw)
+        fp32.load_state_dict(opt.state_dict())
+        plain.load_state_dict(ref_shard.state_dict())
+        assert_shards(fp32, plain, f"{name} decoded")
+        opt.load_state_dict(fp32.state_dict())
+        ref_shard.load_state_dict(plain.state_dict())
+        assert_shards(opt, ref_shard, f"{name} encoded")
 
 
 def test_fsdp2_other_optimizers_match_unsharded(tmp_path) -> None:  # noqa: ANN001

@@ -5,7 +5,8 @@ Under FSDP2 (``fully_shard``) and tensor parallelism, params are DTensors. A gro
 must be all DTensors on one device mesh, or all plain tensors: the plan then holds the local
 shards (``_local_tensor``) of params, grads and state, and the fused kernels update those; state
 tensors are created with ``zeros_like(param)``, so they are DTensors sharded like their params
-and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with torch.optim. Anything
+and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with torch.optim (the
+absmax of 8-bit states, not param-shaped: one row per shard, Note [per-shard state]). Anything
 needing a norm over all params (``max_grad_norm``, LAMB's trust ratios) all-reduces its sums of
 squares over the mesh dims the params are sharded on.
 

@@ -19,6 +19,15 @@ maps is decoded with them and encoded with ours); a checkpoint with fp32 moments
 or fusedopt's without the option) is quantized, and an 8-bit one loaded where a param keeps fp32
 moments is decoded. ``dequantize_state_dict`` makes a plain fp32 state dict that torch.optim's
 AdamW, Adam and SGD (and fusedopt.Lion without the option) load.
+
+DTensor params (FSDP2, Note [DTensor params]): the blocks lie within each rank's local shard
+(its elements in row-major blocks of 256, the last one partial), as no block may span two
+ranks; the codes are DTensors sharded like the param and the absmax a DTensor of one row per
+shard (Note [per-shard state]), so torch.distributed.checkpoint saves and resumes them bit for
+bit on the same mesh, and refuses a checkpoint from a mesh with another number of shards (a
+size mismatch of the absmax: re-quantizing the old blocks into new ones would not be exact).
+A sharded step therefore equals the unsharded one where every shard holds whole blocks (its
+elements a multiple of 256, the last shard's aside), and differs from it elsewhere.
 """
 
 from __future__ import annotations
