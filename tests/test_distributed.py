@@ -406,6 +406,12 @@ def _fsdp_8bit_blocks(rank: int) -> None:
         fp32.load_state_dict(opt.state_dict())
         plain.load_state_dict(ref_shard.state_dict())
         assert_shards(fp32, plain, f"{name} decoded")
+        decoded = fusedopt.dequantize_state_dict(opt.state_dict())["state"]
+        for i, pstate in fp32.state_dict()["state"].items():
+            assert decoded[i].keys() == pstate.keys()
+            for key, t in pstate.items():
+                d = decoded[i][key]
+                assert type(d) is type(t) and torch.equal(d, t), f"{name} dequantized {i} {key}"
         opt.load_state_dict(fp32.state_dict())
         ref_shard.load_state_dict(plain.state_dict())
         assert_shards(opt, ref_shard, f"{name} encoded")

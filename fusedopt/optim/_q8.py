@@ -78,6 +78,8 @@ class States8bit:
     _options = tuple(_OPTIONS)
     #: An fp32 checkpoint has no absmax: loading quantizes its moments.
     _may_lack = ("exp_avg_absmax", "exp_avg_sq_absmax")
+    #: A DTensor param's blocks lie within its local shard (Note [8-bit optimizer states]).
+    _aux_per_shard = True
     state_dtype: Any
     min_8bit_size: int
     state: dict[Any, Any]
@@ -105,8 +107,6 @@ class States8bit:
 
     def _param_op(self, group: dict[str, Any], p: Tensor) -> str:
         return self._op_8bit if self._quantized(p) and self._has_moments(group) else self._op
-
-    _aux_per_shard = True
 
     def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
         if key in _KEYS:
@@ -245,18 +245,17 @@ class States8bit:
                 else:
                     pstate.pop(absmax_key, None)
                     dtype = self._state_dtype(group, p)  # type: ignore[attr-defined]
-                    t = values.to(device=p.device, dtype=dtype, copy=True).view(shape)
+                    t = values.to(device=p.device, dtype=dtype).view(shape)
                     pstate[codes_key] = _dtensor.like_param(t, p) if sharded else t
                     continue
                 codes = codes.to(p.device, copy=True).view(shape)
+                absmax = absmax.to(p.device, copy=True)
                 if sharded:
-                    codes = _dtensor.like_param(codes, p)
-                    width = _absmax_shape(p)[1]
-                    out = _dtensor.row_zeros(p, width, torch.float32)
-                    _dtensor.local(out).view(-1)[: absmax.numel()].copy_(absmax)
-                    absmax = out
+                    rows = _dtensor.row_zeros(p, _absmax_shape(p)[1], torch.float32)
+                    _dtensor.local(rows).view(-1)[: absmax.numel()].copy_(absmax)
+                    codes, absmax = _dtensor.like_param(codes, p), rows
                 pstate[codes_key] = codes
-                pstate[absmax_key] = absmax.to(p.device, copy=True)
+                pstate[absmax_key] = absmax
             rest[pid] = {k: t for k, t in loaded.items() if k not in _KEYS}
         super()._restore_state_dtypes(state_dict, rest)  # type: ignore[misc]
 
@@ -373,9 +372,19 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             qmap = pstate.pop(map_key, quant.QMAPS[row])
             absmax = pstate.pop(absmax_key, None)
             if torch.is_tensor(codes) and codes.dtype == torch.uint8:
-                pstate[codes_key] = quant.dequantize(codes, absmax.float(), qmap.float())
+                pstate[codes_key] = _decode(codes, absmax.float(), qmap.float())
         out["state"][pid] = pstate
     return out
+
+
+def _decode(codes: Tensor, absmax: Tensor, qmap: Tensor) -> Tensor:
+    """The fp32 values of 8-bit moments: of a DTensor's, shard by shard (Note [8-bit optimizer
+    states])."""
+    if not _is_dtensor(codes):
+        return quant.dequantize(codes, absmax, qmap)
+    local = _dtensor.local(codes)
+    blocks = _dtensor.local(absmax).reshape(-1)[: quant.num_blocks(local.numel())]
+    return _dtensor.like_param(quant.dequantize(local, blocks, qmap), codes)
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> float:
