@@ -322,6 +322,99 @@ def _fsdp_other_optimizers(rank: int, tmp: str) -> None:
                     atol=1e-5,
                     msg=lambda m, w=f"{cls.__name__} step {step + 1} param[{i}]": f"{w}: {m}",
                 )
+    _fsdp_8bit_blocks(rank)  # in this worker: a process group of its own would cost seconds
+
+
+def _fsdp_8bit_blocks(rank: int) -> None:
+    """8-bit states under FSDP2 are quantized in blocks within each local shard (Note [8-bit
+    optimizer states]): each rank's codes, absmax and param equal an unsharded 8-bit optimizer's
+    stepping that shard alone, bit for bit. So a param whose shards hold whole blocks (w: 512
+    elements a rank) steps as the unsharded one does; one whose shard boundary cuts a block (v:
+    288 + 192 elements, so a rank with a shorter absmax row) steps differently, by design (no
+    block spans two ranks); an empty shard (u: 300 + 0) has no blocks."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    torch.manual_seed(0)
+    shapes = {"w": (16, 64), "v": (5, 96), "u": (1, 300)}
+    model = torch.nn.ParameterDict({k: torch.randn(s) for k, s in shapes.items()})
+    init = {k: p.detach().clone() for k, p in model.items()}
+    full = {k: p.clone().requires_grad_() for k, p in init.items()}
+    fully_shard(model)
+
+    def chunk(t: torch.Tensor) -> torch.Tensor:  # this rank's rows, as FSDP2 shards them
+        chunks = t.detach().chunk(WORLD)
+        return chunks[rank] if rank < len(chunks) else t[:0]
+
+    shard = {k: chunk(p).clone().requires_grad_() for k, p in full.items() if chunk(p).numel()}
+
+    def assert_shards(
+        ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, what: str
+    ) -> None:
+        for k, p in model.items():
+            if k not in shard:  # an empty shard, with state as any other
+                state = {j: t for j, t in ours.state[p].items() if j != "step"}
+                assert p.to_local().numel() == 0 and state
+                assert all(isinstance(t, DTensor) for t in state.values()), f"{what} {k}"
+                continue
+            assert torch.equal(p.to_local(), shard[k].detach()), f"{what} {k}: param"
+            for key, t in theirs.state[shard[k]].items():
+                got = ours.state[p][key]
+                if key == "step":
+                    continue
+                assert isinstance(got, DTensor), f"{what} {k}: {key}"
+                got = got.to_local()
+                if key.endswith("_absmax"):  # a row of 2 on each rank: the first shard's blocks
+                    assert got.shape == (1, 2), f"{what} {k}: {key} {tuple(got.shape)}"
+                    got = got.reshape(-1)[: t.numel()]
+                assert got.dtype == t.dtype and torch.equal(got, t), f"{what} {k}: {key}"
+
+    cases = [
+        (fusedopt.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+        (fusedopt.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ]
+    for cls, kw in cases:
+        with torch.no_grad():
+            for k, p in model.items():
+                full[k].copy_(init[k])
+                p.to_local().copy_(chunk(init[k]))
+                if k in shard:
+                    shard[k].copy_(chunk(init[k]))
+        opt = cls(model.values(), state_dtype="int8_blockwise", min_8bit_size=256, **kw)
+        ref_full = cls(full.values(), state_dtype="int8_blockwise", min_8bit_size=256, **kw)
+        ref_shard = cls(shard.values(), state_dtype="int8_blockwise", min_8bit_size=0, **kw)
+        for step in range(3):
+            for k, p in model.items():
+                g = torch.randn(shapes[k], generator=torch.Generator().manual_seed(10 * step))
+                p.grad = distribute_tensor(g, p.device_mesh, p.placements)
+                full[k].grad = g.clone()
+                if k in shard:
+                    shard[k].grad = chunk(g).clone()
+            for o in (opt, ref_full, ref_shard):
+                o.step()
+        name = cls.__name__
+        assert_shards(opt, ref_shard, name)
+        w, v = model["w"], model["v"]
+        assert torch.equal(w.full_tensor(), full["w"].detach()), f"{name}: w, whole blocks"
+        for key, t in ref_full.state[full["w"]].items():
+            if key != "step":  # the rows of absmax, one after the other, are the whole one's
+                assert torch.equal(opt.state[w][key].full_tensor().view(t.shape), t), key
+        assert not torch.equal(v.full_tensor(), full["v"].detach()), f"{name}: v, cut blocks"
+        # Loading converts shard by shard: 8-bit into fp32 moments (decoded) and back (encoded),
+        # as the same loads do for the plain optimizer on the shard alone.
+        fp32, plain = cls(model.values(), **kw), cls(shard.values(), **kw)
+        fp32.load_state_dict(opt.state_dict())
+        plain.load_state_dict(ref_shard.state_dict())
+        assert_shards(fp32, plain, f"{name} decoded")
+        decoded = fusedopt.dequantize_state_dict(opt.state_dict())["state"]
+        for i, pstate in fp32.state_dict()["state"].items():
+            assert decoded[i].keys() == pstate.keys()
+            for key, t in pstate.items():
+                d = decoded[i][key]
+                assert type(d) is type(t) and torch.equal(d, t), f"{name} dequantized {i} {key}"
+        opt.load_state_dict(fp32.state_dict())
+        ref_shard.load_state_dict(plain.state_dict())
+        assert_shards(opt, ref_shard, f"{name} encoded")
 
 
 def test_fsdp2_other_optimizers_match_unsharded(tmp_path) -> None:  # noqa: ANN001
@@ -392,8 +485,11 @@ def test_fsdp2_master_weights(tmp_path) -> None:  # noqa: ANN001
 
 
 def _fsdp_checkpoint(rank: int, tmp: str) -> None:
-    for kw in ({}, {"state_dtype": torch.bfloat16}):
+    # 8-bit: the 128- and 80-element weights (shards of 64, and 48 + 32) in 8 bits, the rest fp32
+    q8 = {"state_dtype": "int8_blockwise", "min_8bit_size": 64}
+    for kw in ({}, {"state_dtype": torch.bfloat16}, q8):
         _fsdp_checkpoint_case(rank, os.path.join(tmp, f"ckpt{len(kw)}"), kw)
+    _fsdp_checkpoint_other_mesh(os.path.join(tmp, f"ckpt{len(q8)}"), q8)
 
 
 def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
@@ -406,7 +502,10 @@ def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
     _train(model, opt, rank, range(3))
     msd, osd = get_state_dict(model, opt)
     assert all(
-        isinstance(v, DTensor) for s in osd["state"].values() for k, v in s.items() if k != "step"
+        isinstance(v, DTensor)
+        for s in osd["state"].values()
+        for k, v in s.items()
+        if k != "step" and not k.endswith("_qmap")  # the 8-bit maps: the same on every rank
     )
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
     straight = _train(model, opt, rank, range(3, 6))
@@ -421,12 +520,33 @@ def _fsdp_checkpoint_case(rank: int, ckpt: str, kw: dict) -> None:
     dcp.load(state, checkpoint_id=ckpt)
     set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
     assert opt2.param_groups[0]["lr"] == 0.01
-    want = kw.get("state_dtype", torch.float32)
-    assert all(s["exp_avg"].dtype == want for s in opt2.state.values())
+    for p, s in opt2.state.items():
+        want = kw.get("state_dtype", torch.float32)
+        if want == "int8_blockwise":
+            want = torch.uint8 if p.numel() >= kw["min_8bit_size"] else torch.float32
+        assert s["exp_avg"].dtype == want
     resumed = _train(model2, opt2, rank, range(3, 6))
     for step, (a, b) in enumerate(zip(resumed, straight)):
         for i, (x, y) in enumerate(zip(a, b)):
             assert torch.equal(x, y), f"resumed step {step + 4} param[{i}] differs"
+
+
+def _fsdp_checkpoint_other_mesh(ckpt: str, kw: dict) -> None:
+    """8-bit states saved with 2 shards a param do not load where each param is 1 shard (the
+    same 2 ranks as replicas): their blocks would not be this mesh's; DCP says which state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
+    fully_shard(model, mesh=mesh)  # HSDP: 2 replicas of 1 shard
+    opt = fusedopt.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, **kw)
+    msd, osd = get_state_dict(model, opt)
+    with pytest.raises(CheckpointException, match=r"Size mismatch.*exp_avg_absmax"):
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=ckpt)
 
 
 def test_fsdp2_distributed_checkpoint_resume_is_identical(tmp_path) -> None:  # noqa: ANN001

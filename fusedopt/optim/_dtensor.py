@@ -5,13 +5,25 @@ Under FSDP2 (``fully_shard``) and tensor parallelism, params are DTensors. A gro
 must be all DTensors on one device mesh, or all plain tensors: the plan then holds the local
 shards (``_local_tensor``) of params, grads and state, and the fused kernels update those; state
 tensors are created with ``zeros_like(param)``, so they are DTensors sharded like their params
-and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with torch.optim. Anything
+and ``state_dict()`` / torch.distributed.checkpoint see DTensors, as with torch.optim (the
+absmax of 8-bit states, not param-shaped: one row per shard, Note [per-shard state]). Anything
 needing a norm over all params (``max_grad_norm``, LAMB's trust ratios) all-reduces its sums of
 squares over the mesh dims the params are sharded on.
+
+Note [per-shard state]
+State that is per local shard but not shaped like it (the absmax of 8-bit states: one per block
+of the shard's elements) is a DTensor of one row per shard: global shape (shards, width), the
+shards counted over the mesh dims the param is sharded on (``Shard(0)`` on each of them,
+``Replicate`` on the others, so replicas share a row as they share a shard), and ``width`` the
+value for the largest shard (the first one: torch shards a dim in chunks of the ceiling of its
+size over the mesh dim's size); a smaller shard uses the front of its row. DCP saves and reshards
+it as any DTensor, and a checkpoint from a mesh with another number of shards, or another
+largest shard, fails DCP's load with a size mismatch naming the state key.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -79,6 +91,43 @@ def check_sharded_like(t: Tensor, p: Tensor, i: int, k: str, where: str) -> None
             "sharded optimizer state with torch.distributed.checkpoint or "
             "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
         )
+
+
+def largest_shard_numel(p: Tensor) -> int:
+    """The elements of DTensor p's largest (first) local shard (Note [per-shard state])."""
+    shape = list(p.shape)
+    for m, pl in enumerate(p.placements):
+        if pl.is_shard():
+            shape[pl.dim] = -(-shape[pl.dim] // p.device_mesh.size(m))
+    return math.prod(shape)
+
+
+def row_layout(p: Tensor, width: int) -> tuple[tuple[int, int], tuple[Any, ...]]:
+    """(global shape, placements) of a per-shard state of DTensor p, ``width`` values a row
+    (Note [per-shard state])."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    placements = tuple(Shard(0) if pl.is_shard() else Replicate() for pl in p.placements)
+    shards = math.prod(p.device_mesh.size(m) for m, pl in enumerate(p.placements) if pl.is_shard())
+    return (shards, width), placements
+
+
+def row_zeros(p: Tensor, width: int, dtype: torch.dtype) -> Tensor:
+    """A zero per-shard state of DTensor p (Note [per-shard state])."""
+    from torch.distributed.tensor import DTensor
+
+    row = torch.zeros((1, width), dtype=dtype, device=local(p).device)
+    return DTensor.from_local(row, p.device_mesh, row_layout(p, width)[1], run_check=False)
+
+
+def like_param(t: Tensor, p: Tensor) -> Tensor:
+    """Local shard ``t`` of a state shaped like DTensor p, as a DTensor sharded like it."""
+    from torch.distributed.tensor import DTensor
+
+    t = t.view(local(p).shape)
+    return DTensor.from_local(
+        t, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+    )
 
 
 def all_reduce(t: Tensor, mesh_dims: MeshDims) -> None:

@@ -23,9 +23,12 @@ carries them like the other state lists, one slot per param: state[p][key] where
 keeps it, else an empty placeholder tensor the op does not read (Adafactor's 1-D params keep
 a ``variance`` and no row/column statistics, its matrices the reverse). They are created,
 checked against their shapes, saved and loaded (Note [damaged checkpoints]) as the other
-state is; the StepPlans hold them as any other list. Params that are DTensors are refused
-for now: a shard's statistics would need reductions across the ranks (the row sums of a
-row-sharded matrix are local, its column sums are not).
+state is; the StepPlans hold them as any other list. For DTensor params an optimizer whose
+auxiliary state is per local shard (``_aux_per_shard``: 8-bit states, whose blocks lie within
+each shard, Note [8-bit optimizer states]) makes it with ``_aux_zeros`` as DTensors and gives
+the kernels the local part (``_aux_local``); the others refuse DTensor params: a shard's
+statistics would need reductions across the ranks (the row sums of a row-sharded matrix are
+local, its column sums are not).
 """
 
 from __future__ import annotations
@@ -218,6 +221,18 @@ class Plans:
     def _aux_dtype(self, group: dict[str, Any], p: Tensor, key: str) -> torch.dtype:
         return self._state_dtype(group, p)
 
+    #: Whether the auxiliary state of a DTensor param is per local shard (Note [auxiliary
+    #: state]); then ``_aux_zeros`` and ``_aux_local`` handle DTensors.
+    _aux_per_shard = False
+
+    def _aux_zeros(self, key: str, p: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A new auxiliary state ``key`` of p, of ``shape`` (``_aux_shape``)."""
+        return torch.zeros(shape, dtype=dtype, device=p.device)
+
+    def _aux_local(self, key: str, p: Tensor, t: Tensor, i: int) -> Tensor:
+        """What the kernels update for auxiliary state ``t`` of DTensor param ``i``."""
+        raise NotImplementedError
+
     def _param_op(self, group: dict[str, Any], p: Tensor) -> str:
         """The registry op that updates p: the class's (``_op``) unless an option gives p
         another (Note [8-bit optimizer states] in _q8.py)."""
@@ -263,8 +278,7 @@ class Plans:
         for key in aux:
             shape = self._aux_shape(key, p)
             if shape is not None and state.get(key) is None:
-                dtype = self._aux_dtype(group, p, key)
-                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+                state[key] = self._aux_zeros(key, p, shape, self._aux_dtype(group, p, key))
 
     def _build_plan(
         self, group: dict[str, Any], grads: list[Tensor | None], missing: list[int]
@@ -295,7 +309,7 @@ class Plans:
             if op not in op_keys:
                 op_keys[op] = self._op_keys(group, op)
             keys, aux = op_keys[op]
-            if aux and mesh is not None:
+            if aux and mesh is not None and not self._aux_per_shard:
                 raise NotImplementedError(
                     f"{where} does not support DTensor params: its state {', '.join(aux)} is "
                     "not shaped like the params (Note [auxiliary state])"
@@ -355,7 +369,7 @@ class Plans:
                         f"dtype {t.dtype}, device {t.device}, but must have shape {shape}, "
                         f"dtype {adt}, device {p.device}"
                     )
-                b.lists[k].append(t)
+                b.lists[k].append(t if mesh is None else self._aux_local(k, p, t, i))
             if has_step:
                 step = state["step"]
                 if not torch.is_tensor(step):  # an old checkpoint's float step

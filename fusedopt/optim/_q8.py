@@ -19,6 +19,15 @@ maps is decoded with them and encoded with ours); a checkpoint with fp32 moments
 or fusedopt's without the option) is quantized, and an 8-bit one loaded where a param keeps fp32
 moments is decoded. ``dequantize_state_dict`` makes a plain fp32 state dict that torch.optim's
 AdamW, Adam and SGD (and fusedopt.Lion without the option) load.
+
+DTensor params (FSDP2, Note [DTensor params]): the blocks lie within each rank's local shard
+(its elements in row-major blocks of 256, the last one partial), as no block may span two
+ranks; the codes are DTensors sharded like the param and the absmax a DTensor of one row per
+shard (Note [per-shard state]), so torch.distributed.checkpoint saves and resumes them bit for
+bit on the same mesh, and refuses a checkpoint from a mesh with another number of shards (a
+size mismatch of the absmax: re-quantizing the old blocks into new ones would not be exact).
+A sharded step therefore equals the unsharded one where every shard holds whole blocks (its
+elements a multiple of 256, the last shard's aside), and differs from it elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from torch import Tensor
 
 from .._opdefs import OPS
 from ..reference import quant
-from . import _mixed
+from . import _dtensor, _mixed
 from ._base import _OPTIONS
 
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -69,6 +78,8 @@ class States8bit:
     _options = tuple(_OPTIONS)
     #: An fp32 checkpoint has no absmax: loading quantizes its moments.
     _may_lack = ("exp_avg_absmax", "exp_avg_sq_absmax")
+    #: A DTensor param's blocks lie within its local shard (Note [8-bit optimizer states]).
+    _aux_per_shard = True
     state_dtype: Any
     min_8bit_size: int
     state: dict[Any, Any]
@@ -100,7 +111,26 @@ class States8bit:
     def _aux_shape(self, key: str, p: Tensor) -> tuple[int, ...] | None:
         if key in _KEYS:
             return tuple(p.shape)
-        return (quant.num_blocks(p.numel()),)
+        return _absmax_shape(p)
+
+    def _aux_zeros(self, key: str, p: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        if not _is_dtensor(p):
+            return torch.zeros(shape, dtype=dtype, device=p.device)
+        if key in _KEYS:
+            return torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+        return _dtensor.row_zeros(p, shape[1], dtype)
+
+    def _aux_local(self, key: str, p: Tensor, t: Tensor, i: int) -> Tensor:
+        if key in _KEYS:
+            _dtensor.check_sharded_like(t, p, i, key, self._where())  # type: ignore[attr-defined]
+            return _dtensor.local(t)
+        if not _sharded_as(p, None, t):
+            raise RuntimeError(
+                f"{self._where()}: state {key!r} of DTensor parameter {i} is not a DTensor "  # type: ignore[attr-defined]
+                "of one row per shard (Note [per-shard state]); load sharded optimizer state "
+                "with torch.distributed.checkpoint"
+            )
+        return _dtensor.local(t).view(-1)[: quant.num_blocks(_dtensor.local(p).numel())]
 
     def _aux_dtype(self, group: dict[str, Any], p: Tensor, key: str) -> torch.dtype:
         return torch.uint8 if key in _KEYS else torch.float32
@@ -159,7 +189,7 @@ class States8bit:
                         f"fusedopt.{type(self).__name__}: loaded state for parameter {pid} has "
                         f"8-bit {codes_key!r} but no {absmax_key!r}; nothing was loaded"
                     )
-                blocks = (quant.num_blocks(codes.numel()),)
+                blocks = _absmax_shape(codes)
                 qmap = pstate.get(map_key)
                 if tuple(absmax.shape) != blocks or (
                     qmap is not None and tuple(qmap.shape) != (quant.BLOCK,)
@@ -185,32 +215,84 @@ class States8bit:
             pstate = self.state[p]
             loaded = saved[pid]
             quantized = self._param_op(group, p) == self._op_8bit
+            # A DTensor param's moments are converted shard by shard (its blocks lie within
+            # its shard), from the local parts of DTensors placed as its own state is.
+            sharded = _is_dtensor(p)
+            shape = _dtensor.local(p).shape if sharded else p.shape
             for codes_key, absmax_key, map_key, row in moments:
                 pstate.pop(map_key, None)
                 v = loaded.get(codes_key)
-                if v is None:
+                if v is None or not (v.dtype == torch.uint8 or v.is_floating_point()):
                     continue
-                if v.dtype == torch.uint8:
+                absmax = loaded.get(absmax_key) if v.dtype == torch.uint8 else None
+                if sharded:
+                    if not _sharded_as(p, v, absmax):
+                        pstate[codes_key] = v  # the step refuses it (Note [DTensor params])
+                        continue
+                    v = _dtensor.local(v)
+                    if absmax is not None:
+                        absmax = _dtensor.local(absmax).reshape(-1)[: quant.num_blocks(v.numel())]
+                if absmax is not None:
                     qmap = loaded.get(map_key, quant.QMAPS[row]).to(torch.float32).cpu()
-                    values = quant.dequantize(v.cpu(), loaded[absmax_key].float().cpu(), qmap)
+                    values = quant.dequantize(v.cpu(), absmax.float().cpu(), qmap)
                     same = torch.equal(qmap, quant.QMAPS[row])
-                elif v.is_floating_point():
-                    values, same = v, False
                 else:
-                    continue
+                    values, same = v, False
                 if quantized and same:
-                    codes, absmax = v.contiguous(), loaded[absmax_key].float()
+                    codes, absmax = v.contiguous(), absmax.float()  # type: ignore[union-attr]
                 elif quantized:
                     codes, absmax = quant.quantize(values.float(), quant.QMAPS[row])
                 else:
                     pstate.pop(absmax_key, None)
                     dtype = self._state_dtype(group, p)  # type: ignore[attr-defined]
-                    pstate[codes_key] = values.to(device=p.device, dtype=dtype).view(p.shape)
+                    t = values.to(device=p.device, dtype=dtype).view(shape)
+                    pstate[codes_key] = _dtensor.like_param(t, p) if sharded else t
                     continue
-                pstate[codes_key] = codes.to(p.device, copy=True).view(p.shape)
-                pstate[absmax_key] = absmax.to(p.device, copy=True)
+                codes = codes.to(p.device, copy=True).view(shape)
+                absmax = absmax.to(p.device, copy=True)
+                if sharded:
+                    rows = _dtensor.row_zeros(p, _absmax_shape(p)[1], torch.float32)
+                    _dtensor.local(rows).view(-1)[: absmax.numel()].copy_(absmax)
+                    codes, absmax = _dtensor.like_param(codes, p), rows
+                pstate[codes_key] = codes
+                pstate[absmax_key] = absmax
             rest[pid] = {k: t for k, t in loaded.items() if k not in _KEYS}
         super()._restore_state_dtypes(state_dict, rest)  # type: ignore[misc]
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    dtensor = _dtensor.dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def _absmax_shape(t: Tensor) -> tuple[int, ...]:
+    """The absmax shape of a param (or of codes shaped like it): one value per block of 256 of
+    its elements, or of a DTensor's local shard, one row per shard (Note [per-shard state])."""
+    if not _is_dtensor(t):
+        return (quant.num_blocks(t.numel()),)
+    width = quant.num_blocks(_dtensor.largest_shard_numel(t))
+    if quant.num_blocks(_dtensor.local(t).numel()) > width:
+        raise NotImplementedError(
+            f"8-bit states of a DTensor of shape {tuple(t.shape)} placed {t.placements}: its "
+            f"local shard of {_dtensor.local(t).numel()} elements is larger than the first "
+            "shard; only shards in torch's chunks (Shard placements, as FSDP2's) are supported"
+        )
+    return _dtensor.row_layout(t, width)[0]
+
+
+def _sharded_as(p: Tensor, codes: Tensor | None, absmax: Tensor | None) -> bool:
+    """Whether ``codes`` (unless None) are DTensors sharded like DTensor param p and ``absmax``
+    (unless None) is one of its per-shard states (Note [per-shard state])."""
+    mesh = p.device_mesh  # type: ignore[attr-defined]
+    if codes is not None and not (
+        _is_dtensor(codes) and codes.device_mesh == mesh and codes.placements == p.placements  # type: ignore[attr-defined]
+    ):
+        return False
+    return absmax is None or (
+        _is_dtensor(absmax)
+        and absmax.device_mesh == mesh  # type: ignore[attr-defined]
+        and absmax.placements == _dtensor.row_layout(p, 1)[1]  # type: ignore[attr-defined]
+    )
 
 
 #: Where bitsandbytes' Optimizer8bit.state_dict() puts each param's quantization state.
@@ -290,9 +372,19 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             qmap = pstate.pop(map_key, quant.QMAPS[row])
             absmax = pstate.pop(absmax_key, None)
             if torch.is_tensor(codes) and codes.dtype == torch.uint8:
-                pstate[codes_key] = quant.dequantize(codes, absmax.float(), qmap.float())
+                pstate[codes_key] = _decode(codes, absmax.float(), qmap.float())
         out["state"][pid] = pstate
     return out
+
+
+def _decode(codes: Tensor, absmax: Tensor, qmap: Tensor) -> Tensor:
+    """The fp32 values of 8-bit moments: of a DTensor's, shard by shard (Note [8-bit optimizer
+    states])."""
+    if not _is_dtensor(codes):
+        return quant.dequantize(codes, absmax, qmap)
+    local = _dtensor.local(codes)
+    blocks = _dtensor.local(absmax).reshape(-1)[: quant.num_blocks(local.numel())]
+    return _dtensor.like_param(quant.dequantize(local, blocks, qmap), codes)
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> float:
