@@ -189,8 +189,8 @@ _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "referenc
 
 def resolve(backend: str, device: torch.device, op: str | None = None) -> str:
     """The concrete backend for tensors on ``device`` (updated by registry op ``op``: "cpu"
-    runs an op that has no CPU kernel, such as Lion's and SGD's with 8-bit states, by its
-    reference, so far)."""
+    runs an op whose registry entry says it has no CPU kernel, ``cpu=False``, by its
+    reference)."""
     name = _resolve(backend, device)
     return "reference" if name == "cpu" and op is not None and not OPS[op].cpu else name
 

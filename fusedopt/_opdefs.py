@@ -312,7 +312,6 @@ _DEFS = (
         ),
         doc="SGD with 8-bit blockwise momentum buffers.",
         kernels=False,
-        cpu=False,
     ),
     OpDef(
         "lion_",
@@ -352,7 +351,6 @@ _DEFS = (
         ),
         doc="Lion with an 8-bit blockwise momentum.",
         kernels=False,
-        cpu=False,
     ),
     OpDef(
         "lamb_",

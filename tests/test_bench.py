@@ -32,6 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         pytest.param(optimizers.sgd_momentum_bytes, torch.float32, 20, id="sgd-fp32"),
         pytest.param(optimizers.sgd_momentum_bytes, torch.bfloat16, 10, id="sgd-bf16"),
         pytest.param(optimizers.lion_bytes, torch.float32, 20, id="lion-fp32"),
+        pytest.param(optimizers.momentum_8bit_bytes, torch.float32, 14 + 8 / 256, id="q8-fp32"),
         pytest.param(optimizers.sophia_bytes, torch.float32, 24, id="sophia-fp32"),
         pytest.param(optimizers.lamb_bytes, torch.float32, 40, id="lamb-fp32"),
         pytest.param(optimizers.adafactor_bytes, torch.float32, 12, id="adafactor-fp32"),
@@ -64,7 +65,8 @@ def test_optimizer_table():
     names = [s.name for s in optimizers.available()]
     assert {"AdamW", "SGD", "train-loop"} <= set(names)
     assert all(hasattr(fusedopt, n) for n in names if specs[n].rows is None)
-    assert {"train-loop", "AdamW-master", "AdamW-8bit"} <= {n for n in names if specs[n].rows}
+    with_rows = {n for n in names if specs[n].rows}
+    assert {"train-loop", "AdamW-master", "AdamW-8bit", "Lion-8bit", "SGD-8bit"} <= with_rows
     impls = optimizers.implementations(specs["AdamW"])
     assert list(impls)[1:] == ["torch-forloop", "torch-foreach", "torch-fused"]
     loop = specs["train-loop"]
@@ -435,7 +437,7 @@ def test_peer_rows_follow_installed_packages(installed, monkeypatch):
     specs = {s.name: s for s in optimizers.OPTIMIZERS}
     rows = {
         (name, w, peers): sorted(optimizers.peer_rows(specs[name], w, peers))
-        for name in ("AdamW", "Lion", "SGD", "LAMB", "AdamW-8bit")
+        for name in ("AdamW", "Lion", "SGD", "LAMB", "AdamW-8bit", "Lion-8bit", "SGD-8bit")
         for w in ("gpt", "tiny")
         for peers in (False, True)
     }
@@ -447,7 +449,8 @@ def test_peer_rows_follow_installed_packages(installed, monkeypatch):
     assert rows["Lion", "gpt", True] == (["deepspeed-cpulion", "lion-pytorch"] if installed else [])
     assert rows["SGD", "gpt", True] == ["torch-compiled"]
     assert rows["LAMB", "gpt", True] == []
-    assert rows["AdamW-8bit", "gpt", False] == (["bitsandbytes"] if installed else [])
+    for name in ("AdamW-8bit", "Lion-8bit", "SGD-8bit"):
+        assert rows[name, "gpt", False] == (["bitsandbytes"] if installed else [])
     status = optimizers.peer_status(peers=False)
     if installed:
         assert status == [

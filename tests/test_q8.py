@@ -91,30 +91,44 @@ def _params(dtype: torch.dtype, layout: str) -> list[torch.Tensor]:
     return out
 
 
-def _args(params, mode: str, lr, amp: bool, found_inf: bool = False):
-    codes = [[torch.zeros(p.shape, dtype=torch.uint8) for p in params] for _ in range(2)]
-    absmax = [[torch.zeros(quant.num_blocks(p.numel())) for p in params] for _ in range(2)]
-    steps = [torch.tensor(0.0) for _ in params]
+# the 8-bit ops (Note [8-bit states]): Adam's two moments, Lion's and SGD's one
+Q8_OPS = ["adam8bit_", "lion8bit_", "sgd8bit_"]
+# each op's scalars; an op takes those it names
+_SCALARS = {
+    "adam8bit_": dict(beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8),
+    "lion8bit_": dict(beta1=0.9, beta2=0.99, weight_decay=0.1),
+    "sgd8bit_": dict(momentum=0.9, dampening=0.3, weight_decay=0.1),
+}
+
+
+def _args(params, mode: str, lr, amp: bool, found_inf: bool = False, op: str = "adam8bit_"):
+    """The arguments of 8-bit op ``op`` over ``params``: zero codes and absmax, the steps to 0.
+    ``calls`` counts the op's calls (SGD's is_first_step: the first)."""
+    names = OPS[op].names
+    states = {
+        arg.name: [
+            torch.zeros(quant.num_blocks(p.numel()))
+            if arg.key.endswith("_absmax")
+            else torch.zeros(p.shape, dtype=torch.uint8)
+            for p in params
+        ]
+        for arg in OPS[op].aux_state
+    }
     masters = [p.float() for p in params] if mode == "master" else None
     seeds = [torch.tensor(7 * i, dtype=torch.int64) for i in range(len(params))]
-    return dict(
+    values = dict(
         params=params,
-        exp_avgs=codes[0],
-        exp_avg_sqs=codes[1],
-        exp_avg_absmaxs=absmax[0],
-        exp_avg_sq_absmaxs=absmax[1],
-        state_steps=steps,
+        **states,
+        state_steps=[torch.tensor(0.0) for _ in params],
         lr=lr,
-        beta1=0.9,
-        beta2=0.999,
-        weight_decay=0.1,
-        eps=1e-8,
+        **_SCALARS[op],
         qmaps=quant.QMAPS.clone(),
         grad_scale=torch.tensor(4.0) if amp else None,
         found_inf=torch.tensor(1.0 if found_inf else 0.0) if amp else None,
         master_params=masters,
         sr_seeds=seeds if mode == "sr" else None,
     )
+    return {"op": op, "calls": torch.zeros(()), **{k: v for k, v in values.items() if k in names}}
 
 
 def _copy(args):
@@ -125,8 +139,20 @@ def _copy(args):
 
 
 def _call(fn, args, grads, decoupled: bool, maximize: bool):
-    values = {**args, "grads": grads, "decoupled_weight_decay": decoupled, "maximize": maximize}
-    fn(*OPS["adam8bit_"].bind(**values))
+    """``fn`` (an implementation of args["op"]) on ``args``; ``decoupled`` is Adam's
+    decoupled_weight_decay and SGD's nesterov (dampening 0 then, as torch requires)."""
+    op = args["op"]
+    flags = dict(decoupled_weight_decay=decoupled, maximize=maximize)
+    if op == "sgd8bit_":
+        flags.update(nesterov=decoupled, is_first_step=bool(args["calls"] == 0))
+        flags["dampening"] = 0.0 if decoupled else args["dampening"]
+    values = {**args, **flags, "grads": grads}
+    fn(*OPS[op].bind(**{k: v for k, v in values.items() if k in OPS[op].names}))
+    args["calls"] += 1
+
+
+def _impl(backend: str, op: str):
+    return getattr(torch.ops.fusedopt if backend == "cpu" else reference, op)
 
 
 CASES = [
@@ -142,12 +168,15 @@ CASES = [
 
 
 @needs_ext
+@pytest.mark.parametrize("op", Q8_OPS)
 @pytest.mark.parametrize("dtype, mode, layout, decoupled, maximize, tensor_lr, amp", CASES)
-def test_cpu_kernel_matches_reference(dtype, mode, layout, decoupled, maximize, tensor_lr, amp):
+def test_cpu_kernel_matches_reference(op, dtype, mode, layout, decoupled, maximize, tensor_lr, amp):
+    # Lion's and SGD's kernels compute the reference's own operations: 4 steps, bit for bit
     _match_reference(
-        torch.ops.fusedopt.adam8bit_,
+        getattr(torch.ops.fusedopt, op),
         CASES.index((dtype, mode, layout, decoupled, maximize, tensor_lr, amp)),
-        12,
+        12 if op == "adam8bit_" else 4,
+        op,
     )
 
 
@@ -161,27 +190,33 @@ def test_triton_kernel_matches_reference(case):
     _match_reference(ft.adam8bit_, case, 3)
 
 
-def _match_reference(op, case: int, steps: int) -> None:
-    """Codes bitwise equal, absmax equal, params within an ulp or two, over ``steps`` steps of
-    CASES[case]; params re-synced after each step (Note [re-sync after every step] in
-    helpers.py), the states not."""
+def _match_reference(fn, case: int, steps: int, op: str = "adam8bit_") -> None:
+    """Codes bitwise equal, absmax equal, params within an ulp or two (Adam's; Lion's and
+    SGD's equal), over ``steps`` steps of CASES[case]; params re-synced after each step (Note
+    [re-sync after every step] in helpers.py), the states not."""
     dtype, mode, layout, decoupled, maximize, tensor_lr, amp = CASES[case]
     torch.manual_seed(0)
     # the optimizers pass a float lr as an fp64 tensor
     lr = torch.tensor(1e-2, dtype=torch.float32 if tensor_lr else torch.float64)
-    ours = _args(_params(dtype, layout), mode, lr, amp)
+    ours = _args(_params(dtype, layout), mode, lr, amp, op=op)
     theirs = _copy(ours)
+    aux = [arg.name for arg in OPS[op].aux_state]
     for step in range(steps):
         grads = [torch.randn_like(p) * 4 for p in ours["params"]]
-        _call(op, ours, grads, decoupled, maximize)
-        _call(reference.adam8bit_, theirs, grads, decoupled, maximize)
-        for key in ("exp_avgs", "exp_avg_sqs", "exp_avg_absmaxs", "exp_avg_sq_absmaxs"):
+        _call(fn, ours, grads, decoupled, maximize)
+        _call(getattr(reference, op), theirs, grads, decoupled, maximize)
+        for key in aux:
             for i, (a, b) in enumerate(zip(ours[key], theirs[key])):
                 assert torch.equal(a, b), f"step {step}: {key}[{i}] differs"
         for key in ("state_steps", "sr_seeds"):
-            assert all(torch.equal(a, b) for a, b in zip(ours[key] or [], theirs[key] or []))
+            assert all(
+                torch.equal(a, b) for a, b in zip(ours.get(key) or [], theirs.get(key) or [])
+            )
         for key in ("params", "master_params"):
             for a, b in zip(ours[key] or [], theirs[key] or []):
+                if op != "adam8bit_":
+                    assert torch.equal(a, b), f"step {step}: {key}"
+                    continue
                 # adam_element's denominator is within an ulp of torch's (math.h): an ulp or
                 # two of the update (lr), and of the result
                 err = (a.double() - b.double()).abs()
@@ -190,19 +225,19 @@ def _match_reference(op, case: int, steps: int) -> None:
                 a.copy_(b)
 
 
-def _no_table_maps() -> torch.Tensor:
-    """The signed map, and an unsigned one with three entries within 2e-6 of each other: two of
-    its midpoints share every bucket of 8 mantissa bits, so it has no encode table (Note [encode
-    by table] in csrc/cpu/adam8bit.cpp)."""
+def _no_table_maps(row: int) -> torch.Tensor:
+    """The maps with three entries of row ``row`` within 2e-6 of each other: two of its
+    midpoints share every bucket of 8 mantissa bits, so it has no encode table (Note [encode by
+    table] in csrc/cpu/q8.h); the other row keeps its table."""
     maps = quant.QMAPS.clone()
-    maps[1, 201] = maps[1, 200] + 1e-6
-    maps[1, 202] = maps[1, 200] + 2e-6
+    maps[row, 201] = maps[row, 200] + 1e-6
+    maps[row, 202] = maps[row, 200] + 2e-6
     return maps
 
 
 def _edge_grads(params, step: int) -> list[torch.Tensor]:
-    """Grads whose blocks reach the kernel's special cases: with beta1 = 0, exp_avg is the grad,
-    so block 0 is all zeros, block 1 holds a NaN, block 2 an inf, block 3 the signed map's
+    """Grads whose blocks reach the kernel's special cases: with the moment made the grad
+    (_EDGE), block 0 is all zeros, block 1 holds a NaN, block 2 an inf, block 3 the signed map's
     midpoints (ties, absmax 1), block 4 an absmax below 2^-128 (an infinite reciprocal);
     the rest are random over many magnitudes, with a partial last block."""
     g = torch.Generator().manual_seed(step)
@@ -221,6 +256,13 @@ def _edge_grads(params, step: int) -> list[torch.Tensor]:
     return out
 
 
+# the scalars that make each op's (first) moment the grad
+_EDGE = {
+    "adam8bit_": dict(beta1=0.0),
+    "lion8bit_": dict(beta2=0.0),
+    "sgd8bit_": dict(momentum=0.0, dampening=0.0, weight_decay=0.0),
+}
+
 LEVEL_CASES = [  # (param dtype, mode, qmaps)
     (torch.float32, "plain", "default"),
     (torch.float32, "plain", "no-table"),
@@ -230,9 +272,10 @@ LEVEL_CASES = [  # (param dtype, mode, qmaps)
 
 
 @needs_ext
+@pytest.mark.parametrize("op", Q8_OPS)
 @pytest.mark.parametrize("dtype, mode, maps", LEVEL_CASES)
-def test_every_simd_level_gives_the_reference_bits(dtype, mode, maps):
-    """Each SIMD level's decode and encode (Note [8-bit SIMD] in csrc/cpu/adam8bit.cpp) gives
+def test_every_simd_level_gives_the_reference_bits(op, dtype, mode, maps):
+    """Each SIMD level's decode and encode (Note [8-bit SIMD] in csrc/cpu/q8.h) gives
     the reference's codes and absmax, and the same bits at every level, on the blocks of
     _edge_grads, over 3 steps."""
     from helpers import cpu_levels
@@ -245,23 +288,27 @@ def test_every_simd_level_gives_the_reference_bits(dtype, mode, maps):
         for level in levels:
             _C.set_cpu_capability(level)
             torch.manual_seed(0)
-            ours = _args([torch.randn(n).to(dtype) for n in sizes], mode, LR, False)
-            ours["beta1"] = 0.0
+            ours = _args([torch.randn(n).to(dtype) for n in sizes], mode, LR, False, op=op)
+            ours.update(_EDGE[op])
             if maps == "no-table":
-                ours["qmaps"] = _no_table_maps()
+                # the map of Adam's second moment; Lion's and SGD's one moment's
+                ours["qmaps"] = _no_table_maps(1 if op == "adam8bit_" else 0)
             theirs = _copy(ours)
             for step in range(3):
                 grads = _edge_grads(ours["params"], step)
-                _call(torch.ops.fusedopt.adam8bit_, ours, grads, True, False)
-                _call(reference.adam8bit_, theirs, grads, True, False)
-                for key in ("exp_avgs", "exp_avg_sqs", "exp_avg_absmaxs", "exp_avg_sq_absmaxs"):
+                _call(getattr(torch.ops.fusedopt, op), ours, grads, True, False)
+                _call(getattr(reference, op), theirs, grads, True, False)
+                for key in (arg.name for arg in OPS[op].aux_state):
                     for i, (a, b) in enumerate(zip(ours[key], theirs[key])):
                         # a NaN absmax may carry another payload than torch.amax's
                         same = (a == b) | (a.isnan() & b.isnan())
                         assert bool(same.all()), f"{level}, step {step}: {key}[{i}] differs"
                 for key in ("params", "master_params"):
                     for a, b in zip(ours[key] or [], theirs[key] or []):
-                        b.copy_(a)  # within an ulp (above): the states must see the same params
+                        # Adam's within an ulp (above): the states must see the same params
+                        same = (a == b) | (a.isnan() & b.isnan())
+                        assert op == "adam8bit_" or bool(same.all()), f"{level}: {key}"
+                        b.copy_(a)
             results.append(
                 (level, [t.clone() for t in ours["params"] + (ours["master_params"] or [])])
             )
@@ -273,41 +320,42 @@ def test_every_simd_level_gives_the_reference_bits(dtype, mode, maps):
 
 
 @needs_ext
+@pytest.mark.parametrize("op", Q8_OPS)
 @pytest.mark.parametrize("fn", ["cpu", "reference"])
-def test_found_inf_changes_nothing(fn):
-    op = torch.ops.fusedopt.adam8bit_ if fn == "cpu" else reference.adam8bit_
-    args = _args(_params(torch.float32, "contiguous"), "plain", LR, True)
+def test_found_inf_changes_nothing(fn, op):
+    args = _args(_params(torch.float32, "contiguous"), "plain", LR, True, op=op)
     grads = [torch.randn_like(p) for p in args["params"]]
-    _call(op, args, grads, True, False)
+    _call(_impl(fn, op), args, grads, True, False)
     before = _copy(args)
     args["found_inf"].fill_(1.0)
-    _call(op, args, grads, True, False)
+    _call(_impl(fn, op), args, grads, True, False)
     for k, v in before.items():
         if isinstance(v, list):
             assert all(torch.equal(a, b) for a, b in zip(v, args[k])), k
 
 
 @needs_ext
+@pytest.mark.parametrize("op", Q8_OPS)
 @pytest.mark.parametrize("fn", ["cpu", "reference"])
-def test_bad_states_are_refused_before_any_write(fn):
-    op = torch.ops.fusedopt.adam8bit_ if fn == "cpu" else reference.adam8bit_
+def test_bad_states_are_refused_before_any_write(fn, op):
     params = _params(torch.float32, "contiguous")
     grads = [torch.randn_like(p) for p in params]
+    aux = [arg.name for arg in OPS[op].aux_state]  # the codes first, the last an absmax list
     for key, bad, message in [
-        ("exp_avgs", lambda t: t.float(), "exp_avgs.3. must be a contiguous"),
-        ("exp_avg_sq_absmaxs", lambda t: t[:-1], "exp_avg_sq_absmaxs.3. must be a contiguous"),
+        (aux[0], lambda t: t.float(), f"{aux[0]}.3. must be a contiguous"),
+        (aux[-1], lambda t: t[:-1], f"{aux[-1]}.3. must be a contiguous"),
         ("qmaps", lambda t: t[:1], "qmaps must be a float32"),
     ]:
-        args = _args(params, "plain", LR, False)
+        args = _args(params, "plain", LR, False, op=op)
         if key == "qmaps":
             args[key] = bad(args[key])
         else:
             args[key][3] = bad(args[key][3])
         before = _copy(args)
         with pytest.raises(RuntimeError, match=message):
-            _call(op, args, grads, True, False)
-        assert all(torch.equal(a, b) for a, b in zip(before["state_steps"], args["state_steps"]))
-        assert all(torch.equal(a, b) for a, b in zip(before["params"], args["params"]))
+            _call(_impl(fn, op), args, grads, True, False)
+        for k in ("state_steps", "params", *aux):
+            assert all(torch.equal(a, b) for a, b in zip(before.get(k, []), args.get(k, []))), k
 
 
 @needs_ext
