@@ -10,8 +10,9 @@
 namespace fusedopt::cpu {
 namespace {
 
+// One update over each decoded block (kInterleave false): measured faster than Adam's order.
 template <typename param_t, int MODE, bool MAXIMIZE>
-struct Lion8bit : q8::OpBase<param_t, MODE, 1, LionScalars<float>> {
+struct Lion8bit : q8::OpBase<param_t, MODE, 1, LionScalars<float>, true, false> {
   FUSEDOPT_INLINE static void element(float& p, float g, float& m, float&,
                                       const LionScalars<float>& s) {
     lion_element<MAXIMIZE>(p, g, m, s);

@@ -327,14 +327,19 @@ struct Moments {
 };
 
 // The types and constants of an Op (Body below): param_t, its mode (ParamMode), its Scalars,
-// its K moments (1 or 2) and whether the update reads them (kDecode; SGD's first step does not).
-template <typename param_t_, int MODE, int K, class Scalars_, bool DECODE = true>
+// its K moments (1 or 2), whether the update reads them (kDecode; SGD's first step does not) and
+// whether each chunk's update follows its decode (kInterleave: Adam's, whose divisions and
+// square roots then run beside the gathers, and SGD's) or one update runs over the decoded block
+// (Lion's: faster so, where SGD's was slower; benchmarks/README.md, "8-bit states").
+template <typename param_t_, int MODE, int K, class Scalars_, bool DECODE = true,
+          bool INTERLEAVE = true>
 struct OpBase {
   using param_t = param_t_;
   using Scalars = Scalars_;
   static constexpr int kMode = MODE;
   static constexpr int kMoments = K;
   static constexpr bool kDecode = DECODE;
+  static constexpr bool kInterleave = INTERLEAVE;
 };
 
 // The blocks of one param from element 0 of the pointers (a multiple of kBlock into the
@@ -369,22 +374,22 @@ struct Body {
       float* __restrict mp = MODE == kMaster ? master + o : nullptr;
       float* m1 = nullptr;  // the second moment (K == 2)
       if constexpr (K == 2) m1 = m[1];
-      // Decoded a chunk at a time, just before its update: the gathers then run beside the
-      // update's arithmetic (Adam's divisions and square roots).
+      // Decoded a chunk at a time, each just before its update (kInterleave), or the block
+      // before one update.
       int64_t i = 0;
       for (; i + kChunk <= len; i += kChunk) {
         if constexpr (Op::kDecode) {
           for (int k = 0; k < K; ++k)
             Q::decode(mo.codes[k] + o + i, t.qmap[k], mo.absmax[k][b], m[k] + i);
         }
-        update(pb, gb, mp, m[0], m1, i, i + kChunk, s, key, j0 + o);
+        if constexpr (Op::kInterleave) update(pb, gb, mp, m[0], m1, i, i + kChunk, s, key, j0 + o);
       }
       if constexpr (Op::kDecode) {
         for (int k = 0; k < K; ++k) {
           ScalarQ::decode(mo.codes[k] + o + i, t.qmap[k], mo.absmax[k][b], m[k] + i, len - i);
         }
       }
-      update(pb, gb, mp, m[0], m1, i, len, s, key, j0 + o);
+      update(pb, gb, mp, m[0], m1, Op::kInterleave ? i : 0, len, s, key, j0 + o);
       for (int k = 0; k < K; ++k) {
         encode<Q>(m[k], len, mo.codes[k] + o, mo.absmax[k] + b, t.mid[k], t.table[k]);
       }
