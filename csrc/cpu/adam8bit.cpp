@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/q8.h"
 #include "fusedopt/math.h"
 #include "isa.h"
 #include "ops.h"
@@ -29,10 +30,8 @@
 namespace fusedopt::cpu {
 namespace {
 
-constexpr int64_t kQBlock = 256;
+constexpr int64_t kQBlock = kQ8Block;
 constexpr int64_t kChunk = 16;  // codes decoded at a time (Note [8-bit SIMD])
-
-int64_t num_blocks(int64_t n) { return (n + kQBlock - 1) / kQBlock; }
 
 // Note [encode by table]
 // The code of x is the number of midpoints below x (Note [8-bit states]); eight halvings of a
@@ -465,72 +464,21 @@ void run_8bit(Isa isa, Args... args) {
   run_default<Adam8bitBody<ScalarQ, param_t, MODE, DECOUPLED, MAXIMIZE>>(args...);
 }
 
-// The contiguous tensor a kernel works on for `t`: t itself, or a copy written back after.
-struct Staged {
-  at::Tensor work;
-  at::Tensor dest;  // defined when `work` is a copy to write back
-
-  Staged() = default;
-  Staged(const at::Tensor& t, bool written) {
-    if (t.is_contiguous()) {
-      work = t;
-    } else {
-      work = t.contiguous();
-      if (written) dest = t;
-    }
-  }
-  void write_back() const {
-    if (dest.defined()) dest.copy_(work);
-  }
-};
-
-void check_list(const char* op, at::TensorList params, at::TensorList list, const char* name,
-                at::ScalarType dtype, bool blocks) {
-  TORCH_CHECK(list.size() == params.size(), op, ": expected ", name, " to have ", params.size(),
-              " tensors (one per param), got ", list.size());
-  for (size_t i = 0; i < list.size(); ++i) {
-    const at::Tensor& t = list[i];
-    const bool ok_shape = blocks ? (t.dim() == 1 && t.size(0) == num_blocks(params[i].numel()))
-                                 : t.sizes().equals(params[i].sizes());
-    TORCH_CHECK(t.scalar_type() == dtype && ok_shape && t.is_contiguous() && t.is_cpu(), op, ": ",
-                name, "[", i, "] must be a contiguous ", dtype, " CPU tensor of ",
-                blocks ? "one element per block of 256" : "the param's shape", ", got ",
-                t.scalar_type(), " ", t.sizes());
-  }
-}
-
 }  // namespace
 
 void adam8bit_(const ops::adam8bit_::Args& a) {
   const char* op = op_label<ops::adam8bit_>();
   // The 8-bit arguments first: Update below counts the steps.
-  const at::Tensor& qmaps = a.qmaps;
-  TORCH_CHECK(qmaps.scalar_type() == at::kFloat && qmaps.dim() == 2 && qmaps.size(0) == 2 &&
-                  qmaps.size(1) == kQBlock && qmaps.is_cpu(),
-              op, ": qmaps must be a float32 CPU tensor of shape (2, 256), got ",
-              qmaps.scalar_type(), " ", qmaps.sizes());
-  check_list(op, a.params, a.exp_avgs, "exp_avgs", at::kByte, false);
-  check_list(op, a.params, a.exp_avg_sqs, "exp_avg_sqs", at::kByte, false);
-  check_list(op, a.params, a.exp_avg_absmaxs, "exp_avg_absmaxs", at::kFloat, true);
-  check_list(op, a.params, a.exp_avg_sq_absmaxs, "exp_avg_sq_absmaxs", at::kFloat, true);
-  const bool stochastic = a.sr_seeds.has_value() && !a.sr_seeds->empty();
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    const at::Tensor& p = a.params[i];
-    const at::ScalarType dt = p.scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
-                ": 8-bit states need float32, bfloat16 or float16 params; params[", i, "] is ", dt);
-    // Stochastic rounding's noise follows the param's memory order, the blocks its row-major
-    // order: a dense param in another layout would need both at once.
-    TORCH_CHECK_NOT_IMPLEMENTED(
-        !stochastic || p.is_contiguous() || p.numel() <= 1 || !p.is_non_overlapping_and_dense(), op,
-        ": stochastic rounding of a param that is dense but not "
-        "contiguous with 8-bit states (params[",
-        i, "])");
-  }
+  check_8bit_args(op, a.params, a.qmaps,
+                  {{a.exp_avgs, "exp_avgs", false},
+                   {a.exp_avg_sqs, "exp_avg_sqs", false},
+                   {a.exp_avg_absmaxs, "exp_avg_absmaxs", true},
+                   {a.exp_avg_sq_absmaxs, "exp_avg_sq_absmaxs", true}},
+                  a.sr_seeds.has_value() && !a.sr_seeds->empty(), c10::kCPU);
   Update u(op, a, {});
   if (u.skip || a.params.empty()) return;
 
-  const at::Tensor maps = qmaps.contiguous();
+  const at::Tensor maps = a.qmaps.contiguous();
   const std::shared_ptr<const QTables> tables = cached_tables(maps.data_ptr<float>());
 
   const size_t n = a.params.size();
@@ -546,7 +494,7 @@ void adam8bit_(const ops::adam8bit_::Args& a) {
                 ? sc[i - 1]
                 : make_adam_scalars<float>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps, a.weight_decay,
                                            u.steps[i], u.inv_scale);
-    first_block[i + 1] = first_block[i] + num_blocks(a.params[i].numel());
+    first_block[i + 1] = first_block[i] + q8_blocks(a.params[i].numel());
   }
   const Isa isa = current_isa();
 
