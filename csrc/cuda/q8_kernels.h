@@ -32,10 +32,11 @@
 // torch.amax: its payload may differ), whose reciprocal makes every x NaN and every code 0; an
 // infinite absmax gives r = 0 and codes of 0 (finite values) or NaN (the infinities): code 0;
 // the search compares the same fp32 keys with the same strict "<", ties (x on a midpoint) and
-// NaN included. The update's bits are the fp32 ops' (fusedopt.optim's Triton and CPU kernels
-// call the same element functions): the scalars come from make_*_scalars in double as on the
+// NaN included. The update is the element function the CPU kernels call (adam8bit_'s params
+// are its bits; Lion's and SGD's are the reference's, whose 8-bit path rounds after every
+// operation as these functions do), with the scalars from make_*_scalars in double as on the
 // CPU. Tested through the simulation on every run (tests/test_cuda_q8.py) and on a GPU by
-// tests/test_cuda.py.
+// tests/test_cuda.py (not yet run there).
 //
 // Per element and step (fp32 params, Adam): read p, g and two codes, write p and two codes:
 // 16 B, plus each block's absmax (8 B per 256 elements) and the maps (2 KB per chunk, from
