@@ -192,11 +192,14 @@ run_tests() {
   fi
 }
 
+# The core tests by name (the rest of tests/test_cuda.py runs after Triton's): the 8-bit ops'
+# kernels (test_8bit_*) among them, the newest kernels never yet run on a GPU.
 core=(test_backend_is_picked test_kernel_image_check_agrees_with_the_runtime
   test_cuda_kernels_match_cpu_kernels test_optimizers_cpu_equals_cuda
   test_reductions_repeat_bit_for_bit test_step_on_a_side_stream test_step_on_the_second_gpu
   test_many_tensors_and_empties test_grad_scaler_found_inf_on_device
-  test_cuda_graph_replay_equals_eager)
+  test_cuda_graph_replay_equals_eager test_8bit_kernels_match_reference
+  test_8bit_edge_blocks_match_reference)
 core_ids=() core_deselect=()
 for t in "${core[@]}"; do
   core_ids+=("tests/test_cuda.py::$t")

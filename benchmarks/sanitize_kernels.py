@@ -6,7 +6,8 @@
 
 Every op mode of tests/test_cuda_planner.py's OP_CASES in fp32, bf16, fp16 and fp64, the mixed
 precision modes (fp32 masters, stochastic rounding, bf16 states), LAMB's phases, Adafactor's
-passes (on its matrices, batched matrices and vectors: adafactor_args), sum_sq over mixed
+passes (on its matrices, batched matrices and vectors: adafactor_args), the 8-bit ops
+(tests/test_cuda_q8.py's Q8_CASES, their odd sizes and edge blocks), sum_sq over mixed
 dtypes, and a list longer than one launch holds, on tensors of a few hundred elements at odd
 offsets (vector and scalar paths, chunk tails). Without the caching allocator every tensor is
 its own allocation, so memcheck sees an access past a tensor's end. ``--dry-run`` lists the calls
@@ -32,8 +33,10 @@ from test_cuda_planner import (  # noqa: E402
     adafactor_args,
     build,
 )
+from test_cuda_q8 import Q8_CASES, grads_for, q8_args  # noqa: E402
 
 import fusedopt  # noqa: E402, F401 - loads the ops
+from fusedopt._opdefs import OPS  # noqa: E402
 
 
 def cuda_args(args):
@@ -85,6 +88,10 @@ def calls(small: bool):
     sizes = [(i * 37) % 300 if i % 7 else 0 for i in range(1200)]  # several launches
     for op in ("adam_", "lamb_"):
         yield f"{op} 1200 tensors", op, build(op, {}, torch.float32, "mixed", sizes)[0]
+    for op, dtype, mode, kw in Q8_CASES[:1] + Q8_CASES[5:6] + Q8_CASES[8:9] if small else Q8_CASES:
+        args = q8_args(op, dtype, mode, **kw, grad_scale=torch.tensor(8.0))
+        grads = grads_for(args["params"], 0, edge=dtype == torch.float32)
+        yield f"{op} {dtype} {mode} {kw}", op, list(OPS[op].bind(**args, grads=grads))
     yield "sum_sq mixed dtypes", "sum_sq", [[
         torch.randn(1000), torch.randn(77777, dtype=torch.bfloat16), torch.randn(3).double(),
         torch.randn(60, 50).t(), torch.randn(0),

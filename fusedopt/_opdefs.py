@@ -270,7 +270,6 @@ _DEFS = (
             *_MIXED,
         ),
         doc="Adam / AdamW with 8-bit blockwise moments.",
-        kernels=False,
     ),
     OpDef(
         "sgd_",
@@ -311,7 +310,6 @@ _DEFS = (
             *_MIXED,
         ),
         doc="SGD with 8-bit blockwise momentum buffers.",
-        kernels=False,
     ),
     OpDef(
         "lion_",
@@ -350,7 +348,6 @@ _DEFS = (
             *_MIXED,
         ),
         doc="Lion with an 8-bit blockwise momentum.",
-        kernels=False,
     ),
     OpDef(
         "lamb_",

@@ -9,6 +9,8 @@
 - a step captured in a CUDA graph and replayed == eager steps;
 - mixed precision (master copies, stochastic rounding, states in their own dtype, LAMB's phases)
   against fusedopt.reference, stochastic rounding bit for bit, seeds advanced on the device;
+- the 8-bit ops (Note [8-bit CUDA kernel]): codes and absmax the reference's bit for bit, params
+  as tests/test_cuda_q8.py checks them on the simulation, NaN/inf/zero/tie/tiny blocks;
 - what the simulation cannot catch: reductions repeated 20 times give the same bits, a step on a
   non-default stream and on a second GPU, the runtime's view of the kernel images.
 
@@ -39,6 +41,7 @@ from test_cuda_planner import (
     resync,
     written,
 )
+from test_cuda_q8 import Q8_CASES, Q8_IDS, run_against_reference
 
 import fusedopt
 from fusedopt import reference
@@ -447,3 +450,55 @@ def test_kernel_image_check_agrees_with_the_runtime():
         assert chosen is not None and error == "", (i, cap, chosen, error)
         native = int(re.sub(r"\D", "", chosen)) if "JIT" not in chosen else cap[0] * 10 + cap[1]
         assert binary == native, (i, cap, chosen, binary, ptx)
+
+
+# -- 8-bit states -------------------------------------------------------------------------------
+@pytest.mark.parametrize("scalars", ["host", "device"])
+@pytest.mark.parametrize("op,dtype,mode,kw", Q8_CASES, ids=Q8_IDS)
+def test_8bit_kernels_match_reference(op, dtype, mode, kw, scalars):
+    """Every 8-bit op and mode, 3 steps with GradScaler's scale: codes and absmax the
+    reference's bit for bit (the GPU's division, multiplication, max and search), params too
+    (Adam's within its ulps)."""
+    run_against_reference(
+        op, dtype, mode, kw, 3, amp=True, device="cuda", scalars=scalars == "device"
+    )
+
+
+@pytest.mark.parametrize("op", ["adam8bit_", "lion8bit_", "sgd8bit_"])
+def test_8bit_edge_blocks_match_reference(op):
+    """Zero, NaN, inf, tie and tiny (infinite reciprocal) blocks on the GPU: no flush to zero,
+    IEEE division, a NaN block's codes 0."""
+    run_against_reference(op, torch.float32, "plain", {}, 2, edge=True, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (fusedopt.AdamW, {"lr": 1e-3, "weight_decay": 0.1}),
+        (fusedopt.Lion, {"lr": 1e-4, "weight_decay": 0.1}),
+        (fusedopt.SGD, {"lr": 1e-2, "momentum": 0.9, "nesterov": True}),
+    ],
+    ids=["AdamW", "Lion", "SGD"],
+)
+def test_8bit_optimizers_cuda_equal_cpu(cls, kwargs):
+    """state_dtype="int8_blockwise" end to end on the GPU (the plans, the maps on the device):
+    the CPU backend's codes and absmax bit for bit and its params (Adam: its CPU kernel; Lion,
+    SGD: their reference) after 3 steps, the small params' fp32 states included."""
+    shapes = [(96, 50), (5001,), (300,)]
+    g = torch.Generator().manual_seed(0)
+    cpu = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    opts = [
+        cls(ps, state_dtype="int8_blockwise", backend=b, **kwargs)
+        for ps, b in ((cpu, "cpu"), (gpu, "cuda"))
+    ]
+    for _ in range(3):
+        for p, q in zip(cpu, gpu):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.cuda()
+        for opt in opts:
+            opt.step()
+    for p, q in zip(cpu, gpu):
+        assert torch.equal(p.detach(), q.detach().cpu())
+        for k, v in opts[0].state[p].items():
+            assert torch.equal(v, opts[1].state[q][k].cpu()), k

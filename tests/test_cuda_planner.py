@@ -136,7 +136,8 @@ def test_tables_fit_the_kernel_argument_space():
     for arg_bytes in (SMALL, LARGE):
         for depth in range(1, P.MAX_DEPTH + 1):
             slots, blocks = P.table_capacity(depth, arg_bytes)
-            assert slots >= 40 and blocks == P.MAX_GRID_BLOCKS
+            # 4 KB: 43 slots at depth 6, 39 at 7 (the 8-bit ops with a master or seed)
+            assert slots >= 39 and blocks == P.MAX_GRID_BLOCKS
             assert P.table_bytes(depth, arg_bytes) + P.FUNCTOR_ARG_BYTES <= arg_bytes
     assert P.table_capacity(4, LARGE)[0] > 9 * P.table_capacity(4, SMALL)[0]
 
@@ -280,11 +281,12 @@ def _muon_momentum(t, dtype, sizes, kw):
 
 
 # Op argument builders: (args, indices of the arguments the op writes); every op with kernels
-# (OpDef.kernels) but sum_sq and adafactor_ (its state is not param-shaped: section 4).
+# (OpDef.kernels) but sum_sq and those whose state is not param-shaped (auxiliary state:
+# adafactor_ in section 4, the 8-bit ops in tests/test_cuda_q8.py).
 BUILDERS = {
     name: (lambda t, dtype, sizes, kw, name=name: _build(name, t, sizes, kw))
     for name in OPS
-    if name not in ("sum_sq", "adafactor_") and OPS[name].kernels
+    if name != "sum_sq" and not OPS[name].aux_state and OPS[name].kernels
 }
 BUILDERS["muon_momentum_"] = _muon_momentum
 

@@ -358,14 +358,6 @@ def test_bad_states_are_refused_before_any_write(fn, op):
             assert all(torch.equal(a, b) for a, b in zip(before.get(k, []), args.get(k, []))), k
 
 
-@needs_ext
-def test_cuda_backend_says_what_is_missing():
-    args = _args(_params(torch.float32, "contiguous")[:3], "plain", LR, False)
-    grads = [torch.randn_like(p) for p in args["params"]]
-    with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
-        _call(torch.ops.fusedopt_sim.adam8bit_, args, grads, True, False)
-
-
 # -- the optimizers ------------------------------------------------------------------------------
 
 Q8 = "int8_blockwise"

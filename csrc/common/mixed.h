@@ -53,10 +53,10 @@ void dispatch_mixed(const Mixed& mx, F&& f) {
               mx.state, ", mode ", mx.mode, ")");
 }
 
-// theta of element i, in opmath_t.
+// theta of element i, in opmath_t (also the CUDA 8-bit kernels' load and store).
 template <int MODE, typename opmath_t, typename param_t>
-FUSEDOPT_INLINE opmath_t load_param(const param_t* __restrict p, const float* __restrict master,
-                                    int64_t i) {
+C10_HOST_DEVICE FUSEDOPT_INLINE opmath_t load_param(const param_t* __restrict p,
+                                                    const float* __restrict master, int64_t i) {
   if constexpr (MODE == kMaster) {
     return static_cast<opmath_t>(master[i]);
   } else {
@@ -66,8 +66,8 @@ FUSEDOPT_INLINE opmath_t load_param(const param_t* __restrict p, const float* __
 
 // Stores the new theta of element i; `j0` is the tensor index of element 0 of this range.
 template <int MODE, typename opmath_t, typename param_t>
-FUSEDOPT_INLINE void store_param(param_t* __restrict p, float* __restrict master, int64_t i,
-                                 opmath_t x, uint32_t key, int64_t j0) {
+C10_HOST_DEVICE FUSEDOPT_INLINE void store_param(param_t* __restrict p, float* __restrict master,
+                                                 int64_t i, opmath_t x, uint32_t key, int64_t j0) {
   if constexpr (MODE == kMaster) {
     master[i] = static_cast<float>(x);
     p[i] = static_cast<param_t>(x);

@@ -24,9 +24,9 @@ struct Lion8bit : q8::OpBase<param_t, MODE, 1, LionScalars<float>, true, false> 
 void lion8bit_(const ops::lion8bit_::Args& a) {
   const char* op = op_label<ops::lion8bit_>();
   // The 8-bit arguments first: Update below counts the steps.
-  q8::check(op, a.qmaps, a.params,
-            {{a.exp_avgs, "exp_avgs", false}, {a.exp_avg_absmaxs, "exp_avg_absmaxs", true}},
-            a.sr_seeds.has_value() && !a.sr_seeds->empty());
+  check_8bit_args(op, a.params, a.qmaps,
+                  {{a.exp_avgs, "exp_avgs", false}, {a.exp_avg_absmaxs, "exp_avg_absmaxs", true}},
+                  a.sr_seeds.has_value() && !a.sr_seeds->empty(), at::kCPU);
   Update u(op, a, {});
   if (u.skip || a.params.empty()) return;
 

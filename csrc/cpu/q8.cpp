@@ -1,5 +1,5 @@
-// The encode tables (Note [encode by table] in q8.h) and the 8-bit ops' shared checks and
-// work split.
+// The encode tables (Note [encode by table] in q8.h) and the 8-bit ops' staging and work
+// split.
 #include "q8.h"
 
 #include <mutex>
@@ -73,50 +73,6 @@ std::shared_ptr<const QTables> cached_tables(const float* q) {
   if (kept.size() == kKept) kept.erase(kept.begin());
   kept.push_back(build_tables(q));
   return kept.back();
-}
-
-void check(const char* op, const at::Tensor& qmaps, at::TensorList params,
-           const std::vector<AuxList>& lists, bool stochastic) {
-  TORCH_CHECK(qmaps.scalar_type() == at::kFloat && qmaps.dim() == 2 && qmaps.size(0) == 2 &&
-                  qmaps.size(1) == kBlock && qmaps.is_cpu(),
-              op, ": qmaps must be a float32 CPU tensor of shape (2, 256), got ",
-              qmaps.scalar_type(), " ", qmaps.sizes());
-  for (const AuxList& l : lists) {
-    const at::ScalarType dtype = l.blocks ? at::kFloat : at::kByte;
-    TORCH_CHECK(l.tensors.size() == params.size(), op, ": expected ", l.name, " to have ",
-                params.size(), " tensors (one per param), got ", l.tensors.size());
-    for (size_t i = 0; i < l.tensors.size(); ++i) {
-      const at::Tensor& t = l.tensors[i];
-      const bool ok_shape = l.blocks ? (t.dim() == 1 && t.size(0) == num_blocks(params[i].numel()))
-                                     : t.sizes().equals(params[i].sizes());
-      TORCH_CHECK(t.scalar_type() == dtype && ok_shape && t.is_contiguous() && t.is_cpu(), op, ": ",
-                  l.name, "[", i, "] must be a contiguous ", dtype, " CPU tensor of ",
-                  l.blocks ? "one element per block of 256" : "the param's shape", ", got ",
-                  t.scalar_type(), " ", t.sizes());
-    }
-  }
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    const at::ScalarType dt = p.scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
-                ": 8-bit states need float32, bfloat16 or float16 params; params[", i, "] is ", dt);
-    // Stochastic rounding's noise follows the param's memory order, the blocks its row-major
-    // order: a dense param in another layout would need both at once.
-    TORCH_CHECK_NOT_IMPLEMENTED(
-        !stochastic || p.is_contiguous() || p.numel() <= 1 || !p.is_non_overlapping_and_dense(), op,
-        ": stochastic rounding of a param that is dense but not "
-        "contiguous with 8-bit states (params[",
-        i, "])");
-  }
-}
-
-Staged::Staged(const at::Tensor& t, bool written) {
-  if (t.is_contiguous()) {
-    work = t;
-  } else {
-    work = t.contiguous();
-    if (written) dest = t;
-  }
 }
 
 Step::Step(at::TensorList params, at::TensorList grads,

@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/q8.h"
 #include "fusedopt/math.h"
 #include "isa.h"
 #include "ops.h"
@@ -27,10 +28,10 @@
 
 namespace fusedopt::cpu::q8 {
 
-constexpr int64_t kBlock = 256;
+constexpr int64_t kBlock = kQ8Block;
 constexpr int64_t kChunk = 16;  // codes decoded at a time (Note [8-bit SIMD])
 
-inline int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
+inline int64_t num_blocks(int64_t n) { return q8_blocks(n); }
 
 // Note [encode by table]
 // The code of x is the number of midpoints below x (Note [8-bit states]); eight halvings of a
@@ -441,30 +442,8 @@ void run_q8(Isa isa, Args... args) {
   run_default<Body<ScalarQ, Op>>(args...);
 }
 
-// A list of 8-bit state: per param its codes (the param's shape) or its absmax (`blocks`: one
-// per block).
-struct AuxList {
-  at::TensorList tensors;
-  const char* name;
-  bool blocks;
-};
-
-// The checks of an 8-bit op that come before Update's (which counts the steps): the maps, the
-// 8-bit lists, the params' dtypes and, with stochastic rounding (`stochastic`), their layout.
-void check(const char* op, const at::Tensor& qmaps, at::TensorList params,
-           const std::vector<AuxList>& lists, bool stochastic);
-
-// The contiguous tensor a kernel works on for `t`: t itself, or a copy written back after.
-struct Staged {
-  at::Tensor work;
-  at::Tensor dest;  // defined when `work` is a copy to write back
-
-  Staged() = default;
-  Staged(const at::Tensor& t, bool written);
-  void write_back() const {
-    if (dest.defined()) dest.copy_(work);
-  }
-};
+// The 8-bit arguments' checks (check_8bit_args) and the contiguous staging (Staged) are the
+// CUDA backend's too: csrc/common/q8.h.
 
 // One step of an 8-bit op over its params (after Update): the params, grads and master copies
 // staged contiguous, the maps' tables, and the work split in whole blocks (a block is never

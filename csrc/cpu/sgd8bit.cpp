@@ -24,10 +24,10 @@ struct Sgd8bit : q8::OpBase<param_t, MODE, 1, SgdScalars<float>, !FIRST> {
 
 void sgd8bit_(const ops::sgd8bit_::Args& a) {
   const char* op = op_label<ops::sgd8bit_>();
-  q8::check(op, a.qmaps, a.params,
-            {{a.momentum_buffers, "momentum_buffers", false},
-             {a.momentum_buffer_absmaxs, "momentum_buffer_absmaxs", true}},
-            a.sr_seeds.has_value() && !a.sr_seeds->empty());
+  check_8bit_args(op, a.params, a.qmaps,
+                  {{a.momentum_buffers, "momentum_buffers", false},
+                   {a.momentum_buffer_absmaxs, "momentum_buffer_absmaxs", true}},
+                  a.sr_seeds.has_value() && !a.sr_seeds->empty(), at::kCPU);
   Update u(op, a, {});
   if (u.skip || a.params.empty()) return;
 

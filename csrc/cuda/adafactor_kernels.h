@@ -550,20 +550,11 @@ struct OpKernels<ops::adafactor_> {
 
   template <class Runner>
   static void run(Runner& r, const Job& job, const Params& p) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "fusedopt_adafactor_cuda",
-                                    [&] {
-                                      if (job.arg_bytes == kArgBytesLarge) {
-                                        if constexpr (Runner::kLargeArgs) {
-                                          return run_with<scalar_t, kArgBytesLarge>(r, job, p);
-                                        }
-                                      } else if (job.arg_bytes == kArgBytesSmall) {
-                                        if constexpr (Runner::kSmallArgs) {
-                                          return run_with<scalar_t, kArgBytesSmall>(r, job, p);
-                                        }
-                                      }
-                                      TORCH_CHECK(false, "fusedopt: no kernels compiled for ",
-                                                  job.arg_bytes, " bytes of kernel arguments");
-                                    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, job.dtype, "fusedopt_adafactor_cuda", [&] {
+          with_arg_bytes<Runner>(
+              job, [&](auto bytes) { run_with<scalar_t, decltype(bytes)::value>(r, job, p); });
+        });
   }
 };
 

@@ -85,7 +85,8 @@ int table_bytes(int depth, int arg_bytes) {
     case 4: return table_bytes_for<4>(arg_bytes);
     case 5: return table_bytes_for<5>(arg_bytes);
     case 6: return table_bytes_for<6>(arg_bytes);
-    default: throw py::value_error("depth must be 1 to 6");
+    case 7: return table_bytes_for<7>(arg_bytes);
+    default: throw py::value_error("depth must be 1 to 7");
   }
 }
 

@@ -901,3 +901,4 @@ struct OpKernels<ops::sum_sq> {
 }  // namespace fusedopt::cuda
 
 #include "adafactor_kernels.h"  // OpKernels<ops::adafactor_>, with its own launch table
+#include "q8_kernels.h"         // the 8-bit ops' OpKernels, with their own block body

@@ -29,6 +29,7 @@
 #include "../common/mixed.h"
 #include "../common/multi_tensor.h"
 #include "../common/op_glue.h"
+#include "../common/q8.h"
 #include "adafactor.h"
 #include "functors.h"
 #include "fusedopt/ops_generated.h"
@@ -161,6 +162,23 @@ inline StepList counters(const StepList* steps, const MixedArgs* a) {
   return out;
 }
 
+// The launches of tensors of `numels` elements with `depth` pointers each, in chunks of
+// `chunk_size`, within the table's capacity and the configured limits.
+inline LaunchPlan plan_job(const std::vector<int64_t>& numels, int depth, int64_t chunk_size,
+                           const ExecConfig& cfg, int64_t first_block = 0) {
+  Capacity cap = table_capacity(depth, cfg.arg_bytes);
+  if (cfg.max_slots > 0) cap.slots = std::min(cap.slots, cfg.max_slots);
+  if (cfg.max_blocks > 0) cap.blocks = std::min(cap.blocks, cfg.max_blocks);
+  return plan_launches(numels, chunk_size, cap, first_block);
+}
+
+// A param's step counter in its slot (steps may be null: an op without).
+inline void set_step(TensorRef& r, const StepList* steps, size_t index) {
+  if (steps == nullptr) return;
+  r.step = steps->ptrs[index];
+  if (steps->kinds[index] == kCounterDouble) r.flags |= kStepDouble;
+}
+
 // Plans the non-empty params of `mt` (whose `arrays` lists are the kernel's arrays); a seed
 // pointer, if any, follows them in each slot.
 inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
@@ -186,17 +204,11 @@ inline Job make_job(const MultiTensor& mt, int arrays, const StepList* steps,
     r.numel = t.numel;
     r.index = static_cast<int32_t>(t.index);
     r.flags = vector_aligned(r.ptr, arrays) ? kVectorOk : 0;
-    if (steps != nullptr) {
-      r.step = steps->ptrs[t.index];
-      if (steps->kinds[t.index] == kCounterDouble) r.flags |= kStepDouble;
-    }
+    set_step(r, steps, t.index);
     job.tensors.push_back(r);
     numels.push_back(t.numel);
   }
-  Capacity cap = table_capacity(depth, cfg.arg_bytes);
-  if (cfg.max_slots > 0) cap.slots = std::min(cap.slots, cfg.max_slots);
-  if (cfg.max_blocks > 0) cap.blocks = std::min(cap.blocks, cfg.max_blocks);
-  job.plan = plan_launches(numels, cfg.chunk_size, cap, first_block);
+  job.plan = plan_job(numels, depth, cfg.chunk_size, cfg, first_block);
   return job;
 }
 
@@ -385,23 +397,73 @@ struct HostOp<ops::sophia_update_hessian_, B> {
   }
 };
 
-// 8-bit blockwise states (Note [8-bit states] in fusedopt/reference/quant.py) run on the CPU
-// and the reference backend only, so far.
-template <class Op>
-struct No8bitKernel {
-  static void call(const typename Op::Args&) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, op_label<Op>(),
-                                ": 8-bit optimizer states (state_dtype='int8_blockwise') have no "
-                                "CUDA kernel yet; use backend='cpu' or backend='reference'");
+// The 8-bit ops (Note [8-bit CUDA kernel] in q8_kernels.h): the checks are the CPU kernel's, in
+// its order (the 8-bit arguments, then Update's); the params, grads and masters are staged
+// contiguous (the blocks are row-major), each param one slot of 7 pointers.
+template <class Op, class B>
+struct Q8HostOp {
+  static void call(const typename Op::Args& a) {
+    using K = OpKernels<Op>;
+    const char* op = op_label<Op>();
+    const std::vector<fusedopt::Q8List> lists = K::lists(a);
+    const bool stochastic = a.sr_seeds.has_value() && !a.sr_seeds->empty();
+    fusedopt::check_8bit_args(op, a.params, a.qmaps, lists, stochastic, op_device(a));
+    Update<Op, B> u(a, {});
+    typename K::Params p = K::params(a, u.scalars);
+    MultiTensor checked(u.op, std::move(u.lists), u.device);
+    if (skipped_on_host(p.found_inf) || a.params.empty()) return;
+    const size_t n = a.params.size();
+    const int moments = static_cast<int>(lists.size()) / 2;
+    const bool master = u.mixed.mx.mode == kMaster;
+    const at::Tensor qmaps = a.qmaps.contiguous();
+    p.qmaps = qmaps.data_ptr<float>();
+    std::vector<fusedopt::Staged> ps(n), gs(n), ms(n);
+    Job job;
+    job.dtype = a.params[0].scalar_type();
+    job.state_dtype = job.dtype;
+    job.mode = u.mixed.mx.mode;
+    job.device = u.device.is_cuda() ? u.device.index() : -1;
+    job.arg_bytes = u.cfg.arg_bytes;
+    std::vector<int64_t> numels;
+    for (size_t i = 0; i < n; ++i) {
+      if (a.params[i].numel() == 0) continue;  // it only counts its step
+      ps[i] = fusedopt::Staged(a.params[i], true);
+      gs[i] = fusedopt::Staged(a.grads[i], false);
+      TensorRef r{};
+      r.ptr[kQ8Param] = ps[i].work.data_ptr();
+      r.ptr[kQ8Grad] = gs[i].work.data_ptr();
+      for (int k = 0; k < moments; ++k) {
+        r.ptr[kQ8Codes + k] = lists[k].tensors[i].data_ptr();
+        r.ptr[kQ8Absmax + k] = lists[moments + k].tensors[i].data_ptr();
+      }
+      if (master) {
+        ms[i] = fusedopt::Staged((*a.master_params)[i], true);
+        r.ptr[kQ8Extra] = ms[i].work.data_ptr();
+      } else if (!u.mixed.seeds.empty()) {
+        r.ptr[kQ8Extra] = u.mixed.seeds[i];
+      }
+      r.numel = a.params[i].numel();
+      r.index = static_cast<int32_t>(i);
+      set_step(r, u.step_list(), i);
+      job.tensors.push_back(r);
+      numels.push_back(r.numel);
+    }
+    job.plan = plan_job(numels, kQ8Depth, q8_chunk(u.cfg.chunk_size), u.cfg);
+    if (!job.tensors.empty()) B::template run<Op>(job, p);
+    B::increment_steps(u.device, u.cfg, counters(u.step_list(), &u.mixed), p.found_inf);
+    for (size_t i = 0; i < n; ++i) {
+      ps[i].write_back();
+      ms[i].write_back();
+    }
   }
 };
 
 template <class B>
-struct HostOp<ops::adam8bit_, B> : No8bitKernel<ops::adam8bit_> {};
+struct HostOp<ops::adam8bit_, B> : Q8HostOp<ops::adam8bit_, B> {};
 template <class B>
-struct HostOp<ops::lion8bit_, B> : No8bitKernel<ops::lion8bit_> {};
+struct HostOp<ops::lion8bit_, B> : Q8HostOp<ops::lion8bit_, B> {};
 template <class B>
-struct HostOp<ops::sgd8bit_, B> : No8bitKernel<ops::sgd8bit_> {};
+struct HostOp<ops::sgd8bit_, B> : Q8HostOp<ops::sgd8bit_, B> {};
 
 // The buffers are Muon's state (dtype S), the grads the params' (P), the updates bf16 or P.
 template <class B>

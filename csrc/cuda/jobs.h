@@ -5,8 +5,10 @@
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fusedopt/math.h"
@@ -49,6 +51,19 @@ template <class Op>
 struct OpKernels;
 template <class Op>
 using KernelParams = typename OpKernels<Op>::Params;
+
+// fn(std::integral_constant<int, ARG_BYTES>{}) for the job's launch-table variant, where the
+// runner has kernels for it (Runner::kLargeArgs, kSmallArgs: Note [kernel-argument space]).
+template <class Runner, class Fn>
+void with_arg_bytes(const Job& job, Fn&& fn) {
+  if (job.arg_bytes == kArgBytesLarge) {
+    if constexpr (Runner::kLargeArgs) return fn(std::integral_constant<int, kArgBytesLarge>{});
+  } else if (job.arg_bytes == kArgBytesSmall) {
+    if constexpr (Runner::kSmallArgs) return fn(std::integral_constant<int, kArgBytesSmall>{});
+  }
+  TORCH_CHECK(false, "fusedopt: no kernels compiled for ", job.arg_bytes,
+              " bytes of kernel arguments");
+}
 
 // The GPU executor of a planned job, a backend B of the host glue (glue.h; the other one, the
 // simulation's, is SimBackend in sim.cpp); everything runs on job.device's current stream.

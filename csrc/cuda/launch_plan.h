@@ -51,10 +51,10 @@ constexpr int kBlockThreads = 512;
 // params with an fp32 master and AMSGrad: 8 elements of 6 arrays per vector step; fp64 Adam)
 // took up to 83, so one block per SM. benchmarks/check_registers.py checks the built library.
 constexpr int kMinBlocksPerSm = 2;
-// The most pointers one parameter contributes to a kernel: Adam with amsgrad has five arrays
-// (p, g, m, v, vmax), plus the fp32 master copy or the stochastic-rounding seed (Note [mixed
-// precision on the GPU] in functors.h).
-constexpr int kMaxDepth = 6;
+// The most pointers one parameter contributes to a kernel: Adam with 8-bit moments has six
+// arrays (p, g, two codes, two absmax: q8_kernels.h), plus the fp32 master copy or the
+// stochastic-rounding seed (Note [mixed precision on the GPU] in functors.h).
+constexpr int kMaxDepth = 7;
 // Vector loads and stores move this many bytes (ld.global.v4.u32).
 constexpr int kVectorBytes = 16;
 
