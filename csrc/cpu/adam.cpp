@@ -149,16 +149,7 @@ void adam_(const ops::adam_::Args& a) {
   if (u.skip || a.params.empty()) return;
 
   dispatch_mixed(u.mx, [&]<typename param_t, typename state_t, int MODE>() {
-    using opmath_t = at::opmath_type<param_t>;
-    std::vector<AdamScalars<opmath_t>> sc(a.params.size());
-    for (size_t i = 0; i < a.params.size(); ++i) {
-      // The params of a group mostly share their step: two pow() per tensor are a visible part
-      // of a step over thousands of small tensors.
-      sc[i] = i > 0 && u.steps[i] == u.steps[i - 1]
-                  ? sc[i - 1]
-                  : make_adam_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps,
-                                                a.weight_decay, u.steps[i], u.inv_scale);
-    }
+    const auto sc = adam_scalars<at::opmath_type<param_t>>(u, a);
     adam_dispatch<param_t, state_t, MODE>(*u.mt, sc, u.keys, u.master_list,
                                           a.decoupled_weight_decay, a.amsgrad, a.maximize);
   });

@@ -34,14 +34,7 @@ void adam8bit_(const ops::adam8bit_::Args& a) {
   if (u.skip || a.params.empty()) return;
 
   q8::Step step(a.params, a.grads, a.master_params, a.qmaps);
-  const size_t n = a.params.size();
-  std::vector<AdamScalars<float>> sc(n);
-  for (size_t i = 0; i < n; ++i) {
-    sc[i] = i > 0 && u.steps[i] == u.steps[i - 1]
-                ? sc[i - 1]
-                : make_adam_scalars<float>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps, a.weight_decay,
-                                           u.steps[i], u.inv_scale);
-  }
+  const std::vector<AdamScalars<float>> sc = adam_scalars<float>(u, a);
   q8::dispatch(u.mx, [&]<typename param_t, int MODE>() {
     auto go = [&]<bool D, bool M>() {
       step.run<Adam8bit<param_t, MODE, D, M>>({a.exp_avgs, a.exp_avg_sqs},

@@ -74,6 +74,22 @@ struct Update {
   }
 };
 
+// Adam's scalars of each param of an Adam op (adam_, adam8bit_) after Update counted the steps.
+// The params of a group mostly share their step: two pow() per tensor are a visible part of a
+// step over thousands of small tensors, so a param whose step equals the previous one's copies
+// its scalars.
+template <typename opmath_t, class Args>
+std::vector<AdamScalars<opmath_t>> adam_scalars(const Update& u, const Args& a) {
+  std::vector<AdamScalars<opmath_t>> sc(a.params.size());
+  for (size_t i = 0; i < sc.size(); ++i) {
+    sc[i] = i > 0 && u.steps[i] == u.steps[i - 1]
+                ? sc[i - 1]
+                : make_adam_scalars<opmath_t>(u.lr, u.lr_dt, a.beta1, a.beta2, a.eps,
+                                              a.weight_decay, u.steps[i], u.inv_scale);
+  }
+  return sc;
+}
+
 // Runs an update loop Body (Note [SIMD by target attribute] in isa.h) over every range of `mt`
 // at the current ISA: Body::run(p, g, s_0, ..., master, n, scalars, key, j0) with s_k the range
 // of list 2 + k when USE[k] (else nullptr: the op does not take that list now), master the fp32
